@@ -1,0 +1,110 @@
+"""Recorder: frames.masked -> one MP4 per camera (and optional JPEG snapshots).
+
+Files close on the end-of-stream marker, after `idle_close_s` without frames, or on SIGTERM. Only masked
+frames exist on this topic; the recorder never sees raw pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import cv2
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from google.protobuf.message import DecodeError
+
+from imask import metrics
+from imask.config import RecorderSettings
+from imask.kafka import consumer_config, ensure_topics
+from imask.recording import CameraRecording, open_recording, safe_name
+from imask.runtime import ServiceRuntime
+from imask.v1 import frames_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    def __init__(self, settings: RecorderSettings, runtime: ServiceRuntime) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.consumer = Consumer(consumer_config(settings, settings.group_id))
+        self.open: dict[str, CameraRecording] = {}
+        self.closed: list[str] = []
+
+    def _close(self, camera_id: str) -> None:
+        rec = self.open.pop(camera_id, None)
+        if rec is not None:
+            self.closed.append(str(rec.close()))
+            self.runtime.details["closed"] = self.closed
+
+    def handle(self, value: bytes) -> None:
+        masked = pb.MaskedFrame()
+        try:
+            masked.ParseFromString(value)
+        except DecodeError:
+            metrics.FRAMES_DROPPED.labels("recorder_bad_message").inc()
+            return
+        frame = masked.frame
+        camera = frame.camera_id
+        metrics.FRAMES_IN.labels(camera).inc()
+        if frame.end_of_stream:
+            self._close(camera)
+            return
+        image = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            metrics.FRAMES_DROPPED.labels("recorder_undecodable").inc()
+            return
+        rec = self.open.get(camera)
+        if rec is None:
+            fps = frame.source_fps or self.settings.default_fps
+            rec = self.open[camera] = open_recording(self.settings.output_dir, camera, frame.seq, fps, image)
+        if rec.write(frame.seq, image):
+            metrics.FRAMES_OUT.labels(camera).inc()
+            every = self.settings.snapshot_every
+            if every and frame.seq % every == 0:
+                snap = self.settings.output_dir / "snapshots" / safe_name(camera)
+                snap.mkdir(parents=True, exist_ok=True)
+                (snap / f"{frame.seq:08d}.jpg").write_bytes(frame.data)
+
+    def run(self) -> int:
+        ensure_topics(self.settings)
+        self.consumer.subscribe([self.settings.topic_masked])
+        self.runtime.ready.set()
+        try:
+            while not self.runtime.stopping.is_set():
+                msg = self.consumer.poll(0.2)
+                if msg is not None:
+                    if msg.error():
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error", extra={"error": str(msg.error())})
+                        continue
+                    self.handle(msg.value() or b"")
+                    self._store(msg.topic(), msg.partition(), msg.offset() + 1)
+                now = time.monotonic()
+                for camera, rec in list(self.open.items()):
+                    if now - rec.last_write > self.settings.idle_close_s:
+                        self._close(camera)
+        finally:
+            for camera in list(self.open):
+                self._close(camera)
+            try:
+                self.consumer.commit(asynchronous=False)
+            except KafkaException:
+                pass
+            self.consumer.close()
+        return 0
+
+    def _store(self, topic: str, partition: int, offset: int) -> None:
+        try:
+            self.consumer.store_offsets(offsets=[TopicPartition(topic, partition, offset)])
+        except KafkaException:
+            pass
+
+
+def run(settings: RecorderSettings) -> int:
+    runtime = ServiceRuntime("recorder", settings).start()
+    try:
+        return Recorder(settings, runtime).run()
+    finally:
+        runtime.close()

@@ -1,0 +1,206 @@
+"""Masking worker: frames.raw -> engine -> frames.masked + frames.meta (or frames.dlq), at least once.
+
+Offsets are stored only after every output of a frame was acknowledged by the broker, and committed in the
+background; on SIGTERM the worker stops polling, finishes and flushes what it holds, commits and leaves the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from imask import metrics
+from imask.config import WorkerSettings
+from imask.engine import MaskingEngine, MaskShape, MaskSpec, MaskStyle
+from imask.engine.variants import get_variant
+from imask.kafka import OffsetTracker, consumer_config, ensure_topics, producer_config
+from imask.pipeline import FrameProcessor, Inbound, Outcome, ProcessorOptions
+from imask.runtime import ServiceRuntime
+from imask.wire import now_us
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: WorkerSettings) -> MaskingEngine:
+    """The variant with any per-deployment overrides from settings applied."""
+    variant = get_variant(settings.variant)
+    mask = variant.mask
+    mask = MaskSpec(
+        style=MaskStyle(settings.mask_style) if settings.mask_style else mask.style,
+        shape=MaskShape(settings.mask_shape) if settings.mask_shape else mask.shape,
+        scale=settings.mask_scale or mask.scale,
+    )
+    variant = variant.with_overrides(
+        mask=mask, threshold=settings.threshold or variant.threshold,
+        input_width=settings.detector_width or variant.input_width,
+        input_height=settings.detector_height or variant.input_height,
+    )
+    engine = MaskingEngine.load(variant, settings.provider, settings.detector_timeout_ms / 1e3,
+                                settings.intra_op_threads)
+    engine.warm_up()
+    return engine
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, runtime: ServiceRuntime, engine: MaskingEngine) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.processor = FrameProcessor(engine, ProcessorOptions(
+            worker_id=settings.worker_id, limits=settings, jpeg_quality=settings.jpeg_quality,
+            dlq_include_raw=settings.dlq_include_raw))
+        self.offsets = OffsetTracker()
+        self.fatal: str | None = None
+        self.producer = Producer(producer_config(settings))
+        self.consumer = Consumer(consumer_config(settings, settings.group_id, **{"client.id": settings.worker_id}))
+        self.variant = engine.variant.name
+
+    # --- Kafka callbacks -------------------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Finish what we hold for these partitions so the next owner starts after it, not before.
+        self.producer.flush(30)
+        self._commit()
+        for p in partitions:
+            self.offsets.forget(p.topic, p.partition)
+        log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self.offsets.forget(p.topic, p.partition)
+        log.warning("partitions lost", extra={"partitions": [p.partition for p in partitions]})
+
+    def _commit(self) -> None:
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("commit failed", extra={"error": str(exc)})
+
+    def _finish(self, inbound: Inbound) -> None:
+        next_offset = self.offsets.finish(inbound.topic, inbound.partition, inbound.offset)
+        if next_offset is not None:
+            try:
+                self.consumer.store_offsets(offsets=[TopicPartition(inbound.topic, inbound.partition, next_offset)])
+            except KafkaException as exc:  # revoked meanwhile: the next owner redoes it (at least once)
+                log.info("offset not stored", extra={"error": str(exc)})
+
+    def _produce(self, topic: str, key: str, value: bytes, on_ack: Any) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key.encode(), on_delivery=on_ack)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # local queue full: serve callbacks, then retry
+
+    def _delivery_failed(self, err: KafkaError, what: str) -> None:
+        # Never skip a frame: stop without committing past it; another worker redoes it.
+        self.fatal = f"delivery of {what} failed: {err}"
+        log.error("delivery failed, stopping", extra={"error": str(err), "what": what})
+        self.runtime.stopping.set()
+
+    # --- the loop --------------------------------------------------------------------------------------------
+    def _emit(self, outcome: Outcome) -> None:
+        inbound = outcome.inbound
+        s = self.settings
+        camera = outcome.camera_id
+        if outcome.drop is not None:
+            def on_drop_ack(err: KafkaError | None, _msg: Message) -> None:
+                if err is not None:
+                    return self._delivery_failed(err, "drop record")
+                self._finish(inbound)
+            self._produce(s.topic_dlq, camera, outcome.drop.SerializeToString(), on_drop_ack)
+            return
+        assert outcome.masked is not None and outcome.meta is not None
+        meta = outcome.meta
+        sent = time.perf_counter()
+
+        def on_meta_ack(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                return self._delivery_failed(err, "frame meta")
+            self._finish(inbound)
+
+        def on_masked_ack(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                return self._delivery_failed(err, "masked frame")
+            t = meta.timings
+            t.publish_ms = (time.perf_counter() - sent) * 1e3
+            if meta.capture_ts_us and not meta.end_of_stream:
+                t.end_to_end_ms = (now_us() - meta.capture_ts_us) / 1e3
+                self._observe(camera, t)
+                metrics.FRAMES_OUT.labels(camera).inc()
+            self._produce(s.topic_meta, camera, meta.SerializeToString(), on_meta_ack)
+
+        self._produce(s.topic_masked, camera, outcome.masked.SerializeToString(), on_masked_ack)
+
+    def _observe(self, camera: str, t: Any) -> None:
+        for stage in ("decode", "queue_wait", "preprocess", "inference", "postprocess", "mask", "encode",
+                      "publish", "end_to_end"):
+            metrics.observe_stage(stage, self.variant, camera, getattr(t, f"{stage}_ms"))
+
+    def _poll_batch(self) -> list[Message]:
+        first = self.consumer.poll(0.2)
+        if first is None:
+            return []
+        batch = [first]
+        if self.settings.batch_max > 1:  # take whatever else is already waiting, never wait for more
+            batch += self.consumer.consume(self.settings.batch_max - 1, timeout=0)
+        return batch
+
+    def run(self) -> int:
+        s = self.settings
+        ensure_topics(s)
+        self.consumer.subscribe([s.topic_raw], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        log.info("worker started", extra={"group": s.group_id, "variant": self.variant,
+                                          "provider": self.processor.engine.execution_provider})
+        self.runtime.details.update(group=s.group_id, variant=self.variant,
+                                    provider=self.processor.engine.execution_provider)
+        self.runtime.ready.set()  # model loaded and warm, subscribed; idle workers are ready too
+        try:
+            while not self.runtime.stopping.is_set():
+                while self.offsets.inflight() >= s.max_inflight and not self.runtime.stopping.is_set():
+                    self.producer.poll(0.05)  # backpressure: wait for acks before taking more
+                messages = self._poll_batch()
+                self.producer.poll(0)
+                inbound = []
+                for msg in messages:
+                    if msg.error():
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error", extra={"error": str(msg.error())})
+                        continue
+                    inbound.append(Inbound(msg.key(), msg.value(), msg.topic(), msg.partition(), msg.offset(),
+                                           now_us()))
+                if not inbound:
+                    continue
+                for item in inbound:
+                    self.offsets.add(item.topic, item.partition, item.offset)
+                metrics.QUEUE_DEPTH.labels("inflight").set(self.offsets.inflight())
+                for outcome in self.processor.process(inbound):
+                    self._emit(outcome)
+                self.producer.poll(0)
+        finally:
+            self._drain()
+        return 1 if self.fatal else 0
+
+    def _drain(self) -> None:
+        remaining = self.producer.flush(30)
+        if remaining:
+            log.error("messages still unacknowledged at shutdown; they will be redone", extra={"n": remaining})
+        self._commit()
+        self.consumer.close()  # leaves the group now, so partitions move without waiting for a timeout
+        self.processor.engine.close()
+        log.info("worker stopped", extra={"fatal": self.fatal})
+
+
+def run(settings: WorkerSettings) -> int:
+    runtime = ServiceRuntime("worker", settings).start()
+    try:
+        engine = build_engine(settings)
+        return Worker(settings, runtime, engine).run()
+    finally:
+        runtime.close()

@@ -1,0 +1,153 @@
+"""Settings from the environment (prefix IMASK_), one class per service, strict and self-describing.
+
+Every field has a description that `--help` prints. Unknown IMASK_ variables are refused: a typo in a
+deployment must fail at start, not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the environment variable."""
+
+
+class BaseServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMASK_", extra="ignore", frozen=True)
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    log_json: bool = Field(True, description="JSON logs (false: plain text for humans)")
+    ops_host: str = Field("127.0.0.1", description="Address of the /metrics, /healthz, /readyz endpoint")
+    ops_port: int = Field(0, ge=0, le=65535, description="Port of the ops endpoint (0: pick a free one)")
+
+
+class KafkaSettings(BaseServiceSettings):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    topic_raw: str = Field("frames.raw", description="Topic of raw frames (short retention)")
+    topic_masked: str = Field("frames.masked", description="Topic of masked frames")
+    topic_meta: str = Field("frames.meta", description="Topic of per-frame metadata (no pixels)")
+    topic_dlq: str = Field("frames.dlq", description="Topic of drop / dead-letter records")
+    topic_alerts: str = Field("alerts", description="Topic of alert events")
+    partitions: int = Field(4, ge=1, le=1024, description="Partitions of the frame topics when created")
+    replication_factor: int = Field(1, ge=1, description="Replication factor when topics are created")
+    raw_retention_ms: int = Field(10 * 60 * 1000, ge=1000,
+                                  description="Retention of the raw topic: raw faces must not linger")
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024,
+                                   description="Largest Kafka message (broker, producer and consumer agree)")
+    kafka_extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka settings as JSON, e.g. SASL/SSL: "
+        '{"security.protocol":"SASL_SSL","sasl.mechanisms":"PLAIN",...}',
+    )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+
+class EngineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMASK_", extra="ignore", frozen=True)
+
+    variant: str = Field("default", description="Model variant (detector, input size, threshold, mask style)")
+    provider: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="ONNX Runtime execution provider: auto takes CUDA when present")
+    detector_timeout_ms: int = Field(2000, ge=1, description="Detector call timeout; past it the frame fails closed")
+    intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads per inference")
+    mask_style: Literal["blur", "pixelate", "solid"] | None = Field(None, description="Override the variant's style")
+    mask_shape: Literal["ellipse", "box"] | None = Field(None, description="Override the variant's mask shape")
+    mask_scale: float | None = Field(None, ge=0.5, le=4.0, description="Override the variant's mask scale")
+    threshold: float | None = Field(None, gt=0.0, lt=1.0, description="Override the variant's detection threshold")
+    detector_width: int | None = Field(None, ge=32, le=4096, description="Override the detector input width")
+    detector_height: int | None = Field(None, ge=32, le=4096, description="Override the detector input height")
+
+
+class FrameLimits(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMASK_", extra="ignore", frozen=True)
+
+    max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest encoded frame accepted")
+    max_width: int = Field(4096, ge=16, description="Widest frame accepted")
+    max_height: int = Field(4096, ge=16, description="Tallest frame accepted")
+
+
+class WorkerSettings(KafkaSettings, EngineSettings, FrameLimits):
+    group_id: str = Field("imask-workers", description="Consumer group; one per variant")
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+                           description="Name in logs and frames.meta")
+    batch_max: int = Field(1, ge=1, le=64, description="Frames per detector call (batching pays on GPU)")
+    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of masked frames")
+    dlq_include_raw: bool = Field(False, description="Copy raw bytes into DLQ records (privacy: off)")
+    max_inflight: int = Field(64, ge=1, description="Frames produced but not yet acknowledged before pausing")
+
+
+class IngestSettings(KafkaSettings, FrameLimits):
+    sources: list[str] = Field(default_factory=list,
+                               description="CAMERA_ID=URL_OR_PATH entries (JSON list in the environment)")
+    pace: Literal["source", "max"] = Field("source", description="Publish at the source fps, or as fast as possible")
+    drop_policy: Literal["realtime", "complete"] = Field(
+        "realtime", description="realtime: skip frames when behind (counted); complete: publish every frame")
+    jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of published frames")
+    max_frames: int = Field(0, ge=0, description="Stop each source after this many frames (0: no limit)")
+    loop: bool = Field(False, description="Loop file sources forever")
+    max_inflight: int = Field(256, ge=1, description="Frames in the producer queue before backpressure")
+
+
+class RecorderSettings(KafkaSettings):
+    group_id: str = Field("imask-recorder", description="Consumer group of the recorder")
+    output_dir: Path = Field(REPO_ROOT / "out" / "recordings", description="Where MP4s per camera are written")
+    snapshot_every: int = Field(0, ge=0, description="Also write every Nth masked frame as JPEG (0: none)")
+    idle_close_s: float = Field(30.0, gt=0, description="Close a camera's file after this long without frames")
+    default_fps: float = Field(25.0, gt=0, description="Fps of recordings when the source does not say")
+
+
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (WorkerSettings, IngestSettings, RecorderSettings)
+OTHER_KNOWN_PREFIXES = ("IMASK_STACK_", "IMASK_RUN_", "IMASK_TEST_")
+
+
+def known_env_names() -> set[str]:
+    return {f"IMASK_{name.upper()}" for cls in SETTINGS_CLASSES for name in cls.model_fields}
+
+
+def check_environment(environ: dict[str, str] | None = None) -> None:
+    environ = dict(os.environ) if environ is None else environ
+    known = known_env_names()
+    unknown = sorted(k for k in environ if k.startswith("IMASK_") and k not in known
+                     and not k.startswith(OTHER_KNOWN_PREFIXES))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see `imask <command> --help`")
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Build settings from environment plus explicit overrides (flags), with errors that name the variable."""
+    check_environment()
+    try:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "IMASK_" + "_".join(str(p) for p in err["loc"][:1]).upper()
+            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("bad configuration: " + "; ".join(problems)) from None
+
+
+def describe(cls: type[BaseSettings]) -> str:
+    """Environment variables of a settings class with defaults, for --help epilogs."""
+    lines = ["environment (flags override):"]
+    for name, field in cls.model_fields.items():
+        default = field.default if field.default_factory is None else "(computed)"
+        lines.append(f"  IMASK_{name.upper():<24} {field.description or ''} [default: {default}]")
+    return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""MaskingEngine: detect, track and mask a batch of frames, failing closed on anything untrustworthy."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from imask import metrics
+from imask.engine.detector import BatchTimings, CenterFaceDetector, Detections
+from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
+from imask.engine.model import load_centerface
+from imask.engine.tracker import FaceTracker, TrackedFace
+from imask.engine.variants import Variant
+
+log = logging.getLogger(__name__)
+
+Image = npt.NDArray[np.uint8]
+
+MAX_TRACKED_CAMERAS = 4096
+
+
+class FaceDetector(Protocol):
+    def detect(self, frames: list[Image], threshold: float, timings: BatchTimings | None = None) -> list[
+        Detections]: ...
+
+
+@dataclass
+class FrameInput:
+    camera_id: str
+    seq: int
+    image: Image  # BGR, HxWx3 uint8; the engine never modifies it
+
+
+@dataclass
+class MaskedFace:
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: list[tuple[float, float]]
+    track_id: int
+    held: bool
+
+
+@dataclass
+class EngineResult:
+    image: Image  # masked pixels only, or the fully obscured frame when fail_closed
+    faces: list[MaskedFace] = field(default_factory=list)
+    fail_closed: bool = False
+    fail_closed_reason: str = ""
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    postprocess_ms: float = 0.0
+    mask_ms: float = 0.0
+    batch_size: int = 1
+
+
+class FailClosed(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class MaskingEngine:
+    """Masks frames with one variant. Not thread-safe: one engine per worker thread (they are cheap to share
+    a model between, but trackers are per engine)."""
+
+    def __init__(self, variant: Variant, detector: FaceDetector, execution_provider: str = "CPUExecutionProvider",
+                 detector_timeout_s: float | None = 2.0) -> None:
+        self.variant = variant
+        self.detector = detector
+        self.execution_provider = execution_provider
+        self.detector_timeout_s = detector_timeout_s
+        self._trackers: OrderedDict[str, tuple[int, FaceTracker]] = OrderedDict()
+        # Inference runs on its own thread so a hung or slow model can be abandoned after the timeout.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector")
+        self._inflight: Future[list[Detections]] | None = None
+        self._lock = threading.Lock()
+        metrics.EXECUTION_PROVIDER.labels(execution_provider).set(1)
+        metrics.MODEL_HEALTHY.set(1)
+
+    @classmethod
+    def load(cls, variant: Variant, provider: str = "auto", detector_timeout_s: float | None = 2.0,
+             intra_op_threads: int = 1) -> MaskingEngine:
+        if variant.detector != "centerface":
+            raise ValueError(f"variant {variant.name!r} names unknown detector {variant.detector!r}")
+        model = load_centerface(expected_sha256=variant.model_sha256, provider=provider,
+                                intra_op_threads=intra_op_threads)
+        detector = CenterFaceDetector(model, variant.input_width, variant.input_height)
+        return cls(variant, detector, model.execution_provider, detector_timeout_s)
+
+    @property
+    def healthy(self) -> bool:
+        """False while an abandoned (timed-out) inference still occupies the detector."""
+        return self._inflight is None or self._inflight.done()
+
+    def warm_up(self) -> None:
+        self.process([FrameInput("__warmup__", 0, np.zeros((360, 640, 3), np.uint8))])
+        self._trackers.pop("__warmup__", None)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def process(self, frames: list[FrameInput], spec: MaskSpec | None = None,
+                threshold: float | None = None) -> list[EngineResult]:
+        """Mask a batch. Every input gets exactly one result; none ever carries unmasked face pixels."""
+        if not frames:
+            return []
+        spec = spec or self.variant.mask
+        timings = BatchTimings()
+        try:
+            detections = self._detect([f.image for f in frames], threshold or self.variant.threshold, timings)
+        except FailClosed as exc:
+            return [self._fail_closed(f, exc.reason, len(frames)) for f in frames]
+        metrics.BATCH_SIZE.observe(len(frames))
+        results = []
+        for frame, dets in zip(frames, detections, strict=True):
+            try:
+                result = self._mask_one(frame, dets, spec)
+            except Exception:
+                log.exception("masking failed", extra={"camera": frame.camera_id, "seq": frame.seq})
+                result = self._fail_closed(frame, "mask_error", len(frames))
+            # Detector stage costs are per batch; each frame in it waited for all of them.
+            result.preprocess_ms = timings.preprocess_ms
+            result.inference_ms = timings.inference_ms
+            result.postprocess_ms = timings.postprocess_ms
+            result.batch_size = len(frames)
+            results.append(result)
+        return results
+
+    def _detect(self, images: list[Image], threshold: float, timings: BatchTimings) -> list[Detections]:
+        with self._lock:
+            if not self.healthy:
+                raise FailClosed("detector_unhealthy", "a timed-out inference is still running")
+            future = self._executor.submit(self.detector.detect, images, threshold, timings)
+            self._inflight = future
+        try:
+            detections = future.result(timeout=self.detector_timeout_s)
+        except FutureTimeout:
+            self._abandon(future)
+            raise FailClosed("detector_timeout") from None
+        except Exception as exc:
+            log.warning("detector error", extra={"error": repr(exc)})
+            metrics.MODEL_HEALTHY.set(1)
+            raise FailClosed("detector_error", repr(exc)) from exc
+        metrics.MODEL_HEALTHY.set(1)
+        if len(detections) != len(images):
+            raise FailClosed("detector_error", f"{len(detections)} results for {len(images)} frames")
+        return detections
+
+    def _abandon(self, future: Future[list[Detections]]) -> None:
+        """Ask ONNX Runtime to stop the run; until it returns, the model is reported unhealthy."""
+        metrics.MODEL_HEALTHY.set(0)
+        run_options = getattr(self.detector, "run_options", None)
+        if run_options is not None:
+            run_options.terminate = True
+
+            def reset(_: Future[list[Detections]]) -> None:
+                run_options.terminate = False
+                metrics.MODEL_HEALTHY.set(1)
+
+            future.add_done_callback(reset)
+        log.warning("detector timed out", extra={"timeout_s": self.detector_timeout_s})
+
+    def _tracker(self, camera_id: str, seq: int) -> FaceTracker:
+        entry = self._trackers.get(camera_id)
+        # A sequence going backwards means the camera restarted its stream: old tracks are meaningless.
+        if entry is None or seq <= entry[0]:
+            tracker = FaceTracker(max_missed=self.variant.max_missed)
+        else:
+            tracker = entry[1]
+            self._trackers.move_to_end(camera_id)
+        self._trackers[camera_id] = (seq, tracker)
+        while len(self._trackers) > MAX_TRACKED_CAMERAS:
+            self._trackers.popitem(last=False)
+        return tracker
+
+    def _mask_one(self, frame: FrameInput, dets: Detections, spec: MaskSpec) -> EngineResult:
+        t0 = time.perf_counter()
+        tracked: list[TrackedFace] = self._tracker(frame.camera_id, frame.seq).update(dets.boxes, dets.scores)
+        boxes = np.array([t.box for t in tracked], np.float32).reshape(-1, 4)
+        out = frame.image.copy()
+        regions = apply_masks(out, boxes, spec)
+        if not masked_regions_changed(frame.image, out, regions):
+            metrics.FRAMES_UNMASKED.inc()
+            log.error("mask guard tripped: a face region was left unchanged", extra={"camera": frame.camera_id})
+            return self._fail_closed(frame, "mask_guard", 1)
+        faces = [
+            MaskedFace(
+                box=(float(t.box[0]), float(t.box[1]), float(t.box[2]), float(t.box[3])),
+                score=t.score,
+                landmarks=[] if t.held else [(float(x), float(y)) for x, y in dets.landmarks[t.detection_index]],
+                track_id=t.track_id,
+                held=t.held,
+            )
+            for t in tracked
+        ]
+        held = sum(f.held for f in faces)
+        metrics.FACES_MASKED.labels("false").inc(len(faces) - held)
+        metrics.FACES_MASKED.labels("true").inc(held)
+        return EngineResult(image=out, faces=faces, mask_ms=(time.perf_counter() - t0) * 1e3)
+
+    def _fail_closed(self, frame: FrameInput, reason: str, batch_size: int) -> EngineResult:
+        metrics.FRAMES_FAIL_CLOSED.labels(reason).inc()
+        # Tracks cannot be trusted across a gap we did not see.
+        self._trackers.pop(frame.camera_id, None)
+        return EngineResult(image=obscure_frame(frame.image), fail_closed=True, fail_closed_reason=reason,
+                            batch_size=batch_size)

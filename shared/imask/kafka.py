@@ -1,0 +1,147 @@
+"""Kafka plumbing shared by services: client configs, topic creation, in-order offset tracking."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from imask.config import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def common_config(settings: KafkaSettings) -> dict[str, Any]:
+    return {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka_extra}
+
+
+def producer_config(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
+    return {
+        **common_config(settings),
+        # Idempotence keeps per-partition order through retries: each camera stays ordered.
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "compression.type": "none",  # JPEG does not compress further
+        "message.max.bytes": settings.max_message_bytes,
+        **extra,
+    }
+
+
+def consumer_config(settings: KafkaSettings, group_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        **common_config(settings),
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        # Offsets are stored by us only after the outputs were acknowledged, then committed in the background.
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": 1000,
+        # Cooperative rebalancing: a joining or leaving worker does not stop the others.
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 2000,
+        "max.poll.interval.ms": 120000,
+        "fetch.max.bytes": max(52428800, settings.max_message_bytes),
+        "max.partition.fetch.bytes": settings.max_message_bytes,
+        **extra,
+    }
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def frame_topics(settings: KafkaSettings) -> list[TopicSpec]:
+    size = {"max.message.bytes": str(settings.max_message_bytes)}
+    return [
+        TopicSpec(settings.topic_raw, settings.partitions,
+                  {**size, "retention.ms": str(settings.raw_retention_ms)}),
+        TopicSpec(settings.topic_masked, settings.partitions, {**size, "retention.ms": str(24 * 3600 * 1000)}),
+        TopicSpec(settings.topic_meta, settings.partitions, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
+        TopicSpec(settings.topic_dlq, settings.partitions, {**size, "retention.ms": str(7 * 24 * 3600 * 1000)}),
+        TopicSpec(settings.topic_alerts, 1, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+    ]
+
+
+def ensure_topics(settings: KafkaSettings, specs: list[TopicSpec] | None = None, timeout: float = 30.0) -> None:
+    """Create missing topics; existing ones keep their partitions (changing those re-keys cameras)."""
+    specs = specs if specs is not None else frame_topics(settings)
+    admin = AdminClient(common_config(settings))
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [s for s in specs if s.name not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=settings.replication_factor,
+                      config=s.config) for s in missing],
+            operation_timeout=timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+                log.info("topic created", extra={"topic": name})
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+    present = [s for s in specs if s.name in existing]
+    if present:
+        # Retention and size limits follow config on every start; partitions never change silently.
+        resources = [ConfigResource("topic", s.name, set_config=s.config) for s in present if s.config]
+        for resource in resources:
+            try:
+                admin.alter_configs([resource])[resource].result(timeout)
+            except KafkaException as exc:
+                log.warning("could not update topic config", extra={"topic": resource.name, "error": str(exc)})
+
+
+def delete_topics(settings: KafkaSettings, names: list[str], timeout: float = 30.0) -> None:
+    admin = AdminClient(common_config(settings))
+    for future in admin.delete_topics(names, operation_timeout=timeout).values():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if "UNKNOWN_TOPIC" not in str(exc):
+                raise
+
+
+class OffsetTracker:
+    """Which input offsets may be committed: only a contiguous prefix of finished ones per partition.
+
+    A frame is finished when all its outputs were acknowledged; a later frame finishing first must not let the
+    commit skip an earlier one still in flight (that frame would be lost on a crash).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[str, int], deque[int]] = {}
+        self._done: dict[tuple[str, int], set[int]] = {}
+
+    def add(self, topic: str, partition: int, offset: int) -> None:
+        self._pending.setdefault((topic, partition), deque()).append(offset)
+        self._done.setdefault((topic, partition), set())
+
+    def finish(self, topic: str, partition: int, offset: int) -> int | None:
+        """Mark one offset finished; returns the next offset to commit when the prefix advanced."""
+        key = (topic, partition)
+        pending, done = self._pending.get(key), self._done.get(key)
+        if pending is None or done is None:
+            return None  # partition was revoked meanwhile
+        done.add(offset)
+        advanced = None
+        while pending and pending[0] in done:
+            advanced = pending.popleft()
+            done.discard(advanced)
+        return None if advanced is None else advanced + 1
+
+    def inflight(self) -> int:
+        return sum(len(p) for p in self._pending.values())
+
+    def forget(self, topic: str, partition: int) -> None:
+        self._pending.pop((topic, partition), None)
+        self._done.pop((topic, partition), None)

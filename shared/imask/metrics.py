@@ -1,0 +1,104 @@
+"""Prometheus metrics shared by every service, and the small ops HTTP server (/metrics, /healthz, /readyz).
+
+One naming scheme everywhere (`imask_*`) so dashboards and alert rules work for workers, ingest and mask-api.
+Per-camera labels are deliberate: SREs need latency and lag per camera; one series per camera and stage is fine
+for hundreds of cameras.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger(__name__)
+
+# 1 ms .. ~16 s, dense where the per-frame budget lives.
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0, 4.0,
+                   8.0, 16.0)
+
+STAGE_LATENCY = Histogram(
+    "imask_stage_latency_seconds", "Per-frame time spent in a pipeline stage",
+    ["stage", "variant", "camera"], buckets=LATENCY_BUCKETS,
+)
+FRAMES_IN = Counter("imask_frames_in_total", "Frames received by this service", ["camera"])
+FRAMES_OUT = Counter("imask_frames_out_total", "Frames emitted by this service (masked, or published by ingest)",
+                     ["camera"])
+FRAMES_DROPPED = Counter("imask_frames_dropped_total", "Frames dropped on purpose, by reason", ["reason"])
+FRAMES_DEAD_LETTERED = Counter("imask_frames_dead_lettered_total", "Inputs sent to the DLQ, by reason", ["reason"])
+FRAMES_FAIL_CLOSED = Counter(
+    "imask_frames_fail_closed_total", "Frames fully obscured because detection could not be trusted", ["reason"]
+)
+FRAMES_UNMASKED = Counter(
+    "imask_frames_unmasked_total",
+    "Frames whose face regions the mask guard found unchanged after masking (each is then fail-closed); "
+    "any non-zero value is a bug to page on",
+)
+FACES_MASKED = Counter("imask_faces_masked_total", "Face regions masked (detected or held by the tracker)", ["held"])
+BATCH_SIZE = Histogram("imask_inference_batch_size", "Frames per detector call", buckets=(1, 2, 4, 8, 16, 32))
+EXECUTION_PROVIDER = Gauge("imask_execution_provider_info", "ONNX Runtime provider in use (1 = active)",
+                           ["provider"])
+MODEL_HEALTHY = Gauge("imask_model_healthy", "1 when the detector answers within its timeout")
+QUEUE_DEPTH = Gauge("imask_queue_depth", "Frames waiting inside this process", ["queue"])
+
+
+def observe_stage(stage: str, variant: str, camera: str, ms: float) -> None:
+    STAGE_LATENCY.labels(stage, variant, camera).observe(ms / 1e3)
+
+
+class OpsServer:
+    """Serves /metrics, /healthz (process alive) and /readyz (able to do its job) on one port."""
+
+    def __init__(self, host: str, port: int, ready: Callable[[], bool], details: Callable[[], dict[str, object]]
+                 | None = None) -> None:
+        self._ready = ready
+        self._details = details or (lambda: {})
+        handler = self._handler()
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="ops-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> OpsServer:
+        self._thread.start()
+        log.info("ops endpoints listening", extra={"port": self.port})
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        ops = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path.startswith("/metrics"):
+                    self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+                elif self.path.startswith("/healthz"):
+                    self._send(200, b'{"status":"ok"}', "application/json")
+                elif self.path.startswith("/readyz"):
+                    ready = ops._ready()
+                    body = json.dumps({"ready": ready, **ops._details()}, default=str).encode()
+                    self._send(200 if ready else 503, body, "application/json")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - silence access logs
+                return
+
+        return Handler

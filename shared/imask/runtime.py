@@ -1,0 +1,48 @@
+"""What every service process shares: logging, signals for graceful draining, and the ops endpoint."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from imask.config import BaseServiceSettings
+from imask.logs import configure_logging
+from imask.metrics import OpsServer
+
+log = logging.getLogger(__name__)
+
+
+class ServiceRuntime:
+    """SIGTERM/SIGINT set `stopping`; the service's loop drains and returns. A second signal exits at once."""
+
+    def __init__(self, name: str, settings: BaseServiceSettings) -> None:
+        configure_logging(name, settings.log_level, settings.log_json)
+        self.name = name
+        self.settings = settings
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.details: dict[str, object] = {}
+        self.ops: OpsServer | None = None
+
+    def start(self, ready: Callable[[], bool] | None = None) -> ServiceRuntime:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.ops = OpsServer(self.settings.ops_host, self.settings.ops_port,
+                             ready or (lambda: self.ready.is_set() and not self.stopping.is_set()),
+                             lambda: self.details).start()
+        self.details["ops_port"] = self.ops.port
+        return self
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stopping.is_set():
+            log.warning("second signal: exiting without draining")
+            raise SystemExit(130)
+        log.info("draining", extra={"signal": signal.Signals(signum).name})
+        self.stopping.set()
+
+    def close(self) -> None:
+        if self.ops is not None:
+            self.ops.stop()

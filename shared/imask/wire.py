@@ -1,0 +1,81 @@
+"""Frames on the wire: building envelopes and validating what arrives, with a reason for every refusal."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from imask.config import FrameLimits
+from imask.v1 import frames_pb2 as pb
+
+SCHEMA_VERSION = 1
+MAX_CAMERA_ID = 128
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class Rejected:
+    """An input that becomes a DropRecord instead of a masked frame."""
+
+    reason: pb.DropReason.ValueType
+    detail: str
+    camera_id: str = ""
+    seq: int = 0
+
+
+def make_frame(camera_id: str, seq: int, data: bytes, width: int, height: int, capture_ts_us: int,
+               source_fps: float = 0.0, encoding: pb.Encoding.ValueType = pb.ENCODING_JPEG) -> pb.Frame:
+    return pb.Frame(
+        schema_version=SCHEMA_VERSION, camera_id=camera_id, seq=seq, capture_ts_us=capture_ts_us,
+        ingest_ts_us=now_us(), encoding=encoding, width=width, height=height, data=data,
+        trace_id=uuid.uuid4().hex, source_fps=source_fps,
+    )
+
+
+def end_of_stream(camera_id: str, seq: int, source_fps: float = 0.0) -> pb.Frame:
+    """The marker after a finite source's last frame: recorders close files, collectors know the count."""
+    return pb.Frame(schema_version=SCHEMA_VERSION, camera_id=camera_id, seq=seq, capture_ts_us=now_us(),
+                    ingest_ts_us=now_us(), end_of_stream=True, source_fps=source_fps)
+
+
+def parse_frame(key: bytes | None, value: bytes | None, limits: FrameLimits) -> pb.Frame | Rejected:
+    """Decode and check an envelope. Pixels are not decoded here (the image check is the worker's)."""
+    key_text = (key or b"").decode("utf-8", "replace")
+    if value is None:
+        return Rejected(pb.DROP_REASON_UNDECODABLE_ENVELOPE, "empty message", key_text)
+    if len(value) > limits.max_frame_bytes + 4096:
+        return Rejected(pb.DROP_REASON_OVERSIZE, f"message of {len(value)} bytes exceeds "
+                        f"{limits.max_frame_bytes}", key_text)
+    frame = pb.Frame()
+    try:
+        frame.ParseFromString(value)
+    except DecodeError as exc:
+        return Rejected(pb.DROP_REASON_UNDECODABLE_ENVELOPE, f"not a Frame protobuf: {exc}", key_text)
+    camera, seq = frame.camera_id or key_text, frame.seq
+    if frame.schema_version != SCHEMA_VERSION:
+        return Rejected(pb.DROP_REASON_SCHEMA_VERSION,
+                        f"schema_version {frame.schema_version}, this worker speaks {SCHEMA_VERSION}", camera, seq)
+    if not frame.camera_id or len(frame.camera_id) > MAX_CAMERA_ID:
+        return Rejected(pb.DROP_REASON_INVALID_FIELDS, "camera_id missing or longer than 128", camera, seq)
+    if key is not None and key_text != frame.camera_id:
+        return Rejected(pb.DROP_REASON_INVALID_FIELDS,
+                        f"key {key_text!r} differs from camera_id {frame.camera_id!r}", camera, seq)
+    if frame.end_of_stream:
+        return frame
+    if frame.encoding not in (pb.ENCODING_JPEG, pb.ENCODING_PNG):
+        return Rejected(pb.DROP_REASON_INVALID_FIELDS, f"unsupported encoding {frame.encoding}", camera, seq)
+    if len(frame.data) > limits.max_frame_bytes:
+        return Rejected(pb.DROP_REASON_OVERSIZE,
+                        f"{len(frame.data)} image bytes exceed {limits.max_frame_bytes}", camera, seq)
+    if frame.width > limits.max_width or frame.height > limits.max_height:
+        return Rejected(pb.DROP_REASON_OVERSIZE, f"declared {frame.width}x{frame.height} exceeds "
+                        f"{limits.max_width}x{limits.max_height}", camera, seq)
+    if not frame.data:
+        return Rejected(pb.DROP_REASON_CORRUPT_IMAGE, "no image bytes", camera, seq)
+    return frame

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from imask.config import KafkaSettings
@@ -145,3 +146,38 @@ class OffsetTracker:
     def forget(self, topic: str, partition: int) -> None:
         self._pending.pop((topic, partition), None)
         self._done.pop((topic, partition), None)
+
+
+def end_offsets(settings: KafkaSettings, topics: list[str], timeout: float = 10.0) -> dict[tuple[str, int], int]:
+    """Current high watermark of every partition: 'from now on' for a reader started before a run."""
+    consumer = Consumer({**common_config(settings), "group.id": f"imask-probe-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False})
+    try:
+        out = {}
+        metadata = consumer.list_topics(timeout=timeout)
+        for topic in topics:
+            for partition in metadata.topics[topic].partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+                out[(topic, partition)] = high
+        return out
+    finally:
+        consumer.close()
+
+
+class TopicReader:
+    """Reads given partitions from given offsets without a consumer group (no commits, no rebalances)."""
+
+    def __init__(self, settings: KafkaSettings, start: dict[tuple[str, int], int]) -> None:
+        self.consumer = Consumer({**common_config(settings), "group.id": f"imask-reader-{uuid.uuid4().hex[:8]}",
+                                  "enable.auto.commit": False,
+                                  "max.partition.fetch.bytes": settings.max_message_bytes})
+        self.consumer.assign([TopicPartition(t, p, off) for (t, p), off in start.items()])
+
+    def poll(self, timeout: float) -> Message | None:
+        msg = self.consumer.poll(timeout)
+        if msg is None or msg.error():
+            return None
+        return msg
+
+    def close(self) -> None:
+        self.consumer.close()

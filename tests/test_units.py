@@ -1,0 +1,175 @@
+"""Library pieces that need no broker: media checks, envelope validation, masks, tracker, offsets, config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import near_uniform, similarity
+from imask.config import ConfigError, FrameLimits, WorkerSettings, check_environment, load_settings
+from imask.engine.masks import MaskShape, MaskSpec, MaskStyle, apply_masks, masked_regions_changed, obscure_frame
+from imask.engine.tracker import FaceTracker
+from imask.kafka import OffsetTracker
+from imask.media import Image, ImageError, decode_image, encode_jpeg, sniff_size
+from imask.v1 import frames_pb2 as pb
+from imask.wire import Rejected, make_frame, parse_frame
+
+LIMITS = FrameLimits(max_frame_bytes=2_000_000, max_width=2000, max_height=2000)
+
+
+def test_sniff_and_decode(astronaut_image: Image) -> None:
+    jpeg = encode_jpeg(astronaut_image, 90)
+    assert sniff_size(jpeg) == ("jpeg", 512, 512)
+    ok, png = cv2.imencode(".png", astronaut_image)
+    assert sniff_size(png.tobytes()) == ("png", 512, 512)
+    assert decode_image(jpeg, 2000, 2000).shape == (512, 512, 3)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda b: b"\x00" * 100, "not a JPEG or PNG"),
+    (lambda b: b[: len(b) // 2], "truncated"),
+    (lambda b: b[:2] + bytes(np.random.default_rng(1).integers(0, 255, 300, dtype=np.uint8)), "corrupt"),
+    (lambda b: b"", "not a JPEG"),
+])
+def test_bad_images_are_refused(astronaut_image: Image, mutate: object, message: str) -> None:
+    data = mutate(encode_jpeg(astronaut_image, 90))  # type: ignore[operator]
+    with pytest.raises(ImageError, match=message):
+        decode_image(data, 2000, 2000)
+
+
+def test_dimension_bomb_refused_before_decoding() -> None:
+    huge = np.zeros((3000, 100, 3), np.uint8)
+    with pytest.raises(ImageError, match="exceeds"):
+        decode_image(encode_jpeg(huge, 50), 2000, 2000)
+
+
+def _frame(**changes: object) -> pb.Frame:
+    frame = make_frame("cam-1", 7, encode_jpeg(np.zeros((8, 8, 3), np.uint8), 80), 8, 8, 1)
+    for key, value in changes.items():
+        setattr(frame, key, value)
+    return frame
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    (b"cam-1", b"\xff\xff\xff garbage", pb.DROP_REASON_UNDECODABLE_ENVELOPE),
+    (b"cam-1", _frame().SerializeToString()[:20], pb.DROP_REASON_UNDECODABLE_ENVELOPE),
+    (b"cam-1", _frame(schema_version=9).SerializeToString(), pb.DROP_REASON_SCHEMA_VERSION),
+    (b"other", _frame().SerializeToString(), pb.DROP_REASON_INVALID_FIELDS),
+    (b"cam-1", _frame(encoding=pb.ENCODING_UNSPECIFIED).SerializeToString(), pb.DROP_REASON_INVALID_FIELDS),
+    (b"cam-1", _frame(width=5000).SerializeToString(), pb.DROP_REASON_OVERSIZE),
+    (b"cam-1", _frame(data=b"x" * 2_100_000).SerializeToString(), pb.DROP_REASON_OVERSIZE),
+    (b"cam-1", None, pb.DROP_REASON_UNDECODABLE_ENVELOPE),
+])
+def test_envelope_rejections(key: bytes, value: bytes | None, reason: int) -> None:
+    parsed = parse_frame(key, value, LIMITS)
+    assert isinstance(parsed, Rejected), parsed
+    assert parsed.reason == reason and parsed.detail
+
+
+def test_valid_envelope_passes() -> None:
+    parsed = parse_frame(b"cam-1", _frame().SerializeToString(), LIMITS)
+    assert isinstance(parsed, pb.Frame) and parsed.seq == 7
+
+
+@pytest.mark.parametrize("style", list(MaskStyle))
+@pytest.mark.parametrize("shape", list(MaskShape))
+def test_every_style_obscures_the_face(astronaut_image: Image, style: MaskStyle, shape: MaskShape) -> None:
+    out = astronaut_image.copy()
+    box = np.array([[205, 75, 290, 175]], np.float32)
+    regions = apply_masks(out, box, MaskSpec(style, shape, 1.0))
+    face = (slice(95, 155), slice(225, 270))  # well inside the ellipse
+    assert similarity(out[face], astronaut_image[face]) < 0.6
+    assert masked_regions_changed(astronaut_image, out, regions)
+    outside = (slice(300, 512), slice(0, 512))
+    assert np.array_equal(out[outside], astronaut_image[outside])
+    x1, y1, x2, y2 = regions[0]
+    corner_changed = not np.array_equal(out[y1:y1 + 3, x1:x1 + 3], astronaut_image[y1:y1 + 3, x1:x1 + 3])
+    assert corner_changed == (shape is MaskShape.BOX)
+
+
+def test_mask_scale_grows_the_region(astronaut_image: Image) -> None:
+    box = np.array([[200, 100, 300, 200]], np.float32)
+    small = apply_masks(astronaut_image.copy(), box, MaskSpec(scale=1.0))[0]
+    large = apply_masks(astronaut_image.copy(), box, MaskSpec(scale=1.5))[0]
+    assert tuple(small) == (200, 100, 300, 200)
+    assert tuple(large) == (175, 75, 325, 225)
+    with pytest.raises(ValueError):
+        MaskSpec(scale=10)
+
+
+def test_guard_catches_an_untouched_face(astronaut_image: Image) -> None:
+    regions = np.array([[205, 75, 290, 175]], np.int32)
+    assert not masked_regions_changed(astronaut_image, astronaut_image.copy(), regions)
+    assert near_uniform(obscure_frame(astronaut_image))
+
+
+def test_tracker_holds_and_expires() -> None:
+    tracker = FaceTracker(max_missed=2)
+    box = np.array([[10, 10, 50, 50]], np.float32)
+    first = tracker.update(box, np.array([0.9], np.float32))
+    assert len(first) == 1 and not first[0].held
+    moved = tracker.update(box + 4, np.array([0.9], np.float32))
+    assert moved[0].track_id == first[0].track_id
+    # The output covers both the fresh detection and the smoothed track.
+    assert moved[0].box[0] <= 14 and moved[0].box[2] >= 54
+    empty = np.zeros((0, 4), np.float32)
+    held = [tracker.update(empty, np.zeros(0, np.float32)) for _ in range(3)]
+    assert [len(h) for h in held] == [1, 1, 0]
+    assert held[0][0].held and held[1][0].box[2] - held[1][0].box[0] > 40  # grows while held
+
+
+def test_offset_tracker_commits_only_contiguous_prefix() -> None:
+    tracker = OffsetTracker()
+    for off in (5, 6, 7):
+        tracker.add("t", 0, off)
+    assert tracker.finish("t", 0, 6) is None
+    assert tracker.finish("t", 0, 5) == 7
+    assert tracker.finish("t", 0, 7) == 8
+    assert tracker.inflight() == 0
+    tracker.add("t", 1, 1)
+    tracker.forget("t", 1)
+    assert tracker.finish("t", 1, 1) is None
+
+
+def test_config_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMASK_BATCH_MAX", "lots")
+    with pytest.raises(ConfigError, match="IMASK_BATCH_MAX"):
+        load_settings(WorkerSettings)
+    monkeypatch.delenv("IMASK_BATCH_MAX")
+    monkeypatch.setenv("IMASK_BATCH_MAXX", "2")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        check_environment()
+    monkeypatch.delenv("IMASK_BATCH_MAXX")
+    monkeypatch.setenv("IMASK_BOOTSTRAP_SERVERS", "nohostport")
+    with pytest.raises(ConfigError, match="host:port"):
+        load_settings(WorkerSettings)
+
+
+def test_generated_protos_are_up_to_date(tmp_path: Path) -> None:
+    from imask.protogen import PY_ROOT, generate
+
+    for fresh in generate(tmp_path):
+        committed = PY_ROOT / fresh.relative_to(tmp_path)
+        assert committed.read_text() == fresh.read_text(), f"{committed} is stale: run `make protos`"
+
+
+def test_cli_help_explains_every_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "imask.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("worker", "ingest", "recorder", "mask", "stack", "run"):
+        assert command in out.stdout
+    for command in ("worker", "ingest", "recorder", "mask"):
+        sub = subprocess.run([sys.executable, "-m", "imask.cli", command, "--help"], capture_output=True, text=True,
+                             check=True)
+        assert "IMASK_" in sub.stdout
+
+
+def test_cli_bad_setting_exits_2_with_message() -> None:
+    env = {**os.environ, "IMASK_JPEG_QUALITY": "200"}
+    out = subprocess.run([sys.executable, "-m", "imask.cli", "worker"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "IMASK_JPEG_QUALITY" in out.stderr

@@ -86,3 +86,13 @@ def similarity(a: Image, b: Image) -> float:
     gb -= gb.mean()
     denom = float(np.linalg.norm(ga) * np.linalg.norm(gb))
     return 0.0 if denom == 0 else float(ga @ gb / denom)
+
+
+def detail_ratio(masked: Image, original: Image) -> float:
+    """How much fine detail (edges: eyes, mouth) survives: Laplacian variance of masked over original."""
+    import cv2
+
+    def energy(img: Image) -> float:
+        return float(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.CV_32F).var())
+
+    return energy(masked) / max(energy(original), 1e-6)

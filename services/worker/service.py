@@ -40,7 +40,8 @@ def build_engine(settings: WorkerSettings) -> MaskingEngine:
     )
     engine = MaskingEngine.load(variant, settings.provider, settings.detector_timeout_ms / 1e3,
                                 settings.intra_op_threads)
-    engine.warm_up()
+    if not engine.warm_up():
+        log.error("detector warm-up failed: frames will be fully obscured (fail closed) until it recovers")
     return engine
 
 

@@ -25,12 +25,15 @@ class CameraLedger:
     fail_closed: int = 0
     faces: int = 0
     held_faces: int = 0
+    unattributed: int = 0  # drop records whose envelope was too damaged to name a seq
+
 
     def accounted(self) -> set[int]:
         return self.masked | set(self.dropped)
 
     def complete(self) -> bool:
-        return self.end_seq is not None and self.accounted() >= set(range(self.end_seq))
+        # A damaged envelope's drop record cannot say which seq it was; it still accounts for one frame.
+        return self.end_seq is not None and len(self.missing()) <= self.unattributed
 
     def missing(self) -> list[int]:
         return [] if self.end_seq is None else sorted(set(range(self.end_seq)) - self.accounted())
@@ -82,10 +85,14 @@ class StreamLedger:
         if not self._wanted(record.camera_id):
             return
         cam = self.by_camera[record.camera_id]
+        reason = pb.DropReason.Name(record.reason)
+        if record.seq_unknown:
+            cam.unattributed += 1
+            self.drop_reasons[reason] += 1
+            return
         if record.seq in cam.dropped:
             cam.duplicates += 1
             return
-        reason = pb.DropReason.Name(record.reason)
         cam.dropped[record.seq] = reason
         self.drop_reasons[reason] += 1
 
@@ -96,11 +103,11 @@ class StreamLedger:
     def summary(self) -> dict[str, object]:
         frames_in = sum(c.end_seq or 0 for c in self.by_camera.values())
         masked = sum(len(c.masked) for c in self.by_camera.values())
-        dropped = sum(len(c.dropped) for c in self.by_camera.values())
+        dropped = sum(len(c.dropped) + c.unattributed for c in self.by_camera.values())
         span_s = ((self.last_masked_us or 0) - (self.first_capture_us or 0)) / 1e6
         return {
             "cameras": {
-                name: {"frames_in": c.end_seq, "masked": len(c.masked), "dropped": len(c.dropped),
+                name: {"frames_in": c.end_seq, "masked": len(c.masked), "dropped": len(c.dropped) + c.unattributed,
                        "missing": len(c.missing()), "duplicates": c.duplicates,
                        "order_violations": c.order_violations, "fail_closed": c.fail_closed,
                        "faces_masked": c.faces, "faces_held_by_tracker": c.held_faces}
@@ -114,7 +121,7 @@ class StreamLedger:
             "fail_closed_reasons": dict(self.fail_closed_reasons),
             "faces_masked": sum(c.faces for c in self.by_camera.values()),
             "duplicates": sum(c.duplicates for c in self.by_camera.values()),
-            "unaccounted": sum(len(c.missing()) for c in self.by_camera.values()),
+            "unaccounted": sum(max(0, len(c.missing()) - c.unattributed) for c in self.by_camera.values()),
             "masked_fps": round(masked / span_s, 2) if span_s > 0 else None,
             "latency_ms": percentiles(self.timings),
         }

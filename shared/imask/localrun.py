@@ -12,9 +12,6 @@ import argparse
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,32 +20,11 @@ from imask.accounting import StreamLedger
 from imask.config import REPO_ROOT, KafkaSettings, load_settings
 from imask.kafka import TopicReader, end_offsets, ensure_topics
 from imask.logs import configure_logging
+from imask.procs import spawn, stop_all
 from imask.samples import default_sources, synthetic_clip
 from imask.v1 import frames_pb2 as pb
 
 log = logging.getLogger("imask.run")
-
-
-def _spawn(name: str, args: list[str], logs: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    logs.mkdir(parents=True, exist_ok=True)
-    out = (logs / f"{name}.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "imask.cli", *args], stdout=out, stderr=subprocess.STDOUT,
-                            env=env, cwd=REPO_ROOT)
-
-
-def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]], timeout: float = 30.0) -> dict[str, int | None]:
-    for _, proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    codes: dict[str, int | None] = {}
-    deadline = time.monotonic() + timeout
-    for name, proc in procs:
-        try:
-            codes[name] = proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            codes[name] = proc.wait()
-    return codes
 
 
 def print_summary(summary: dict[str, object]) -> None:
@@ -98,13 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     recordings = args.out / "recordings"
     env = {**os.environ, "IMASK_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "IMASK_LOG_LEVEL": "info"}
     logs = args.out / "logs"
-    workers = [(f"worker-{i}", _spawn(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"], logs, env))
+    workers = [spawn(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"], logs, env)
                for i in range(args.workers)]
-    recorder = ("recorder", _spawn("recorder", ["recorder", "--output-dir", str(recordings)], logs, env))
+    recorder = spawn("recorder", ["recorder", "--output-dir", str(recordings)], logs, env)
+    for svc in [*workers, recorder]:
+        svc.wait_ready(120)  # model loaded and warm: frames published now do not wait on start-up
     ingest_args = ["ingest", "--pace", args.pace, "--drop-policy", "complete"]
     for camera, path in sources.items():
         ingest_args += ["--source", f"{camera}={path}"]
-    ingest = ("ingest", _spawn("ingest", ingest_args, logs, env))
+    ingest = spawn("ingest", ingest_args, logs, env)
     log.info("pipeline started: %s workers, cameras %s; logs in %s", args.workers, sorted(sources), logs)
 
     reader = TopicReader(settings, start)
@@ -115,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() - began > args.timeout:
                 log.error("timed out waiting for the stream to be accounted for")
                 break
-            crashed = [n for n, p in [*workers, recorder] if p.poll() is not None]
+            crashed = [svc.name for svc in [*workers, recorder] if svc.proc.poll() is not None]
             if crashed:
                 log.error("process(es) exited early: %s (see %s)", crashed, logs)
                 break
@@ -140,9 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         while not interrupted and time.monotonic() < deadline and not all(
                 (recordings / f"{c}.mp4").exists() for c in sources):
             time.sleep(0.2)
-        codes = _stop([ingest, *workers, recorder])
+        fail_closed = sum(w.metric("imask_frames_fail_closed_total") for w in workers if w.proc.poll() is None)
+        unmasked = sum(w.metric("imask_frames_unmasked_total") for w in workers if w.proc.poll() is None)
+        codes = stop_all([ingest, *workers, recorder])
     summary = ledger.summary()
     summary["exit_codes"] = codes
+    summary["metrics"] = {"imask_frames_fail_closed_total": fail_closed, "imask_frames_unmasked_total": unmasked}
     summary["recordings"] = sorted(str(p) for p in recordings.glob("*.mp4") if not p.name.endswith(".partial.mp4"))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -151,6 +151,6 @@ class FrameProcessor:
             camera_id=rejected.camera_id, seq=rejected.seq, reason=rejected.reason, detail=rejected.detail[:500],
             stage=stage, ts_us=now_us(), worker_id=self.options.worker_id, source_topic=inbound.topic,
             source_partition=inbound.partition, source_offset=inbound.offset, raw_size=len(raw),
-            raw=raw if self.options.dlq_include_raw else b"",
+            raw=raw if self.options.dlq_include_raw else b"", seq_unknown=rejected.seq_unknown,
         )
         return Outcome(inbound, rejected.camera_id, rejected.seq, drop=record)

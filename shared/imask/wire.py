@@ -27,6 +27,7 @@ class Rejected:
     detail: str
     camera_id: str = ""
     seq: int = 0
+    seq_unknown: bool = False
 
 
 def make_frame(camera_id: str, seq: int, data: bytes, width: int, height: int, capture_ts_us: int,
@@ -47,16 +48,15 @@ def end_of_stream(camera_id: str, seq: int, source_fps: float = 0.0) -> pb.Frame
 def parse_frame(key: bytes | None, value: bytes | None, limits: FrameLimits) -> pb.Frame | Rejected:
     """Decode and check an envelope. Pixels are not decoded here (the image check is the worker's)."""
     key_text = (key or b"").decode("utf-8", "replace")
-    if value is None:
-        return Rejected(pb.DROP_REASON_UNDECODABLE_ENVELOPE, "empty message", key_text)
-    if len(value) > limits.max_frame_bytes + 4096:
-        return Rejected(pb.DROP_REASON_OVERSIZE, f"message of {len(value)} bytes exceeds "
-                        f"{limits.max_frame_bytes}", key_text)
+    if not value:
+        return Rejected(pb.DROP_REASON_UNDECODABLE_ENVELOPE, "empty message", key_text, seq_unknown=True)
     frame = pb.Frame()
     try:
         frame.ParseFromString(value)
     except DecodeError as exc:
-        return Rejected(pb.DROP_REASON_UNDECODABLE_ENVELOPE, f"not a Frame protobuf: {exc}", key_text)
+        camera, seq = salvage_ids(value)
+        return Rejected(pb.DROP_REASON_UNDECODABLE_ENVELOPE, f"not a Frame protobuf: {exc}",
+                        camera or key_text, seq or 0, seq_unknown=seq is None)
     camera, seq = frame.camera_id or key_text, frame.seq
     if frame.schema_version != SCHEMA_VERSION:
         return Rejected(pb.DROP_REASON_SCHEMA_VERSION,
@@ -79,3 +79,52 @@ def parse_frame(key: bytes | None, value: bytes | None, limits: FrameLimits) -> 
     if not frame.data:
         return Rejected(pb.DROP_REASON_CORRUPT_IMAGE, "no image bytes", camera, seq)
     return frame
+
+
+def salvage_ids(value: bytes) -> tuple[str | None, int | None]:
+    """camera_id (field 2) and seq (field 3) from the readable head of a damaged envelope.
+
+    A truncated message usually keeps its first fields; naming the frame in its drop record keeps the
+    accounting exact (every sequence number ends somewhere) instead of losing it as "unknown".
+    """
+    camera: str | None = None
+    seq: int | None = None
+    pos = 0
+
+    def varint() -> int:
+        nonlocal pos
+        result = shift = 0
+        while True:
+            if pos >= len(value) or shift > 63:
+                raise ValueError("truncated varint")
+            byte = value[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return result
+
+    try:
+        while pos < len(value):
+            tag = varint()
+            field, wire_type = tag >> 3, tag & 7
+            if wire_type == 0:
+                number = varint()
+                if field == 3:
+                    seq = number
+            elif wire_type == 2:
+                length = varint()
+                if pos + length > len(value):
+                    break
+                if field == 2:
+                    camera = value[pos:pos + length].decode("utf-8")
+                pos += length
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            else:
+                break
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return camera, seq

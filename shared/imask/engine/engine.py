@@ -101,9 +101,17 @@ class MaskingEngine:
         """False while an abandoned (timed-out) inference still occupies the detector."""
         return self._inflight is None or self._inflight.done()
 
-    def warm_up(self) -> None:
-        self.process([FrameInput("__warmup__", 0, np.zeros((360, 640, 3), np.uint8))])
-        self._trackers.pop("__warmup__", None)
+    def warm_up(self) -> bool:
+        """One inference so the first real frame does not pay for lazy initialisation. Not a frame: no metrics,
+        no tracker. Returns False when the detector failed or exceeded its timeout (frames will fail closed)."""
+        future = self._executor.submit(self.detector.detect, [np.zeros((360, 640, 3), np.uint8)],
+                                       self.variant.threshold, None)
+        try:
+            future.result(timeout=max(30.0, self.detector_timeout_s or 0))
+        except Exception as exc:
+            log.error("detector warm-up failed", extra={"error": repr(exc)})
+            return False
+        return True
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -180,7 +180,7 @@ class FrameMeta(_message.Message):
     def __init__(self, camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., capture_ts_us: _Optional[int] = ..., ingest_ts_us: _Optional[int] = ..., masked_ts_us: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., worker_id: _Optional[str] = ..., execution_provider: _Optional[str] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., fail_closed: _Optional[bool] = ..., fail_closed_reason: _Optional[str] = ..., faces_masked: _Optional[int] = ..., brightness: _Optional[float] = ..., trace_id: _Optional[str] = ..., end_of_stream: _Optional[bool] = ...) -> None: ...
 
 class DropRecord(_message.Message):
-    __slots__ = ("camera_id", "seq", "reason", "detail", "stage", "ts_us", "worker_id", "source_topic", "source_partition", "source_offset", "raw_size", "raw")
+    __slots__ = ("camera_id", "seq", "reason", "detail", "stage", "ts_us", "worker_id", "source_topic", "source_partition", "source_offset", "raw_size", "raw", "seq_unknown")
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,7 @@ class DropRecord(_message.Message):
     SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     RAW_SIZE_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
+    SEQ_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     camera_id: str
     seq: int
     reason: DropReason
@@ -205,4 +206,5 @@ class DropRecord(_message.Message):
     source_offset: int
     raw_size: int
     raw: bytes
-    def __init__(self, camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., reason: _Optional[_Union[DropReason, str]] = ..., detail: _Optional[str] = ..., stage: _Optional[str] = ..., ts_us: _Optional[int] = ..., worker_id: _Optional[str] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., raw_size: _Optional[int] = ..., raw: _Optional[bytes] = ...) -> None: ...
+    seq_unknown: bool
+    def __init__(self, camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., reason: _Optional[_Union[DropReason, str]] = ..., detail: _Optional[str] = ..., stage: _Optional[str] = ..., ts_us: _Optional[int] = ..., worker_id: _Optional[str] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., raw_size: _Optional[int] = ..., raw: _Optional[bytes] = ..., seq_unknown: _Optional[bool] = ...) -> None: ...

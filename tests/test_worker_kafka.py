@@ -1,0 +1,218 @@
+"""The worker against the real broker: accounting, order, bad input, fail closed, SIGKILL takeover, SIGTERM drain."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+
+from conftest import detail_ratio, near_uniform, similarity, subprocess_env
+from imask.accounting import StreamLedger
+from imask.config import KafkaSettings
+from imask.kafka import TopicReader, producer_config
+from imask.media import Image, encode_jpeg
+from imask.procs import ServiceProcess, spawn, stop_all
+from imask.samples import astronaut
+from imask.v1 import frames_pb2 as pb
+from imask.wire import end_of_stream, make_frame, now_us
+
+pytestmark = pytest.mark.kafka
+
+
+def moving_face_frames(n: int, size: tuple[int, int] = (480, 360)) -> list[Image]:
+    base = cv2.resize(astronaut(), (360, 360))
+    frames = []
+    for i in range(n):
+        canvas = np.full((size[1], size[0], 3), 30, np.uint8)
+        x = (i * 7) % (size[0] - 360)
+        canvas[:360, x:x + 360] = base
+        frames.append(canvas)
+    return frames
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.ledger = StreamLedger()
+        self.masked: dict[tuple[str, int], pb.MaskedFrame] = {}
+        self.meta_order: dict[str, list[int]] = {}
+        self.drops: list[pb.DropRecord] = []
+
+
+def collect(settings: KafkaSettings, cameras: set[str], timeout: float = 120.0) -> Collected:
+    """Read masked, meta and dlq topics from the start until every camera's stream is accounted for."""
+    out = Collected()
+    out.ledger = StreamLedger(cameras)
+    start = {(t, p): 0 for t in (settings.topic_masked, settings.topic_meta, settings.topic_dlq)
+             for p in range(settings.partitions)}
+    reader = TopicReader(settings, start)
+    deadline = time.monotonic() + timeout
+    try:
+        while not out.ledger.complete() and time.monotonic() < deadline:
+            msg = reader.poll(0.5)
+            if msg is None:
+                continue
+            value = msg.value() or b""
+            if msg.topic() == settings.topic_meta:
+                meta = pb.FrameMeta.FromString(value)
+                out.ledger.add_meta(meta)
+                if not meta.end_of_stream:
+                    out.meta_order.setdefault(meta.camera_id, []).append(meta.seq)
+            elif msg.topic() == settings.topic_dlq:
+                record = pb.DropRecord.FromString(value)
+                out.drops.append(record)
+                out.ledger.add_drop(record)
+            else:
+                masked = pb.MaskedFrame.FromString(value)
+                out.masked[(masked.frame.camera_id, masked.frame.seq)] = masked
+    finally:
+        reader.close()
+    return out
+
+
+def publish(settings: KafkaSettings, streams: dict[str, list[Image]],
+            corrupt: dict[tuple[str, int], bytes] | None = None, pace_s: float = 0.0) -> None:
+    """Frames of several cameras interleaved; `corrupt` replaces chosen (camera, seq) messages by raw bytes."""
+    producer = Producer(producer_config(settings))
+    corrupt = corrupt or {}
+    longest = max(len(v) for v in streams.values())
+    for seq in range(longest):
+        for camera, frames in streams.items():
+            if seq < len(frames):
+                value = corrupt.get((camera, seq))
+                if value is None:
+                    img = frames[seq]
+                    value = make_frame(camera, seq, encode_jpeg(img, 85), img.shape[1], img.shape[0],
+                                       now_us(), 15.0).SerializeToString()
+                producer.produce(settings.topic_raw, key=camera.encode(), value=value)
+        producer.poll(0)
+        if pace_s:
+            time.sleep(pace_s)
+    for camera, frames in streams.items():
+        producer.produce(settings.topic_raw, key=camera.encode(),
+                         value=end_of_stream(camera, len(frames)).SerializeToString())
+    assert producer.flush(30) == 0
+
+
+def start_worker(tmp_path: Path, name: str, group: str, **env: str) -> ServiceProcess:
+    worker = spawn(name, ["worker", "--group-id", group, "--worker-id", name], tmp_path / "logs",
+                   {**subprocess_env(), **env})
+    worker.wait_ready(90)
+    return worker
+
+
+def assert_in_order(collected: Collected) -> None:
+    for camera, seqs in collected.meta_order.items():
+        first_seen = list(dict.fromkeys(seqs))  # redeliveries after a takeover repeat a tail, never reorder
+        assert first_seen == sorted(first_seen), f"camera {camera} out of order"
+
+
+def test_stream_accounted_in_order_with_bad_input(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    frames = moving_face_frames(24)
+
+    def envelope(camera: str, seq: int, **changes: object) -> pb.Frame:
+        frame = make_frame(camera, seq, encode_jpeg(frames[seq], 85), 480, 360, now_us())
+        for key, value in changes.items():
+            setattr(frame, key, value)
+        return frame
+
+    corrupt = {
+        ("cam-a", 5): envelope("cam-a", 5, data=b"\xff\xd8\xff\xe0garbage").SerializeToString(),
+        ("cam-a", 6): envelope("cam-a", 6).SerializeToString()[:40],                 # truncated protobuf
+        ("cam-b", 7): envelope("cam-b", 7, schema_version=2).SerializeToString(),
+        ("cam-b", 8): envelope("cam-b", 8, data=b"\xff\xd8" + b"\0" * 5_000_000).SerializeToString(),
+        ("cam-b", 9): envelope("cam-b", 9, data=encode_jpeg(frames[9], 85)[:3000]).SerializeToString(),
+    }
+    worker = start_worker(tmp_path, "w1", f"g-{uuid.uuid4().hex[:6]}")
+    publish(kafka_settings, {"cam-a": frames, "cam-b": frames[:20]}, corrupt)
+    got = collect(kafka_settings, {"cam-a", "cam-b"})
+    assert worker.proc.poll() is None, "worker died on bad input"
+    summary = got.ledger.summary()
+    assert summary["unaccounted"] == 0 and summary["frames_in"] == 44, {c: (v.missing(), v.dropped) for c, v in got.ledger.by_camera.items()}
+    assert summary["frames_masked"] + summary["frames_dropped"] == 44
+    assert summary["duplicates"] == 0
+    reasons = {(d.camera_id, d.seq): pb.DropReason.Name(d.reason) for d in got.drops}
+    assert reasons[("cam-a", 5)] == "DROP_REASON_CORRUPT_IMAGE"
+    # The truncated envelope's head still names it, so the drop record says which frame it was.
+    assert reasons[("cam-a", 6)] == "DROP_REASON_UNDECODABLE_ENVELOPE"
+    assert reasons[("cam-b", 7)] == "DROP_REASON_SCHEMA_VERSION"
+    assert reasons[("cam-b", 8)] == "DROP_REASON_OVERSIZE"
+    assert reasons[("cam-b", 9)] == "DROP_REASON_CORRUPT_IMAGE"
+    assert all(d.detail and not d.raw for d in got.drops)  # a reason, and no raw pixels by default
+    assert_in_order(got)
+    # Masked output: the face is gone, the rest of the frame is kept.
+    for (camera, seq), masked in got.masked.items():
+        if masked.frame.end_of_stream:
+            continue
+        out = cv2.imdecode(np.frombuffer(masked.frame.data, np.uint8), cv2.IMREAD_COLOR)
+        x = (seq * 7) % 120
+        face = (slice(60, 115), slice(x + 135, x + 180))  # inside the face (box ~128..187 x 47..125)
+        assert masked.faces_masked >= 1 and not masked.fail_closed
+        assert detail_ratio(out[face], frames[seq][face]) < 0.2, f"{camera}/{seq} face still visible"
+    assert worker.metric("imask_frames_dead_lettered_total") == 5
+    assert worker.metric("imask_frames_unmasked_total") == 0
+    assert worker.metric("imask_stage_latency_seconds_count", 'stage="end_to_end"') == 39
+    assert stop_all([worker]) == {"w1": 0}
+
+
+def test_fail_closed_when_detector_times_out(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    frames = moving_face_frames(8, size=(1280, 720))
+    worker = start_worker(tmp_path, "slow", f"g-{uuid.uuid4().hex[:6]}", IMASK_DETECTOR_TIMEOUT_MS="1",
+                          IMASK_DETECTOR_WIDTH="1280", IMASK_DETECTOR_HEIGHT="736")
+    publish(kafka_settings, {"cam-f": frames}, pace_s=0.3)
+    got = collect(kafka_settings, {"cam-f"})
+    assert got.ledger.summary()["unaccounted"] == 0
+    fail_closed = [m for m in got.masked.values() if not m.frame.end_of_stream]
+    assert len(fail_closed) == 8
+    for masked in fail_closed:
+        assert masked.fail_closed and masked.fail_closed_reason in {"detector_timeout", "detector_unhealthy"}
+        out = cv2.imdecode(np.frombuffer(masked.frame.data, np.uint8), cv2.IMREAD_COLOR)
+        raw = frames[masked.frame.seq]
+        assert not np.array_equal(out, raw) and near_uniform(out) and similarity(out, raw) < 0.1
+    assert worker.metric("imask_frames_fail_closed_total") == 8
+    assert worker.metric("imask_frames_out_total") == 8
+    stop_all([worker])
+
+
+def test_sigkill_mid_stream_another_worker_takes_over(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    cameras = {f"cam-{i}": moving_face_frames(40) for i in range(4)}
+    victim = start_worker(tmp_path, "victim", group)
+    survivor = start_worker(tmp_path, "survivor", group)
+    publish(kafka_settings, cameras, pace_s=0.03)
+    # Kill once the victim has really been working, so it dies holding uncommitted frames.
+    deadline = time.monotonic() + 60
+    while victim.metric("imask_frames_out_total") < 15 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait()
+    got = collect(kafka_settings, set(cameras), timeout=120)
+    summary = got.ledger.summary()
+    assert summary["unaccounted"] == 0, summary
+    assert summary["frames_masked"] == 160
+    assert_in_order(got)
+    assert survivor.metric("imask_frames_out_total") > 0
+    assert stop_all([survivor]) == {"survivor": 0}
+
+
+def test_sigterm_drains_without_loss_or_duplicates(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    cameras = {f"cam-{i}": moving_face_frames(60) for i in range(2)}
+    first = start_worker(tmp_path, "first", group)
+    publish(kafka_settings, cameras)
+    while first.metric("imask_frames_out_total") < 10:
+        time.sleep(0.05)
+    assert stop_all([first]) == {"first": 0}  # SIGTERM: finish, flush, commit, leave the group
+    partial = collect(kafka_settings, set(cameras), timeout=3).ledger.summary()
+    assert 10 <= partial["frames_masked"] < 120, "the drain test needs the first worker stopped mid-stream"
+    second = start_worker(tmp_path, "second", group)
+    got = collect(kafka_settings, set(cameras))
+    summary = got.ledger.summary()
+    assert summary["unaccounted"] == 0 and summary["duplicates"] == 0, summary
+    assert_in_order(got)
+    stop_all([second])

@@ -161,4 +161,5 @@ def test_downscaled_detection_maps_boxes_back(engine: MaskingEngine, astronaut_i
     small = engine.process([FrameInput("a", 0, astronaut_image)])[0].faces[0].box
     big_image = cv2.resize(astronaut_image, (1920, 1920))
     big = engine.process([FrameInput("b", 0, big_image)])[0].faces[0].box
-    assert np.allclose(np.array(big) / 3.75, np.array(small), atol=8)
+    # Different detector scales give slightly different boxes; mapped back they must be the same face.
+    assert _iou(tuple(np.array(big) / 3.75), np.array(small)) > 0.7

@@ -39,12 +39,21 @@ class BatchTimings:
     postprocess_ms: float = 0.0
 
 
-def detector_geometry(width: int, height: int, max_width: int, max_height: int) -> tuple[float, int, int]:
-    """Scale (never up) that fits the frame into the detector box, and the resized size.
+HARD_MAX_SIDE = 1280  # beyond this a CPU frame costs >100 ms; high-res crowds need tiling instead
 
-    The tensor is padded to multiples of 32 later; keeping aspect avoids distorting faces.
+
+def detector_geometry(width: int, height: int, max_width: int, max_height: int,
+                      max_downscale: float = 0.0) -> tuple[float, int, int]:
+    """Scale (never up) for the detector input, and the resized size.
+
+    Fits the frame into the detector box, keeping aspect (the tensor is padded to multiples of 32 later). With
+    `max_downscale` set, large frames are shrunk by at most that factor (up to 1280 px): CenterFace stops
+    finding faces under ~10 px at its input, so a 1080p crowd shrunk 3x to 640x360 loses its 24 px faces.
     """
     scale = min(max_width / width, max_height / height, 1.0)
+    if max_downscale > 0:
+        cap = min(HARD_MAX_SIDE / max(width, height), 1.0)
+        scale = max(scale, min(1.0 / max_downscale, cap))
     return scale, max(1, round(width * scale)), max(1, round(height * scale))
 
 
@@ -55,12 +64,14 @@ def _pad32(value: int) -> int:
 class CenterFaceDetector:
     """Runs CenterFace on a batch of BGR frames. Thread-compatible, not thread-safe per call."""
 
-    def __init__(self, model: LoadedModel, max_width: int = 640, max_height: int = 384) -> None:
+    def __init__(self, model: LoadedModel, max_width: int = 640, max_height: int = 384,
+                 max_downscale: float = 0.0) -> None:
         if max_width < 32 or max_height < 32:
             raise ValueError("detector input must be at least 32x32")
         self.model = model
         self.max_width = max_width
         self.max_height = max_height
+        self.max_downscale = max_downscale
         self.run_options = ort.RunOptions()
 
     def detect(self, frames: list[Image], threshold: float, timings: BatchTimings | None = None) -> list[Detections]:
@@ -68,7 +79,8 @@ class CenterFaceDetector:
         if not frames:
             return []
         t0 = time.perf_counter()
-        geometry = [detector_geometry(f.shape[1], f.shape[0], self.max_width, self.max_height) for f in frames]
+        geometry = [detector_geometry(f.shape[1], f.shape[0], self.max_width, self.max_height, self.max_downscale)
+                    for f in frames]
         tensor_w = _pad32(max(g[1] for g in geometry))
         tensor_h = _pad32(max(g[2] for g in geometry))
         blob = np.zeros((len(frames), 3, tensor_h, tensor_w), np.float32)

@@ -93,7 +93,7 @@ class MaskingEngine:
             raise ValueError(f"variant {variant.name!r} names unknown detector {variant.detector!r}")
         model = load_centerface(expected_sha256=variant.model_sha256, provider=provider,
                                 intra_op_threads=intra_op_threads)
-        detector = CenterFaceDetector(model, variant.input_width, variant.input_height)
+        detector = CenterFaceDetector(model, variant.input_width, variant.input_height, variant.max_downscale)
         return cls(variant, detector, model.execution_provider, detector_timeout_s)
 
     @property
@@ -123,15 +123,17 @@ class MaskingEngine:
             return []
         spec = spec or self.variant.mask
         timings = BatchTimings()
+        threshold = threshold or self.variant.threshold
+        track_threshold = min(threshold, self.variant.track_threshold)
         try:
-            detections = self._detect([f.image for f in frames], threshold or self.variant.threshold, timings)
+            detections = self._detect([f.image for f in frames], track_threshold, timings)
         except FailClosed as exc:
             return [self._fail_closed(f, exc.reason, len(frames)) for f in frames]
         metrics.BATCH_SIZE.observe(len(frames))
         results = []
         for frame, dets in zip(frames, detections, strict=True):
             try:
-                result = self._mask_one(frame, dets, spec)
+                result = self._mask_one(frame, dets, spec, threshold)
             except Exception:
                 log.exception("masking failed", extra={"camera": frame.camera_id, "seq": frame.seq})
                 result = self._fail_closed(frame, "mask_error", len(frames))
@@ -190,9 +192,10 @@ class MaskingEngine:
             self._trackers.popitem(last=False)
         return tracker
 
-    def _mask_one(self, frame: FrameInput, dets: Detections, spec: MaskSpec) -> EngineResult:
+    def _mask_one(self, frame: FrameInput, dets: Detections, spec: MaskSpec, threshold: float) -> EngineResult:
         t0 = time.perf_counter()
-        tracked: list[TrackedFace] = self._tracker(frame.camera_id, frame.seq).update(dets.boxes, dets.scores)
+        tracker = self._tracker(frame.camera_id, frame.seq)
+        tracked: list[TrackedFace] = tracker.update(dets.boxes, dets.scores, new_track_score=threshold)
         boxes = np.array([t.box for t in tracked], np.float32).reshape(-1, 4)
         out = frame.image.copy()
         regions = apply_masks(out, boxes, spec)

@@ -58,7 +58,11 @@ class FaceTracker:
         self.tracks: list[Track] = []
         self._next_id = 1
 
-    def update(self, boxes: Boxes, scores: npt.NDArray[np.float32]) -> list[TrackedFace]:
+    def update(self, boxes: Boxes, scores: npt.NDArray[np.float32], new_track_score: float = 0.0) -> list[
+            TrackedFace]:
+        """Match this frame's detections to tracks. Detections scoring under `new_track_score` only continue an
+        existing track (hysteresis): a face whose score dips stays masked without low scores creating masks on
+        non-faces everywhere else."""
         dets = boxes.astype(np.float64)
         track_boxes = np.array([t.box for t in self.tracks]).reshape(-1, 4)
         ious = iou_matrix(track_boxes, dets)
@@ -95,9 +99,11 @@ class FaceTracker:
                 track.box = smoothed
                 track.score = float(scores[di])
                 track.missed = 0
-            else:
+            elif scores[di] >= new_track_score:
                 track = Track(self._next_id, det.copy(), np.zeros(4), float(scores[di]))
                 self._next_id += 1
+            else:
+                continue
             survivors.append(track)
             union = np.concatenate([np.minimum(det[:2], track.box[:2]), np.maximum(det[2:], track.box[2:])])
             out.append(TrackedFace(union.astype(np.float32), float(scores[di]), track.track_id, False, di))

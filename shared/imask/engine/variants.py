@@ -19,13 +19,16 @@ class Variant:
     model_sha256: str = CENTERFACE_SHA256
     input_width: int = 640
     input_height: int = 384
-    threshold: float = 0.2
+    threshold: float = 0.2        # a new face needs this score
+    track_threshold: float = 0.05  # a face already tracked stays masked down to this score
     mask: MaskSpec = field(default_factory=MaskSpec)
     max_missed: int = 5  # frames a lost face stays masked
+    max_downscale: float = 2.0  # large frames keep at least half their resolution for the detector (0: off)
 
     @property
     def model_version(self) -> str:
-        return f"{self.detector}@{self.model_sha256[:12]}/{self.input_width}x{self.input_height}/t{self.threshold:g}"
+        return (f"{self.detector}@{self.model_sha256[:12]}/{self.input_width}x{self.input_height}"
+                f"/t{self.threshold:g}/k{self.track_threshold:g}")
 
     def with_overrides(self, **changes: object) -> Variant:
         return replace(self, **changes)  # type: ignore[arg-type]

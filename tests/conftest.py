@@ -13,8 +13,8 @@ import pytest
 
 from imask.config import KafkaSettings
 from imask.engine import MaskingEngine, default_variant
-from imask.media import Image
 from imask.samples import astronaut, shared_data
+from imask.types import Image
 
 
 @pytest.fixture(scope="session")

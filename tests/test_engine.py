@@ -15,7 +15,7 @@ from imask.engine import FrameInput, MaskingEngine, default_variant
 from imask.engine.detector import BatchTimings, CenterFaceDetector, Detections
 from imask.engine.masks import scaled_boxes
 from imask.engine.model import ModelError, load_centerface, packaged_centerface_path
-from imask.media import Image
+from imask.types import Image
 
 
 def test_astronaut_face_is_found_and_masked(engine: MaskingEngine, astronaut_image: Image) -> None:

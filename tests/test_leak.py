@@ -9,7 +9,8 @@ import pytest
 
 from imask.engine import FrameInput, MaskingEngine
 from imask.leakcheck import check_leak
-from imask.media import Image, iter_video, open_video
+from imask.media import iter_video, open_video
+from imask.types import Image
 
 CLIPS = [
     "video/short_hamilton_clip.mp4",

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
 from imask import stack
 from imask.stack import StackSettings
-from pydantic import ValidationError
 
 
 @pytest.fixture(scope="module")

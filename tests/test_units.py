@@ -13,10 +13,18 @@ import pytest
 
 from conftest import near_uniform, similarity
 from imask.config import ConfigError, FrameLimits, WorkerSettings, check_environment, load_settings
-from imask.engine.masks import MaskShape, MaskSpec, MaskStyle, apply_masks, masked_regions_changed, obscure_frame
+from imask.engine.masks import (
+    MaskShape,
+    MaskSpec,
+    MaskStyle,
+    apply_masks,
+    masked_regions_changed,
+    obscure_frame,
+)
 from imask.engine.tracker import FaceTracker
 from imask.kafka import OffsetTracker
-from imask.media import Image, ImageError, decode_image, encode_jpeg, sniff_size
+from imask.media import ImageError, decode_image, encode_jpeg, sniff_size
+from imask.types import Image
 from imask.v1 import frames_pb2 as pb
 from imask.wire import Rejected, make_frame, parse_frame
 
@@ -26,7 +34,7 @@ LIMITS = FrameLimits(max_frame_bytes=2_000_000, max_width=2000, max_height=2000)
 def test_sniff_and_decode(astronaut_image: Image) -> None:
     jpeg = encode_jpeg(astronaut_image, 90)
     assert sniff_size(jpeg) == ("jpeg", 512, 512)
-    ok, png = cv2.imencode(".png", astronaut_image)
+    _ok, png = cv2.imencode(".png", astronaut_image)
     assert sniff_size(png.tobytes()) == ("png", 512, 512)
     assert decode_image(jpeg, 2000, 2000).shape == (512, 512, 3)
 
@@ -88,7 +96,7 @@ def test_every_style_obscures_the_face(astronaut_image: Image, style: MaskStyle,
     assert masked_regions_changed(astronaut_image, out, regions)
     outside = (slice(300, 512), slice(0, 512))
     assert np.array_equal(out[outside], astronaut_image[outside])
-    x1, y1, x2, y2 = regions[0]
+    x1, y1, _x2, _y2 = regions[0]
     corner_changed = not np.array_equal(out[y1:y1 + 3, x1:x1 + 3], astronaut_image[y1:y1 + 3, x1:x1 + 3])
     assert corner_changed == (shape is MaskShape.BOX)
 

@@ -16,9 +16,10 @@ from conftest import detail_ratio, near_uniform, similarity, subprocess_env
 from imask.accounting import StreamLedger
 from imask.config import KafkaSettings
 from imask.kafka import TopicReader, producer_config
-from imask.media import Image, encode_jpeg
+from imask.media import encode_jpeg
 from imask.procs import ServiceProcess, spawn, stop_all
 from imask.samples import astronaut
+from imask.types import Image
 from imask.v1 import frames_pb2 as pb
 from imask.wire import end_of_stream, make_frame, now_us
 
@@ -133,7 +134,8 @@ def test_stream_accounted_in_order_with_bad_input(kafka_settings: KafkaSettings,
     got = collect(kafka_settings, {"cam-a", "cam-b"})
     assert worker.proc.poll() is None, "worker died on bad input"
     summary = got.ledger.summary()
-    assert summary["unaccounted"] == 0 and summary["frames_in"] == 44, {c: (v.missing(), v.dropped) for c, v in got.ledger.by_camera.items()}
+    missing = {c: (v.missing(), v.dropped) for c, v in got.ledger.by_camera.items()}
+    assert summary["unaccounted"] == 0 and summary["frames_in"] == 44, missing
     assert summary["frames_masked"] + summary["frames_dropped"] == 44
     assert summary["duplicates"] == 0
     reasons = {(d.camera_id, d.seq): pb.DropReason.Name(d.reason) for d in got.drops}

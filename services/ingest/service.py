@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -57,7 +58,7 @@ class Ingest:
             raise ValueError("no sources: give --source CAMERA_ID=PATH_OR_URL (or IMASK_SOURCES)")
         self._lock = threading.Lock()
 
-    def _on_ack(self, stats: SourceStats) -> object:
+    def _on_ack(self, stats: SourceStats) -> Callable[[KafkaError | None, Message], None]:
         def ack(err: KafkaError | None, _msg: Message) -> None:
             with self._lock:
                 if err is None:
@@ -78,7 +79,7 @@ class Ingest:
                 stats.state = "blocked"
                 self.producer.poll(0.05)
 
-    def _drop_record(self, stats: SourceStats, seq: int, reason: pb.DropReason.ValueType, detail: str) -> None:
+    def _drop_record(self, stats: SourceStats, seq: int, reason: pb.DropReason, detail: str) -> None:
         record = pb.DropRecord(camera_id=stats.camera_id, seq=seq, reason=reason, detail=detail, stage="ingest",
                                ts_us=now_us(), worker_id=self.runtime.name)
         self.producer.produce(self.settings.topic_dlq, value=record.SerializeToString(),

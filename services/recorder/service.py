@@ -6,6 +6,7 @@ frames exist on this topic; the recorder never sees raw pixels.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -75,12 +76,13 @@ class Recorder:
             while not self.runtime.stopping.is_set():
                 msg = self.consumer.poll(0.2)
                 if msg is not None:
-                    if msg.error():
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer error", extra={"error": str(msg.error())})
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error", extra={"error": str(err)})
                         continue
                     self.handle(msg.value() or b"")
-                    self._store(msg.topic(), msg.partition(), msg.offset() + 1)
+                    self._store(msg.topic() or "", msg.partition() or 0, (msg.offset() or 0) + 1)
                 now = time.monotonic()
                 for camera, rec in list(self.open.items()):
                     if now - rec.last_write > self.settings.idle_close_s:
@@ -88,18 +90,14 @@ class Recorder:
         finally:
             for camera in list(self.open):
                 self._close(camera)
-            try:
+            with contextlib.suppress(KafkaException):
                 self.consumer.commit(asynchronous=False)
-            except KafkaException:
-                pass
             self.consumer.close()
         return 0
 
     def _store(self, topic: str, partition: int, offset: int) -> None:
-        try:
+        with contextlib.suppress(KafkaException):
             self.consumer.store_offsets(offsets=[TopicPartition(topic, partition, offset)])
-        except KafkaException:
-            pass
 
 
 def run(settings: RecorderSettings) -> int:

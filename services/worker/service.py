@@ -170,12 +170,13 @@ class Worker:
                 self.producer.poll(0)
                 inbound = []
                 for msg in messages:
-                    if msg.error():
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer error", extra={"error": str(msg.error())})
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error", extra={"error": str(err)})
                         continue
-                    inbound.append(Inbound(msg.key(), msg.value(), msg.topic(), msg.partition(), msg.offset(),
-                                           now_us()))
+                    inbound.append(Inbound(msg.key(), msg.value(), msg.topic() or "", msg.partition() or 0,
+                                           msg.offset() or 0, now_us()))
                 if not inbound:
                     continue
                 for item in inbound:

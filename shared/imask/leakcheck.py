@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from imask.engine.tracker import iou_matrix
-from imask.media import Image
+from imask.types import Image
 
 MAX_SIDE = 960  # YuNet's wrapper is unreliable on larger images
 RELIABLE_CONFIDENCE = 0.85

@@ -79,7 +79,7 @@ class OpsServer:
         ops = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 if self.path.startswith("/metrics"):
                     self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
                 elif self.path.startswith("/healthz"):
@@ -98,7 +98,7 @@ class OpsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - silence access logs
+            def log_message(self, format: str, *args: object) -> None:
                 return
 
         return Handler

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from imask.media import Image
+from imask.types import Image
 
 log = logging.getLogger(__name__)
 

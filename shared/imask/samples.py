@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from imask.config import REPO_ROOT
-from imask.media import Image
+from imask.types import Image
 
 SHARED_DATA = Path(os.environ.get("IMASK_TEST_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
@@ -46,7 +46,8 @@ def astronaut() -> Image:
     """A real face photo bundled in scikit-image's wheel, as BGR."""
     from skimage import data
 
-    return np.ascontiguousarray(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    rgb = data.astronaut()  # type: ignore[no-untyped-call]
+    return np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
 def synthetic_clip(path: Path, frames: int = 60, fps: float = 15.0, size: tuple[int, int] = (640, 360)) -> Path:

@@ -23,7 +23,7 @@ def now_us() -> int:
 class Rejected:
     """An input that becomes a DropRecord instead of a masked frame."""
 
-    reason: pb.DropReason.ValueType
+    reason: pb.DropReason
     detail: str
     camera_id: str = ""
     seq: int = 0
@@ -31,7 +31,7 @@ class Rejected:
 
 
 def make_frame(camera_id: str, seq: int, data: bytes, width: int, height: int, capture_ts_us: int,
-               source_fps: float = 0.0, encoding: pb.Encoding.ValueType = pb.ENCODING_JPEG) -> pb.Frame:
+               source_fps: float = 0.0, encoding: pb.Encoding = pb.ENCODING_JPEG) -> pb.Frame:
     return pb.Frame(
         schema_version=SCHEMA_VERSION, camera_id=camera_id, seq=seq, capture_ts_us=capture_ts_us,
         ingest_ts_us=now_us(), encoding=encoding, width=width, height=height, data=data,

@@ -12,8 +12,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from imask.engine.model import LoadedModel
+from imask.types import Image
 
-Image = npt.NDArray[np.uint8]
 FloatArray = npt.NDArray[np.float32]
 
 NMS_IOU = 0.3

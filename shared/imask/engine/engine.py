@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from imask import metrics
 from imask.engine.detector import BatchTimings, CenterFaceDetector, Detections
@@ -20,10 +19,10 @@ from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, ob
 from imask.engine.model import load_centerface
 from imask.engine.tracker import FaceTracker, TrackedFace
 from imask.engine.variants import Variant
+from imask.types import Image
 
 log = logging.getLogger(__name__)
 
-Image = npt.NDArray[np.uint8]
 
 MAX_TRACKED_CAMERAS = 4096
 

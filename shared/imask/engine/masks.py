@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-Image = npt.NDArray[np.uint8]
+from imask.types import Image
+
 Boxes = npt.NDArray[np.float32]
 
 FAIL_CLOSED_GRAY = 127
@@ -87,8 +88,8 @@ def apply_masks(image: Image, boxes: Boxes, spec: MaskSpec) -> npt.NDArray[np.in
         if spec.shape is MaskShape.BOX:
             roi[...] = masked
             continue
-        inside = np.zeros(roi.shape[:2], np.uint8)
-        h, w = inside.shape
+        h, w = int(y2 - y1), int(x2 - x1)
+        inside = np.zeros((h, w), np.uint8)
         cv2.ellipse(inside, (w // 2, h // 2), (max(1, w // 2), max(1, h // 2)), 0, 0, 360, 255, -1)
         np.copyto(roi, masked, where=inside[:, :, None].astype(bool))
     return regions

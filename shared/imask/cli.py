@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -96,18 +97,6 @@ def cmd_mask(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_stack(args: argparse.Namespace) -> int:
-    from imask import stack
-
-    return stack.main(args.stack_args)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from imask.localrun import main as run_main
-
-    return run_main(args.run_args)
-
-
 def cmd_protos(args: argparse.Namespace) -> int:
     from imask.protogen import main as proto_main
 
@@ -158,20 +147,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_mask)
 
-    p = sub.add_parser("stack", help="Start, stop or show the local Kafka + Redis stack (make up/down/status)",
-                       add_help=False)
-    p.add_argument("stack_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_stack)
-    p = sub.add_parser("run", help="The whole pipeline on the local stack with the sample clips (make run)",
-                       add_help=False)
-    p.add_argument("run_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_run)
+    # Listed for --help; `main` hands their arguments to their own parsers.
+    sub.add_parser("stack", help="Start, stop or show the local Kafka + Redis stack (make up/down/status)")
+    sub.add_parser("run", help="The whole pipeline on the local stack with the sample clips (make run)")
     p = sub.add_parser("protos", help="Regenerate shared/imask/v1 from protos/")
     p.set_defaults(func=cmd_protos)
     return parser
 
 
+# Commands with parsers of their own: everything after the name is theirs (argparse's REMAINDER would let the
+# top-level parser grab their --flags).
+DELEGATED = {"stack": "imask.stack", "run": "imask.localrun"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        module = importlib.import_module(DELEGATED[argv[0]])
+        try:
+            return int(module.main(argv[1:]))
+        except ConfigError as exc:
+            print(f"imask {argv[0]}: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

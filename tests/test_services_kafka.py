@@ -1,0 +1,69 @@
+"""Recorder, ingest and the `imask run` orchestration against the real broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import cv2
+import pytest
+
+from conftest import subprocess_env
+from imask.config import REPO_ROOT, KafkaSettings
+from imask.procs import spawn, stop_all
+from imask.samples import synthetic_clip
+from test_worker_kafka import collect, start_worker
+
+pytestmark = pytest.mark.kafka
+
+
+def test_ingest_worker_recorder_make_a_playable_mp4(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    clip = synthetic_clip(tmp_path / "clip.mp4", frames=30, fps=15)
+    worker = start_worker(tmp_path, "w", f"g-{uuid.uuid4().hex[:6]}")
+    recorder = spawn("recorder", ["recorder", "--group-id", f"r-{uuid.uuid4().hex[:6]}", "--output-dir",
+                                  str(tmp_path / "rec"), "--snapshot-every", "10"], tmp_path / "logs",
+                     subprocess_env())
+    recorder.wait_ready(60)
+    ingest = spawn("ingest", ["ingest", "--source", f"astro={clip}", "--pace", "max", "--drop-policy", "complete"],
+                   tmp_path / "logs", subprocess_env())
+    assert ingest.proc.wait(60) == 0
+    got = collect(kafka_settings, {"astro"})
+    assert got.ledger.summary()["frames_masked"] == 30
+    mp4 = tmp_path / "rec" / "astro.mp4"
+    for _ in range(100):  # the recorder closes the file on the end-of-stream marker
+        if mp4.exists():
+            break
+        cv2.waitKey(100)
+    cap = cv2.VideoCapture(str(mp4))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 30
+    assert abs(cap.get(cv2.CAP_PROP_FPS) - 15) < 0.1
+    ok, frame = cap.read()
+    assert ok and frame.shape == (360, 640, 3)
+    assert sorted(p.name for p in (tmp_path / "rec" / "snapshots" / "astro").iterdir()) == [
+        "00000000.jpg", "00000010.jpg", "00000020.jpg"]
+    assert stop_all([worker, recorder]) == {"w": 0, "recorder": 0}
+
+
+def test_ingest_reports_an_unreadable_source(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "imask.cli", "ingest", "--source", f"bad={tmp_path}/nope.mp4"],
+                         capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert out.returncode == 1 and "source failed to open" in out.stderr
+
+
+def test_imask_run_end_to_end(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    clip = synthetic_clip(tmp_path / "clip.mp4", frames=40, fps=20)
+    env = {**subprocess_env(), "IMASK_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}"}
+    out = subprocess.run([sys.executable, "-m", "imask.cli", "run", "--source", f"cam1={clip}", "--source",
+                          f"cam2={clip}", "--workers", "1", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "run summary" in out.stdout and "end_to_end" in out.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["frames_in"] == 80 and summary["frames_masked"] == 80 and summary["unaccounted"] == 0
+    assert summary["fail_closed"] == 0 and summary["faces_masked"] >= 76
+    assert summary["metrics"]["imask_frames_unmasked_total"] == 0
+    assert {Path(p).name for p in summary["recordings"]} == {"cam1.mp4", "cam2.mp4"}
+    assert set(summary["latency_ms"]) >= {"decode", "inference", "mask", "encode", "publish", "end_to_end"}

@@ -15,7 +15,7 @@ from conftest import subprocess_env
 from imask.config import REPO_ROOT, KafkaSettings
 from imask.procs import spawn, stop_all
 from imask.samples import synthetic_clip
-from test_worker_kafka import collect, start_worker
+from streams import collect, start_worker
 
 pytestmark = pytest.mark.kafka
 

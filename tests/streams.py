@@ -1,0 +1,104 @@
+"""Helpers for integration tests: publish frames of several cameras, collect and account for the outputs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from confluent_kafka import Producer
+
+from conftest import subprocess_env
+from imask.accounting import StreamLedger
+from imask.config import KafkaSettings
+from imask.kafka import TopicReader, producer_config
+from imask.media import encode_jpeg
+from imask.procs import ServiceProcess, spawn
+from imask.samples import astronaut
+from imask.types import Image
+from imask.v1 import frames_pb2 as pb
+from imask.wire import end_of_stream, make_frame, now_us
+
+
+def moving_face_frames(n: int, size: tuple[int, int] = (480, 360)) -> list[Image]:
+    base = cv2.resize(astronaut(), (360, 360))
+    frames = []
+    for i in range(n):
+        canvas = np.full((size[1], size[0], 3), 30, np.uint8)
+        x = (i * 7) % (size[0] - 360)
+        canvas[:360, x:x + 360] = base
+        frames.append(canvas)
+    return frames
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.ledger = StreamLedger()
+        self.masked: dict[tuple[str, int], pb.MaskedFrame] = {}
+        self.meta_order: dict[str, list[int]] = {}
+        self.drops: list[pb.DropRecord] = []
+
+
+def collect(settings: KafkaSettings, cameras: set[str], timeout: float = 120.0) -> Collected:
+    """Read masked, meta and dlq topics from the start until every camera's stream is accounted for."""
+    out = Collected()
+    out.ledger = StreamLedger(cameras)
+    start = {(t, p): 0 for t in (settings.topic_masked, settings.topic_meta, settings.topic_dlq)
+             for p in range(settings.partitions)}
+    reader = TopicReader(settings, start)
+    deadline = time.monotonic() + timeout
+    try:
+        while not out.ledger.complete() and time.monotonic() < deadline:
+            msg = reader.poll(0.5)
+            if msg is None:
+                continue
+            value = msg.value() or b""
+            if msg.topic() == settings.topic_meta:
+                meta = pb.FrameMeta.FromString(value)
+                out.ledger.add_meta(meta)
+                if not meta.end_of_stream:
+                    out.meta_order.setdefault(meta.camera_id, []).append(meta.seq)
+            elif msg.topic() == settings.topic_dlq:
+                record = pb.DropRecord.FromString(value)
+                out.drops.append(record)
+                out.ledger.add_drop(record)
+            else:
+                masked = pb.MaskedFrame.FromString(value)
+                out.masked[(masked.frame.camera_id, masked.frame.seq)] = masked
+    finally:
+        reader.close()
+    return out
+
+
+def publish(settings: KafkaSettings, streams: dict[str, list[Image]],
+            corrupt: dict[tuple[str, int], bytes] | None = None, pace_s: float = 0.0) -> None:
+    """Frames of several cameras interleaved; `corrupt` replaces chosen (camera, seq) messages by raw bytes."""
+    producer = Producer(producer_config(settings))
+    corrupt = corrupt or {}
+    longest = max(len(v) for v in streams.values())
+    for seq in range(longest):
+        for camera, frames in streams.items():
+            if seq < len(frames):
+                value = corrupt.get((camera, seq))
+                if value is None:
+                    img = frames[seq]
+                    value = make_frame(camera, seq, encode_jpeg(img, 85), img.shape[1], img.shape[0],
+                                       now_us(), 15.0).SerializeToString()
+                producer.produce(settings.topic_raw, key=camera.encode(), value=value)
+        producer.poll(0)
+        if pace_s:
+            time.sleep(pace_s)
+    for camera, frames in streams.items():
+        producer.produce(settings.topic_raw, key=camera.encode(),
+                         value=end_of_stream(camera, len(frames)).SerializeToString())
+    assert producer.flush(30) == 0
+
+
+def start_worker(tmp_path: Path, name: str, group: str, **env: str) -> ServiceProcess:
+    worker = spawn(name, ["worker", "--group-id", group, "--worker-id", name], tmp_path / "logs",
+                   {**subprocess_env(), **env})
+    worker.wait_ready(90)
+    return worker
+
+

@@ -1,0 +1,78 @@
+"""Compose, Kubernetes and Prometheus files stay consistent with the code (no Docker engine here: static checks)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imask.cli import build_parser
+from imask.config import REPO_ROOT, check_environment
+
+SERVICE_COMMANDS = {"worker", "ingest", "recorder"}
+
+
+def _yaml_docs(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    return doc
+
+
+def test_compose_services_use_real_commands_and_known_settings() -> None:
+    services = _compose()["services"]
+    parser = build_parser()
+    imask_services = {name: svc for name, svc in services.items() if "build" in svc}
+    assert set(imask_services) == SERVICE_COMMANDS
+    for name, svc in imask_services.items():
+        parser.parse_args(svc["command"])  # exits (fails the test) on an unknown command or flag
+        check_environment({k: str(v) for k, v in svc["environment"].items()})
+        assert "healthcheck" in svc, f"{name} has no healthcheck"
+    for name, svc in services.items():
+        for dep, cond in svc.get("depends_on", {}).items():
+            assert dep in services and cond["condition"] == "service_healthy", f"{name} -> {dep}"
+
+
+def test_k8s_manifests_parse_and_use_known_settings() -> None:
+    docs = [doc for path in sorted((REPO_ROOT / "deploy" / "k8s").glob("*.yaml")) for doc in _yaml_docs(path)]
+    kinds = {doc["kind"] for doc in docs}
+    assert {"Deployment", "ConfigMap", "ScaledObject"} <= kinds
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= set(doc)
+        if doc["kind"] == "ConfigMap":
+            check_environment(doc["data"])
+        if doc["kind"] == "Deployment":
+            pod = doc["spec"]["template"]["spec"]
+            assert pod["terminationGracePeriodSeconds"] >= 30
+            for container in pod["containers"]:
+                build_parser().parse_args(container["args"])
+                check_environment({e["name"]: "x" for e in container.get("env", [])})
+                assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_alert_rules_reference_metrics_the_services_export() -> None:
+    from imask import metrics
+
+    exported = set()
+    for value in vars(metrics).values():
+        name = getattr(value, "_name", None)
+        if isinstance(name, str):
+            exported |= {name, f"{name}_total", f"{name}_bucket", f"{name}_count", f"{name}_sum"}
+    rules = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "rules.yml").read_text())
+    used = set()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert rule["alert"] and rule["expr"] and rule["labels"]["severity"] in {"page", "ticket"}
+            used |= set(re.findall(r"\bimask_[a-z_]+", rule["expr"]))
+    assert used and used <= exported, used - exported
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/ARCHITECTURE.md", "Makefile", "docker-compose.yml",
+                                  "Dockerfile", ".ci/run"])
+def test_required_files_exist(name: str) -> None:
+    assert (REPO_ROOT / name).is_file()

@@ -163,3 +163,10 @@ def test_downscaled_detection_maps_boxes_back(engine: MaskingEngine, astronaut_i
     big = engine.process([FrameInput("b", 0, big_image)])[0].faces[0].box
     # Different detector scales give slightly different boxes; mapped back they must be the same face.
     assert _iou(tuple(np.array(big) / 3.75), np.array(small)) > 0.7
+
+
+def test_flop_count_matches_the_published_cost() -> None:
+    from imask.engine.model import centerface_gflops
+
+    assert abs(centerface_gflops(640, 384) - 2.96) < 0.01
+    assert abs(centerface_gflops(320, 192) - 0.74) < 0.01

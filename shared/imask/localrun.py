@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from imask.accounting import StreamLedger
 from imask.config import REPO_ROOT, KafkaSettings, load_settings
 from imask.kafka import TopicReader, end_offsets, ensure_topics
 from imask.logs import configure_logging
-from imask.procs import spawn, stop_all
+from imask.procs import ServiceProcess, spawn, stop_all
 from imask.samples import default_sources, synthetic_clip
 from imask.v1 import frames_pb2 as pb
 
@@ -45,6 +46,35 @@ def print_summary(summary: dict[str, object]) -> None:
         print(f"  {stage:<14}{p['p50']:>10}{p['p95']:>10}{p['p99']:>10}{p['n']:>8}")
     for path in summary.get("recordings", []):  # type: ignore[attr-defined]
         print(f"  recording        {path}")
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def follow(settings: KafkaSettings, start: dict[tuple[str, int], int], ledger: StreamLedger,
+           services: list[ServiceProcess], timeout: float, logs: Path) -> None:
+    """Read frames.meta and frames.dlq from `start` until the ledger says every frame is accounted for."""
+    reader = TopicReader(settings, start)
+    began = time.monotonic()
+    try:
+        while not ledger.complete():
+            if time.monotonic() - began > timeout:
+                log.error("timed out waiting for the stream to be accounted for")
+                return
+            crashed = [svc.name for svc in services if svc.proc.poll() is not None]
+            if crashed:
+                log.error("process(es) exited early: %s (see %s)", crashed, logs)
+                return
+            msg = reader.poll(0.5)
+            if msg is None:
+                continue
+            if msg.topic() == settings.topic_meta:
+                ledger.add_meta(pb.FrameMeta.FromString(msg.value() or b""))
+            else:
+                ledger.add_drop(pb.DropRecord.FromString(msg.value() or b""))
+    finally:
+        reader.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,53 +104,34 @@ def main(argv: list[str] | None = None) -> int:
     recordings = args.out / "recordings"
     env = {**os.environ, "IMASK_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "IMASK_LOG_LEVEL": "info"}
     logs = args.out / "logs"
-    workers = [spawn(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"], logs, env)
-               for i in range(args.workers)]
-    recorder = spawn("recorder", ["recorder", "--output-dir", str(recordings)], logs, env)
-    for svc in [*workers, recorder]:
-        svc.wait_ready(120)  # model loaded and warm: frames published now do not wait on start-up
-    ingest_args = ["ingest", "--pace", args.pace, "--drop-policy", "complete"]
-    for camera, path in sources.items():
-        ingest_args += ["--source", f"{camera}={path}"]
-    ingest = spawn("ingest", ingest_args, logs, env)
-    log.info("pipeline started: %s workers, cameras %s; logs in %s", args.workers, sorted(sources), logs)
-
-    reader = TopicReader(settings, start)
+    services: list[ServiceProcess] = []  # in drain order: ingest first, recorder last
     interrupted = False
-    began = time.monotonic()
+    fail_closed = unmasked = 0.0
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a supervisor's SIGTERM drains like Ctrl-C
     try:
-        while not ledger.complete():
-            if time.monotonic() - began > args.timeout:
-                log.error("timed out waiting for the stream to be accounted for")
-                break
-            crashed = [svc.name for svc in [*workers, recorder] if svc.proc.poll() is not None]
-            if crashed:
-                log.error("process(es) exited early: %s (see %s)", crashed, logs)
-                break
-            msg = reader.poll(0.5)
-            if msg is None:
-                continue
-            if msg.topic() == settings.topic_meta:
-                meta = pb.FrameMeta()
-                meta.ParseFromString(msg.value() or b"")
-                ledger.add_meta(meta)
-            else:
-                record = pb.DropRecord()
-                record.ParseFromString(msg.value() or b"")
-                ledger.add_drop(record)
+        workers = [spawn(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"], logs, env)
+                   for i in range(args.workers)]
+        recorder = spawn("recorder", ["recorder", "--output-dir", str(recordings)], logs, env)
+        services = [*workers, recorder]
+        for svc in services:
+            svc.wait_ready(120)  # model loaded and warm: frames published now do not wait on start-up
+        ingest_args = ["ingest", "--pace", args.pace, "--drop-policy", "complete"]
+        for camera, path in sources.items():
+            ingest_args += ["--source", f"{camera}={path}"]
+        services.insert(0, spawn("ingest", ingest_args, logs, env))
+        log.info("pipeline started: %s workers, cameras %s; logs in %s", args.workers, sorted(sources), logs)
+        follow(settings, start, ledger, [*workers, recorder], args.timeout, logs)
+        # Give the recorder a moment to close files on the end-of-stream markers it is reading.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not all((recordings / f"{c}.mp4").exists() for c in sources):
+            time.sleep(0.2)
+        fail_closed = sum(w.metric("imask_frames_fail_closed_total") for w in workers if w.proc.poll() is None)
+        unmasked = sum(w.metric("imask_frames_unmasked_total") for w in workers if w.proc.poll() is None)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: draining all processes")
     finally:
-        reader.close()
-        # Give the recorder a moment to close files on the end-of-stream markers it is reading.
-        deadline = time.monotonic() + 15
-        while not interrupted and time.monotonic() < deadline and not all(
-                (recordings / f"{c}.mp4").exists() for c in sources):
-            time.sleep(0.2)
-        fail_closed = sum(w.metric("imask_frames_fail_closed_total") for w in workers if w.proc.poll() is None)
-        unmasked = sum(w.metric("imask_frames_unmasked_total") for w in workers if w.proc.poll() is None)
-        codes = stop_all([ingest, *workers, recorder])
+        codes = stop_all(services)
     summary = ledger.summary()
     summary["exit_codes"] = codes
     summary["metrics"] = {"imask_frames_fail_closed_total": fail_closed, "imask_frames_unmasked_total": unmasked}

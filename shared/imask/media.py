@@ -100,3 +100,18 @@ def iter_video(cap: cv2.VideoCapture) -> Iterator[Image]:
         if not ok:
             return
         yield frame
+
+
+def read_image(path: str | Path) -> Image:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError(f"cannot read image {path}")
+    return image
+
+
+def decode_any(data: bytes) -> Image:
+    """Decode trusted bytes (our own output, benchmarks) without the input limits of decode_image."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError("undecodable image")
+    return image

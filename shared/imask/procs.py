@@ -70,8 +70,10 @@ def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str]) -> Ser
     port = free_port()
     log_path = log_dir / f"{name}.log"
     out = log_path.open("ab")
+    # A session of its own: a terminal's Ctrl-C reaches only the supervisor, which then drains services in order
+    # (a second signal would make a service exit without draining).
     proc = subprocess.Popen([sys.executable, "-m", "imask.cli", *args, "--ops-port", str(port)], stdout=out,
-                            stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+                            stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True)
     out.close()
     return ServiceProcess(name, proc, port, log_path)
 

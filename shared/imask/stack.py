@@ -798,6 +798,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def create_topics(settings: StackSettings) -> None:
+    """The frame topics with the partition counts and retention from IMASK_* config (idempotent)."""
+    from imask.config import KafkaSettings, load_settings
+    from imask.kafka import ensure_topics, frame_topics
+
+    kafka = load_settings(KafkaSettings, bootstrap_servers=settings.bootstrap_servers)
+    ensure_topics(kafka)
+    logger.info("topics ready: %s", ", ".join(f"{t.name} ({t.partitions} partitions)" for t in frame_topics(kafka)))
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code (1 on a stack error)."""
     args = build_parser().parse_args(argv)
@@ -813,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             up(settings)
+            create_topics(settings)
         elif args.command == "down":
             down(settings, wipe=args.wipe)
         else:

@@ -1,0 +1,419 @@
+"""`make bench`: deface's CLI vs our engine vs the whole Kafka pipeline, on the same frames, in one run.
+
+Frames: the 1080p crowd clip in ../shared/data/video (or a synthetic clip when absent), at 1080p and resized to
+720p. Everything is compared on CPU time per frame (what a 2-core box pays), with wall-clock fps, per-stage
+latency percentiles and peak RSS alongside. Ends with one JSON line of headline figures; the full report goes to
+out/bench/report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from imask.config import REPO_ROOT
+
+BENCH_VENV = REPO_ROOT / ".venv-bench"
+DEFACE_VERSION = "1.5.0"
+OUT = REPO_ROOT / "out" / "bench"
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    p50, p95, p99 = np.percentile(np.asarray(values), [50, 95, 99])
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, float]:
+    """Run a command; its CPU time (with waited-for children, e.g. ffmpeg), wall time and peak RSS.
+
+    Peak RSS is sampled from /proc (VmHWM) while it runs: rusage's ru_maxrss would start from this process's own
+    RSS at fork time and hide a smaller child."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    hwm = 0.0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        hwm = max(hwm, _proc_hwm_mb(proc.pid))
+        time.sleep(0.02)
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code
+    if code != 0:
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        raise RuntimeError(f"{cmd[:3]} failed ({code}): {err[-2000:]}")
+    return {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.perf_counter() - start, "max_rss_mb": hwm}
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------
+
+def prepare_frames(work: Path, limit: int) -> dict[str, Any]:
+    from imask.media import encode_jpeg, iter_video, open_video
+    from imask.samples import shared_data, synthetic_clip
+
+    root = shared_data()
+    clip = root / "video" / "facenet_pytorch_crowd_1080p.mp4" if root else None
+    if clip is None or not clip.is_file():
+        clip = synthetic_clip(work / "synthetic_1080p.mp4", frames=100, fps=25, size=(1920, 1080))
+    cap, info = open_video(clip)
+    frames = [f for _, f in zip(range(limit), iter_video(cap), strict=False)]
+    cap.release()
+    sets: dict[str, Any] = {"source": str(clip), "fps": info.fps}
+    for label, size in (("1080p", (1920, 1080)), ("720p", (1280, 720))):
+        folder = work / f"frames_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        video = work / f"crowd_{label}.mp4"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), info.fps, size)
+        for i, frame in enumerate(frames):
+            img = frame if (frame.shape[1], frame.shape[0]) == size else cv2.resize(frame, size,
+                                                                                   interpolation=cv2.INTER_AREA)
+            (folder / f"{i:05d}.jpg").write_bytes(encode_jpeg(img, 90))
+            writer.write(img)
+        writer.release()
+        sets[label] = {"frames_dir": str(folder), "video": str(video), "n": len(frames)}
+    return sets
+
+
+# --- matmul ceiling -------------------------------------------------------------------------------------------
+
+MATMUL_SNIPPET = """
+import time, numpy as np
+a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32); b = a.copy(); a @ b
+best = 0.0
+for _ in range(5):
+    t = time.perf_counter(); a @ b; dt = time.perf_counter() - t
+    best = max(best, 2 * 2048 ** 3 / dt / 1e9)
+print(best)
+"""
+
+
+def matmul_ceiling(native: bool) -> float:
+    """Single-thread float32 matmul GFLOP/s. native=True unsets OPENBLAS_CORETYPE for this command alone: the
+    override this workplace sets for old OpenBLAS builds (Haswell: AVX2) hides the CPU's AVX-512 kernels, which
+    ONNX Runtime's own kernels do use."""
+    drop = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if native else ()
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", MATMUL_SNIPPET], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+# --- deface ---------------------------------------------------------------------------------------------------
+
+def ensure_deface() -> Path:
+    exe = BENCH_VENV / "bin" / "deface"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+        subprocess.run([str(BENCH_VENV / "bin" / "pip"), "install", "-q", f"deface=={DEFACE_VERSION}"], check=True)
+    return exe
+
+
+def bench_deface(exe: Path, video: str, n: int, extra: list[str], work: Path) -> dict[str, Any]:
+    out = work / f"deface_{uuid.uuid4().hex[:6]}.mp4"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    m = run_measured([str(exe), video, "-o", str(out), *extra], env=env)
+    return {"frames": n, "cpu_ms_per_frame": round(m["cpu_s"] * 1e3 / n, 1), "fps": round(n / m["wall_s"], 2),
+            "max_rss_mb": round(m["max_rss_mb"], 1), "options": " ".join(extra) or "defaults"}
+
+
+def deface_backend(exe: Path) -> str:
+    py = exe.parent / "python"
+    out = subprocess.run([str(py), "-c", "import importlib.util as u; print('onnxrt' if u.find_spec('onnxruntime') "
+                          "else 'opencv')"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+# --- our engine, alone ----------------------------------------------------------------------------------------
+
+def engine_child(frames_dir: str) -> None:
+    """Runs in a child process (clean RSS): decode -> engine -> encode per frame, single-threaded."""
+    from imask.engine import FrameInput, MaskingEngine, default_variant
+    from imask.media import decode_image, encode_jpeg
+
+    engine = MaskingEngine.load(default_variant(), provider="cpu")
+    engine.warm_up()
+    files = sorted(Path(frames_dir).glob("*.jpg"))
+    blobs = [f.read_bytes() for f in files]
+    stages: dict[str, list[float]] = {k: [] for k in ("decode", "preprocess", "inference", "postprocess", "mask",
+                                                      "encode", "total")}
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for seq, blob in enumerate(blobs):
+        t0 = time.perf_counter()
+        image = decode_image(blob, 8192, 8192)
+        t1 = time.perf_counter()
+        result = engine.process([FrameInput("bench", seq, image)])[0]
+        t2 = time.perf_counter()
+        encode_jpeg(result.image, 85)
+        t3 = time.perf_counter()
+        stages["decode"].append((t1 - t0) * 1e3)
+        stages["preprocess"].append(result.preprocess_ms)
+        stages["inference"].append(result.inference_ms)
+        stages["postprocess"].append(result.postprocess_ms)
+        stages["mask"].append(result.mask_ms)
+        stages["encode"].append((t3 - t2) * 1e3)
+        stages["total"].append((t3 - t0) * 1e3)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    n = len(blobs)
+    print(json.dumps({
+        "frames": n, "cpu_ms_per_frame": round(cpu * 1e3 / n, 1), "fps": round(n / wall, 2),
+        "max_rss_mb": round(_proc_hwm_mb(os.getpid()), 1),  # VmHWM: ru_maxrss carries the parent's RSS over exec
+        "latency_ms": {k: _pct(v) for k, v in stages.items()},
+        "inference_ms_mean": round(float(np.mean(stages["inference"])), 2),
+        "provider": engine.execution_provider,
+    }))
+
+
+def bench_engine(frames_dir: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "load.bench", "--engine-child", frames_dir], capture_output=True,
+                         text=True, check=True, cwd=REPO_ROOT)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- the Kafka pipeline ---------------------------------------------------------------------------------------
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench_pipeline(frames_dir: str, workers: int, cameras: int, loops: int, work: Path) -> dict[str, Any]:
+    from confluent_kafka import Producer
+
+    from imask import stack
+    from imask.accounting import StreamLedger
+    from imask.config import KafkaSettings
+    from imask.kafka import TopicReader, delete_topics, ensure_topics, producer_config
+    from imask.media import decode_any
+    from imask.procs import spawn, stop_all
+    from imask.v1 import frames_pb2 as pb
+    from imask.wire import end_of_stream, make_frame, now_us
+
+    stack.up()
+    suffix = uuid.uuid4().hex[:6]
+    env = {**os.environ, "IMASK_TOPIC_RAW": f"bench{suffix}.raw", "IMASK_TOPIC_MASKED": f"bench{suffix}.masked",
+           "IMASK_TOPIC_META": f"bench{suffix}.meta", "IMASK_TOPIC_DLQ": f"bench{suffix}.dlq",
+           "IMASK_TOPIC_ALERTS": f"bench{suffix}.alerts", "IMASK_PARTITIONS": "4",
+           "IMASK_BOOTSTRAP_SERVERS": stack.StackSettings().bootstrap_servers, "IMASK_LOG_LEVEL": "warning"}
+    os.environ.update(env)
+    settings = KafkaSettings()
+    ensure_topics(settings)
+    blobs = [f.read_bytes() for f in sorted(Path(frames_dir).glob("*.jpg"))]
+    height, width = decode_any(blobs[0]).shape[:2]
+    procs = [spawn(f"bench-worker-{i}", ["worker", "--group-id", f"bench-{suffix}"], work / "logs", env)
+             for i in range(workers)]
+    try:
+        for p in procs:
+            p.wait_ready(120)
+        time.sleep(2)  # let the group settle (all partitions assigned) before the clock starts
+        cpu0 = {p.name: _proc_cpu_s(p.proc.pid) for p in procs}
+        broker_pid = int(str(stack.status()["kafka"]["pid"]))
+        broker0, self0 = _proc_cpu_s(broker_pid), time.process_time()
+        producer = Producer(producer_config(settings))
+        names = [f"cam{i}" for i in range(cameras)]
+        seq = 0
+        for _ in range(loops):
+            for blob in blobs:
+                for cam in names:
+                    frame = make_frame(cam, seq, blob, width, height, now_us(), 25.0)
+                    producer.produce(settings.topic_raw, key=cam.encode(), value=frame.SerializeToString())
+                    producer.poll(0)
+                seq += 1
+        for cam in names:
+            producer.produce(settings.topic_raw, key=cam.encode(), value=end_of_stream(cam, seq).SerializeToString())
+        producer.flush(60)
+        ledger = StreamLedger(set(names))
+        reader = TopicReader(settings, {(settings.topic_meta, p): 0 for p in range(settings.partitions)})
+        deadline = time.monotonic() + 900
+        while not ledger.complete() and time.monotonic() < deadline:
+            msg = reader.poll(0.5)
+            if msg is not None:
+                ledger.add_meta(pb.FrameMeta.FromString(msg.value() or b""))
+        reader.close()
+        cpu = sum(_proc_cpu_s(p.proc.pid) - cpu0[p.name] for p in procs)
+        broker_cpu, harness_cpu = _proc_cpu_s(broker_pid) - broker0, time.process_time() - self0
+        rss = max(_proc_hwm_mb(p.proc.pid) for p in procs)
+        summary = ledger.summary()
+        masked = int(summary["frames_masked"])  # type: ignore[call-overload]
+        span_s = ((ledger.last_masked_us or 0) - (ledger.first_capture_us or 0)) / 1e6
+        return {"workers": workers, "frames": masked, "unaccounted": summary["unaccounted"],
+                "fps": round(masked / span_s, 2), "worker_cpu_ms_per_frame": round(cpu * 1e3 / masked, 1),
+                "worker_max_rss_mb": round(rss, 1), "broker_cpu_ms_per_frame": round(broker_cpu * 1e3 / masked, 1),
+                "harness_cpu_ms_per_frame": round(harness_cpu * 1e3 / masked, 1),
+                "cpu_busy_share": round((cpu + broker_cpu + harness_cpu) / (span_s * (os.cpu_count() or 1)), 2),
+                "latency_ms": summary["latency_ms"]}
+    finally:
+        stop_all(procs)
+        delete_topics(settings, [settings.topic_raw, settings.topic_masked, settings.topic_meta, settings.topic_dlq,
+                                 settings.topic_alerts])
+
+
+# --- recall on the labelled photos ------------------------------------------------------------------------------
+
+def _covered(mask_black: np.ndarray, box: list[int]) -> bool:
+    x, y, w, h = box
+    cy, cx = y + h // 2, x + w // 2
+    return bool(mask_black[max(0, cy - 1):cy + 2, max(0, cx - 1):cx + 2].all())
+
+
+def recall_comparison(exe: Path | None, work: Path) -> dict[str, Any]:
+    """Share of labelled faces whose centre ends under a solid mask, each tool at its default mask scale."""
+    from imask.engine import FrameInput, MaskingEngine, MaskShape, MaskSpec, MaskStyle, default_variant
+    from imask.media import read_image
+    from imask.samples import shared_data
+
+    root = shared_data()
+    if root is None:
+        return {}
+    truth = json.loads((root / "photos_gt" / "dlib_faces_gt.json").read_text())
+    variant = default_variant()
+    engine = MaskingEngine.load(variant.with_overrides(
+        mask=MaskSpec(MaskStyle.SOLID, MaskShape.BOX, variant.mask.scale)), provider="cpu")
+    ours = total = 0
+    photos = work / "photos"
+    photos.mkdir(exist_ok=True)
+    for name, info in truth.items():
+        image = read_image(root / "photos_gt" / name)
+        shutil.copy(root / "photos_gt" / name, photos / name)
+        masked = engine.process([FrameInput(name, 0, image)])[0].image
+        black = (masked.max(axis=2) == 0) & (image.max(axis=2) > 0)
+        for face in info["faces"]:
+            total += 1
+            ours += _covered(black | (masked.max(axis=2) == 0), face["box"])
+    result: dict[str, Any] = {"faces": total, "ours": round(ours / total, 3)}
+    if exe is not None:
+        files = [str(photos / n) for n in truth]
+        run_measured([str(exe), *files, "--replacewith", "solid", "--boxes"])
+        theirs = 0
+        for name, info in truth.items():
+            out = read_image(photos / (Path(name).stem + "_anonymized.jpg"))
+            black = out.max(axis=2) < 12  # JPEG output: solid black comes back near zero
+            theirs += sum(_covered(black, f["box"]) for f in info["faces"])
+        result["deface"] = round(theirs / total, 3)
+    return result
+
+
+# --- report -----------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=105, help="frames of the clip to use (default: all 105)")
+    parser.add_argument("--loops", type=int, default=1, help="pipeline: replay the frames this many times")
+    parser.add_argument("--cameras", type=int, default=4, help="pipeline: cameras the frames are replayed as")
+    parser.add_argument("--skip-deface", action="store_true", help="do not install or run deface")
+    parser.add_argument("--skip-pipeline", action="store_true", help="do not run the Kafka pipeline")
+    parser.add_argument("--engine-child", metavar="DIR", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.engine_child:
+        engine_child(args.engine_child)
+        return 0
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="imask-bench-"))
+    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}}
+    print("preparing frames ...", flush=True)
+    inputs = prepare_frames(work, args.frames)
+    report["input"] = {"source": inputs["source"], "frames": inputs["720p"]["n"]}
+    report["matmul_gflops_1thread"] = round(matmul_ceiling(native=True), 1)
+    report["matmul_gflops_1thread_avx2"] = round(matmul_ceiling(native=False), 1)
+
+    exe = None if args.skip_deface else ensure_deface()
+    for label in ("720p", "1080p"):
+        print(f"engine {label} ...", flush=True)
+        report[f"engine_{label}"] = bench_engine(inputs[label]["frames_dir"])
+        if exe is not None:
+            for extra, key in (([], "defaults"), (["--scale", "640x360"], "scale640")):
+                print(f"deface {label} {key} ...", flush=True)
+                report[f"deface_{label}_{key}"] = bench_deface(exe, inputs[label]["video"], inputs[label]["n"],
+                                                               extra, work)
+    if exe is not None:
+        report["deface_backend"] = deface_backend(exe)
+    report["recall_photos_gt"] = recall_comparison(exe, work)
+    if not args.skip_pipeline:
+        for workers in (1, 2):
+            print(f"pipeline {workers} worker(s) ...", flush=True)
+            report[f"pipeline_{workers}w"] = bench_pipeline(inputs["720p"]["frames_dir"], workers, args.cameras,
+                                                             args.loops, work)
+    headline = headline_figures(report)
+    report["headline"] = headline
+    (OUT / "report.json").write_text(json.dumps(report, indent=2))
+    print_report(report)
+    print(json.dumps(headline))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def headline_figures(r: dict[str, Any]) -> dict[str, Any]:
+    from imask.engine.model import centerface_gflops
+
+    e720 = r["engine_720p"]
+    h: dict[str, Any] = {"engine_720p_cpu_ms_per_frame": e720["cpu_ms_per_frame"],
+                         "engine_1080p_cpu_ms_per_frame": r["engine_1080p"]["cpu_ms_per_frame"],
+                         "engine_720p_fps": e720["fps"]}
+    gflop = centerface_gflops(640, 384)
+    achieved = gflop / (e720["inference_ms_mean"] / 1e3)
+    h["inference_gflops"] = round(achieved, 1)
+    h["inference_vs_matmul_ceiling"] = round(achieved / r["matmul_gflops_1thread"], 2)
+    h["inference_vs_matmul_ceiling_avx2"] = round(achieved / r["matmul_gflops_1thread_avx2"], 2)
+    for res in ("720p", "1080p"):
+        for key in ("defaults", "scale640"):
+            d = r.get(f"deface_{res}_{key}")
+            if d:
+                h[f"deface_{res}_{key}_cpu_ms_per_frame"] = d["cpu_ms_per_frame"]
+                h[f"speedup_vs_deface_{res}_{key}"] = round(d["cpu_ms_per_frame"] /
+                                                            r[f"engine_{res}"]["cpu_ms_per_frame"], 2)
+    if "pipeline_1w" in r and "pipeline_2w" in r:
+        one, two = r["pipeline_1w"], r["pipeline_2w"]
+        h["pipeline_1w_fps"], h["pipeline_2w_fps"] = one["fps"], two["fps"]
+        h["pipeline_2w_vs_2x_engine"] = round(two["fps"] / (2 * e720["fps"]), 2)
+        h["pipeline_2w_vs_1w"] = round(two["fps"] / one["fps"], 2)
+        h["worker_max_rss_mb"] = max(one["worker_max_rss_mb"], two["worker_max_rss_mb"])
+        h["unaccounted"] = one["unaccounted"] + two["unaccounted"]
+    h["recall_photos_gt"] = r.get("recall_photos_gt")
+    return h
+
+
+def print_report(r: dict[str, Any]) -> None:
+    print("\n=== make bench: same frames, same run ===")
+    print(f"input: {r['input']}; single-thread float32 matmul {r['matmul_gflops_1thread']} GFLOP/s (AVX-512), "
+          f"{r['matmul_gflops_1thread_avx2']} GFLOP/s (OpenBLAS pinned to Haswell/AVX2 as this workplace sets)")
+    rows = [k for k in r if k.startswith(("engine_", "deface_7", "deface_1", "pipeline_"))]
+    print(f"{'run':<28}{'CPU ms/frame':>14}{'fps':>9}{'peak RSS MB':>13}")
+    for key in rows:
+        v = r[key]
+        cpu = v.get("cpu_ms_per_frame", v.get("worker_cpu_ms_per_frame"))
+        rss = v.get("max_rss_mb", v.get("worker_max_rss_mb"))
+        print(f"{key:<28}{cpu:>14}{v['fps']:>9}{rss:>13}")
+    for key in rows:
+        lat = r[key].get("latency_ms")
+        if lat:
+            print(f"latency {key}: " + ", ".join(f"{s} p50/p95/p99 {p['p50']}/{p['p95']}/{p['p99']}"
+                                                for s, p in lat.items() if p))
+    if "deface_backend" in r:
+        print(f"deface backend: {r['deface_backend']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=105, help="frames of the clip to use (default: all 105)")
     parser.add_argument("--loops", type=int, default=1, help="pipeline: replay the frames this many times")
-    parser.add_argument("--cameras", type=int, default=4, help="pipeline: cameras the frames are replayed as")
+    parser.add_argument("--cameras", type=int, default=8,
+                        help="pipeline: cameras the frames are replayed as (8: even spread over 4 partitions)")
     parser.add_argument("--skip-deface", action="store_true", help="do not install or run deface")
     parser.add_argument("--skip-pipeline", action="store_true", help="do not run the Kafka pipeline")
     parser.add_argument("--engine-child", metavar="DIR", help=argparse.SUPPRESS)

@@ -20,7 +20,7 @@ from imask import metrics
 from imask.config import IngestSettings
 from imask.kafka import ensure_topics, producer_config
 from imask.media import encode_jpeg, open_video
-from imask.runtime import ServiceRuntime
+from imask.runtime import ServiceRuntime, run_service
 from imask.v1 import frames_pb2 as pb
 from imask.wire import end_of_stream, make_frame, now_us
 
@@ -168,8 +168,4 @@ class Ingest:
 
 
 def run(settings: IngestSettings) -> int:
-    runtime = ServiceRuntime("ingest", settings).start()
-    try:
-        return Ingest(settings, runtime).run()
-    finally:
-        runtime.close()
+    return run_service("ingest", settings, lambda runtime: Ingest(settings, runtime).run())

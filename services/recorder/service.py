@@ -19,7 +19,7 @@ from imask import metrics
 from imask.config import RecorderSettings
 from imask.kafka import consumer_config, ensure_topics
 from imask.recording import CameraRecording, open_recording, safe_name
-from imask.runtime import ServiceRuntime
+from imask.runtime import ServiceRuntime, run_service
 from imask.v1 import frames_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,4 @@ class Recorder:
 
 
 def run(settings: RecorderSettings) -> int:
-    runtime = ServiceRuntime("recorder", settings).start()
-    try:
-        return Recorder(settings, runtime).run()
-    finally:
-        runtime.close()
+    return run_service("recorder", settings, lambda runtime: Recorder(settings, runtime).run())

@@ -18,7 +18,7 @@ from imask.engine import MaskingEngine, MaskShape, MaskSpec, MaskStyle
 from imask.engine.variants import get_variant
 from imask.kafka import OffsetTracker, consumer_config, ensure_topics, producer_config
 from imask.pipeline import FrameProcessor, Inbound, Outcome, ProcessorOptions
-from imask.runtime import ServiceRuntime
+from imask.runtime import ServiceRuntime, run_service
 from imask.wire import now_us
 
 log = logging.getLogger(__name__)
@@ -200,9 +200,4 @@ class Worker:
 
 
 def run(settings: WorkerSettings) -> int:
-    runtime = ServiceRuntime("worker", settings).start()
-    try:
-        engine = build_engine(settings)
-        return Worker(settings, runtime, engine).run()
-    finally:
-        runtime.close()
+    return run_service("worker", settings, lambda runtime: Worker(settings, runtime, build_engine(settings)).run())

@@ -46,3 +46,12 @@ class ServiceRuntime:
     def close(self) -> None:
         if self.ops is not None:
             self.ops.stop()
+
+
+def run_service(name: str, settings: BaseServiceSettings, body: Callable[[ServiceRuntime], int]) -> int:
+    """Start the runtime (logging, signals, ops endpoint), run the service's loop, always close the endpoint."""
+    runtime = ServiceRuntime(name, settings).start()
+    try:
+        return body(runtime)
+    finally:
+        runtime.close()

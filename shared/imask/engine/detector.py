@@ -42,19 +42,28 @@ class BatchTimings:
 HARD_MAX_SIDE = 1280  # beyond this a CPU frame costs >100 ms; high-res crowds need tiling instead
 
 
-def detector_geometry(width: int, height: int, max_width: int, max_height: int,
-                      max_downscale: float = 0.0) -> tuple[float, int, int]:
-    """Scale (never up) for the detector input, and the resized size.
+SNAP_TOLERANCE = 0.05  # stretch a side up to 5% to a multiple of 32 instead of padding it
 
-    Fits the frame into the detector box, keeping aspect (the tensor is padded to multiples of 32 later). With
-    `max_downscale` set, large frames are shrunk by at most that factor (up to 1280 px): CenterFace stops
-    finding faces under ~10 px at its input, so a 1080p crowd shrunk 3x to 640x360 loses its 24 px faces.
+
+def detector_geometry(width: int, height: int, max_width: int, max_height: int,
+                      max_downscale: float = 0.0) -> tuple[int, int]:
+    """Resized (width, height) of a frame for the detector.
+
+    Fits the frame into the detector box keeping aspect, never upscaling. With `max_downscale` set, large frames
+    are shrunk by at most that factor (up to 1280 px): CenterFace stops finding faces under ~10 px at its input,
+    so a 1080p crowd shrunk 3x to 640x360 loses its 24 px faces. Sides within 5% of a multiple of 32 are
+    stretched to it: 720p becomes 640x352 instead of 640x360 padded to 384, 8% less work for a 2% stretch.
     """
     scale = min(max_width / width, max_height / height, 1.0)
     if max_downscale > 0:
         cap = min(HARD_MAX_SIDE / max(width, height), 1.0)
         scale = max(scale, min(1.0 / max_downscale, cap))
-    return scale, max(1, round(width * scale)), max(1, round(height * scale))
+
+    def snap(side: float) -> int:
+        nearest = max(32, round(side / 32) * 32)
+        return nearest if abs(nearest - side) <= SNAP_TOLERANCE * side else max(1, round(side))
+
+    return snap(width * scale), snap(height * scale)
 
 
 def _pad32(value: int) -> int:
@@ -81,10 +90,10 @@ class CenterFaceDetector:
         t0 = time.perf_counter()
         geometry = [detector_geometry(f.shape[1], f.shape[0], self.max_width, self.max_height, self.max_downscale)
                     for f in frames]
-        tensor_w = _pad32(max(g[1] for g in geometry))
-        tensor_h = _pad32(max(g[2] for g in geometry))
+        tensor_w = _pad32(max(g[0] for g in geometry))
+        tensor_h = _pad32(max(g[1] for g in geometry))
         blob = np.zeros((len(frames), 3, tensor_h, tensor_w), np.float32)
-        for i, (frame, (_, w, h)) in enumerate(zip(frames, geometry, strict=True)):
+        for i, (frame, (w, h)) in enumerate(zip(frames, geometry, strict=True)):
             resized = frame if (w, h) == (frame.shape[1], frame.shape[0]) else cv2.resize(
                 frame, (w, h), interpolation=cv2.INTER_LINEAR
             )
@@ -96,8 +105,8 @@ class CenterFaceDetector:
         )
         t2 = time.perf_counter()
         out = [
-            decode(heat[i, 0], scale[i], offset[i], lms[i], threshold, w, h, s)
-            for i, (s, w, h) in enumerate(geometry)
+            decode(heat[i, 0], scale[i], offset[i], lms[i], threshold, w, h, w / frame.shape[1], h / frame.shape[0])
+            for i, ((w, h), frame) in enumerate(zip(geometry, frames, strict=True))
         ]
         t3 = time.perf_counter()
         timings.preprocess_ms += (t1 - t0) * 1e3
@@ -114,7 +123,8 @@ def decode(
     threshold: float,
     width: int,
     height: int,
-    input_scale: float,
+    scale_x: float,
+    scale_y: float,
 ) -> Detections:
     """Turn one frame's output maps into boxes in original pixels (CenterFace's published decoding)."""
     rows, cols = np.nonzero(heat > threshold)
@@ -135,8 +145,9 @@ def decode(
     )
     keep_idx = np.asarray(keep, dtype=np.int64).reshape(-1)
     landmarks = np.stack([lm_x, lm_y], axis=2).astype(np.float32)
+    to_frame = np.array([scale_x, scale_y], np.float32)
     return Detections(
-        boxes=boxes[keep_idx] / input_scale,
+        boxes=(boxes[keep_idx] / np.tile(to_frame, 2)).astype(np.float32),
         scores=scores[keep_idx],
-        landmarks=landmarks[keep_idx] / input_scale,
+        landmarks=(landmarks[keep_idx] / to_frame).astype(np.float32),
     )

@@ -100,7 +100,7 @@ def test_sigkill_mid_stream_another_worker_takes_over(kafka_settings: KafkaSetti
     group = f"g-{uuid.uuid4().hex[:6]}"
     cameras = {f"cam-{i}": moving_face_frames(40) for i in range(4)}
     victim = start_worker(tmp_path, "victim", group)
-    survivor = start_worker(tmp_path, "survivor", group)
+    survivor = start_worker(tmp_path, "survivor", group, IMASK_BATCH_MAX="4")  # also exercises batching
     publish(kafka_settings, cameras, pace_s=0.03)
     # Kill once the victim has really been working, so it dies holding uncommitted frames.
     deadline = time.monotonic() + 60
@@ -114,6 +114,7 @@ def test_sigkill_mid_stream_another_worker_takes_over(kafka_settings: KafkaSetti
     assert summary["frames_masked"] == 160
     assert_in_order(got)
     assert survivor.metric("imask_frames_out_total") > 0
+    assert survivor.metric("imask_inference_batch_size_count") < survivor.metric("imask_frames_out_total")
     assert stop_all([survivor]) == {"survivor": 0}
 
 

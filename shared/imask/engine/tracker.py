@@ -23,7 +23,6 @@ class Track:
     velocity: npt.NDArray[np.float64]  # per-frame shift of the box
     score: float
     missed: int = 0
-    weak: int = 0  # consecutive frames continued only by a low-score detection
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,8 @@ class FaceTracker:
     def update(self, boxes: Boxes, scores: npt.NDArray[np.float32], new_track_score: float = 0.0) -> list[
             TrackedFace]:
         """Match this frame's detections to tracks. Detections scoring under `new_track_score` only continue an
-        existing track (hysteresis), and for at most `max_missed` frames in a row: a face whose score dips stays
-        masked, while a track started by one false positive cannot live on low-score noise."""
+        existing track (hysteresis): a face whose score dips stays masked without low scores creating masks on
+        non-faces everywhere else."""
         dets = boxes.astype(np.float64)
         track_boxes = np.array([t.box for t in self.tracks]).reshape(-1, 4)
         ious = iou_matrix(track_boxes, dets)
@@ -95,9 +94,6 @@ class FaceTracker:
             det = dets[di]
             if di in matched_dets:
                 track = self.tracks[matched_dets[di]]
-                track.weak = track.weak + 1 if scores[di] < new_track_score else 0
-                if track.weak > self.max_missed:
-                    continue
                 smoothed = self.smoothing * track.box + (1 - self.smoothing) * det
                 track.velocity = 0.5 * track.velocity + 0.5 * (smoothed - track.box)
                 track.box = smoothed

@@ -81,7 +81,9 @@ class VideoInfo:
 
 
 def open_video(source: str | Path) -> tuple[cv2.VideoCapture, VideoInfo]:
-    cap = cv2.VideoCapture(str(source))
+    """A file, a stream URL (rtsp://, http://) or a webcam index ("0")."""
+    text = str(source)
+    cap = cv2.VideoCapture(int(text)) if text.isdigit() else cv2.VideoCapture(text)
     if not cap.isOpened():
         raise ImageError(f"cannot open video source {source}")
     fps = cap.get(cv2.CAP_PROP_FPS)

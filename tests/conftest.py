@@ -17,6 +17,14 @@ from imask.samples import astronaut, shared_data
 from imask.types import Image
 
 
+@pytest.fixture(autouse=True)
+def _stop_started_services() -> Iterator[None]:
+    yield
+    from streams import stop_leftovers
+
+    stop_leftovers()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     root = shared_data()

@@ -14,7 +14,7 @@ from imask.accounting import StreamLedger
 from imask.config import KafkaSettings
 from imask.kafka import TopicReader, producer_config
 from imask.media import encode_jpeg
-from imask.procs import ServiceProcess, spawn
+from imask.procs import ServiceProcess, spawn, stop_all
 from imask.samples import astronaut
 from imask.types import Image
 from imask.v1 import frames_pb2 as pb
@@ -95,8 +95,23 @@ def publish(settings: KafkaSettings, streams: dict[str, list[Image]],
     assert producer.flush(30) == 0
 
 
+# Every service a test starts; the autouse fixture in conftest stops what a failing test left running.
+STARTED: list[ServiceProcess] = []
+
+
+def spawn_tracked(name: str, args: list[str], log_dir: Path, env: dict[str, str]) -> ServiceProcess:
+    svc = spawn(name, args, log_dir, env)
+    STARTED.append(svc)
+    return svc
+
+
+def stop_leftovers() -> None:
+    stop_all([svc for svc in STARTED if svc.proc.poll() is None], timeout=10)
+    STARTED.clear()
+
+
 def start_worker(tmp_path: Path, name: str, group: str, **env: str) -> ServiceProcess:
-    worker = spawn(name, ["worker", "--group-id", group, "--worker-id", name], tmp_path / "logs",
+    worker = spawn_tracked(name, ["worker", "--group-id", group, "--worker-id", name], tmp_path / "logs",
                    {**subprocess_env(), **env})
     worker.wait_ready(90)
     return worker

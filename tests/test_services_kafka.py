@@ -13,9 +13,9 @@ import pytest
 
 from conftest import subprocess_env
 from imask.config import REPO_ROOT, KafkaSettings
-from imask.procs import spawn, stop_all
+from imask.procs import stop_all
 from imask.samples import synthetic_clip
-from streams import collect, start_worker
+from streams import collect, spawn_tracked, start_worker
 
 pytestmark = pytest.mark.kafka
 
@@ -23,12 +23,12 @@ pytestmark = pytest.mark.kafka
 def test_ingest_worker_recorder_make_a_playable_mp4(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     clip = synthetic_clip(tmp_path / "clip.mp4", frames=30, fps=15)
     worker = start_worker(tmp_path, "w", f"g-{uuid.uuid4().hex[:6]}")
-    recorder = spawn("recorder", ["recorder", "--group-id", f"r-{uuid.uuid4().hex[:6]}", "--output-dir",
+    recorder = spawn_tracked("recorder", ["recorder", "--group-id", f"r-{uuid.uuid4().hex[:6]}", "--output-dir",
                                   str(tmp_path / "rec"), "--snapshot-every", "10"], tmp_path / "logs",
                      subprocess_env())
     recorder.wait_ready(60)
-    ingest = spawn("ingest", ["ingest", "--source", f"astro={clip}", "--pace", "max", "--drop-policy", "complete"],
-                   tmp_path / "logs", subprocess_env())
+    ingest = spawn_tracked("ingest", ["ingest", "--source", f"astro={clip}", "--pace", "max",
+                                      "--drop-policy", "complete"], tmp_path / "logs", subprocess_env())
     assert ingest.proc.wait(60) == 0
     got = collect(kafka_settings, {"astro"})
     assert got.ledger.summary()["frames_masked"] == 30

@@ -83,6 +83,7 @@ def test_imask_run_ctrl_c_drains_every_process(kafka_settings: KafkaSettings, tm
         if partial.exists():
             break
         time.sleep(0.1)
+    time.sleep(1.5)  # a few dozen frames through, the stream far from its end
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=90)
     assert proc.returncode == 1, stdout  # interrupted: not a complete run, but a clean one

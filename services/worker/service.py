@@ -14,35 +14,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from imask import metrics
 from imask.config import WorkerSettings
-from imask.engine import MaskingEngine, MaskShape, MaskSpec, MaskStyle
-from imask.engine.variants import get_variant
+from imask.engine import MaskingEngine
+from imask.engine.build import build_engine
 from imask.kafka import OffsetTracker, consumer_config, ensure_topics, producer_config
 from imask.pipeline import FrameProcessor, Inbound, Outcome, ProcessorOptions
 from imask.runtime import ServiceRuntime, run_service
 from imask.wire import now_us
 
 log = logging.getLogger(__name__)
-
-
-def build_engine(settings: WorkerSettings) -> MaskingEngine:
-    """The variant with any per-deployment overrides from settings applied."""
-    variant = get_variant(settings.variant)
-    mask = variant.mask
-    mask = MaskSpec(
-        style=MaskStyle(settings.mask_style) if settings.mask_style else mask.style,
-        shape=MaskShape(settings.mask_shape) if settings.mask_shape else mask.shape,
-        scale=settings.mask_scale or mask.scale,
-    )
-    variant = variant.with_overrides(
-        mask=mask, threshold=settings.threshold or variant.threshold,
-        input_width=settings.detector_width or variant.input_width,
-        input_height=settings.detector_height or variant.input_height,
-    )
-    engine = MaskingEngine.load(variant, settings.provider, settings.detector_timeout_ms / 1e3,
-                                settings.intra_op_threads)
-    if not engine.warm_up():
-        log.error("detector warm-up failed: frames will be fully obscured (fail closed) until it recovers")
-    return engine
 
 
 class Worker:

@@ -16,6 +16,7 @@ from imask.config import (
     ConfigError,
     EngineSettings,
     IngestSettings,
+    MaskApiSettings,
     RecorderSettings,
     WorkerSettings,
     describe,
@@ -70,12 +71,62 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     return run(settings_from(RecorderSettings, args))
 
 
+def cmd_mask_api(args: argparse.Namespace) -> int:
+    from services.mask_api.service import run
+
+    return run(settings_from(MaskApiSettings, args))
+
+
+def cmd_api_key(args: argparse.Namespace) -> int:
+    from imask.maskapi.auth import hash_key, new_key
+
+    path = Path(args.file)
+    data = json.loads(path.read_text()) if path.exists() else {"clients": {}}
+    if args.revoke:
+        if args.client not in data["clients"]:
+            raise ConfigError(f"no client {args.client!r} in {path}")
+        data["clients"][args.client]["revoked"] = True
+        key = None
+    else:
+        key = new_key()
+        data["clients"][args.client] = {"sha256": hash_key(key), "revoked": False}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    path.chmod(0o600)
+    if key:
+        print(key)  # shown once; only its hash is stored
+    return 0
+
+
+def _remote_engine(args: argparse.Namespace) -> Any:
+    import os
+
+    from imask.maskapi.client import MaskClient, RemoteEngine
+    from imask.v1 import mask_service_pb2 as mpb
+
+    styles = {"blur": mpb.MASK_STYLE_BLUR, "pixelate": mpb.MASK_STYLE_PIXELATE, "solid": mpb.MASK_STYLE_SOLID}
+    options = mpb.MaskOptions(style=styles.get(args.style or "", mpb.MASK_STYLE_UNSPECIFIED),
+                              shape=mpb.MASK_SHAPE_BOX if args.boxes else mpb.MASK_SHAPE_UNSPECIFIED,
+                              mask_scale=args.mask_scale or 0, threshold=args.threshold or 0)
+    client = MaskClient(args.remote, api_key=args.api_key or os.environ.get("IMASK_CLIENT_API_KEY"),
+                        tls_ca=Path(args.tls_ca) if args.tls_ca else None,
+                        client_cert=Path(args.client_cert) if args.client_cert else None,
+                        client_key=Path(args.client_key) if args.client_key else None)
+    return RemoteEngine(client, options)
+
+
 def cmd_mask(args: argparse.Namespace) -> int:
+    from imask.engine.build import build_engine
     from imask.filemask import mask_files
     from imask.logs import configure_logging
-    from services.worker.service import build_engine
 
     configure_logging("mask", "warning", json_format=False)
+    if args.remote:
+        engine = _remote_engine(args)
+        try:
+            return _report(mask_files(engine, [Path(p) for p in args.inputs], Path(args.output),
+                                      progress=not args.quiet))
+        finally:
+            engine.close()
     overrides: dict[str, Any] = {"variant": args.variant, "provider": args.provider, "mask_style": args.style,
                                  "mask_scale": args.mask_scale, "threshold": args.threshold,
                                  "mask_shape": "box" if args.boxes else None}
@@ -86,7 +137,10 @@ def cmd_mask(args: argparse.Namespace) -> int:
         overrides.update(detector_width=int(width), detector_height=int(height))
     settings = load_settings(WorkerSettings, **overrides)
     engine = build_engine(settings)
-    reports = mask_files(engine, [Path(p) for p in args.inputs], Path(args.output), progress=not args.quiet)
+    return _report(mask_files(engine, [Path(p) for p in args.inputs], Path(args.output), progress=not args.quiet))
+
+
+def _report(reports: list[Any]) -> int:
     failed = [r for r in reports if r.error]
     for r in reports:
         line = {"input": str(r.source), "output": str(r.output) if r.output else None, "frames": r.frames,
@@ -145,7 +199,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", help="model variant (default: default)")
     p.add_argument("--provider", choices=["auto", "cpu", "cuda"], help="ONNX Runtime provider")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--remote", metavar="HOST:PORT",
+                   help="mask on a mask-api server instead of locally (videos go through MaskStream)")
+    p.add_argument("--api-key", help="API key for --remote (or IMASK_CLIENT_API_KEY)")
+    p.add_argument("--tls-ca", metavar="PEM", help="CA certificate of the server: TLS on")
+    p.add_argument("--client-cert", metavar="PEM", help="client certificate for mTLS")
+    p.add_argument("--client-key", metavar="PEM", help="client private key for mTLS")
     p.set_defaults(func=cmd_mask)
+
+    p = _service_parser(sub, "mask-api", MaskApiSettings,
+                        ["host", "port", "ops_host", "ops_port", "log_level", "auth", "api_keys_file",
+                         "tls_cert_file", "tls_key_file", "tls_client_ca_file", "redis_url", "rate_limit_per_s",
+                         "batch_max", "batch_wait_ms", "queue_max", "publish_meta", "bootstrap_servers"],
+                        "mask-api: synchronous masking over gRPC (MaskService, health, reflection)")
+    p.set_defaults(func=cmd_mask_api)
+    p = sub.add_parser("api-key", help="Create or revoke a mask-api client key (only its hash is stored)",
+                       description="Adds CLIENT to the keys file with a new random key, printed once; "
+                       "--revoke marks CLIENT's key revoked.")
+    p.add_argument("client", metavar="CLIENT")
+    p.add_argument("--file", required=True, help="the JSON keys file (IMASK_API_KEYS_FILE of the server)")
+    p.add_argument("--revoke", action="store_true", help="revoke CLIENT's key instead")
+    p.set_defaults(func=cmd_api_key)
 
     # Listed for --help; `main` hands their arguments to their own parsers.
     sub.add_parser("stack", help="Start, stop or show the local Kafka + Redis stack (make up/down/status)")

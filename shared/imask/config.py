@@ -114,8 +114,32 @@ class RecorderSettings(KafkaSettings):
     default_fps: float = Field(25.0, gt=0, description="Fps of recordings when the source does not say")
 
 
-SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (WorkerSettings, IngestSettings, RecorderSettings)
-OTHER_KNOWN_PREFIXES = ("IMASK_STACK_", "IMASK_RUN_", "IMASK_TEST_")
+class MaskApiSettings(KafkaSettings, EngineSettings, FrameLimits):
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: pick a free one)")
+    auth: Literal["api-key", "none"] = Field("api-key", description="Require a per-client API key")
+    api_keys_file: Path | None = Field(None, description="JSON file of hashed API keys (imask api-key new)")
+    tls_cert_file: Path | None = Field(None, description="Server certificate (PEM): TLS on when set")
+    tls_key_file: Path | None = Field(None, description="Server private key (PEM)")
+    tls_client_ca_file: Path | None = Field(None, description="CA of client certificates: mTLS when set")
+    redis_url: str = Field("redis://127.0.0.1:6390/0", description="Redis for rate limits shared by replicas")
+    rate_limit_per_s: int = Field(0, ge=0, description="Requests (or stream frames) per second per client; 0: off")
+    queue_max: int = Field(32, ge=1, description="Requests waiting for the engine before RESOURCE_EXHAUSTED")
+    batch_max: int = Field(1, ge=1, le=64, description="Frames per detector batch across concurrent requests")
+    batch_wait_ms: float = Field(0.0, ge=0, le=50, description="How long to wait to fill a batch")
+    threshold_min: float = Field(0.05, gt=0, lt=1, description="Lowest threshold a request may ask for")
+    threshold_max: float = Field(0.9, gt=0, lt=1, description="Highest threshold a request may ask for")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted")
+    publish_meta: bool = Field(True, description="Publish per-request metadata to frames.meta")
+    grace_s: float = Field(20.0, ge=0, description="On SIGTERM, time in-flight calls get to finish")
+    drain_delay_s: float = Field(1.0, ge=0, description="On SIGTERM, time serving NOT_SERVING before refusing calls")
+    server_id: str = Field(default_factory=lambda: f"mask-api-{socket.gethostname()}-{os.getpid()}",
+                           description="Name in logs and frames.meta")
+
+
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (WorkerSettings, IngestSettings, RecorderSettings,
+                                                    MaskApiSettings)
+OTHER_KNOWN_PREFIXES = ("IMASK_STACK_", "IMASK_RUN_", "IMASK_TEST_", "IMASK_CLIENT_")
 
 
 def known_env_names() -> set[str]:

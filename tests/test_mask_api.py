@@ -21,12 +21,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import detail_ratio
-from imask.config import REPO_ROOT
+from imask.config import REPO_ROOT, KafkaSettings
 from imask.engine import FrameInput, MaskingEngine
+from imask.kafka import TopicReader
 from imask.maskapi.client import MaskClient
 from imask.media import encode_jpeg, read_image
 from imask.procs import ServiceProcess, free_port
 from imask.types import Image
+from imask.v1 import frames_pb2 as pb
 from imask.v1 import mask_service_pb2 as mpb
 from streams import moving_face_frames, spawn_tracked
 
@@ -344,3 +346,34 @@ def test_imask_mask_remote(api: int, tmp_path: Path, astronaut_image: Image) -> 
     masked = read_image(tmp_path / "out" / "in" / "astro.jpg")
     face = (slice(95, 155), slice(205, 270))
     assert detail_ratio(masked[face], astronaut_image[face]) < 0.3
+
+
+def test_concurrent_requests_share_detector_batches(stack_up: None, tmp_path: Path,
+                                                     astronaut_image: Image) -> None:
+    _, port = start_api(tmp_path, IMASK_BATCH_MAX="4", IMASK_BATCH_WAIT_MS="20")
+    client = MaskClient(f"127.0.0.1:{port}")
+    jpeg = encode_jpeg(astronaut_image, 90)
+    futures = [client.stub.Mask.future(mpb.MaskRequest(image=jpeg, seq=i), timeout=60) for i in range(16)]
+    replies = [f.result() for f in futures]
+    assert sorted(r.seq for r in replies) == list(range(16))
+    assert max(r.timings.batch_size for r in replies) > 1
+    assert all(len(r.detections) == 1 and not r.fail_closed for r in replies)  # batching changes nothing else
+    client.close()
+
+
+@pytest.mark.kafka
+def test_requests_are_published_to_frames_meta(kafka_settings: KafkaSettings, tmp_path: Path,
+                                               astronaut_image: Image) -> None:
+    _, port = start_api(tmp_path, IMASK_PUBLISH_META="true")
+    client = MaskClient(f"127.0.0.1:{port}")
+    client.mask(encode_jpeg(astronaut_image, 90), camera_id="lobby", seq=42)
+    reader = TopicReader(kafka_settings, {(kafka_settings.topic_meta, p): 0 for p in range(4)})
+    meta = None
+    deadline = time.monotonic() + 30
+    while meta is None and time.monotonic() < deadline:
+        msg = reader.poll(0.5)
+        if msg is not None:
+            meta = pb.FrameMeta.FromString(msg.value() or b"")
+    reader.close()
+    assert meta is not None and (meta.camera_id, meta.seq, meta.faces_masked) == ("lobby", 42, 1)
+    assert meta.worker_id.startswith("mask-api") and meta.timings.inference_ms > 0 and not meta.detections[0].held

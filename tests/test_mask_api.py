@@ -377,3 +377,44 @@ def test_requests_are_published_to_frames_meta(kafka_settings: KafkaSettings, tm
     reader.close()
     assert meta is not None and (meta.camera_id, meta.seq, meta.faces_masked) == ("lobby", 42, 1)
     assert meta.worker_id.startswith("mask-api") and meta.timings.inference_ms > 0 and not meta.detections[0].held
+
+
+def test_fail_closed_reply_never_carries_the_image(stack_up: None, tmp_path: Path, astronaut_image: Image) -> None:
+    svc, port = start_api(tmp_path, IMASK_DETECTOR_TIMEOUT_MS="1", IMASK_DETECTOR_WIDTH="1280",
+                          IMASK_DETECTOR_HEIGHT="736")
+    client = MaskClient(f"127.0.0.1:{port}")
+    big = cv2.resize(astronaut_image, (1280, 1280))
+    reply = client.mask(encode_jpeg(big, 90))
+    out = cv2.imdecode(np.frombuffer(reply.image, np.uint8), cv2.IMREAD_COLOR)
+    assert reply.fail_closed and reply.fail_closed_reason in {"detector_timeout", "detector_unhealthy"}
+    assert int(out.max()) - int(out.min()) <= 2 and out.shape == big.shape
+    assert svc.metric("imask_frames_fail_closed_total") == 1
+    assert svc.metric("imask_grpc_requests_total", 'code="OK"') == 1
+    client.close()
+
+
+def test_reflection_and_message_size_limit(stack_up: None, tmp_path: Path) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    _, port = start_api(tmp_path, IMASK_MAX_REQUEST_BYTES="100000")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)  # type: ignore[no-untyped-call]
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"imask.v1.MaskService", "grpc.health.v1.Health"} <= names
+    client = MaskClient(f"127.0.0.1:{port}")
+    with pytest.raises(grpc.RpcError) as err:
+        client.mask(b"\xff\xd8" + b"\0" * 200_000)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # refused by gRPC before any decoding
+
+
+def test_requests_before_the_model_is_ready_are_unavailable() -> None:
+    import asyncio
+
+    from imask.config import MaskApiSettings
+    from imask.maskapi.servicer import MaskServicer, RequestError
+
+    servicer = MaskServicer(MaskApiSettings(auth="none"), None, None)  # not attached: the model is loading
+    with pytest.raises(RequestError) as err:
+        asyncio.run(servicer._mask_one(mpb.MaskRequest(image=b"x"), None, "k", 0))  # type: ignore[arg-type]
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE

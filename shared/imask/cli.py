@@ -224,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; `main` hands their arguments to their own parsers.
     sub.add_parser("stack", help="Start, stop or show the local Kafka + Redis stack (make up/down/status)")
     sub.add_parser("run", help="The whole pipeline on the local stack with the sample clips (make run)")
+    sub.add_parser("load", help="Load tests and SRE tools: record, replay, run, compare, lag, scale")
+    for name, text in (("record", "Dump frames.raw to a recording file (imask load record)"),
+                       ("replay", "Replay clips or recordings as N cameras (imask load replay)"),
+                       ("lag", "Consumer lag per partition, in messages and seconds (imask load lag)"),
+                       ("scale", "Start or drain local worker processes (imask load scale)")):
+        sub.add_parser(name, help=text)
     p = sub.add_parser("protos", help="Regenerate shared/imask/v1 from protos/")
     p.set_defaults(func=cmd_protos)
     return parser
@@ -231,11 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands with parsers of their own: everything after the name is theirs (argparse's REMAINDER would let the
 # top-level parser grab their --flags).
-DELEGATED = {"stack": "imask.stack", "run": "imask.localrun"}
+DELEGATED = {"stack": "imask.stack", "run": "imask.localrun", "load": "imask.loadcli"}
+# Shortcuts for the load/SRE commands: `imask lag` is `imask load lag`.
+LOAD_SHORTCUTS = {"record", "replay", "lag", "scale"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LOAD_SHORTCUTS:
+        argv = ["load", *argv]
     if argv and argv[0] in DELEGATED:
         module = importlib.import_module(DELEGATED[argv[0]])
         try:

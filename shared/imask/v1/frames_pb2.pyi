@@ -208,3 +208,19 @@ class DropRecord(_message.Message):
     raw: bytes
     seq_unknown: bool
     def __init__(self, camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., reason: _Optional[_Union[DropReason, str]] = ..., detail: _Optional[str] = ..., stage: _Optional[str] = ..., ts_us: _Optional[int] = ..., worker_id: _Optional[str] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., raw_size: _Optional[int] = ..., raw: _Optional[bytes] = ..., seq_unknown: _Optional[bool] = ...) -> None: ...
+
+class RecordedMessage(_message.Message):
+    __slots__ = ("timestamp_us", "key", "value", "topic", "partition", "offset")
+    TIMESTAMP_US_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    timestamp_us: int
+    key: bytes
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+    def __init__(self, timestamp_us: _Optional[int] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...

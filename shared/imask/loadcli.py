@@ -148,7 +148,8 @@ def cmd_lag(args: argparse.Namespace, settings: KafkaSettings) -> int:
     print(f"group {args.group} on {args.topic or settings.topic_raw}")
     print(f"{'partition':>9}{'committed':>11}{'end':>9}{'lag':>7}{'oldest waiting s':>18}")
     for p in parts:
-        print(f"{p.partition:>9}{p.committed:>11}{p.end:>9}{p.lag:>7}{p.oldest_age_s:>18}")
+        committed = str(p.committed) if p.committed >= 0 else "none"
+        print(f"{p.partition:>9}{committed:>11}{p.end:>9}{p.lag:>7}{p.oldest_age_s:>18}")
     print(f"{'total':>9}{'':>11}{'':>9}{sum(p.lag for p in parts):>7}"
           f"{max((p.oldest_age_s for p in parts), default=0.0):>18}")
     return 0
@@ -176,21 +177,22 @@ def local_workers(group: str) -> list[tuple[Path, int]]:
 
 
 def cmd_scale(args: argparse.Namespace, settings: KafkaSettings) -> int:
-    import subprocess
+    from imask.procs import spawn
 
     folder = WORKERS_DIR / args.group
     folder.mkdir(parents=True, exist_ok=True)
     workers = local_workers(args.group)
+    started = []
     while len(workers) < args.count:
         name = f"worker-{uuid.uuid4().hex[:6]}"
-        log = (folder / f"{name}.log").open("ab")
         env = {**os.environ, "IMASK_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
-        proc = subprocess.Popen([sys.executable, "-m", "imask.cli", "worker", "--group-id", args.group,
-                                 "--worker-id", name], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=REPO_ROOT, env=env)
-        (folder / f"{name}.pid").write_text(str(proc.pid))
-        workers.append((folder / f"{name}.pid", proc.pid))
-        print(json.dumps({"started": name, "pid": proc.pid}))
+        svc = spawn(name, ["worker", "--group-id", args.group, "--worker-id", name], folder, env)
+        (folder / f"{name}.pid").write_text(str(svc.proc.pid))
+        workers.append((folder / f"{name}.pid", svc.proc.pid))
+        started.append(svc)
+    for svc in started:  # scale-up returns when the new workers are in the group and ready
+        svc.wait_ready(120)
+        print(json.dumps({"started": svc.name, "pid": svc.proc.pid, "ops": svc.ops_url}))
     while len(workers) > args.count:
         pid_file, pid = workers.pop()  # newest first: the longest-running keep their partitions
         os.kill(pid, signal.SIGTERM)  # the worker drains: finishes, flushes, commits, leaves the group

@@ -1,0 +1,90 @@
+"""record, replay, load run (collector + report), compare, lag and scale against the real broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import subprocess_env
+from imask.config import REPO_ROOT, KafkaSettings
+from imask.lag import group_lag
+from imask.recordfile import read_recording
+from imask.replay import Replayer, ReplayPlan, load_source
+from imask.samples import synthetic_clip
+from imask.v1 import frames_pb2 as pb
+from streams import collect, start_worker
+
+pytestmark = pytest.mark.kafka
+
+
+def imask(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "imask.cli", *args], capture_output=True, text=True,
+                          env=subprocess_env(), cwd=REPO_ROOT, timeout=timeout)
+
+
+def test_replay_record_and_replay_the_recording(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    clip = synthetic_clip(tmp_path / "clip.mp4", frames=12, fps=12)
+    result = Replayer(kafka_settings, [load_source(clip)], ReplayPlan(cameras=2, speed=0, camera_prefix="r")).run()
+    assert result.frames == {"r0": 12, "r1": 12}
+    recording = tmp_path / "raw.imrec"
+    out = imask("record", "--out", str(recording), "--from-beginning", "--seconds", "5", "--max-messages", "26")
+    assert out.returncode == 0, out.stderr
+    messages = list(read_recording(recording))
+    frames = [pb.Frame.FromString(m.value) for m in messages]
+    assert len(messages) == 26 and sum(f.end_of_stream for f in frames) == 2
+    assert all(m.timestamp_us > 0 for m in messages)
+    source = load_source(recording)  # the recording replays with its original pace
+    assert len(source.frames) == 24 and source.fps > 0
+    worker = start_worker(tmp_path, "w", f"g-{uuid.uuid4().hex[:6]}")
+    again = Replayer(kafka_settings, [source], ReplayPlan(cameras=3, speed=0, camera_prefix="again")).run()
+    assert again.frames == {"again0": 24, "again1": 24, "again2": 24}
+    got = collect(kafka_settings, {"again0", "again1", "again2"})
+    assert got.ledger.summary()["unaccounted"] == 0 and got.ledger.summary()["frames_masked"] == 72
+    assert worker.proc.poll() is None
+
+
+def test_load_run_report_compare_and_lag(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    clip = synthetic_clip(tmp_path / "clip.mp4", frames=30, fps=15)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    start_worker(tmp_path, "w", group)
+    reports = []
+    for name, speed in (("a", "0"), ("b", "2")):
+        out = imask("load", "run", str(clip), "--cameras", "2", "--speed", speed, "--group", group,
+                    "--prefix", f"cam{name}", "--out", str(tmp_path / name), "--leak-every", "5")
+        assert out.returncode == 0, out.stdout + out.stderr
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        assert report["complete"] and report["frames_in"] == 60 and report["unaccounted"] == 0
+        assert report["leak_check"]["frames"] == 12 and report["leak_check"]["re_found_confidently"] == 0
+        assert report["end_to_end_ms"]["p50"] > 0 and report["throughput_fps"] > 0
+        assert (tmp_path / name / "report.png").stat().st_size > 10_000
+        assert "frames in 60" in (tmp_path / name / "summary.txt").read_text()
+        reports.append(str(tmp_path / name / "report.json"))
+    out = imask("load", "compare", *reports)
+    assert out.returncode == 0 and "throughput_fps" in out.stdout and "B/A" in out.stdout
+    lag = group_lag(kafka_settings, group)
+    assert sum(p.lag for p in lag) == 0  # everything consumed and committed
+    out = imask("lag", "--group", group, "--json")
+    assert out.returncode == 0 and len(json.loads(out.stdout)) == 4
+
+
+def test_lag_counts_waiting_frames_in_messages_and_seconds(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    clip = synthetic_clip(tmp_path / "clip.mp4", frames=10, fps=10)
+    Replayer(kafka_settings, [load_source(clip)], ReplayPlan(cameras=2, speed=0)).run()
+    lag = group_lag(kafka_settings, f"nobody-{uuid.uuid4().hex[:6]}")  # a group that never consumed
+    assert sum(p.lag for p in lag) == 22  # 20 frames + 2 end-of-stream markers
+    assert max(p.oldest_age_s for p in lag) >= 0.0
+
+
+def test_scale_starts_and_drains_local_workers(kafka_settings: KafkaSettings) -> None:
+    group = f"scale-{uuid.uuid4().hex[:6]}"
+    out = imask("scale", "2", "--group", group)
+    assert out.returncode == 0 and json.loads(out.stdout.splitlines()[-1]) == {"group": group, "workers": 2}
+    out = imask("scale", "0", "--group", group)
+    assert out.returncode == 0 and json.loads(out.stdout.splitlines()[-1]) == {"group": group, "workers": 0}
+    logs = list((REPO_ROOT / ".stack" / "workers" / group).glob("*.log"))
+    assert len(logs) == 2 and all('"worker stopped", "fatal": null' in log.read_text() for log in logs)

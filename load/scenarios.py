@@ -1,0 +1,195 @@
+"""`make load`: the standard load scenarios on the local stack, out/load/report.json and plots.
+
+1. replay: the sample clips as 4 cameras at 1x (report, plots, leak check on sampled output)
+2. capacity: the most 720p/15 fps cameras one worker, then two, sustain with p99 end-to-end under 250 ms
+3. scaling: saturated throughput with 1 and 2 workers (target ratio >= 1.7 on 2 cores)
+4. rebalance: the longest output stall when a worker joins, and when one leaves gracefully (target < 2 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+from imask import stack
+from imask.config import REPO_ROOT, KafkaSettings
+from imask.kafka import delete_topics, end_offsets, ensure_topics
+from imask.loadreport import Collector, build_report, write_report
+from imask.procs import ServiceProcess, spawn, stop_all
+from imask.replay import Replayer, ReplayPlan, Source, load_source
+from imask.samples import default_sources, synthetic_clip
+
+OUT = REPO_ROOT / "out" / "load"
+P99_BUDGET_MS = 250.0
+
+
+class Scenario:
+    """Fresh topics and a fresh worker group per scenario, so runs never see each other's frames."""
+
+    def __init__(self, name: str) -> None:
+        suffix = uuid.uuid4().hex[:6]
+        self.env = {**os.environ, "IMASK_BOOTSTRAP_SERVERS": stack.StackSettings().bootstrap_servers,
+                    "IMASK_TOPIC_RAW": f"load{suffix}.raw", "IMASK_TOPIC_MASKED": f"load{suffix}.masked",
+                    "IMASK_TOPIC_META": f"load{suffix}.meta", "IMASK_TOPIC_DLQ": f"load{suffix}.dlq",
+                    "IMASK_TOPIC_ALERTS": f"load{suffix}.alerts", "IMASK_PARTITIONS": "8",
+                    "IMASK_LOG_LEVEL": "warning"}
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("IMASK_")})
+        self.settings = KafkaSettings()
+        ensure_topics(self.settings)
+        self.group = f"load-{name}-{suffix}"
+        self.workers: list[ServiceProcess] = []
+
+    def add_worker(self) -> ServiceProcess:
+        svc = spawn(f"{self.group}-w{len(self.workers)}", ["worker", "--group-id", self.group], OUT / "logs",
+                    self.env)
+        svc.wait_ready(120)
+        self.workers.append(svc)
+        return svc
+
+    def run(self, sources: list[Source], plan: ReplayPlan, events: list[tuple[float, Any]] | None = None,
+            leak_every: int = 0, timeout: float = 600) -> dict[str, Any]:
+        replayer = Replayer(self.settings, sources, plan)
+        cams = replayer.camera_ids()
+        start = end_offsets(self.settings, [self.settings.topic_meta, self.settings.topic_dlq,
+                                            self.settings.topic_masked])
+        originals = {cam: sources[i % len(sources)] for i, cam in enumerate(cams)}
+        collector = Collector(self.settings, set(cams), start, self.group, originals, leak_every)
+        thread = threading.Thread(target=replayer.run, daemon=True)
+        thread.start()
+        timers = [threading.Timer(at, action) for at, action in events or []]
+        for timer in timers:
+            timer.start()
+        report = build_report(collector.run(timeout), {"workers": len(self.workers), "cameras": plan.cameras})
+        thread.join(30)
+        for timer in timers:
+            timer.cancel()
+        return report
+
+    def close(self) -> None:
+        stop_all(self.workers)
+        delete_topics(self.settings, [self.settings.topic_raw, self.settings.topic_masked, self.settings.topic_meta,
+                                      self.settings.topic_dlq, self.settings.topic_alerts])
+
+
+def sample_sources(size: tuple[int, int] | None = None, max_frames: int = 0, fps: float = 0.0) -> list[Source]:
+    paths = list(default_sources().values()) or [synthetic_clip(OUT / "synthetic.mp4", frames=150)]
+    sources = [load_source(p, max_frames, size) for p in paths]
+    if fps:
+        from dataclasses import replace
+
+        sources = [replace(s, fps=fps, frames=[replace(f, offset_s=i / fps) for i, f in enumerate(s.frames)])
+                   for s in sources]
+    return sources
+
+
+def capacity(workers: int, sources: list[Source], seconds: float, max_cameras: int) -> dict[str, Any]:
+    """Raise the camera count until p99 end-to-end breaks the budget; report the last that held."""
+    best: dict[str, Any] = {"cameras": 0}
+    tried = []
+    for cameras in range(1, max_cameras + 1):
+        scenario = Scenario(f"cap{workers}w{cameras}")
+        try:
+            for _ in range(workers):
+                scenario.add_worker()
+            report = scenario.run(sources, ReplayPlan(cameras=cameras, speed=1, duration_s=seconds,
+                                                      camera_prefix="cap"))
+        finally:
+            scenario.close()
+        p99 = report["end_to_end_ms"].get("p99", float("inf"))
+        tried.append({"cameras": cameras, "p99_ms": p99, "fps": report["throughput_fps"],
+                      "unaccounted": report["unaccounted"]})
+        print(f"  capacity {workers} worker(s), {cameras} camera(s): p99 {p99} ms, {report['throughput_fps']} fps",
+              flush=True)
+        if p99 > P99_BUDGET_MS or report["unaccounted"]:
+            break
+        best = {"cameras": cameras, "p99_ms": p99, "fps": report["throughput_fps"]}
+    return {**best, "tried": tried}
+
+
+def saturated(workers: int, sources: list[Source], cameras: int) -> dict[str, Any]:
+    scenario = Scenario(f"sat{workers}")
+    try:
+        for _ in range(workers):
+            scenario.add_worker()
+        report = scenario.run(sources, ReplayPlan(cameras=cameras, speed=0, camera_prefix="sat"))
+    finally:
+        scenario.close()
+    return {"fps": report["throughput_fps"], "frames": report["frames_masked"], "unaccounted": report["unaccounted"]}
+
+
+def rebalance(sources: list[Source]) -> dict[str, Any]:
+    """4 cameras at 1x for 20 s; a worker joins at 6 s and leaves gracefully at 13 s."""
+    scenario = Scenario("rebalance")
+    try:
+        scenario.add_worker()
+        joined: dict[str, float] = {}
+
+        def join() -> None:
+            joined["at"] = time.monotonic()
+            scenario.add_worker()
+
+        def leave() -> None:
+            stop_all([scenario.workers.pop()])
+
+        report = scenario.run(sources, ReplayPlan(cameras=4, speed=1, duration_s=20, camera_prefix="rb"),
+                              events=[(6, join), (13, leave)])
+    finally:
+        scenario.close()
+    return {"max_output_gap_ms": report["max_output_gap_ms"], "gaps_by_camera": report["output_gap_ms_by_camera"],
+            "duplicates": report["duplicates"], "unaccounted": report["unaccounted"],
+            "end_to_end_ms": report["end_to_end_ms"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load.scenarios", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--capacity-seconds", type=float, default=12.0, help="length of each capacity step")
+    parser.add_argument("--max-cameras", type=int, default=6, help="highest camera count tried")
+    args = parser.parse_args(argv)
+    stack.up()
+    OUT.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {}
+
+    print("1. replay: sample clips as 4 cameras at 1x", flush=True)
+    scenario = Scenario("replay")
+    try:
+        scenario.add_worker()
+        scenario.add_worker()
+        report = scenario.run(sample_sources(), ReplayPlan(cameras=4, speed=1, camera_prefix="cam"), leak_every=5)
+    finally:
+        scenario.close()
+    write_report(report, OUT)
+    result["replay"] = {k: report[k] for k in ("frames_in", "frames_masked", "unaccounted", "duplicates",
+                                               "throughput_fps", "end_to_end_ms", "leak_check", "max_output_gap_ms")}
+
+    hd = sample_sources(size=(1280, 720), max_frames=60, fps=15)
+    print("2. capacity at 720p / 15 fps, p99 end-to-end < 250 ms", flush=True)
+    result["capacity_1w"] = capacity(1, hd, args.capacity_seconds, args.max_cameras)
+    result["capacity_2w"] = capacity(2, hd, args.capacity_seconds, args.max_cameras)
+    print("3. scaling: saturated throughput", flush=True)
+    one, two = saturated(1, hd, 8), saturated(2, hd, 8)
+    result["saturated"] = {"1w": one, "2w": two, "ratio_2w_1w": round(two["fps"] / one["fps"], 2)}
+    print("4. rebalance pause", flush=True)
+    result["rebalance"] = rebalance(hd)
+
+    headline = {"capacity_cameras_1w": result["capacity_1w"]["cameras"],
+                "capacity_cameras_2w": result["capacity_2w"]["cameras"],
+                "throughput_ratio_2w_1w": result["saturated"]["ratio_2w_1w"],
+                "rebalance_max_output_gap_ms": result["rebalance"]["max_output_gap_ms"],
+                "replay_unaccounted": result["replay"]["unaccounted"]}
+    result["headline"] = headline
+    (OUT / "scenarios.json").write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps(result, indent=2, default=str))
+    print(json.dumps(headline))
+    print(f"report: {OUT / 'report.json'}, plots: {OUT / 'report.png'}, scenarios: {OUT / 'scenarios.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -36,10 +36,13 @@ class Worker:
         self.producer = Producer(producer_config(settings))
         self.consumer = Consumer(consumer_config(settings, settings.group_id, **{"client.id": settings.worker_id}))
         self.variant = engine.variant.name
+        self._owned: set[int] = set()  # partitions assigned now (shown on /readyz)
 
     # --- Kafka callbacks -------------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
+        self._owned |= {p.partition for p in partitions}
+        self.runtime.details["partitions"] = sorted(self._owned)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Finish what we hold for these partitions so the next owner starts after it, not before.
@@ -47,11 +50,15 @@ class Worker:
         self._commit()
         for p in partitions:
             self.offsets.forget(p.topic, p.partition)
+        self._owned -= {p.partition for p in partitions}
+        self.runtime.details["partitions"] = sorted(self._owned)
         log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self.offsets.forget(p.topic, p.partition)
+        self._owned -= {p.partition for p in partitions}
+        self.runtime.details["partitions"] = sorted(self._owned)
         log.warning("partitions lost", extra={"partitions": [p.partition for p in partitions]})
 
     def _commit(self) -> None:
@@ -123,7 +130,9 @@ class Worker:
             metrics.observe_stage(stage, self.variant, camera, getattr(t, f"{stage}_ms"))
 
     def _poll_batch(self) -> list[Message]:
-        first = self.consumer.poll(0.2)
+        # Delivery acks are served only when we poll the producer: while outputs are in flight, wait for input in
+        # short slices so an ack is seen within ~2 ms (publish latency, offset commits), else block longer.
+        first = self.consumer.poll(0.002 if self.offsets.inflight() else 0.2)
         if first is None:
             return []
         batch = [first]

@@ -48,7 +48,12 @@ def consumer_config(settings: KafkaSettings, group_id: str, **extra: Any) -> dic
         "heartbeat.interval.ms": 2000,
         "max.poll.interval.ms": 120000,
         "fetch.max.bytes": max(52428800, settings.max_message_bytes),
-        "max.partition.fetch.bytes": settings.max_message_bytes,
+        # About 6 frames of 720p per partition per fetch: with a backlog, partitions (cameras) take turns in
+        # small slices instead of one camera's 8 MB at a time. A larger single message still comes (KIP-74).
+        "max.partition.fetch.bytes": 1024 * 1024,
+        # Prefetch at most ~50 frames: newly assigned partitions are not queued behind a long local backlog, and
+        # the worker does not hold 64 MB of raw frames in memory.
+        "queued.max.messages.kbytes": 8192,
         **extra,
     }
 

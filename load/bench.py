@@ -23,18 +23,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from imask.accounting import summarize
 from imask.config import REPO_ROOT
 
 BENCH_VENV = REPO_ROOT / ".venv-bench"
 DEFACE_VERSION = "1.5.0"
 OUT = REPO_ROOT / "out" / "bench"
-
-
-def _pct(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    p50, p95, p99 = np.percentile(np.asarray(values), [50, 95, 99])
-    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
 
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, float]:
@@ -171,7 +165,7 @@ def engine_child(frames_dir: str) -> None:
     print(json.dumps({
         "frames": n, "cpu_ms_per_frame": round(cpu * 1e3 / n, 1), "fps": round(n / wall, 2),
         "max_rss_mb": round(_proc_hwm_mb(os.getpid()), 1),  # VmHWM: ru_maxrss carries the parent's RSS over exec
-        "latency_ms": {k: _pct(v) for k, v in stages.items()},
+        "latency_ms": {k: summarize(v) for k, v in stages.items()},
         "inference_ms_mean": round(float(np.mean(stages["inference"])), 2),
         "provider": engine.execution_provider,
     }))

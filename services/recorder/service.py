@@ -12,12 +12,12 @@ import time
 
 import cv2
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
 from imask import metrics
 from imask.config import RecorderSettings
-from imask.kafka import consumer_config, ensure_topics
+from imask.kafka import consumer_config, ensure_topics, usable
 from imask.recording import CameraRecording, open_recording, safe_name
 from imask.runtime import ServiceRuntime, run_service
 from imask.v1 import frames_pb2 as pb
@@ -75,12 +75,7 @@ class Recorder:
         try:
             while not self.runtime.stopping.is_set():
                 msg = self.consumer.poll(0.2)
-                if msg is not None:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer error", extra={"error": str(err)})
-                        continue
+                if msg is not None and usable(msg):
                     self.handle(msg.value() or b"")
                     self._store(msg.topic() or "", msg.partition() or 0, (msg.offset() or 0) + 1)
                 now = time.monotonic()

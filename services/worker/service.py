@@ -16,7 +16,7 @@ from imask import metrics
 from imask.config import WorkerSettings
 from imask.engine import MaskingEngine
 from imask.engine.build import build_engine
-from imask.kafka import OffsetTracker, consumer_config, ensure_topics, producer_config
+from imask.kafka import OffsetTracker, consumer_config, ensure_topics, producer_config, usable
 from imask.pipeline import FrameProcessor, Inbound, Outcome, ProcessorOptions
 from imask.runtime import ServiceRuntime, run_service
 from imask.wire import now_us
@@ -158,10 +158,7 @@ class Worker:
                 self.producer.poll(0)
                 inbound = []
                 for msg in messages:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer error", extra={"error": str(err)})
+                    if not usable(msg):
                         continue
                     inbound.append(Inbound(msg.key(), msg.value(), msg.topic() or "", msg.partition() or 0,
                                            msg.offset() or 0, now_us()))

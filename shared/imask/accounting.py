@@ -127,12 +127,14 @@ class StreamLedger:
         }
 
 
+def summarize(values: list[float]) -> dict[str, float]:
+    """p50/p95/p99/max and count of a list of latencies (ms); empty for no values. The one percentile helper."""
+    if not values:
+        return {}
+    p50, p95, p99 = np.percentile(np.asarray(values), [50, 95, 99])
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2),
+            "max": round(float(max(values)), 2), "n": len(values)}
+
+
 def percentiles(timings: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    out = {}
-    for stage in STAGES:
-        values = timings.get(stage)
-        if values:
-            p50, p95, p99 = np.percentile(np.asarray(values), [50, 95, 99])
-            out[stage] = {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2),
-                          "n": len(values)}
-    return out
+    return {stage: summarize(timings[stage]) for stage in STAGES if timings.get(stage)}

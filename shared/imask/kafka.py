@@ -8,12 +8,24 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
 
 from imask.config import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+
+def usable(msg: Message | None) -> bool:
+    """A polled message that carries data; consumer errors are logged (partition EOF is not an error)."""
+    if msg is None:
+        return False
+    err = msg.error()
+    if err is not None:
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error", extra={"error": str(err)})
+        return False
+    return True
 
 
 def common_config(settings: KafkaSettings) -> dict[str, Any]:

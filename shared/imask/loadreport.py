@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from imask.accounting import StreamLedger
+from imask.accounting import StreamLedger, summarize
 from imask.config import KafkaSettings
 from imask.kafka import TopicReader
 from imask.lag import group_lag
@@ -115,14 +115,6 @@ class Collector:
         res.reliable_leaks += [f"{frame.camera_id}#{frame.seq}" for _ in check.reliable_leaks]
 
 
-def _pct(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    p50, p95, p99 = np.percentile(np.asarray(values), [50, 95, 99])
-    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1),
-            "max": round(float(max(values)), 1)}
-
-
 WARMUP_S = 2.0  # first seconds: producer and consumer start-up (idempotent producer init, first fetches)
 
 
@@ -140,8 +132,8 @@ def build_report(col: Collection, extra: dict[str, Any] | None = None) -> dict[s
         "unaccounted": summary["unaccounted"], "duplicates": summary["duplicates"],
         "fail_closed": summary["fail_closed"], "complete": col.ledger.complete(),
         "throughput_fps": round(len(col.latency) / span, 2) if span else None,
-        "end_to_end_ms": _pct([lat for _, lat in col.latency]),
-        "end_to_end_ms_steady": _pct([lat for t, lat in col.latency if t - first >= WARMUP_S]),
+        "end_to_end_ms": summarize([lat for _, lat in col.latency]),
+        "end_to_end_ms_steady": summarize([lat for t, lat in col.latency if t - first >= WARMUP_S]),
         "stage_latency_ms": summary["latency_ms"],
         "max_output_gap_ms": max(gaps.values(), default=0.0), "output_gap_ms_by_camera": gaps,
         "lag": {"max_messages": max((m for _, m, _ in col.lag), default=0),

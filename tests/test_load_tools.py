@@ -132,3 +132,4 @@ def test_worker_killed_mid_replay_its_partitions_move(kafka_settings: KafkaSetti
     assert victim.proc.wait(5) == -signal.SIGKILL
     # The session timeout (10 s) passes before the survivor takes the partitions: a long output gap.
     assert report["max_output_gap_ms"] > 1000
+

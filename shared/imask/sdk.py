@@ -1,0 +1,76 @@
+"""Producer SDK: publish frames to frames.raw yourself, with the project's envelope, keying and limits.
+
+    producer = FrameProducer("kafka:9092")
+    producer.publish("lobby", image)          # BGR array, or jpeg=... bytes you already have
+    producer.end_stream("lobby")               # optional: marks the end of a finite stream
+    producer.close()
+
+Frames are keyed by camera id (per-camera order), numbered per camera from 0, stamped with the capture time, and
+refused locally with a clear error when they would be dead-lettered anyway (oversize, undecodable).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Producer
+
+from imask.config import KafkaSettings
+from imask.kafka import producer_config
+from imask.media import ImageError, encode_jpeg, sniff_size
+from imask.types import Image
+from imask.wire import MAX_CAMERA_ID, end_of_stream, make_frame, now_us
+
+
+class FrameProducer:
+    def __init__(self, bootstrap_servers: str, topic: str = "frames.raw", jpeg_quality: int = 90,
+                 max_frame_bytes: int = 4 * 1024 * 1024, **librdkafka: Any) -> None:
+        settings = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_raw=topic)
+        self.topic = topic
+        self.jpeg_quality = jpeg_quality
+        self.max_frame_bytes = max_frame_bytes
+        self._producer = Producer(producer_config(settings, **librdkafka))
+        self._next_seq: dict[str, int] = {}
+        self.failed = 0
+
+    def publish(self, camera_id: str, image: Image | None = None, jpeg: bytes | None = None,
+                capture_ts_us: int | None = None, fps: float = 0.0) -> int:
+        """Queue one frame; returns its sequence number. Delivery happens in the background (see flush)."""
+        if not camera_id or len(camera_id) > MAX_CAMERA_ID:
+            raise ValueError(f"camera_id must be 1..{MAX_CAMERA_ID} characters")
+        if (image is None) == (jpeg is None):
+            raise ValueError("give exactly one of image= or jpeg=")
+        data = encode_jpeg(image, self.jpeg_quality) if image is not None else bytes(jpeg or b"")
+        _, width, height = sniff_size(data)  # raises ImageError for bytes that are not an image
+        if len(data) > self.max_frame_bytes:
+            raise ImageError(f"frame of {len(data)} bytes exceeds {self.max_frame_bytes}")
+        seq = self._next_seq.get(camera_id, 0)
+        frame = make_frame(camera_id, seq, data, width, height, capture_ts_us or now_us(), fps)
+        self._send(camera_id, frame.SerializeToString())
+        self._next_seq[camera_id] = seq + 1
+        return seq
+
+    def end_stream(self, camera_id: str) -> None:
+        self._send(camera_id, end_of_stream(camera_id, self._next_seq.get(camera_id, 0)).SerializeToString())
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait for delivery; returns how many messages are still undelivered (0 on success)."""
+        return int(self._producer.flush(timeout))
+
+    def close(self) -> None:
+        remaining = self.flush()
+        if remaining or self.failed:
+            raise RuntimeError(f"{remaining} frames undelivered, {self.failed} failed")
+
+    def _send(self, camera_id: str, value: bytes) -> None:
+        def on_delivery(err: object, _msg: object) -> None:
+            if err is not None:
+                self.failed += 1
+
+        while True:
+            try:
+                self._producer.produce(self.topic, key=camera_id.encode(), value=value, on_delivery=on_delivery)
+                self._producer.poll(0)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: wait for deliveries (backpressure)

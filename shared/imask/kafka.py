@@ -192,9 +192,7 @@ class TopicReader:
 
     def poll(self, timeout: float) -> Message | None:
         msg = self.consumer.poll(timeout)
-        if msg is None or msg.error():
-            return None
-        return msg
+        return msg if usable(msg) else None
 
     def close(self) -> None:
         self.consumer.close()

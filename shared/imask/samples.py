@@ -63,10 +63,11 @@ def synthetic_clip(path: Path, frames: int = 60, fps: float = 15.0, size: tuple[
             zoom = 0.75 + 0.2 * np.sin(i / frames * np.pi)
             scaled = cv2.resize(base, None, fx=zoom, fy=zoom)
             canvas = np.full((height, width, 3), 40, np.uint8)
+            # Pan horizontally: the photo's left edge at x0 (may be off-canvas on either side).
             x0 = int((width - scaled.shape[1]) / 2 + 120 * np.sin(i / frames * 2 * np.pi))
-            ys, xs = max(0, -0), max(0, x0)
-            crop = scaled[: height, max(0, -x0): max(0, -x0) + width - xs]
-            canvas[ys: ys + crop.shape[0], xs: xs + crop.shape[1]] = crop[: height - ys, : width - xs]
+            left = max(0, x0)
+            crop = scaled[:height, max(0, -x0): max(0, -x0) + width - left]
+            canvas[: crop.shape[0], left: left + crop.shape[1]] = crop
             writer.write(canvas)
     finally:
         writer.release()

@@ -38,7 +38,7 @@ def test_ingest_worker_recorder_make_a_playable_mp4(kafka_settings: KafkaSetting
     for _ in range(100):  # the recorder closes the file on the end-of-stream marker
         if mp4.exists():
             break
-        cv2.waitKey(100)
+        time.sleep(0.1)
     cap = cv2.VideoCapture(str(mp4))
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 30
     assert abs(cap.get(cv2.CAP_PROP_FPS) - 15) < 0.1

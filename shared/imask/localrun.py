@@ -22,6 +22,7 @@ from imask.config import REPO_ROOT, KafkaSettings, load_settings
 from imask.kafka import TopicReader, end_offsets, ensure_topics
 from imask.logs import configure_logging
 from imask.procs import ServiceProcess, spawn, stop_all
+from imask.recording import safe_name
 from imask.samples import default_sources, synthetic_clip
 from imask.v1 import frames_pb2 as pb
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging("run", "info", json_format=False)
 
+    run_started = time.time()
     stack.up()
     settings = load_settings(KafkaSettings)
     ensure_topics(settings)
@@ -135,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = ledger.summary()
     summary["exit_codes"] = codes
     summary["metrics"] = {"imask_frames_fail_closed_total": fail_closed, "imask_frames_unmasked_total": unmasked}
-    summary["recordings"] = sorted(str(p) for p in recordings.glob("*.mp4") if not p.name.endswith(".partial.mp4"))
+    # This run's cameras only: the folder may also hold earlier runs' files, or ones the recorder wrote for
+    # frames another run left behind in the topic.
+    summary["recordings"] = sorted(str(p) for p in recordings.glob("*.mp4") if not p.name.endswith(".partial.mp4")
+                                   and p.stem.split("_from")[0] in {safe_name(c) for c in sources}
+                                   and p.stat().st_mtime >= run_started)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)

@@ -193,74 +193,46 @@ def _proc_hwm_mb(pid: int) -> float:
 
 
 def bench_pipeline(frames_dir: str, workers: int, cameras: int, loops: int, work: Path) -> dict[str, Any]:
-    from confluent_kafka import Producer
-
+    """Workers on their own topics; the frames replayed as fast as possible as N cameras; CPU of workers, broker
+    and this harness while they are masked."""
     from imask import stack
-    from imask.accounting import StreamLedger
-    from imask.config import KafkaSettings
-    from imask.kafka import TopicReader, delete_topics, ensure_topics, producer_config
+    from imask.loadreport import Collector
     from imask.media import decode_any
-    from imask.procs import spawn, stop_all
-    from imask.v1 import frames_pb2 as pb
-    from imask.wire import end_of_stream, make_frame, now_us
+    from imask.replay import Replayer, ReplayPlan, Source, SourceFrame
+    from load.scenarios import Scenario
 
-    stack.up()
-    suffix = uuid.uuid4().hex[:6]
-    env = {**os.environ, "IMASK_TOPIC_RAW": f"bench{suffix}.raw", "IMASK_TOPIC_MASKED": f"bench{suffix}.masked",
-           "IMASK_TOPIC_META": f"bench{suffix}.meta", "IMASK_TOPIC_DLQ": f"bench{suffix}.dlq",
-           "IMASK_TOPIC_ALERTS": f"bench{suffix}.alerts", "IMASK_PARTITIONS": "4",
-           "IMASK_BOOTSTRAP_SERVERS": stack.StackSettings().bootstrap_servers, "IMASK_LOG_LEVEL": "warning"}
-    os.environ.update(env)
-    settings = KafkaSettings()
-    ensure_topics(settings)
     blobs = [f.read_bytes() for f in sorted(Path(frames_dir).glob("*.jpg"))]
     height, width = decode_any(blobs[0]).shape[:2]
-    procs = [spawn(f"bench-worker-{i}", ["worker", "--group-id", f"bench-{suffix}"], work / "logs", env)
-             for i in range(workers)]
+    frames = [SourceFrame(b, width, height, i / 25.0) for i, b in enumerate(blobs * loops)]
+    source = Source("bench", frames, 25.0)
+    scenario = Scenario(f"bench{workers}", partitions=4)
     try:
-        for p in procs:
-            p.wait_ready(120)
-        time.sleep(2)  # let the group settle (all partitions assigned) before the clock starts
+        for _ in range(workers):
+            scenario.add_worker()  # returns once the group has settled: the clock starts after start-up
+        procs = scenario.workers
         cpu0 = {p.name: _proc_cpu_s(p.proc.pid) for p in procs}
         broker_pid = int(str(stack.status()["kafka"]["pid"]))
         broker0, self0 = _proc_cpu_s(broker_pid), time.process_time()
-        producer = Producer(producer_config(settings))
-        names = [f"cam{i}" for i in range(cameras)]
-        seq = 0
-        for _ in range(loops):
-            for blob in blobs:
-                for cam in names:
-                    frame = make_frame(cam, seq, blob, width, height, now_us(), 25.0)
-                    producer.produce(settings.topic_raw, key=cam.encode(), value=frame.SerializeToString())
-                    producer.poll(0)
-                seq += 1
-        for cam in names:
-            producer.produce(settings.topic_raw, key=cam.encode(), value=end_of_stream(cam, seq).SerializeToString())
-        producer.flush(60)
-        ledger = StreamLedger(set(names))
-        reader = TopicReader(settings, {(settings.topic_meta, p): 0 for p in range(settings.partitions)})
-        deadline = time.monotonic() + 900
-        while not ledger.complete() and time.monotonic() < deadline:
-            msg = reader.poll(0.5)
-            if msg is not None:
-                ledger.add_meta(pb.FrameMeta.FromString(msg.value() or b""))
-        reader.close()
+        replayer = Replayer(scenario.settings, [source], ReplayPlan(cameras=cameras, speed=0, camera_prefix="cam",
+                                                                     duration_s=0))
+        collector = Collector(scenario.settings, set(replayer.camera_ids()),
+                              {(scenario.settings.topic_meta, p): 0 for p in range(scenario.settings.partitions)})
+        replayer.run()
+        ledger = collector.run(900).ledger
         cpu = sum(_proc_cpu_s(p.proc.pid) - cpu0[p.name] for p in procs)
         broker_cpu, harness_cpu = _proc_cpu_s(broker_pid) - broker0, time.process_time() - self0
         rss = max(_proc_hwm_mb(p.proc.pid) for p in procs)
-        summary = ledger.summary()
-        masked = int(summary["frames_masked"])  # type: ignore[call-overload]
-        span_s = ((ledger.last_masked_us or 0) - (ledger.first_capture_us or 0)) / 1e6
-        return {"workers": workers, "frames": masked, "unaccounted": summary["unaccounted"],
-                "fps": round(masked / span_s, 2), "worker_cpu_ms_per_frame": round(cpu * 1e3 / masked, 1),
-                "worker_max_rss_mb": round(rss, 1), "broker_cpu_ms_per_frame": round(broker_cpu * 1e3 / masked, 1),
-                "harness_cpu_ms_per_frame": round(harness_cpu * 1e3 / masked, 1),
-                "cpu_busy_share": round((cpu + broker_cpu + harness_cpu) / (span_s * (os.cpu_count() or 1)), 2),
-                "latency_ms": summary["latency_ms"]}
     finally:
-        stop_all(procs)
-        delete_topics(settings, [settings.topic_raw, settings.topic_masked, settings.topic_meta, settings.topic_dlq,
-                                 settings.topic_alerts])
+        scenario.close()
+    summary = ledger.summary()
+    masked = int(summary["frames_masked"])  # type: ignore[call-overload]
+    span_s = ((ledger.last_masked_us or 0) - (ledger.first_capture_us or 0)) / 1e6
+    return {"workers": workers, "frames": masked, "unaccounted": summary["unaccounted"],
+            "fps": round(masked / span_s, 2), "worker_cpu_ms_per_frame": round(cpu * 1e3 / masked, 1),
+            "worker_max_rss_mb": round(rss, 1), "broker_cpu_ms_per_frame": round(broker_cpu * 1e3 / masked, 1),
+            "harness_cpu_ms_per_frame": round(harness_cpu * 1e3 / masked, 1),
+            "cpu_busy_share": round((cpu + broker_cpu + harness_cpu) / (span_s * (os.cpu_count() or 1)), 2),
+            "latency_ms": summary["latency_ms"]}
 
 
 # --- recall on the labelled photos ------------------------------------------------------------------------------

@@ -32,12 +32,12 @@ P99_BUDGET_MS = 250.0
 class Scenario:
     """Fresh topics and a fresh worker group per scenario, so runs never see each other's frames."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, partitions: int = 8) -> None:
         suffix = uuid.uuid4().hex[:6]
         self.env = {**os.environ, "IMASK_BOOTSTRAP_SERVERS": stack.StackSettings().bootstrap_servers,
                     "IMASK_TOPIC_RAW": f"load{suffix}.raw", "IMASK_TOPIC_MASKED": f"load{suffix}.masked",
                     "IMASK_TOPIC_META": f"load{suffix}.meta", "IMASK_TOPIC_DLQ": f"load{suffix}.dlq",
-                    "IMASK_TOPIC_ALERTS": f"load{suffix}.alerts", "IMASK_PARTITIONS": "8",
+                    "IMASK_TOPIC_ALERTS": f"load{suffix}.alerts", "IMASK_PARTITIONS": str(partitions),
                     "IMASK_LOG_LEVEL": "warning"}
         os.environ.update({k: v for k, v in self.env.items() if k.startswith("IMASK_")})
         self.settings = KafkaSettings()
@@ -99,13 +99,8 @@ class Scenario:
 
 def sample_sources(size: tuple[int, int] | None = None, max_frames: int = 0, fps: float = 0.0) -> list[Source]:
     paths = list(default_sources().values()) or [synthetic_clip(OUT / "synthetic.mp4", frames=150)]
-    sources = [load_source(p, max_frames, size) for p in paths]
-    if fps:
-        from dataclasses import replace
-
-        sources = [replace(s, fps=fps, frames=[replace(f, offset_s=i / fps) for i, f in enumerate(s.frames)])
-                   for s in sources]
-    return sources
+    return [load_source(p, max_frames, size).at_fps(fps) if fps else load_source(p, max_frames, size)
+            for p in paths]
 
 
 def capacity(workers: int, sources: list[Source], seconds: float, max_cameras: int) -> dict[str, Any]:

@@ -60,12 +60,7 @@ def _plan(args: argparse.Namespace) -> ReplayPlan:
 
 def _sources(args: argparse.Namespace) -> list[Source]:
     sources = [load_source(Path(s), args.max_frames, _size(args.size)) for s in args.sources]
-    if args.fps:
-        from dataclasses import replace
-
-        sources = [replace(s, fps=args.fps, frames=[replace(f, offset_s=i / args.fps) for i, f in
-                                                     enumerate(s.frames)]) for s in sources]
-    return sources
+    return [s.at_fps(args.fps) for s in sources] if args.fps else sources
 
 
 def _apply_scenario(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:

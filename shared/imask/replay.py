@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -42,6 +42,10 @@ class Source:
     name: str
     frames: list[SourceFrame]
     fps: float
+
+    def at_fps(self, fps: float) -> Source:
+        """The same frames re-timed as a steady stream of `fps` (e.g. a 25 fps clip replayed as a 15 fps camera)."""
+        return replace(self, fps=fps, frames=[replace(f, offset_s=i / fps) for i, f in enumerate(self.frames)])
 
     @property
     def period_s(self) -> float:

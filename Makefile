@@ -25,10 +25,18 @@ $(VENV_STAMP): pyproject.toml
 
 venv: $(VENV_STAMP)  ## create .venv with the project and its tools
 
-system-deps:  ## Java 17, Maven and redis-server from Debian when missing (needs root)
+# GStreamer's RTSP server (the test and demo cameras) runs with the system Python, which has `gi`.
+GST_PACKAGES := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base \
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+
+system-deps:  ## Java 17, Maven, redis-server and GStreamer (RTSP cameras) from Debian when missing (needs root)
 	@missing=""; command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	/usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null \
+	  || missing="$$missing $(GST_PACKAGES)"; \
+	gst-inspect-1.0 x264enc >/dev/null 2>&1 && gst-inspect-1.0 avdec_h264 >/dev/null 2>&1 \
+	  || missing="$$missing $(GST_PACKAGES)"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "please install:$$missing" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi

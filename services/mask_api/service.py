@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from imask.config import MaskApiSettings
 from imask.engine.build import build_engine
 from imask.kafka import ensure_topics, producer_config
-from imask.maskapi.auth import ApiKeyInterceptor, ApiKeyStore
+from imask.maskapi.auth import ApiKeyInterceptor, api_key_store, server_credentials
 from imask.maskapi.executor import EngineExecutor
 from imask.maskapi.ratelimit import RateLimiter
 from imask.maskapi.servicer import MaskServicer
@@ -28,17 +28,6 @@ from imask.v1 import mask_service_pb2, mask_service_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = mask_service_pb2.DESCRIPTOR.services_by_name["MaskService"].full_name
-
-
-def server_credentials(settings: MaskApiSettings) -> grpc.ServerCredentials | None:
-    if settings.tls_cert_file is None:
-        return None
-    if settings.tls_key_file is None:
-        raise ValueError("IMASK_TLS_KEY_FILE is required with IMASK_TLS_CERT_FILE")
-    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
-        root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 class MetaPublisher:
@@ -60,11 +49,7 @@ class MetaPublisher:
 
 
 async def serve(settings: MaskApiSettings, runtime: ServiceRuntime) -> int:
-    store = None
-    if settings.auth == "api-key":
-        if settings.api_keys_file is None:
-            raise ValueError("IMASK_API_KEYS_FILE is required unless IMASK_AUTH=none")
-        store = ApiKeyStore.from_file(settings.api_keys_file)
+    store = api_key_store(settings)
     limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_s) if settings.rate_limit_per_s else None
     publisher = None
     if settings.publish_meta:

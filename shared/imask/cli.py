@@ -173,10 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "Masking worker: consume frames.raw, mask every face, publish frames.masked + frames.meta")
     p.set_defaults(func=cmd_worker)
     p = _service_parser(sub, "ingest", IngestSettings,
-                        [*COMMON_KAFKA, "sources", "pace", "drop_policy", "jpeg_quality", "max_frames", "loop"],
-                        "Ingest: read video files or cameras and publish frames to frames.raw")
+                        [*COMMON_KAFKA, "cameras_file", "keep_running", "fps", "cap_width", "cap_height",
+                         "drop_policy", "pace", "jpeg_quality", "max_frames", "loop", "max_inflight",
+                         "open_timeout_s", "read_timeout_s", "stall_after_s", "min_fps", "publish_port",
+                         "auth", "api_keys_file"],
+                        "Ingest: live cameras (RTSP...), video files and gRPC producers onto frames.raw. "
+                        "Cameras are added and removed at runtime through the admin API on the ops port "
+                        "(`imask cameras`).")
     p.set_defaults(func=cmd_ingest)
-    p.add_argument("--source", dest="sources", action="append", help="CAMERA_ID=PATH_OR_URL, repeatable")
+    p.add_argument("--source", dest="sources", action="append",
+                   help="CAMERA_ID=URL (rtsp://..., a video file, a webcam index), repeatable; per-camera "
+                   "settings beyond the defaults go in --cameras-file")
     p = _service_parser(sub, "recorder", RecorderSettings,
                         [*COMMON_KAFKA, "group_id", "output_dir", "snapshot_every", "idle_close_s"],
                         "Recorder: write frames.masked into one MP4 per camera")
@@ -224,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; `main` hands their arguments to their own parsers.
     sub.add_parser("stack", help="Start, stop or show the local Kafka + Redis stack (make up/down/status)")
     sub.add_parser("run", help="The whole pipeline on the local stack with the sample clips (make run)")
+    sub.add_parser("cameras", help="List, add, remove and inspect an ingest's cameras at runtime (admin API)")
+    sub.add_parser("rtsp-server", help="Serve video files as live RTSP cameras (GStreamer), for demos and tests")
     sub.add_parser("load", help="Load tests and SRE tools: record, replay, run, compare, lag, scale")
     for name, text in (("record", "Dump frames.raw to a recording file (imask load record)"),
                        ("replay", "Replay clips or recordings as N cameras (imask load replay)"),
@@ -237,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands with parsers of their own: everything after the name is theirs (argparse's REMAINDER would let the
 # top-level parser grab their --flags).
-DELEGATED = {"stack": "imask.stack", "run": "imask.localrun", "load": "imask.loadcli"}
+DELEGATED = {"stack": "imask.stack", "run": "imask.localrun", "load": "imask.loadcli",
+             "rtsp-server": "imask.cameras.rtsp_server", "cameras": "imask.cameras.admin_cli"}
 # Shortcuts for the load/SRE commands: `imask lag` is `imask load lag`.
 LOAD_SHORTCUTS = {"record", "replay", "lag", "scale"}
 

@@ -94,16 +94,59 @@ class WorkerSettings(KafkaSettings, EngineSettings, FrameLimits):
     max_inflight: int = Field(64, ge=1, description="Frames produced but not yet acknowledged before pausing")
 
 
-class IngestSettings(KafkaSettings, FrameLimits):
+class GrpcServerSettings(BaseSettings):
+    """Security and limits of a gRPC server (mask-api, and ingest's Publish stream)."""
+
+    model_config = SettingsConfigDict(env_prefix="IMASK_", extra="ignore", frozen=True)
+
+    auth: Literal["api-key", "none"] = Field("api-key", description="Require a per-client API key")
+    api_keys_file: Path | None = Field(None, description="JSON file of hashed API keys (imask api-key new)")
+    tls_cert_file: Path | None = Field(None, description="Server certificate (PEM): TLS on when set")
+    tls_key_file: Path | None = Field(None, description="Server private key (PEM)")
+    tls_client_ca_file: Path | None = Field(None, description="CA of client certificates: mTLS when set")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted")
+
+
+class CameraDefaults(BaseSettings):
+    """Per-camera settings; these are the defaults, a cameras file or the admin API can set them per camera."""
+
+    model_config = SettingsConfigDict(env_prefix="IMASK_", extra="ignore", frozen=True)
+
+    fps: float = Field(0.0, ge=0, le=240, description="Frames per second published per camera (0: the source's)")
+    cap_width: int = Field(0, ge=0, le=8192, description="Downscale wider frames to this width (0: no cap)")
+    cap_height: int = Field(0, ge=0, le=8192, description="Downscale taller frames to this height (0: no cap)")
+    jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of published frames")
+    drop_policy: Literal["realtime", "complete"] = Field(
+        "realtime", description="realtime: always publish the newest frame, skip (and count) older ones; "
+        "complete: publish every frame, slowing the source when Kafka is slow (state blocked)")
+    pace: Literal["source", "max"] = Field(
+        "source", description="Files: read at the source fps like a live camera, or as fast as possible")
+    loop: bool = Field(False, description="Files: start again at the end, forever")
+    max_frames: int = Field(0, ge=0, description="Stop a camera after this many frames (0: no limit)")
+    max_inflight: int = Field(8, ge=1, le=10000,
+                              description="Frames of one camera sent to Kafka but not yet acknowledged")
+    queue_frames: int = Field(50, ge=1, le=10000,
+                              description="complete policy: decoded frames waiting to be published")
+    open_timeout_s: float = Field(5.0, gt=0, le=120, description="Streams: give up opening after this long")
+    read_timeout_s: float = Field(5.0, gt=0, le=120, description="Streams: a read waiting this long fails")
+    stall_after_s: float = Field(3.0, gt=0, le=3600, description="No frame for this long: state stalled")
+    min_fps: float = Field(0.0, ge=0, description="Under this fps (over 5 s) a running camera is stalled (0: off)")
+    backoff_initial_s: float = Field(0.5, gt=0, le=60, description="First wait before reconnecting")
+    backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between reconnect attempts")
+
+
+class IngestSettings(KafkaSettings, FrameLimits, CameraDefaults, GrpcServerSettings):
     sources: list[str] = Field(default_factory=list,
                                description="CAMERA_ID=URL_OR_PATH entries (JSON list in the environment)")
-    pace: Literal["source", "max"] = Field("source", description="Publish at the source fps, or as fast as possible")
-    drop_policy: Literal["realtime", "complete"] = Field(
-        "realtime", description="realtime: skip frames when behind (counted); complete: publish every frame")
-    jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of published frames")
-    max_frames: int = Field(0, ge=0, description="Stop each source after this many frames (0: no limit)")
-    loop: bool = Field(False, description="Loop file sources forever")
-    max_inflight: int = Field(256, ge=1, description="Frames in the producer queue before backpressure")
+    cameras_file: Path | None = Field(None, description="YAML or JSON file of cameras with per-camera settings")
+    keep_running: bool = Field(False, description="Keep serving when every camera has ended (cameras can be "
+                               "added through the admin API); otherwise exit once all have ended")
+    admin_token: str = Field("", description="Bearer token the admin API (POST/DELETE /cameras) requires")
+    publish_port: int = Field(-1, ge=-1, le=65535,
+                              description="Port of the gRPC Publish stream (-1: off, 0: pick a free one)")
+    publish_host: str = Field("127.0.0.1", description="Address the gRPC Publish server binds")
+    instance_id: str = Field(default_factory=lambda: f"ingest-{socket.gethostname()}-{os.getpid()}",
+                             description="Name in logs, drop records and alerts")
 
 
 class RecorderSettings(KafkaSettings):
@@ -114,14 +157,9 @@ class RecorderSettings(KafkaSettings):
     default_fps: float = Field(25.0, gt=0, description="Fps of recordings when the source does not say")
 
 
-class MaskApiSettings(KafkaSettings, EngineSettings, FrameLimits):
+class MaskApiSettings(KafkaSettings, EngineSettings, FrameLimits, GrpcServerSettings):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: pick a free one)")
-    auth: Literal["api-key", "none"] = Field("api-key", description="Require a per-client API key")
-    api_keys_file: Path | None = Field(None, description="JSON file of hashed API keys (imask api-key new)")
-    tls_cert_file: Path | None = Field(None, description="Server certificate (PEM): TLS on when set")
-    tls_key_file: Path | None = Field(None, description="Server private key (PEM)")
-    tls_client_ca_file: Path | None = Field(None, description="CA of client certificates: mTLS when set")
     redis_url: str = Field("redis://127.0.0.1:6390/0", description="Redis for rate limits shared by replicas")
     rate_limit_per_s: int = Field(0, ge=0, description="Requests (or stream frames) per second per client; 0: off")
     queue_max: int = Field(32, ge=1, description="Requests waiting for the engine before RESOURCE_EXHAUSTED")
@@ -129,7 +167,6 @@ class MaskApiSettings(KafkaSettings, EngineSettings, FrameLimits):
     batch_wait_ms: float = Field(0.0, ge=0, le=50, description="How long to wait to fill a batch")
     threshold_min: float = Field(0.05, gt=0, lt=1, description="Lowest threshold a request may ask for")
     threshold_max: float = Field(0.9, gt=0, lt=1, description="Highest threshold a request may ask for")
-    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted")
     publish_meta: bool = Field(True, description="Publish per-request metadata to frames.meta")
     grace_s: float = Field(20.0, ge=0, description="On SIGTERM, time in-flight calls get to finish")
     drain_delay_s: float = Field(1.0, ge=0, description="On SIGTERM, time serving NOT_SERVING before refusing calls")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
@@ -48,17 +49,50 @@ GRPC_REQUESTS = Counter("imask_grpc_requests_total", "gRPC mask requests (stream
                         ["method", "code"])
 
 
+# Live cameras (ingest). One series per camera; removed cameras' series are removed with them.
+CAMERA_STATE = Gauge("imask_camera_state", "1 for the camera's current state, 0 for the others",
+                     ["camera", "state"])
+CAMERA_FPS = Gauge("imask_camera_fps", "Frames per second over the last 5 s (in: decoded, out: published)",
+                   ["camera", "direction"])
+CAMERA_SECONDS_SINCE_FRAME = Gauge("imask_camera_seconds_since_frame", "Seconds since the last decoded frame",
+                                   ["camera"])
+CAMERA_FRAMES = Counter("imask_camera_frames_total", "Camera frames by outcome (decoded, published, decimated "
+                        "to the target fps)", ["camera", "outcome"])
+CAMERA_DROPPED = Counter("imask_camera_frames_dropped_total", "Camera frames dropped by reason (superseded, "
+                         "backpressure, oversize); each also has a drop record on frames.dlq", ["camera", "reason"])
+CAMERA_RECONNECTS = Counter("imask_camera_reconnects_total", "Reconnects after a lost or failed stream", ["camera"])
+CAMERA_ERRORS = Counter("imask_camera_errors_total", "Open failures and read/decode errors", ["camera", "kind"])
+CAMERA_GAP = Counter("imask_camera_gap_seconds_total", "Seconds without frames, counted when a camera recovers",
+                     ["camera"])
+CAMERA_SERIES = (CAMERA_STATE, CAMERA_FPS, CAMERA_SECONDS_SINCE_FRAME, CAMERA_FRAMES, CAMERA_DROPPED,
+                 CAMERA_RECONNECTS, CAMERA_ERRORS, CAMERA_GAP)
+
+
+def forget_camera(camera: str) -> None:
+    """Remove a camera's series from every per-camera metric (the camera was removed)."""
+    for metric in CAMERA_SERIES:
+        for labels in list(metric._metrics):  # prometheus_client has no public label listing
+            if labels[0] == camera:
+                metric.remove(*labels)
+
+
 def observe_stage(stage: str, variant: str, camera: str, ms: float) -> None:
     STAGE_LATENCY.labels(stage, variant, camera).observe(ms / 1e3)
+
+
+MAX_ADMIN_BODY = 1 << 20
+# (method, path, body, headers) -> (HTTP status, JSON-able answer), or None when the path is not the admin's.
+AdminRoutes = Callable[[str, str, bytes, Mapping[str, str]], "tuple[int, Any] | None"]
 
 
 class OpsServer:
     """Serves /metrics, /healthz (process alive) and /readyz (able to do its job) on one port."""
 
     def __init__(self, host: str, port: int, ready: Callable[[], bool], details: Callable[[], dict[str, object]]
-                 | None = None) -> None:
+                 | None = None, admin: AdminRoutes | None = None) -> None:
         self._ready = ready
         self._details = details or (lambda: {})
+        self.admin = admin
         handler = self._handler()
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
@@ -91,7 +125,22 @@ class OpsServer:
                     body = json.dumps({"ready": ready, **ops._details()}, default=str).encode()
                     self._send(200 if ready else 503, body, "application/json")
                 else:
+                    self._route("GET")
+
+            def do_POST(self) -> None:
+                self._route("POST")
+
+            def do_DELETE(self) -> None:
+                self._route("DELETE")
+
+            def _route(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(min(length, MAX_ADMIN_BODY)) if length else b""
+                answer = ops.admin(method, self.path, body, dict(self.headers.items())) if ops.admin else None
+                if answer is None:
                     self._send(404, b"not found\n", "text/plain")
+                else:
+                    self._send(answer[0], json.dumps(answer[1], default=str).encode(), "application/json")
 
             def _send(self, code: int, body: bytes, ctype: str) -> None:
                 self.send_response(code)

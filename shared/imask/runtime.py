@@ -10,7 +10,7 @@ from types import FrameType
 
 from imask.config import BaseServiceSettings
 from imask.logs import configure_logging
-from imask.metrics import OpsServer
+from imask.metrics import AdminRoutes, OpsServer
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ class ServiceRuntime:
                              lambda: self.details).start()
         self.details["ops_port"] = self.ops.port
         return self
+
+    def serve_admin(self, routes: AdminRoutes) -> None:
+        """Answer an admin API (JSON, GET/POST/DELETE) on the ops port, next to /metrics and /readyz."""
+        if self.ops is not None:
+            self.ops.admin = routes
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stopping.is_set():

@@ -17,6 +17,8 @@ from typing import Any
 
 import grpc
 
+from imask.config import GrpcServerSettings
+
 # Callers of these need no key: orchestrators probe health, operators list services.
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -107,6 +109,31 @@ def _refusal(code: grpc.StatusCode, message: str, handler: grpc.RpcMethodHandler
         return grpc.stream_stream_rpc_method_handler(
             abort_stream, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(
+            abort_stream, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
     return grpc.unary_unary_rpc_method_handler(
         abort_unary, request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer)
+
+
+def api_key_store(settings: GrpcServerSettings) -> ApiKeyStore | None:
+    """The keys a server checks, or None when auth is off; a missing keys file is a configuration error."""
+    if settings.auth == "none":
+        return None
+    if settings.api_keys_file is None:
+        raise ValueError("IMASK_API_KEYS_FILE is required unless IMASK_AUTH=none")
+    return ApiKeyStore.from_file(settings.api_keys_file)
+
+
+def server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured, mTLS when a client CA is too; None means plaintext."""
+    if settings.tls_cert_file is None:
+        return None
+    if settings.tls_key_file is None:
+        raise ValueError("IMASK_TLS_KEY_FILE is required with IMASK_TLS_CERT_FILE")
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=client_ca, require_client_auth=client_ca is not None)

@@ -1,0 +1,232 @@
+"""Many cameras in one ingest process: add, remove, list, watch their states, raise alerts, serve the admin API.
+
+The manager's `tick` (called a few times a second by the ingest loop) turns each camera's state into metrics,
+log lines and, on the transitions an operator must hear about, events on the `alerts` topic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from imask import metrics
+from imask.cameras.camera import AckCallback, Camera, CameraState
+from imask.cameras.config import CameraConfig, CameraConfigError, camera_config
+from imask.config import IngestSettings
+from imask.kafka import producer_config
+from imask.v1 import alerts_pb2
+from imask.v1 import frames_pb2 as pb
+from imask.wire import end_of_stream, now_us
+
+log = logging.getLogger(__name__)
+
+TROUBLE = (CameraState.STALLED, CameraState.RECONNECTING)
+
+
+class KafkaOutbox:
+    """The ingest's one producer: frames to frames.raw, drop records to frames.dlq, events to alerts."""
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        # Frames are bounded per camera (max_inflight); the process-wide queue only has to hold the small
+        # records (drops, alerts) as well, so it is generous.
+        self.producer = Producer(producer_config(settings, **{"queue.buffering.max.messages": 100_000}))
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def frame(self, camera_id: str, value: bytes, on_ack: AckCallback) -> None:
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._failed(camera_id, err)
+            on_ack(err is None)
+
+        self.producer.produce(self.settings.topic_raw, value=value, key=camera_id.encode(), on_delivery=delivered)
+
+    def drop(self, camera_id: str, seq: int, reason: pb.DropReason, detail: str) -> None:
+        record = pb.DropRecord(camera_id=camera_id, seq=seq, reason=reason, detail=detail, stage="ingest",
+                               ts_us=now_us(), worker_id=self.settings.instance_id)
+        self._send(self.settings.topic_dlq, camera_id, record.SerializeToString())
+
+    def end_of_stream(self, camera_id: str, seq: int, fps: float) -> None:
+        self._send(self.settings.topic_raw, camera_id, end_of_stream(camera_id, seq, fps).SerializeToString())
+
+    def alert(self, event: alerts_pb2.AlertEvent) -> None:
+        self._send(self.settings.topic_alerts, event.camera_id, event.SerializeToString())
+
+    def _send(self, topic: str, camera_id: str, value: bytes) -> None:
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._failed(camera_id, err)
+
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=camera_id.encode(), on_delivery=delivered)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _failed(self, camera_id: str, err: KafkaError) -> None:
+        with self._lock:
+            self.failed += 1
+        log.error("message not delivered", extra={"camera": camera_id, "error": str(err)})
+
+    def poll(self, timeout: float) -> None:
+        self.producer.poll(timeout)
+
+    def flush(self, timeout: float) -> int:
+        return int(self.producer.flush(timeout))
+
+
+class CameraManager:
+    def __init__(self, settings: IngestSettings, outbox: KafkaOutbox) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.cameras: dict[str, Camera] = {}
+        self.retired: list[Camera] = []  # removed, still draining their last frames
+        self.ever_added = 0
+        self._states: dict[str, CameraState] = {}
+        self._trouble_since: dict[str, float] = {}
+        self._lock = threading.RLock()
+
+    # -- operations -----------------------------------------------------------------------------------------
+
+    def add(self, config: CameraConfig) -> Camera:
+        with self._lock:
+            if config.camera_id in self.cameras or any(c.id == config.camera_id for c in self.retired):
+                raise CameraConfigError(f"camera {config.camera_id!r} already exists (remove it first)")
+            camera = Camera(config, self.outbox, self.settings.max_frame_bytes).start()
+            self.cameras[camera.id] = camera
+            self.ever_added += 1
+        log.info("camera added", extra={"camera": camera.id, "url": config.redacted_url,
+                                        "drop_policy": config.drop_policy})
+        return camera
+
+    def remove(self, camera_id: str) -> Camera:
+        with self._lock:
+            camera = self.cameras.pop(camera_id, None)
+            if camera is None:
+                raise KeyError(camera_id)
+            camera.ended_reason = "removed"
+            camera.stop()
+            self.retired.append(camera)
+        log.info("camera removed", extra={"camera": camera_id})
+        return camera
+
+    def stop_all(self, timeout: float) -> None:
+        with self._lock:
+            cameras = list(self.cameras.values()) + self.retired
+        for camera in cameras:
+            camera.stop()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(c.join(0) for c in cameras):
+            self.outbox.poll(0.05)  # acknowledgements let the publishers finish
+        for camera in cameras:
+            if not camera.join(0):
+                log.error("camera did not finish in time", extra={"camera": camera.id})
+
+    def all_ended(self) -> bool:
+        with self._lock:
+            return self.ever_added > 0 and all(c.finished for c in [*self.cameras.values(), *self.retired])
+
+    def list(self) -> list[dict[str, object]]:
+        now = time.monotonic()
+        with self._lock:
+            return [c.status(now) for c in self.cameras.values()]
+
+    # -- watching -------------------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            cameras = list(self.cameras.values())
+            for camera in [c for c in self.retired if c.finished]:
+                self.retired.remove(camera)
+                self._states.pop(camera.id, None)
+                metrics.forget_camera(camera.id)
+        for camera in cameras:
+            self._observe(camera, now)
+
+    def _observe(self, camera: Camera, now: float) -> None:
+        state = camera.state(now)
+        metrics.CAMERA_FPS.labels(camera.id, "in").set(camera.fps_in.rate(now))
+        metrics.CAMERA_FPS.labels(camera.id, "out").set(camera.fps_out.rate(now))
+        if camera.last_frame_at is not None:
+            metrics.CAMERA_SECONDS_SINCE_FRAME.labels(camera.id).set(now - camera.last_frame_at)
+        previous = self._states.get(camera.id)
+        if state == previous:
+            return
+        self._states[camera.id] = state
+        for each in CameraState:
+            metrics.CAMERA_STATE.labels(camera.id, each.value).set(1 if each == state else 0)
+        log_extra = {"camera": camera.id, "state": state.value, "previous": previous and previous.value,
+                     "error": camera.last_error}
+        log.log(logging.WARNING if state in TROUBLE else logging.INFO, "camera state", extra=log_extra)
+        if state in TROUBLE and camera.id not in self._trouble_since:
+            self._trouble_since[camera.id] = camera.last_frame_at or camera.started_at
+            silent = now - (camera.last_frame_at or camera.started_at)
+            if state == CameraState.STALLED:
+                kind, detail = "camera_stalled", f"no frame for {silent:.1f} s"
+            elif previous in (None, CameraState.STARTING):
+                kind, detail = "camera_unreachable", camera.last_error
+            else:
+                kind, detail = "camera_down", camera.last_error
+            self._alert(camera, kind, alerts_pb2.SEVERITY_WARNING, state, previous, detail)
+        elif state == CameraState.RUNNING and camera.id in self._trouble_since:
+            since = self._trouble_since.pop(camera.id)
+            gap = max(0.0, (camera.last_frame_at or now) - since)
+            metrics.CAMERA_GAP.labels(camera.id).inc(gap)
+            log.info("camera recovered", extra={"camera": camera.id, "gap_s": round(gap, 3)})
+            self._alert(camera, "camera_recovered", alerts_pb2.SEVERITY_INFO, state, previous,
+                        f"frames again after a gap of {gap:.1f} s", gap)
+
+    def _alert(self, camera: Camera, kind: str, severity: alerts_pb2.Severity, state: CameraState,
+               previous: CameraState | None, detail: str, gap_s: float = 0.0) -> None:
+        event = alerts_pb2.AlertEvent(
+            ts_us=now_us(), kind=kind, severity=severity, source=self.settings.instance_id, camera_id=camera.id,
+            state=state.value, previous_state=previous.value if previous else "", detail=detail, gap_s=gap_s,
+            labels={"service": "ingest", "url": camera.config.redacted_url})
+        self.outbox.alert(event)
+
+    # -- admin API (JSON over the ops port) -----------------------------------------------------------------
+
+    def admin(self, method: str, path: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, Any] | None:
+        parts = [p for p in path.split("?", 1)[0].split("/") if p]
+        if not parts or parts[0] != "cameras" or len(parts) > 2:
+            return None
+        token = self.settings.admin_token
+        if method != "GET" and token and headers.get("Authorization", "") != f"Bearer {token}":
+            return 401, {"error": "admin token required (Authorization: Bearer ...)"}
+        camera_id = parts[1] if len(parts) == 2 else None
+        if method == "GET" and camera_id is None:
+            return 200, {"cameras": self.list()}
+        if method == "GET" and camera_id is not None:
+            camera = self.cameras.get(camera_id)
+            if camera is None:
+                return 404, {"error": f"no camera {camera_id!r}"}
+            return 200, camera.status(time.monotonic())
+        if method == "POST" and camera_id is None:
+            try:
+                fields = json.loads(body or b"{}")
+                if not isinstance(fields, dict):
+                    raise ValueError("expected a JSON object")
+                config = camera_config(self.settings, **fields)
+            except (ValueError, CameraConfigError) as exc:
+                return 400, {"error": str(exc)}
+            try:
+                camera = self.add(config)
+            except CameraConfigError as exc:
+                return 409, {"error": str(exc)}
+            return 201, camera.status(time.monotonic())
+        if method == "DELETE" and camera_id is not None:
+            try:
+                camera = self.remove(camera_id)
+            except KeyError:
+                return 404, {"error": f"no camera {camera_id!r}"}
+            return 200, {"removed": camera_id, "frames": camera.next_seq}
+        return 405, {"error": f"{method} not allowed on {path}"}

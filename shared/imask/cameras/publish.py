@@ -1,0 +1,155 @@
+"""The gRPC `IngestService.Publish` client stream: encoded frames from producers that speak neither RTSP nor
+Kafka, onto frames.raw with the same envelope, keying and numbering as cameras.
+
+It runs inside the ingest process on its own thread and event loop (grpc.aio), with the same API keys and TLS
+as mask-api. Frames are checked at the edge (camera id, image header, size): a refused frame gets a reason in
+the reply and no sequence number; an accepted one is counted when Kafka acknowledges it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from imask import metrics
+from imask.cameras.config import CAMERA_ID_PATTERN
+from imask.cameras.manager import KafkaOutbox
+from imask.config import IngestSettings
+from imask.maskapi.auth import ApiKeyInterceptor, api_key_store, server_credentials
+from imask.media import ImageError, sniff_size
+from imask.v1 import ingest_service_pb2 as ipb
+from imask.v1 import ingest_service_pb2_grpc
+from imask.wire import make_frame, now_us
+
+log = logging.getLogger(__name__)
+MAX_REPORTED_ERRORS = 10
+_CAMERA_ID = re.compile(CAMERA_ID_PATTERN)
+
+
+class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
+    def __init__(self, settings: IngestSettings, outbox: KafkaOutbox, taken: Callable[[str], bool]) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.taken = taken  # camera ids this ingest already feeds from RTSP or files
+        self.next_seq: dict[str, int] = {}
+
+    def check(self, request: ipb.PublishRequest) -> str | None:
+        """Why a request cannot be published, or None."""
+        s = self.settings
+        if not _CAMERA_ID.match(request.camera_id):
+            return f"camera_id {request.camera_id[:40]!r} is empty or not of [A-Za-z0-9._:-], 1..128 characters"
+        if self.taken(request.camera_id):
+            return f"camera {request.camera_id!r} is a camera of this ingest; publish under another id"
+        if request.end_of_stream:
+            return None
+        if len(request.image) > s.max_frame_bytes:
+            return f"{len(request.image)} image bytes exceed {s.max_frame_bytes}"
+        try:
+            _, width, height = sniff_size(request.image)
+        except ImageError as exc:
+            return str(exc)
+        if not 0 < width <= s.max_width or not 0 < height <= s.max_height:
+            return f"{width}x{height} is outside 1x1..{s.max_width}x{s.max_height}"
+        return None
+
+    async def Publish(self, request_iterator: AsyncIterator[ipb.PublishRequest],
+                      context: grpc.aio.ServicerContext) -> ipb.PublishReply:
+        sent = rejected = 0
+        acks = {"ok": 0, "failed": 0}
+        errors: list[str] = []
+        touched: set[str] = set()
+
+        def on_ack(ok: bool) -> None:
+            acks["ok" if ok else "failed"] += 1
+
+        index = 0
+        async for request in request_iterator:
+            index += 1
+            problem = self.check(request)
+            if problem is not None:
+                rejected += 1
+                metrics.GRPC_REQUESTS.labels("Publish", "INVALID_ARGUMENT").inc()
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    errors.append(f"frame {index}: {problem}")
+                continue
+            camera = request.camera_id
+            touched.add(camera)
+            seq = self.next_seq.get(camera, 0)
+            if request.end_of_stream:
+                self.outbox.end_of_stream(camera, seq, request.source_fps)
+                continue
+            _, width, height = sniff_size(request.image)
+            frame = make_frame(camera, seq, request.image, width, height, request.capture_ts_us or now_us(),
+                               request.source_fps)
+            while True:
+                try:
+                    self.outbox.frame(camera, frame.SerializeToString(), on_ack)
+                    break
+                except BufferError:
+                    await asyncio.sleep(0.01)  # Kafka is slow: the stream waits (gRPC flow control does the rest)
+            self.next_seq[camera] = seq + 1
+            sent += 1
+            metrics.GRPC_REQUESTS.labels("Publish", "OK").inc()
+            metrics.FRAMES_OUT.labels(camera).inc()
+        deadline = asyncio.get_running_loop().time() + 30.0
+        while acks["ok"] + acks["failed"] < sent and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        log.info("publish stream done", extra={"cameras": sorted(touched), "sent": sent, "acked": acks["ok"],
+                                               "rejected": rejected})
+        return ipb.PublishReply(accepted=acks["ok"], rejected=rejected, errors=errors,
+                                next_seq={c: self.next_seq.get(c, 0) for c in touched})
+
+
+class PublishServer:
+    """grpc.aio server on a thread of its own, so the threaded ingest can start and stop it."""
+
+    def __init__(self, settings: IngestSettings, outbox: KafkaOutbox, taken: Callable[[str], bool]) -> None:
+        self.settings = settings
+        self.servicer = PublishServicer(settings, outbox, taken)
+        self.port = 0
+        self._store = api_key_store(settings)
+        self._creds = server_credentials(settings)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="publish-grpc", daemon=True)
+
+    def start(self) -> PublishServer:
+        self._thread.start()
+        self._started.wait(30)
+        if self._error is not None:
+            raise RuntimeError(f"Publish server failed to start: {self._error}")
+        log.info("Publish stream listening", extra={"publish_port": self.port, "tls": self._creds is not None})
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(grace + 5)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to start(), which raises it in the service thread
+            self._error = exc
+            self._started.set()
+
+    async def _main(self) -> None:
+        s = self.settings
+        server = grpc.aio.server(interceptors=[ApiKeyInterceptor(self._store)], options=[
+            ("grpc.max_receive_message_length", s.max_request_bytes)])
+        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
+        address = f"{s.publish_host}:{s.publish_port}"
+        self.port = server.add_secure_port(address, self._creds) if self._creds else server.add_insecure_port(address)
+        await server.start()
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._started.set()
+        await self._stop.wait()
+        await server.stop(5.0)

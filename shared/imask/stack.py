@@ -808,6 +808,19 @@ def create_topics(settings: StackSettings) -> None:
     logger.info("topics ready: %s", ", ".join(f"{t.name} ({t.partitions} partitions)" for t in frame_topics(kafka)))
 
 
+def set_client_quota(client_id: str, producer_byte_rate: int | None, settings: StackSettings | None = None) -> None:
+    """Throttle (or, with None, stop throttling) a Kafka client's produce rate: a real slow downstream for tests
+    and load experiments. Client quotas have no librdkafka admin API, so Kafka's own ConfigCommand runs."""
+    s = settings or StackSettings()
+    change = (["--add-config", f"producer_byte_rate={producer_byte_rate}"] if producer_byte_rate
+              else ["--delete-config", "producer_byte_rate"])
+    cmd = [_java(), "-cp", str(s.kafka_libs_dir / "*"), "kafka.admin.ConfigCommand", "--bootstrap-server",
+           s.bootstrap_servers, "--alter", *change, "--entity-type", "clients", "--entity-name", client_id]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise StackError(f"setting the quota of {client_id} failed: {done.stderr.strip()[-500:]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code (1 on a stack error)."""
     args = build_parser().parse_args(argv)

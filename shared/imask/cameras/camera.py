@@ -124,17 +124,22 @@ class RateMeter:
     def __init__(self, window_s: float = FPS_WINDOW_S) -> None:
         self.window_s = window_s
         self._times: collections.deque[float] = collections.deque()
+        self._since: float | None = None
         self._lock = threading.Lock()
 
     def tick(self, now: float) -> None:
         with self._lock:
+            if self._since is None:
+                self._since = now
             self._times.append(now)
             self._trim(now)
 
     def rate(self, now: float) -> float:
+        """Over the window, or since the first event when that is shorter (a camera that just started)."""
         with self._lock:
             self._trim(now)
-            return len(self._times) / self.window_s
+            span = self.window_s if self._since is None else min(self.window_s, now - self._since)
+            return len(self._times) / span if span >= 1.0 else 0.0
 
     def _trim(self, now: float) -> None:
         while self._times and self._times[0] < now - self.window_s:
@@ -169,6 +174,7 @@ class Camera:
         self.started_at = time.monotonic()
         self.last_frame_at: float | None = None
         self.running_since: float | None = None
+        self.steady_since = 0.0  # first frame after the last gap longer than stall_after_s
         self.blocked_since: float | None = None  # publisher waiting for Kafka (or, realtime, skipping)
         self.grab_blocked_since: float | None = None  # complete policy: grabber waiting for the publisher
         self.ended_reason = ""
@@ -333,10 +339,12 @@ class Camera:
         return True
 
     def _frame_arrived(self, now: float) -> None:
+        if self.last_frame_at is None or now - self.last_frame_at > self.config.stall_after_s:
+            self.steady_since = now
         self.last_frame_at = now
         if self.phase != CameraState.RUNNING:
             self.phase = CameraState.RUNNING
-            self.running_since = now
+            self.running_since = self.steady_since = now
         self.fps_in.tick(now)
         metrics.CAMERA_FRAMES.labels(self.id, "decoded").inc()
         self._count("decoded")

@@ -57,6 +57,11 @@ def open_source(config: CameraConfig) -> tuple[cv2.VideoCapture, VideoInfo]:
         cap.release()
         raise SourceError(f"cannot open {config.redacted_url} "
                           "(unreachable, refused, wrong path or not a video)")
+    if config.is_stream and cap.get(cv2.CAP_PROP_FRAME_WIDTH) <= 0:
+        # Opened, but probing timed out before the first picture: reads would fail. Measured against a server
+        # still starting its encoder (the first client of a mount).
+        cap.release()
+        raise SourceError(f"{config.redacted_url} answered but sent no video within {config.open_timeout_s} s")
     fps = cap.get(cv2.CAP_PROP_FPS)
     info = VideoInfo(fps=fps if 0 < fps < 1000 else 25.0, width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                      height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),

@@ -27,6 +27,7 @@ from imask.wire import end_of_stream, now_us
 log = logging.getLogger(__name__)
 
 TROUBLE = (CameraState.STALLED, CameraState.RECONNECTING)
+RECOVERY_S = 1.0  # a stalled camera counts as running again after this long of regular frames
 
 
 class KafkaOutbox:
@@ -36,7 +37,9 @@ class KafkaOutbox:
         self.settings = settings
         # Frames are bounded per camera (max_inflight); the process-wide queue only has to hold the small
         # records (drops, alerts) as well, so it is generous.
-        self.producer = Producer(producer_config(settings, **{"queue.buffering.max.messages": 100_000}))
+        # client.id names this ingest to the broker: quotas and broker logs can single it out.
+        self.producer = Producer(producer_config(settings, **{"queue.buffering.max.messages": 100_000,
+                                                              "client.id": settings.instance_id}))
         self.failed = 0
         self._lock = threading.Lock()
 
@@ -154,6 +157,10 @@ class CameraManager:
 
     def _observe(self, camera: Camera, now: float) -> None:
         state = camera.state(now)
+        if self._states.get(camera.id) == CameraState.STALLED and state == CameraState.RUNNING \
+                and now - camera.steady_since < RECOVERY_S:
+            # A frozen camera's buffered frames trickle out one per read timeout: not a recovery.
+            state = CameraState.STALLED
         metrics.CAMERA_FPS.labels(camera.id, "in").set(camera.fps_in.rate(now))
         metrics.CAMERA_FPS.labels(camera.id, "out").set(camera.fps_out.rate(now))
         if camera.last_frame_at is not None:

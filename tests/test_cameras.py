@@ -1,0 +1,340 @@
+"""Live cameras against a real RTSP server (GStreamer, started by the project's own code) and the real broker.
+
+Each test starts its own RTSP server (free port), ingest process and topics; cameras are driven the way they
+fail in the field: server killed and restarted, server frozen with SIGSTOP, Kafka throttled by a real quota.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from conftest import subprocess_env
+from imask import stack
+from imask.cameras.admin_cli import request
+from imask.cameras.rtsp_server import RtspServer, available
+from imask.config import KafkaSettings
+from imask.kafka import TopicReader
+from imask.leakcheck import check_leak
+from imask.media import decode_any, encode_jpeg
+from imask.procs import ServiceProcess, free_port
+from imask.v1 import alerts_pb2, ingest_service_pb2_grpc
+from imask.v1 import frames_pb2 as pb
+from imask.v1 import ingest_service_pb2 as ipb
+from imask.wire import now_us
+from streams import collect, moving_face_frames, spawn_tracked, start_worker
+
+pytestmark = pytest.mark.kafka
+CLIPS = {
+    "hamilton": "video/short_hamilton_clip.mp4",
+    "megamind": "video/Megamind.avi",
+    "asl1": "video/intel_ccby4/asl_gestures/{}",
+    "asl2": "video/intel_ccby4/asl_gestures/{}",
+}
+
+
+@pytest.fixture(scope="module")
+def gst() -> None:
+    missing = available()
+    if missing:
+        pytest.skip(missing)
+
+
+@pytest.fixture
+def clips(data_dir: Path, gst: None) -> dict[str, Path]:
+    asl = sorted((data_dir / "video" / "intel_ccby4" / "asl_gestures").glob("*.mkv"))
+    return {"hamilton": data_dir / CLIPS["hamilton"], "megamind": data_dir / CLIPS["megamind"],
+            "asl1": asl[0], "asl2": asl[1]}
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Callable[[dict[str, Path]], RtspServer]]:
+    started: list[RtspServer] = []
+
+    def start(mounts: dict[str, Path]) -> RtspServer:
+        server = RtspServer(mounts, log_path=tmp_path / f"rtsp-{len(started)}.log").start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+def start_ingest(tmp_path: Path, args: list[str], **env: str) -> ServiceProcess:
+    ingest = spawn_tracked("ingest", ["ingest", *args], tmp_path / "logs", {**subprocess_env(), **env})
+    ingest.wait_ready(60)
+    return ingest
+
+
+def camera_status(ingest: ServiceProcess, camera: str) -> dict[str, Any]:
+    code, answer = request(ingest.ops_url, "GET", f"/cameras/{camera}")
+    assert code == 200, answer
+    return dict(answer)
+
+
+def wait_state(ingest: ServiceProcess, camera: str, states: set[str], timeout: float) -> tuple[dict[str, Any], float]:
+    """Poll the admin API until the camera is in one of `states`; returns its status and the seconds it took."""
+    start = time.monotonic()
+    status: dict[str, Any] = {}
+    while time.monotonic() - start < timeout:
+        status = camera_status(ingest, camera)
+        if status["state"] in states:
+            return status, time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"{camera} not {states} after {timeout} s: {status}")
+
+
+def read_topic(settings: KafkaSettings, topic: str, until: Callable[[list[Any]], bool], timeout: float,
+               parse: Callable[[bytes], Any]) -> list[Any]:
+    partitions = 1 if topic == settings.topic_alerts else settings.partitions
+    reader = TopicReader(settings, {(topic, p): 0 for p in range(partitions)})
+    items: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not until(items):
+            msg = reader.poll(0.3)
+            if msg is not None:
+                items.append(parse(msg.value() or b""))
+    finally:
+        reader.close()
+    return items
+
+
+def raw_frames(settings: KafkaSettings, cameras: set[str], timeout: float = 60) -> dict[str, list[pb.Frame]]:
+    """Every camera's frames on frames.raw up to its end-of-stream marker."""
+    def ended(items: list[pb.Frame]) -> bool:
+        return {f.camera_id for f in items if f.end_of_stream} >= cameras
+
+    frames = read_topic(settings, settings.topic_raw, ended, timeout, pb.Frame.FromString)
+    by_camera: dict[str, list[pb.Frame]] = {c: [] for c in cameras}
+    for frame in frames:
+        by_camera.setdefault(frame.camera_id, []).append(frame)
+    return by_camera
+
+
+def alerts(settings: KafkaSettings, want: Callable[[list[alerts_pb2.AlertEvent]], bool],
+           timeout: float = 20) -> list[alerts_pb2.AlertEvent]:
+    return read_topic(settings, settings.topic_alerts, want, timeout, alerts_pb2.AlertEvent.FromString)
+
+
+def kinds(events: list[alerts_pb2.AlertEvent], camera: str) -> list[str]:
+    return [e.kind for e in events if e.camera_id == camera]
+
+
+def test_four_rtsp_cameras_flow_at_target_fps_ordered_and_masked(
+        kafka_settings: KafkaSettings, clips: dict[str, Path], servers: Callable[[dict[str, Path]], RtspServer],
+        tmp_path: Path) -> None:
+    server = servers(clips)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    start_worker(tmp_path, "worker-0", group)
+    fps = 5.0
+    ingest = start_ingest(tmp_path, [arg for cam in clips for arg in ("--source", f"{cam}={server.url(cam)}")]
+                          + ["--fps", str(fps)])
+    for cam in clips:
+        wait_state(ingest, cam, {"running"}, 20)
+    time.sleep(6.0)
+    rates = {cam: camera_status(ingest, cam)["fps_out"] for cam in clips}
+    ingest.proc.terminate()
+    assert ingest.proc.wait(60) == 0
+
+    raw = raw_frames(kafka_settings, set(clips))
+    out = collect(kafka_settings, set(clips), timeout=180)
+    assert out.ledger.complete(), out.ledger.report()
+    for cam, frames in raw.items():
+        images = [f for f in frames if not f.end_of_stream]
+        seqs = [f.seq for f in images]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), cam  # ordered, no duplicates per camera
+        span_s = (images[-1].capture_ts_us - images[0].capture_ts_us) / 1e6
+        assert span_s > 4 and abs((len(images) - 1) / span_s - fps) < 0.15 * fps, (cam, len(images), span_s)
+        assert abs(rates[cam] - fps) < 0.3 * fps, rates  # the ingest's own 5 s window agrees
+        assert out.meta_order[cam] == sorted(out.meta_order[cam]), cam
+        assert all(f.width == (720 if cam == "megamind" else 640) for f in images)
+    # Masked output: every published frame is masked (none dropped), and an independent detector re-finds
+    # no face it confidently found in the raw frame.
+    published = {(f.camera_id, f.seq): f for frames in raw.values() for f in frames if not f.end_of_stream}
+    assert {k for k, m in out.masked.items() if not m.frame.end_of_stream} == set(published) and not out.drops
+    faces = leaks = 0
+    for key in sorted(published)[::3]:
+        result = check_leak(decode_any(published[key].data), decode_any(out.masked[key].frame.data))
+        faces += result.reliable_faces
+        leaks += len(result.reliable_leaks)
+    assert faces >= 10 and leaks == 0, (faces, leaks)
+
+
+def test_killed_server_reconnects_on_its_own_and_reports_the_gap(
+        kafka_settings: KafkaSettings, clips: dict[str, Path], servers: Callable[[dict[str, Path]], RtspServer],
+        tmp_path: Path) -> None:
+    server = servers({"cam": clips["hamilton"]})
+    ingest = start_ingest(tmp_path, ["--source", f"cam={server.url('cam')}"], IMASK_BACKOFF_INITIAL_S="0.3",
+                          IMASK_BACKOFF_MAX_S="1.0")
+    wait_state(ingest, "cam", {"running"}, 20)
+    time.sleep(1.0)
+    server.kill()
+    down, took = wait_state(ingest, "cam", {"reconnecting"}, 10)
+    assert took < 5 and ("stream lost" in down["last_error"] or "cannot open" in down["last_error"])
+    time.sleep(2.0)
+    frames_during = camera_status(ingest, "cam")["next_seq"]
+    server.start()
+    _, took = wait_state(ingest, "cam", {"running"}, 20)
+    time.sleep(1.5)
+    after = camera_status(ingest, "cam")
+    assert after["next_seq"] > frames_during + 20  # frames flow again, same process
+    assert after["counts"]["reconnects"] >= 1 and ingest.proc.poll() is None
+    events = alerts(kafka_settings, lambda ev: "camera_recovered" in kinds(ev, "cam"))
+    assert kinds(events, "cam")[:2] == ["camera_down", "camera_recovered"], kinds(events, "cam")
+    recovered = next(e for e in events if e.kind == "camera_recovered")
+    assert 2.0 < recovered.gap_s < 30, recovered.gap_s
+    assert ingest.metric("imask_camera_reconnects_total", 'camera="cam"') >= 1
+    assert ingest.metric("imask_camera_gap_seconds_total", 'camera="cam"') >= 2.0
+
+
+def test_frozen_server_is_reported_stalled_then_reconnects(
+        kafka_settings: KafkaSettings, clips: dict[str, Path], servers: Callable[[dict[str, Path]], RtspServer],
+        tmp_path: Path) -> None:
+    server = servers({"cam": clips["megamind"]})
+    ingest = start_ingest(tmp_path, ["--source", f"cam={server.url('cam')}", "--stall-after-s", "1.0",
+                                     "--read-timeout-s", "2", "--open-timeout-s", "2"],
+                          IMASK_BACKOFF_INITIAL_S="0.3", IMASK_BACKOFF_MAX_S="1.0")
+    wait_state(ingest, "cam", {"running"}, 20)
+    time.sleep(1.0)
+    server.freeze()
+    frozen_at, frozen_us = time.monotonic(), now_us()
+    stalled, took = wait_state(ingest, "cam", {"stalled"}, 10)
+    assert took < 1.0 + 1.5, took  # stall_after_s plus the watchdog's and this poll's granularity
+    assert stalled["seconds_since_frame"] >= 1.0
+    assert ingest.metric("imask_camera_state", 'camera="cam",state="stalled"') == 1.0
+    # Frozen long enough that reads fail (the capture is then released and reopened, which cannot succeed
+    # while the server is stopped); a shorter freeze resumes on the same connection.
+    wait_state(ingest, "cam", {"reconnecting"}, 15)
+    server.thaw()
+    _, took = wait_state(ingest, "cam", {"running"}, 20)
+    status = camera_status(ingest, "cam")
+    events = alerts(kafka_settings, lambda ev: bool(ev) and ev[-1].kind == "camera_recovered"
+                    and ev[-1].ts_us > frozen_us)
+    # Stalled, then (reads failing) down, then recovered: no flapping while buffered frames trickle out.
+    assert kinds([e for e in events if e.ts_us > frozen_us], "cam") == ["camera_stalled", "camera_recovered"]
+    assert events[-1].gap_s >= 5.0
+    assert status["counts"].get("reconnects", 0) + status["counts"].get("read_errors", 0) >= 1
+    assert time.monotonic() - frozen_at < 30
+
+
+def test_slow_kafka_realtime_stays_fresh_complete_blocks_and_skips_nothing(
+        kafka_settings: KafkaSettings, clips: dict[str, Path], servers: Callable[[dict[str, Path]], RtspServer],
+        tmp_path: Path) -> None:
+    server = servers({"cam": clips["asl1"]})
+    client_id = f"ingest-slow-{uuid.uuid4().hex[:6]}"
+    cameras = tmp_path / "cameras.yaml"
+    cameras.write_text(f"""
+defaults: {{max_inflight: 2, queue_frames: 10}}
+cameras:
+  - {{camera_id: live, url: "{server.url('cam')}", drop_policy: realtime}}
+  - {{camera_id: full, url: "{server.url('cam')}", drop_policy: complete}}
+""")
+    ingest = start_ingest(tmp_path, ["--cameras-file", str(cameras)], IMASK_INSTANCE_ID=client_id)
+    wait_state(ingest, "live", {"running"}, 20)
+    wait_state(ingest, "full", {"running"}, 20)
+    stack.set_client_quota(client_id, 150_000)  # bytes/s for the whole ingest: well under 2 cameras x 30 fps
+    try:
+        time.sleep(2.0)
+        seen = set()
+        deadline = time.monotonic() + 6.0
+        while time.monotonic() < deadline:
+            seen.add(camera_status(ingest, "full")["state"])
+            time.sleep(0.1)
+        live = camera_status(ingest, "live")
+    finally:
+        stack.set_client_quota(client_id, None)
+    assert "blocked" in seen, seen
+    assert live["counts"].get("dropped_backpressure", 0) + live["counts"].get("dropped_superseded", 0) > 10
+    ingest.proc.terminate()
+    assert ingest.proc.wait(90) == 0
+    raw = raw_frames(kafka_settings, {"live", "full"})
+    drops = read_topic(kafka_settings, kafka_settings.topic_dlq, lambda _: False, 3, pb.DropRecord.FromString)
+    interval_us = 1e6 / 30
+    live_frames = [f for f in raw["live"] if not f.end_of_stream]
+    ages = sorted(f.ingest_ts_us - f.capture_ts_us for f in live_frames)
+    assert ages[int(0.95 * (len(ages) - 1))] < 2 * interval_us, ages[-10:]
+    # Every seq of the realtime camera ends once: published or a drop record (skips are counted, not lost).
+    live_drops = {d.seq for d in drops if d.camera_id == "live"}
+    eos = next(f for f in raw["live"] if f.end_of_stream)
+    assert sorted({f.seq for f in live_frames} | live_drops) == list(range(eos.seq))
+    assert not {f.seq for f in live_frames} & live_drops
+    # The complete camera skipped nothing: every seq is on frames.raw, in order.
+    full = [f.seq for f in raw["full"] if not f.end_of_stream]
+    assert full == list(range(len(full))) and not [d for d in drops if d.camera_id == "full"]
+
+
+def test_cameras_added_and_removed_at_runtime_and_a_bad_url_harms_no_other(
+        kafka_settings: KafkaSettings, clips: dict[str, Path], servers: Callable[[dict[str, Path]], RtspServer],
+        tmp_path: Path) -> None:
+    server = servers({"a": clips["asl2"], "b": clips["hamilton"]})
+    ingest = start_ingest(tmp_path, ["--keep-running", "--source", f"a={server.url('a')}"],
+                          IMASK_ADMIN_TOKEN="s3cret")
+    wait_state(ingest, "a", {"running"}, 20)
+    base = ingest.ops_url
+    assert request(base, "POST", "/cameras", {"camera_id": "b", "url": server.url("b")})[0] == 401
+    code, answer = request(base, "POST", "/cameras", {"camera_id": "b", "url": server.url("b"), "fps": 10},
+                           token="s3cret")
+    assert code == 201 and answer["camera_id"] == "b"
+    bad_url = f"rtsp://127.0.0.1:{free_port()}/nothing"  # nothing listens there
+    assert request(base, "POST", "/cameras", {"camera_id": "bad", "url": bad_url}, token="s3cret")[0] == 201
+    code, answer = request(base, "POST", "/cameras", {"camera_id": "x y", "url": "rtsp://h/"}, token="s3cret")
+    assert code == 400 and "camera_id" in answer["error"]
+    code, answer = request(base, "POST", "/cameras", {"camera_id": "c", "url": "rtsp://h/", "fpz": 3},
+                           token="s3cret")
+    assert code == 400 and "fpz" in answer["error"]
+    assert request(base, "POST", "/cameras", {"camera_id": "a", "url": server.url("a")}, token="s3cret")[0] == 409
+    wait_state(ingest, "b", {"running"}, 20)
+    bad, _ = wait_state(ingest, "bad", {"reconnecting"}, 10)
+    assert "cannot open" in bad["last_error"] and bad["counts"]["open_failures"] >= 1
+    time.sleep(2.0)
+    code, listed = request(base, "GET", "/cameras")
+    assert {c["camera_id"]: c["state"] for c in listed["cameras"]} == {"a": "running", "b": "running",
+                                                                     "bad": "reconnecting"}
+    assert 8 <= camera_status(ingest, "b")["fps_out"] <= 12
+    code, answer = request(base, "DELETE", "/cameras/b", token="s3cret")
+    assert code == 200 and answer["removed"] == "b"
+    assert request(base, "GET", "/cameras/b")[0] == 404
+    assert request(base, "DELETE", "/cameras/b", token="s3cret")[0] == 404
+    a_before = camera_status(ingest, "a")["next_seq"]
+    time.sleep(1.0)
+    assert camera_status(ingest, "a")["next_seq"] > a_before + 10  # a never noticed
+    raw = raw_frames(kafka_settings, {"b"}, timeout=20)  # b's stream ended cleanly: frames then the marker
+    eos = next(f for f in raw["b"] if f.end_of_stream)
+    assert [f.seq for f in raw["b"] if not f.end_of_stream] == list(range(eos.seq)) and eos.seq > 10
+    assert ingest.proc.poll() is None
+    events = alerts(kafka_settings, lambda ev: "camera_unreachable" in kinds(ev, "bad"))
+    assert "camera_unreachable" in kinds(events, "bad")
+
+
+def test_grpc_publish_frames_are_masked_like_any_other(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    start_worker(tmp_path, "worker-0", group)
+    ingest = start_ingest(tmp_path, ["--publish-port", "0", "--auth", "none"])
+    port = int(ingest.get("/readyz")[1].split('"publish_port": ')[1].split(",")[0].split("}")[0])
+    frames = moving_face_frames(8)
+
+    def requests() -> Iterator[ipb.PublishRequest]:
+        for i, image in enumerate(frames):
+            yield ipb.PublishRequest(camera_id="grpc-cam", image=encode_jpeg(image, 90), source_fps=10)
+            if i == 3:
+                yield ipb.PublishRequest(camera_id="grpc-cam", image=b"\xff\xd8not a jpeg")
+                yield ipb.PublishRequest(camera_id="bad id!", image=encode_jpeg(image, 90))
+        yield ipb.PublishRequest(camera_id="grpc-cam", end_of_stream=True)
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = ingest_service_pb2_grpc.IngestServiceStub(channel).Publish(requests(), timeout=30)
+    assert reply.accepted == 8 and reply.rejected == 2 and reply.next_seq["grpc-cam"] == 8
+    assert "frame 5: corrupt JPEG" in reply.errors[0] and "camera_id" in reply.errors[1]
+    out = collect(kafka_settings, {"grpc-cam"}, timeout=120)
+    masked = {k[1]: m for k, m in out.masked.items() if not m.frame.end_of_stream}
+    assert out.ledger.complete() and sorted(masked) == list(range(8))
+    assert all(m.faces_masked >= 1 and not m.fail_closed for m in masked.values())
+    assert out.meta_order["grpc-cam"] == list(range(8))

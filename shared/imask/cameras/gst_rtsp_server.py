@@ -33,9 +33,10 @@ class Feeder:
 
     def __init__(self, name: str, path: str, width: int) -> None:
         self.name = name
-        scale = f"videoscale ! video/x-raw,width={width},pixel-aspect-ratio=1/1 ! " if width else ""
+        scale = f"videoscale ! video/x-raw,format=I420,width={width},pixel-aspect-ratio=1/1" if width \
+            else "video/x-raw,format=I420"
         self.pipeline = Gst.parse_launch(
-            f'filesrc location="{path}" ! decodebin ! videoconvert ! {scale}video/x-raw,format=I420 ! '
+            f'filesrc location="{path}" ! decodebin ! videoconvert ! {scale} ! '
             "appsink name=sink sync=true max-buffers=2 drop=true emit-signals=true")
         self.sink = self.pipeline.get_by_name("sink")
         self.sink.connect("new-sample", self._on_sample)

@@ -4,6 +4,10 @@ Brings up Kafka and Redis, starts N workers, the recorder and ingest (the sample
 processes, follows frames.meta and frames.dlq until every frame of every camera is accounted for, then drains
 everything and prints frames in / masked / dropped / fail-closed, fps and per-stage latency percentiles.
 Ctrl-C drains all processes in order (ingest first, recorder last) and still prints what was seen.
+
+With --live SECONDS the clips are served as live RTSP cameras (the project's GStreamer camera simulator) and
+ingested like real cameras (real-time drop policy) for that long; then the cameras end their streams and the
+run is accounted for the same way.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 from imask import stack
 from imask.accounting import StreamLedger
+from imask.cameras.rtsp_server import RtspServer
 from imask.config import REPO_ROOT, KafkaSettings, load_settings
 from imask.kafka import TopicReader, end_offsets, ensure_topics
 from imask.logs import configure_logging
@@ -89,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pace", choices=["source", "max"], default="source",
                         help="publish at each clip's fps (default) or as fast as possible")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
+    parser.add_argument("--live", type=float, metavar="SECONDS", default=0.0,
+                        help="serve the clips as live RTSP cameras and ingest them for SECONDS (real-time policy)")
+    parser.add_argument("--live-fps", type=float, default=8.0,
+                        help="with --live: frames per second taken from each camera (default 8: four cameras "
+                        "within what two CPU workers mask)")
     args = parser.parse_args(argv)
     configure_logging("run", "info", json_format=False)
 
@@ -108,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = args.out / "logs"
     services: list[ServiceProcess] = []  # in drain order: ingest first, recorder last
     interrupted = False
+    rtsp: RtspServer | None = None
     fail_closed = unmasked = 0.0
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a supervisor's SIGTERM drains like Ctrl-C
     try:
@@ -117,10 +129,19 @@ def main(argv: list[str] | None = None) -> int:
         services = [*workers, recorder]
         for svc in services:
             svc.wait_ready(120)  # model loaded and warm: frames published now do not wait on start-up
-        ingest_args = ["ingest", "--pace", args.pace, "--drop-policy", "complete"]
-        for camera, path in sources.items():
-            ingest_args += ["--source", f"{camera}={path}"]
-        services.insert(0, spawn("ingest", ingest_args, logs, env))
+        if args.live:
+            rtsp = RtspServer(sources, width=1280, log_path=logs / "rtsp-server.log").start()
+            ingest_args = ["ingest", "--drop-policy", "realtime", "--fps", str(args.live_fps)]
+            ingest_args += [a for camera in sources for a in ("--source", f"{camera}={rtsp.url(camera)}")]
+        else:
+            ingest_args = ["ingest", "--pace", args.pace, "--drop-policy", "complete"]
+            ingest_args += [a for camera, path in sources.items() for a in ("--source", f"{camera}={path}")]
+        ingest = spawn("ingest", ingest_args, logs, env)
+        services.insert(0, ingest)
+        if args.live:
+            # Live cameras never end by themselves: after --live seconds ingest is asked to stop, and each
+            # camera publishes what it decoded and ends its stream.
+            threading.Timer(args.live, ingest.proc.terminate).start()
         log.info("pipeline started: %s workers, cameras %s; logs in %s", args.workers, sorted(sources), logs)
         follow(settings, start, ledger, [*workers, recorder], args.timeout, logs)
         # Give the recorder a moment to close files on the end-of-stream markers it is reading.
@@ -134,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("interrupted: draining all processes")
     finally:
         codes = stop_all(services)
+        if rtsp is not None:
+            rtsp.kill()
     summary = ledger.summary()
     summary["exit_codes"] = codes
     summary["metrics"] = {"imask_frames_fail_closed_total": fail_closed, "imask_frames_unmasked_total": unmasked}

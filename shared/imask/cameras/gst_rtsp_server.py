@@ -33,7 +33,8 @@ class Feeder:
 
     def __init__(self, name: str, path: str, width: int) -> None:
         self.name = name
-        scale = f"videoscale ! video/x-raw,format=I420,width={width},pixel-aspect-ratio=1/1" if width \
+        # A width range: larger frames are scaled down (aspect kept), smaller ones pass unchanged.
+        scale = f"videoscale ! video/x-raw,format=I420,width=[16,{width}],pixel-aspect-ratio=1/1" if width \
             else "video/x-raw,format=I420"
         self.pipeline = Gst.parse_launch(
             f'filesrc location="{path}" ! decodebin ! videoconvert ! {scale} ! '
@@ -109,7 +110,7 @@ def main() -> int:
                         help="serve FILE, looping, at rtsp://HOST:PORT/NAME (repeat)")
     parser.add_argument("--gop", type=int, default=25, help="keyframe interval in frames (1 s at 25 fps)")
     parser.add_argument("--kbps", type=int, default=4000, help="H.264 bitrate")
-    parser.add_argument("--width", type=int, default=0, help="scale frames to this width (0: as in the file)")
+    parser.add_argument("--width", type=int, default=0, help="scale wider frames down to this width (0: as in the file)")
     args = parser.parse_args()
 
     Gst.init(None)

@@ -110,7 +110,8 @@ def main() -> int:
                         help="serve FILE, looping, at rtsp://HOST:PORT/NAME (repeat)")
     parser.add_argument("--gop", type=int, default=25, help="keyframe interval in frames (1 s at 25 fps)")
     parser.add_argument("--kbps", type=int, default=4000, help="H.264 bitrate")
-    parser.add_argument("--width", type=int, default=0, help="scale wider frames down to this width (0: as in the file)")
+    parser.add_argument("--width", type=int, default=0,
+                        help="scale wider frames down to this width (0: as in the file)")
     args = parser.parse_args()
 
     Gst.init(None)

@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("mounts", nargs="+", metavar="NAME=FILE", help="serve FILE at rtsp://HOST:PORT/NAME")
     parser.add_argument("--port", type=int, default=8554)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--width", type=int, default=0, help="scale wider frames down to this width (0: as in the file)")
+    parser.add_argument("--width", type=int, default=0,
+                        help="scale wider frames down to this width (0: as in the file)")
     args = parser.parse_args(argv)
     mounts = {}
     for entry in args.mounts:

@@ -6,6 +6,9 @@ fail in the field: server killed and restarted, server frozen with SIGSTOP, Kafk
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -318,7 +321,7 @@ def test_grpc_publish_frames_are_masked_like_any_other(kafka_settings: KafkaSett
     group = f"g-{uuid.uuid4().hex[:6]}"
     start_worker(tmp_path, "worker-0", group)
     ingest = start_ingest(tmp_path, ["--publish-port", "0", "--auth", "none"])
-    port = int(ingest.get("/readyz")[1].split('"publish_port": ')[1].split(",")[0].split("}")[0])
+    port = json.loads(ingest.get("/readyz")[1])["publish_port"]
     frames = moving_face_frames(8)
 
     def requests() -> Iterator[ipb.PublishRequest]:
@@ -338,3 +341,34 @@ def test_grpc_publish_frames_are_masked_like_any_other(kafka_settings: KafkaSett
     assert out.ledger.complete() and sorted(masked) == list(range(8))
     assert all(m.faces_masked >= 1 and not m.fail_closed for m in masked.values())
     assert out.meta_order["grpc-cam"] == list(range(8))
+
+
+def test_grpc_publish_needs_a_valid_api_key(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    key = subprocess.run([sys.executable, "-m", "imask.cli", "api-key", "cam-vendor", "--file", str(keys)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    ingest = start_ingest(tmp_path, ["--publish-port", "0", "--auth", "api-key", "--api-keys-file", str(keys)])
+    port = json.loads(ingest.get("/readyz")[1])["publish_port"]
+    image = encode_jpeg(moving_face_frames(1)[0], 90)
+
+    def publish(metadata: list[tuple[str, str]]) -> ipb.PublishReply:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+            reply: ipb.PublishReply = stub.Publish(iter([ipb.PublishRequest(camera_id="v1", image=image)]),
+                                                   metadata=metadata, timeout=20)
+            return reply
+
+    for metadata, code in (([], grpc.StatusCode.UNAUTHENTICATED),
+                           ([("authorization", "Bearer wrong")], grpc.StatusCode.UNAUTHENTICATED)):
+        with pytest.raises(grpc.RpcError) as err:
+            publish(metadata)
+        assert err.value.code() == code
+    assert publish([("authorization", f"Bearer {key}")]).accepted == 1
+    frames = read_topic(kafka_settings, kafka_settings.topic_raw, lambda _: False, 3, pb.Frame.FromString)
+    assert [(f.camera_id, f.seq) for f in frames] == [("v1", 0)]  # the refused streams published nothing
+
+
+def test_ingest_with_publish_but_no_keys_file_says_so(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "imask.cli", "ingest", "--publish-port", "0"],
+                         capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert out.returncode == 2 and "IMASK_API_KEYS_FILE is required" in out.stderr

@@ -309,9 +309,11 @@ class Camera:
             now = time.monotonic()
             if not ok or image is None or image.size == 0:
                 if not cfg.is_stream:
-                    if cfg.loop and read_count > 0 and cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
-                        opened_at, read_count = now, 0
-                        continue
+                    if cfg.loop and read_count > 0:
+                        if cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                            opened_at, read_count = now, 0
+                            continue
+                        return False  # the container cannot seek: reopen it
                     self.ended_reason = "end of file"
                     return True
                 self.last_error = "stream lost: read failed or timed out"

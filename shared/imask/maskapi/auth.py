@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from imask.config import GrpcServerSettings
+from imask.config import ConfigError, GrpcServerSettings
 
 # Callers of these need no key: orchestrators probe health, operators list services.
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -123,7 +123,7 @@ def api_key_store(settings: GrpcServerSettings) -> ApiKeyStore | None:
     if settings.auth == "none":
         return None
     if settings.api_keys_file is None:
-        raise ValueError("IMASK_API_KEYS_FILE is required unless IMASK_AUTH=none")
+        raise ConfigError("IMASK_API_KEYS_FILE is required unless IMASK_AUTH=none")
     return ApiKeyStore.from_file(settings.api_keys_file)
 
 
@@ -132,7 +132,7 @@ def server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials |
     if settings.tls_cert_file is None:
         return None
     if settings.tls_key_file is None:
-        raise ValueError("IMASK_TLS_KEY_FILE is required with IMASK_TLS_CERT_FILE")
+        raise ConfigError("IMASK_TLS_KEY_FILE is required with IMASK_TLS_CERT_FILE")
     client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
     return grpc.ssl_server_credentials(
         [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],

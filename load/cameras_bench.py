@@ -46,7 +46,7 @@ def cpu_seconds(pid: int) -> float:
 def baseline(url: str, seconds: float, quality: int) -> dict[str, float]:
     """Decode + JPEG encode of the same stream in this process: CPU ms per frame, split by stage. Process CPU
     time, not thread time: FFmpeg decodes on threads of its own."""
-    cap, info = open_source(camera_config(CameraDefaults(), camera_id="baseline", url=url))
+    cap, info = open_source(camera_config(CameraDefaults(), {"camera_id": "baseline", "url": url}))
     decode = encode = 0.0
     frames = 0
     end = time.monotonic() + seconds

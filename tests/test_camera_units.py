@@ -31,6 +31,7 @@ cameras:
   - {camera_id: dock, url: "rtsp://10.0.0.6/h264", drop_policy: complete, fps: 5}
 """)
     lobby, dock = load_cameras_file(path, CameraDefaults(jpeg_quality=70))
+    assert not camera_config(CameraDefaults(), {"camera_id": "w", "url": "²"}).is_stream
     assert (lobby.fps, lobby.cap_width, lobby.jpeg_quality, lobby.drop_policy) == (10, 1280, 70, "realtime")
     assert (dock.fps, dock.drop_policy) == (5, "complete")
     assert lobby.is_stream and lobby.redacted_url == "rtsp://***@10.0.0.5/stream1"
@@ -45,6 +46,7 @@ cameras:
     ("cameras: [{camera_id: a, url: x.mp4, pace: max}]", "use it with drop_policy complete"),
     ("camera: []", "expected a mapping with a 'cameras' list"),
     ("cameras: [1]", "entry 0 is not a mapping"),
+    ("cameras: [{camera_id: a, url: x, defaults: 1}]", "defaults: Extra inputs are not permitted"),
     ("cameras: [{camera_id: a", "cameras file"),
 ])
 def test_cameras_file_errors_say_what_and_where(tmp_path: Path, text: str, message: str) -> None:
@@ -57,7 +59,7 @@ def test_cameras_file_errors_say_what_and_where(tmp_path: Path, text: str, messa
 
 def test_camera_fields_never_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMASK_CAMERA_ID", "sneaky")
-    config = camera_config(IngestSettings(fps=7), camera_id="a", url="rtsp://h/")
+    config = camera_config(IngestSettings(fps=7), {"camera_id": "a", "url": "rtsp://h/"})
     assert config.camera_id == "a" and config.fps == 7
     with pytest.raises(CameraConfigError, match="source 'nourl' must look like"):
         parse_source("nourl", CameraDefaults())
@@ -73,10 +75,22 @@ def test_backoff_grows_is_capped_jittered_and_resets() -> None:
     assert backoff.next_delay() <= 0.5
 
 
+class Numbering:
+    """What Camera._number does: hands out the next sequence number (under the slot's lock)."""
+
+    def __init__(self) -> None:
+        self.next_seq = 0
+
+    def __call__(self) -> GrabbedFrame:
+        made = frame(self.next_seq)
+        self.next_seq += 1
+        return made
+
+
 def test_realtime_slot_keeps_only_the_newest_frame() -> None:
-    slot, stop = FrameSlot(None), threading.Event()
-    for seq in range(5):
-        assert slot.put(frame(seq), stop, lambda _: None)
+    slot, stop, number = FrameSlot(None), threading.Event(), Numbering()
+    for _ in range(5):
+        assert slot.put(number, stop, lambda _: None) is not None
     taken = slot.take(0.1)
     assert taken is not None and taken.seq == 4 and slot.take(0.01) is None
     slot.close()
@@ -84,15 +98,15 @@ def test_realtime_slot_keeps_only_the_newest_frame() -> None:
 
 
 def test_complete_slot_blocks_the_grabber_when_full_and_reports_it() -> None:
-    slot, stop = FrameSlot(2), threading.Event()
+    slot, stop, number = FrameSlot(2), threading.Event(), Numbering()
     waits: list[bool] = []
-    slot.put(frame(0), stop, waits.append)
-    slot.put(frame(1), stop, waits.append)
+    slot.put(number, stop, waits.append)
+    slot.put(number, stop, waits.append)
     done = threading.Event()
-    thread = threading.Thread(target=lambda: (slot.put(frame(2), stop, waits.append), done.set()))
+    thread = threading.Thread(target=lambda: (slot.put(number, stop, waits.append), done.set()))
     thread.start()
     time.sleep(0.3)
-    assert not done.is_set() and waits == [True]  # blocked: the grabber stops reading the camera
+    assert not done.is_set() and waits == [True] and number.next_seq == 2  # blocked, and not numbered yet
     assert [f.seq for f in (slot.take(0.1), slot.take(0.1)) if f] == [0, 1]
     thread.join(2)
     assert done.is_set() and waits == [True, False]
@@ -100,11 +114,28 @@ def test_complete_slot_blocks_the_grabber_when_full_and_reports_it() -> None:
     assert taken is not None and taken.seq == 2  # nothing skipped
 
 
-def test_complete_slot_put_gives_up_on_stop() -> None:
-    slot, stop = FrameSlot(1), threading.Event()
-    slot.put(frame(0), stop, lambda _: None)
+def test_a_closed_slot_numbers_nothing_more() -> None:
+    slot, stop, number = FrameSlot(1), threading.Event(), Numbering()
+    slot.put(number, stop, lambda _: None)
     stop.set()
-    assert slot.put(frame(1), stop, lambda _: None) is False
+    assert slot.put(number, stop, lambda _: None) is None  # stopped while full
+    slot.close()
+    assert slot.put(number, threading.Event(), lambda _: None) is None
+    realtime = FrameSlot(None)
+    realtime.close()
+    assert realtime.put(number, threading.Event(), lambda _: None) is None
+    assert number.next_seq == 1  # only the frame that was handed over got a number
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("rtsp://admin:pw@10.0.0.5/stream1", "rtsp://***@10.0.0.5/stream1"),
+    ("rtsp://u:p@ss@h/s", "rtsp://***@h/s"),
+    ("rtsp://u:a/b@h/s", "rtsp://***@h/s"),
+    ("http://cam/video.cgi?user=admin&pwd=secret", "http://cam/video.cgi?***"),
+    ("rtsp://10.0.0.5/stream1", "rtsp://10.0.0.5/stream1"),
+])
+def test_urls_are_shown_without_credentials(url: str, shown: str) -> None:
+    assert camera_config(CameraDefaults(), {"camera_id": "c", "url": url}).redacted_url == shown
 
 
 def test_rate_meter_over_window_and_since_start() -> None:

@@ -159,10 +159,13 @@ def test_four_rtsp_cameras_flow_at_target_fps_ordered_and_masked(
         assert abs(rates[cam] - fps) < 0.3 * fps, rates  # the ingest's own 5 s window agrees
         assert out.meta_order[cam] == sorted(out.meta_order[cam]), cam
         assert all(f.width == (720 if cam == "megamind" else 640) for f in images)
-    # Masked output: every published frame is masked (none dropped), and an independent detector re-finds
-    # no face it confidently found in the raw frame.
+    # Masked output: every published frame is masked; the only drops are the ingest's own real-time skips (a
+    # frame replaced by a newer one while the 2-core box was busy), rare and each recorded; and an independent
+    # detector re-finds no face it confidently found in the raw frame.
     published = {(f.camera_id, f.seq): f for frames in raw.values() for f in frames if not f.end_of_stream}
-    assert {k for k, m in out.masked.items() if not m.frame.end_of_stream} == set(published) and not out.drops
+    assert {k for k, m in out.masked.items() if not m.frame.end_of_stream} == set(published)
+    assert all(d.stage == "ingest" and d.reason == pb.DROP_REASON_INGEST_STALE for d in out.drops)
+    assert len(out.drops) <= 0.05 * len(published), [d.detail for d in out.drops]
     faces = leaks = 0
     for key in sorted(published)[::3]:
         result = check_leak(decode_any(published[key].data), decode_any(out.masked[key].frame.data))
@@ -293,6 +296,9 @@ def test_cameras_added_and_removed_at_runtime_and_a_bad_url_harms_no_other(
     code, answer = request(base, "POST", "/cameras", {"camera_id": "c", "url": "rtsp://h/", "fpz": 3},
                            token="s3cret")
     assert code == 400 and "fpz" in answer["error"]
+    for body in ({"camera_id": "c", "url": "rtsp://h/", "defaults": 1}, ["not", "an", "object"]):
+        code, answer = request(base, "POST", "/cameras", body, token="s3cret")  # type: ignore[arg-type]
+        assert code == 400, answer
     assert request(base, "POST", "/cameras", {"camera_id": "a", "url": server.url("a")}, token="s3cret")[0] == 409
     wait_state(ingest, "b", {"running"}, 20)
     bad, _ = wait_state(ingest, "bad", {"reconnecting"}, 10)

@@ -9,6 +9,7 @@ producer flushes.
 from __future__ import annotations
 
 import logging
+import time
 
 from imask.cameras.config import CameraConfig, load_cameras_file, parse_source
 from imask.cameras.manager import CameraManager, KafkaOutbox
@@ -40,20 +41,20 @@ def serve(settings: IngestSettings, runtime: ServiceRuntime) -> int:
         manager.add(config)
     server = None
     if publishing:
-        server = PublishServer(settings, outbox, lambda camera: camera in manager.cameras).start()
+        server = PublishServer(settings, outbox, manager.claim_external).start()
         runtime.details["publish_port"] = server.port
     runtime.serve_admin(manager.admin)
     runtime.ready.set()
     keep_running = settings.keep_running or publishing
     while not runtime.stopping.is_set() and not (manager.all_ended() and not keep_running):
-        outbox.poll(0.05)
+        time.sleep(0.1)
         manager.tick()
         runtime.details["cameras"] = manager.list()
     if server is not None:
         server.stop()
-    manager.stop_all(timeout=30.0)
+    manager.stop_all(timeout=60.0)
     manager.tick()
-    undelivered = outbox.flush(30.0)
+    undelivered = outbox.close(30.0)
     statuses = {c.id: c.status(0.0) for c in [*manager.cameras.values(), *manager.retired]}
     summary = {cid: {"frames": s["next_seq"], "counts": s["counts"], "ended": s["ended_reason"]}
                for cid, s in statuses.items()}

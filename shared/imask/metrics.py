@@ -70,9 +70,10 @@ CAMERA_SERIES = (CAMERA_STATE, CAMERA_FPS, CAMERA_SECONDS_SINCE_FRAME, CAMERA_FR
 
 def forget_camera(camera: str) -> None:
     """Remove a camera's series from every per-camera metric (the camera was removed)."""
-    for metric in CAMERA_SERIES:
-        for labels in list(metric._metrics):  # prometheus_client has no public label listing
-            if labels[0] == camera:
+    for metric in (*CAMERA_SERIES, FRAMES_OUT, FRAMES_IN, STAGE_LATENCY):
+        position = metric._labelnames.index("camera")  # prometheus_client has no public label listing
+        for labels in list(metric._metrics):
+            if labels[position] == camera:
                 metric.remove(*labels)
 
 
@@ -134,8 +135,14 @@ class OpsServer:
                 self._route("DELETE")
 
             def _route(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(min(length, MAX_ADMIN_BODY)) if length else b""
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= MAX_ADMIN_BODY:
+                    self._send(400, b'{"error": "bad or too large Content-Length"}', "application/json")
+                    return
+                body = self.rfile.read(length) if length else b""
                 answer = ops.admin(method, self.path, body, dict(self.headers.items())) if ops.admin else None
                 if answer is None:
                     self._send(404, b"not found\n", "text/plain")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import logging
 import threading
 import time
@@ -30,6 +31,12 @@ from imask.wire import make_frame, now_us
 
 log = logging.getLogger(__name__)
 FPS_WINDOW_S = 5.0
+STEADY_S = 10.0  # a connection that lasted this long resets the reconnect backoff
+STOP_WAIT_S = 10.0  # complete policy: after a stop, how long a frame waits for Kafka before it is dropped
+
+
+def is_webcam(url: str) -> bool:
+    return url.isascii() and url.isdigit()
 
 
 class CameraState(enum.StrEnum):
@@ -53,7 +60,7 @@ class Outbox(Protocol):
 
 
 class AckCallback(Protocol):
-    def __call__(self, ok: bool) -> None: ...
+    def __call__(self, ok: bool, error: str = "") -> None: ...
 
 
 @dataclass
@@ -77,25 +84,30 @@ class FrameSlot:
         self._cond = threading.Condition()
         self.closed = False
 
-    def put(self, frame: GrabbedFrame, stop: threading.Event, on_wait: Callable[[bool], None]) -> bool:
-        """False when stopped while waiting for room."""
+    def put(self, make: Callable[[], GrabbedFrame], stop: threading.Event,
+            on_wait: Callable[[bool], None]) -> GrabbedFrame | None:
+        """Hand over the frame `make()` builds, or None when the slot is closed (or stop is set while waiting
+        for room). `make` runs under the slot's lock, so numbering a frame and closing the slot never interleave:
+        once closed, no new sequence number is handed out."""
         with self._cond:
+            waited = False
+            while self.capacity is not None and len(self._frames) >= self.capacity and not self.closed:
+                if stop.is_set():
+                    break
+                if not waited:
+                    on_wait(True)
+                    waited = True
+                self._cond.wait(0.1)
+            if waited:
+                on_wait(False)
+            if self.closed or (self.capacity is not None and len(self._frames) >= self.capacity):
+                return None
             if self.capacity is None:
                 self._frames.clear()  # the replaced frame's seq becomes a gap the publisher records
-            else:
-                waited = False
-                while len(self._frames) >= self.capacity:
-                    if stop.is_set():
-                        return False
-                    if not waited:
-                        on_wait(True)
-                        waited = True
-                    self._cond.wait(0.1)
-                if waited:
-                    on_wait(False)
+            frame = make()
             self._frames.append(frame)
             self._cond.notify_all()
-            return True
+            return frame
 
     def take(self, timeout: float) -> GrabbedFrame | None:
         with self._cond:
@@ -163,6 +175,9 @@ class Camera:
         self.max_frame_bytes = max_frame_bytes
         self.slot = FrameSlot(None if config.drop_policy == "realtime" else config.queue_frames)
         self._stop = threading.Event()
+        self._ended = threading.Event()  # set by the publisher once the end-of-stream marker is out
+        self._failed_seqs: list[tuple[int, str]] = []  # delivery failures, turned into drop records
+        self._give_up_at = 0.0
         self._lock = threading.Lock()
         self._acked = threading.Condition(self._lock)
         self.phase = CameraState.STARTING  # what the grabber is doing; state() adds stalled/blocked on top
@@ -199,18 +214,21 @@ class Camera:
         self._stop.set()
 
     def join(self, timeout: float) -> bool:
-        """True when the publisher has finished (end of stream sent). The grabber may still sit in a blocking
-        read of a frozen camera; it is a daemon thread and leaves when the read times out."""
+        """True when the publisher has finished (end of stream sent). It does not wait for the grabber: that
+        may sit in a blocking read of a frozen camera until the read timeout, then finds the slot closed and
+        leaves without numbering another frame."""
         self._publisher.join(timeout)
         return not self._publisher.is_alive()
 
     @property
     def finished(self) -> bool:
-        return not self._publisher.is_alive() and self.phase == CameraState.ENDED
+        return self._ended.is_set()
 
     # -- state ----------------------------------------------------------------------------------------------
 
     def state(self, now: float) -> CameraState:
+        if self._ended.is_set():
+            return CameraState.ENDED
         if self.phase in (CameraState.ENDED, CameraState.STARTING, CameraState.RECONNECTING):
             return self.phase
         if self.blocked_since is not None or self.grab_blocked_since is not None:
@@ -250,23 +268,26 @@ class Camera:
                     cap, info = open_source(self.config)
                 except SourceError as exc:
                     self._open_failed(str(exc))
-                    if not self.config.is_stream and not self.config.url.isdigit():
+                    if not self.config.is_stream and not is_webcam(self.config.url):
                         self.ended_reason = "cannot open"
                         return  # a missing file does not appear by retrying
                     if self._stop.wait(backoff.next_delay()):
                         return
                     continue
-                backoff.reset()
+                opened_at = time.monotonic()
                 try:
                     finished = self._read(cap, info)
                 finally:
                     cap.release()
                 if finished:
                     return
-                # Lost: reconnect at once (the first retry is the likeliest to work), back off after that.
                 metrics.CAMERA_RECONNECTS.labels(self.id).inc()
                 self._count("reconnects")
                 self.phase = CameraState.RECONNECTING
+                if time.monotonic() - opened_at >= STEADY_S:
+                    backoff.reset()  # it was healthy: reconnect at once, the first retry is the likeliest
+                elif self._stop.wait(backoff.next_delay()):
+                    return  # it keeps dropping right after opening: back off instead of hammering it
         except Exception as exc:  # a bug must not take other cameras down; the camera ends, visibly
             log.exception("camera grabber failed", extra={"camera": self.id})
             self.last_error = f"internal error: {exc}"
@@ -282,8 +303,7 @@ class Camera:
         self.last_error = error
         metrics.CAMERA_ERRORS.labels(self.id, "open").inc()
         self._count("open_failures")
-        if self.phase != CameraState.STARTING or self.config.is_stream:
-            self.phase = CameraState.RECONNECTING
+        self.phase = CameraState.RECONNECTING
 
     def _read(self, cap: cv2.VideoCapture, info: VideoInfo) -> bool:
         """Read until the source fails (False: reconnect) or the camera is done (True)."""
@@ -330,15 +350,18 @@ class Camera:
                     continue
                 # Network jitter bunches frames: keep the long-run rate, but never owe more than one frame.
                 next_due = max(next_due + interval, now - interval)
-            frame = GrabbedFrame(self.next_seq, image, now_us(), now)
-            self.next_seq += 1
-            if not self.slot.put(frame, self._stop, self._set_blocked):
-                self.next_seq -= 1  # never handed over: the number is not used
-                break
+            if self.slot.put(functools.partial(self._number, image, now), self._stop, self._set_blocked) is None:
+                break  # closed (stopping): the frame gets no number
             if cfg.max_frames and self.next_seq >= cfg.max_frames:
                 self.ended_reason = "max_frames reached"
                 return True
         return True
+
+    def _number(self, image: Image, grabbed_at: float) -> GrabbedFrame:
+        """Runs under the slot's lock (see FrameSlot.put)."""
+        frame = GrabbedFrame(self.next_seq, image, now_us(), grabbed_at)
+        self.next_seq += 1
+        return frame
 
     def _frame_arrived(self, now: float) -> None:
         if self.last_frame_at is None or now - self.last_frame_at > self.config.stall_after_s:
@@ -358,23 +381,58 @@ class Camera:
 
     def _publish_loop(self) -> None:
         try:
-            while not self.slot.drained:
+            while True:
+                if self._stop.is_set() and not self.slot.closed:
+                    self.slot.close()  # no new numbers from here; what was decoded is still published
                 frame = self.slot.take(0.2)
                 if frame is not None:
                     self._skip_to(frame.seq)
-                    self._publish(frame)
+                    self._publish_safely(frame)
                     self.handled_seq = frame.seq
-            self._skip_to(self.next_seq)
-            self._wait_acks(30.0)
-            self.outbox.end_of_stream(self.id, self.next_seq, self.target_fps)
-        except Exception as exc:
+                elif self.slot.drained:
+                    break
+                self._record_failed_deliveries()
+        except Exception as exc:  # a bug: stop this camera, but still account for its numbers below
             log.exception("camera publisher failed", extra={"camera": self.id})
             self.last_error = f"internal error: {exc}"
+            self.ended_reason = self.ended_reason or "internal error"
             self._stop.set()
+            self.slot.close()
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Every number handed out ends here at the latest: skipped ones and failed deliveries as drop records,
+        then the end-of-stream marker."""
+        try:
+            while (frame := self.slot.take(0)) is not None:  # left behind by an internal error
+                self._skip_to(frame.seq)
+                self._drop(frame.seq, "internal", pb.DROP_REASON_INTERNAL_ERROR, "camera stopped on an error")
+                self.handled_seq = frame.seq
+            self._skip_to(self.next_seq)
+            self._wait_acks(30.0)
+            self._record_failed_deliveries()
+            self.outbox.end_of_stream(self.id, self.next_seq, self.target_fps)
+        except Exception:
+            log.exception("camera could not end its stream", extra={"camera": self.id})
         finally:
             self.phase = CameraState.ENDED
+            self._ended.set()
             log.info("camera ended", extra={"camera": self.id, "reason": self.ended_reason,
                                             "frames": self.next_seq, "counts": dict(self.counts)})
+
+    def _publish_safely(self, frame: GrabbedFrame) -> None:
+        try:
+            self._publish(frame)
+        except Exception as exc:  # encode or produce failed for this frame: record it, keep the camera going
+            log.exception("frame not published", extra={"camera": self.id, "seq": frame.seq})
+            self._drop(frame.seq, "internal", pb.DROP_REASON_INTERNAL_ERROR, f"not published: {exc}")
+
+    def _record_failed_deliveries(self) -> None:
+        with self._lock:
+            failed, self._failed_seqs = self._failed_seqs, []
+        for seq, error in failed:
+            self._drop(seq, "delivery_failed", pb.DROP_REASON_INTERNAL_ERROR, f"Kafka delivery failed: {error}")
 
     def _skip_to(self, seq: int) -> None:
         """Sequence numbers between the last handled frame and `seq` were replaced by newer frames."""
@@ -403,16 +461,28 @@ class Camera:
             return
         value = make_frame(self.id, frame.seq, data, image.shape[1], image.shape[0], frame.capture_us,
                            self.target_fps).SerializeToString()
-        while True:
-            try:
-                self.outbox.frame(self.id, value, self._on_ack)
-                break
-            except BufferError:  # the process-wide producer queue is full
-                if cfg.drop_policy == "realtime":
-                    self._release_inflight()
-                    self._drop(frame.seq, "backpressure", pb.DROP_REASON_INGEST_STALE, "producer queue full")
-                    return
-                time.sleep(0.01)
+
+        def on_ack(ok: bool, error: str = "", seq: int = frame.seq) -> None:
+            self._on_ack(seq, ok, error)
+
+        try:
+            while True:
+                try:
+                    self.outbox.frame(self.id, value, on_ack)
+                    break
+                except BufferError:  # the process-wide producer queue is full
+                    if cfg.drop_policy == "realtime":
+                        self._release_inflight()
+                        self._drop(frame.seq, "backpressure", pb.DROP_REASON_INGEST_STALE, "producer queue full")
+                        return
+                    self.blocked_since = self.blocked_since or time.monotonic()
+                    time.sleep(0.01)
+        except Exception:
+            self._release_inflight()
+            raise
+        finally:
+            if cfg.drop_policy == "complete":
+                self.blocked_since = None
         age_ms = (time.monotonic() - frame.grabbed_at) * 1e3
         self.last_age_ms = age_ms
         self.max_age_ms = max(self.max_age_ms, age_ms)
@@ -424,24 +494,29 @@ class Camera:
 
     def _room_for(self, frame: GrabbedFrame) -> bool:
         """Reserve an in-flight place. realtime: none free means drop now (a later frame will be fresher);
-        complete: wait for acknowledgements, visibly blocked."""
+        complete: wait for acknowledgements, visibly blocked (after a stop, for at most STOP_WAIT_S)."""
         with self._lock:
             if self.inflight < self.config.max_inflight:
                 self.inflight += 1
                 if self.config.drop_policy == "realtime":
                     self.blocked_since = None
                 return True
-            if self.config.drop_policy == "realtime":
-                if self.blocked_since is None:
-                    self.blocked_since = time.monotonic()
-            else:
-                self.blocked_since = self.blocked_since or time.monotonic()
+            if self.blocked_since is None:
+                self.blocked_since = time.monotonic()
                 self.counts["blocked_episodes"] += 1
+            if self.config.drop_policy == "complete":
                 while self.inflight >= self.config.max_inflight:
+                    if self._stop.is_set():
+                        # Stopping: what was decoded still goes out, but a dead Kafka must not hold the
+                        # camera forever (one deadline for the camera, not one per frame).
+                        self._give_up_at = self._give_up_at or time.monotonic() + STOP_WAIT_S
+                        if time.monotonic() > self._give_up_at:
+                            break
                     self._acked.wait(0.1)
-                self.blocked_since = None
-                self.inflight += 1
-                return True
+                else:
+                    self.blocked_since = None
+                    self.inflight += 1
+                    return True
         self._drop(frame.seq, "backpressure", pb.DROP_REASON_INGEST_STALE,
                    f"Kafka backpressure: {self.config.max_inflight} frames unacknowledged")
         return False
@@ -451,10 +526,14 @@ class Camera:
             self.inflight -= 1
             self._acked.notify_all()
 
-    def _on_ack(self, ok: bool) -> None:
-        self._release_inflight()
-        if not ok:
-            self._count("delivery_failed")
+    def _on_ack(self, seq: int, ok: bool, error: str) -> None:
+        """From the producer's poll thread: only bookkeeping here (producing from a delivery callback could
+        recurse into poll); the publisher turns failures into drop records."""
+        with self._lock:
+            self.inflight -= 1
+            if not ok:
+                self._failed_seqs.append((seq, error))
+            self._acked.notify_all()
 
     def _wait_acks(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

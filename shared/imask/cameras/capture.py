@@ -42,7 +42,7 @@ def _ensure_capture_options() -> None:
 
 def open_source(config: CameraConfig) -> tuple[cv2.VideoCapture, VideoInfo]:
     url = config.url
-    if url.isdigit():
+    if url.isascii() and url.isdigit():  # a webcam index ("²".isdigit() is True too)
         cap = cv2.VideoCapture(int(url))
     elif config.is_stream:
         _ensure_capture_options()

@@ -54,11 +54,15 @@ class CameraConfig(CameraDefaults):
 
     @property
     def redacted_url(self) -> str:
-        """The URL without credentials (rtsp://user:pass@host/...), for logs, status and alerts."""
+        """The URL without credentials (user:pass@, and any query string, where cameras also take them), for
+        logs, status and alerts. Passwords may contain '/' or '@': everything up to the last '@' goes."""
         scheme, sep, rest = self.url.partition("://")
-        if not sep or "@" not in rest.split("/", 1)[0]:
+        if not sep:
             return self.url
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        rest, query, _ = rest.partition("?")
+        if "@" in rest:
+            rest = "***@" + rest.rsplit("@", 1)[1]
+        return f"{scheme}://{rest}{'?***' if query else ''}"
 
 
 class CameraConfigError(ConfigError):
@@ -70,7 +74,7 @@ def defaults_of(settings: CameraDefaults) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in CameraDefaults.model_fields}
 
 
-def camera_config(defaults: CameraDefaults | dict[str, Any], **fields: Any) -> CameraConfig:
+def camera_config(defaults: CameraDefaults | dict[str, Any], fields: dict[str, Any]) -> CameraConfig:
     """A camera from defaults plus its own fields, with errors that name the field."""
     base = defaults_of(defaults) if isinstance(defaults, CameraDefaults) else dict(defaults)
     try:
@@ -85,7 +89,7 @@ def parse_source(entry: str, defaults: CameraDefaults) -> CameraConfig:
     camera, sep, url = entry.partition("=")
     if not sep or not camera or not url:
         raise CameraConfigError(f"source {entry!r} must look like CAMERA_ID=URL_OR_PATH")
-    return camera_config(defaults, camera_id=camera, url=url)
+    return camera_config(defaults, {"camera_id": camera, "url": url})
 
 
 def load_cameras_file(path: Path, defaults: CameraDefaults) -> list[CameraConfig]:
@@ -104,7 +108,7 @@ def load_cameras_file(path: Path, defaults: CameraDefaults) -> list[CameraConfig
     for i, entry in enumerate(data["cameras"]):
         if not isinstance(entry, dict):
             raise CameraConfigError(f"cameras file {path}: entry {i} is not a mapping")
-        cameras.append(camera_config(file_defaults, **entry))
+        cameras.append(camera_config(file_defaults, entry))
     ids = [c.camera_id for c in cameras]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

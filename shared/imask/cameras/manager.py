@@ -27,7 +27,11 @@ from imask.wire import end_of_stream, now_us
 log = logging.getLogger(__name__)
 
 TROUBLE = (CameraState.STALLED, CameraState.RECONNECTING)
-RECOVERY_S = 1.0  # a stalled camera counts as running again after this long of regular frames
+RECOVERY_S = 1.0  # a camera in trouble counts as running again after this long of regular frames
+
+
+class ShuttingDown(RuntimeError):
+    pass
 
 
 class KafkaOutbox:
@@ -42,12 +46,22 @@ class KafkaOutbox:
                                                               "client.id": settings.instance_id}))
         self.failed = 0
         self._lock = threading.Lock()
+        # Acknowledgements arrive only while someone polls; a thread of its own keeps them coming whatever
+        # the rest of the process is doing (draining, stopping the gRPC server, waiting on cameras).
+        self._polling = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
+        self._polling.set()
+        self._poller.start()
+
+    def _poll_loop(self) -> None:
+        while self._polling.is_set():
+            self.producer.poll(0.05)
 
     def frame(self, camera_id: str, value: bytes, on_ack: AckCallback) -> None:
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
                 self._failed(camera_id, err)
-            on_ack(err is None)
+            on_ack(err is None, "" if err is None else str(err))
 
         self.producer.produce(self.settings.topic_raw, value=value, key=camera_id.encode(), on_delivery=delivered)
 
@@ -72,18 +86,19 @@ class KafkaOutbox:
                 self.producer.produce(topic, value=value, key=camera_id.encode(), on_delivery=delivered)
                 return
             except BufferError:
-                self.producer.poll(0.05)
+                time.sleep(0.01)  # the poll thread makes room
 
     def _failed(self, camera_id: str, err: KafkaError) -> None:
         with self._lock:
             self.failed += 1
         log.error("message not delivered", extra={"camera": camera_id, "error": str(err)})
 
-    def poll(self, timeout: float) -> None:
-        self.producer.poll(timeout)
-
-    def flush(self, timeout: float) -> int:
-        return int(self.producer.flush(timeout))
+    def close(self, timeout: float) -> int:
+        """Deliver what is queued; returns how many messages are still undelivered."""
+        remaining = int(self.producer.flush(timeout))
+        self._polling.clear()
+        self._poller.join(5)
+        return remaining
 
 
 class CameraManager:
@@ -93,15 +108,36 @@ class CameraManager:
         self.cameras: dict[str, Camera] = {}
         self.retired: list[Camera] = []  # removed, still draining their last frames
         self.ever_added = 0
+        self.closing = False
+        self.external: set[str] = set()  # camera ids published through the gRPC stream
         self._states: dict[str, CameraState] = {}
         self._trouble_since: dict[str, float] = {}
         self._lock = threading.RLock()
 
     # -- operations -----------------------------------------------------------------------------------------
 
+    def taken(self, camera_id: str) -> bool:
+        """An id this ingest already numbers frames for (a camera, one still draining, or a gRPC producer):
+        a second source under the same id would restart its sequence numbers."""
+        with self._lock:
+            return (camera_id in self.cameras or camera_id in self.external
+                    or any(c.id == camera_id for c in self.retired))
+
+    def claim_external(self, camera_id: str) -> bool:
+        """Reserve an id for the gRPC stream; False when a camera of this ingest has it."""
+        with self._lock:
+            if camera_id in self.external:
+                return True
+            if self.taken(camera_id):
+                return False
+            self.external.add(camera_id)
+            return True
+
     def add(self, config: CameraConfig) -> Camera:
         with self._lock:
-            if config.camera_id in self.cameras or any(c.id == config.camera_id for c in self.retired):
+            if self.closing:
+                raise ShuttingDown("this ingest is shutting down")
+            if self.taken(config.camera_id):
                 raise CameraConfigError(f"camera {config.camera_id!r} already exists (remove it first)")
             camera = Camera(config, self.outbox, self.settings.max_frame_bytes).start()
             self.cameras[camera.id] = camera
@@ -123,14 +159,13 @@ class CameraManager:
 
     def stop_all(self, timeout: float) -> None:
         with self._lock:
+            self.closing = True  # from here the admin API adds nothing that would escape the drain
             cameras = list(self.cameras.values()) + self.retired
         for camera in cameras:
             camera.stop()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not all(c.join(0) for c in cameras):
-            self.outbox.poll(0.05)  # acknowledgements let the publishers finish
         for camera in cameras:
-            if not camera.join(0):
+            if not camera.join(max(0.0, deadline - time.monotonic())):
                 log.error("camera did not finish in time", extra={"camera": camera.id})
 
     def all_ended(self) -> bool:
@@ -140,7 +175,16 @@ class CameraManager:
     def list(self) -> list[dict[str, object]]:
         now = time.monotonic()
         with self._lock:
-            return [c.status(now) for c in self.cameras.values()]
+            return [self.status(c, now) for c in self.cameras.values()]
+
+    def status(self, camera: Camera, now: float | None = None) -> dict[str, object]:
+        """The camera's status with the state operators see everywhere (metrics, alerts, admin API): the
+        watched one, recovery hysteresis included."""
+        status = camera.status(time.monotonic() if now is None else now)
+        watched = self._states.get(camera.id)
+        if watched is not None and not camera.finished:
+            status["state"] = watched.value
+        return status
 
     # -- watching -------------------------------------------------------------------------------------------
 
@@ -151,16 +195,18 @@ class CameraManager:
             for camera in [c for c in self.retired if c.finished]:
                 self.retired.remove(camera)
                 self._states.pop(camera.id, None)
+                self._trouble_since.pop(camera.id, None)
                 metrics.forget_camera(camera.id)
         for camera in cameras:
             self._observe(camera, now)
 
     def _observe(self, camera: Camera, now: float) -> None:
         state = camera.state(now)
-        if self._states.get(camera.id) == CameraState.STALLED and state == CameraState.RUNNING \
-                and now - camera.steady_since < RECOVERY_S:
-            # A frozen camera's buffered frames trickle out one per read timeout: not a recovery.
-            state = CameraState.STALLED
+        previous_state = self._states.get(camera.id)
+        if previous_state in TROUBLE and state == CameraState.RUNNING and now - camera.steady_since < RECOVERY_S:
+            # Not a recovery yet: a frozen camera's buffered frames trickle out one per read timeout, and a
+            # flapping one drops right after opening.
+            state = previous_state
         metrics.CAMERA_FPS.labels(camera.id, "in").set(camera.fps_in.rate(now))
         metrics.CAMERA_FPS.labels(camera.id, "out").set(camera.fps_out.rate(now))
         if camera.last_frame_at is not None:
@@ -216,20 +262,22 @@ class CameraManager:
             camera = self.cameras.get(camera_id)
             if camera is None:
                 return 404, {"error": f"no camera {camera_id!r}"}
-            return 200, camera.status(time.monotonic())
+            return 200, self.status(camera)
         if method == "POST" and camera_id is None:
             try:
                 fields = json.loads(body or b"{}")
                 if not isinstance(fields, dict):
                     raise ValueError("expected a JSON object")
-                config = camera_config(self.settings, **fields)
+                config = camera_config(self.settings, fields)
             except (ValueError, CameraConfigError) as exc:
                 return 400, {"error": str(exc)}
             try:
                 camera = self.add(config)
             except CameraConfigError as exc:
                 return 409, {"error": str(exc)}
-            return 201, camera.status(time.monotonic())
+            except ShuttingDown as exc:
+                return 503, {"error": str(exc)}
+            return 201, self.status(camera)
         if method == "DELETE" and camera_id is not None:
             try:
                 camera = self.remove(camera_id)

@@ -32,10 +32,10 @@ _CAMERA_ID = re.compile(CAMERA_ID_PATTERN)
 
 
 class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
-    def __init__(self, settings: IngestSettings, outbox: KafkaOutbox, taken: Callable[[str], bool]) -> None:
+    def __init__(self, settings: IngestSettings, outbox: KafkaOutbox, claim: Callable[[str], bool]) -> None:
         self.settings = settings
         self.outbox = outbox
-        self.taken = taken  # camera ids this ingest already feeds from RTSP or files
+        self.claim = claim  # reserves a camera id for this stream; False when a camera of this ingest has it
         self.next_seq: dict[str, int] = {}
 
     def check(self, request: ipb.PublishRequest) -> str | None:
@@ -43,7 +43,7 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         s = self.settings
         if not _CAMERA_ID.match(request.camera_id):
             return f"camera_id {request.camera_id[:40]!r} is empty or not of [A-Za-z0-9._:-], 1..128 characters"
-        if self.taken(request.camera_id):
+        if not self.claim(request.camera_id):
             return f"camera {request.camera_id!r} is a camera of this ingest; publish under another id"
         if request.end_of_stream:
             return None
@@ -64,8 +64,10 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         errors: list[str] = []
         touched: set[str] = set()
 
-        def on_ack(ok: bool) -> None:
+        def on_ack(ok: bool, error: str = "") -> None:
             acks["ok" if ok else "failed"] += 1
+            if error and len(errors) < MAX_REPORTED_ERRORS:
+                errors.append(f"not delivered: {error}")
 
         index = 0
         async for request in request_iterator:
@@ -79,10 +81,12 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 continue
             camera = request.camera_id
             touched.add(camera)
-            seq = self.next_seq.get(camera, 0)
             if request.end_of_stream:
-                self.outbox.end_of_stream(camera, seq, request.source_fps)
+                self.outbox.end_of_stream(camera, self.next_seq.get(camera, 0), request.source_fps)
                 continue
+            # Numbered before any await: concurrent streams of one camera never share a number.
+            seq = self.next_seq.get(camera, 0)
+            self.next_seq[camera] = seq + 1
             _, width, height = sniff_size(request.image)
             frame = make_frame(camera, seq, request.image, width, height, request.capture_ts_us or now_us(),
                                request.source_fps)
@@ -92,7 +96,6 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                     break
                 except BufferError:
                     await asyncio.sleep(0.01)  # Kafka is slow: the stream waits (gRPC flow control does the rest)
-            self.next_seq[camera] = seq + 1
             sent += 1
             metrics.GRPC_REQUESTS.labels("Publish", "OK").inc()
             metrics.FRAMES_OUT.labels(camera).inc()
@@ -108,9 +111,9 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
 class PublishServer:
     """grpc.aio server on a thread of its own, so the threaded ingest can start and stop it."""
 
-    def __init__(self, settings: IngestSettings, outbox: KafkaOutbox, taken: Callable[[str], bool]) -> None:
+    def __init__(self, settings: IngestSettings, outbox: KafkaOutbox, claim: Callable[[str], bool]) -> None:
         self.settings = settings
-        self.servicer = PublishServicer(settings, outbox, taken)
+        self.servicer = PublishServicer(settings, outbox, claim)
         self.port = 0
         self._store = api_key_store(settings)
         self._creds = server_credentials(settings)

@@ -32,7 +32,7 @@ from imask.wire import make_frame, now_us
 log = logging.getLogger(__name__)
 FPS_WINDOW_S = 5.0
 STEADY_S = 10.0  # a connection that lasted this long resets the reconnect backoff
-STOP_WAIT_S = 10.0  # complete policy: after a stop, how long a frame waits for Kafka before it is dropped
+STOP_WAIT_S = 30.0  # complete policy: after a stop, how long frames may wait for Kafka before they are dropped
 
 
 def is_webcam(url: str) -> bool:

@@ -76,3 +76,11 @@ def test_alert_rules_reference_metrics_the_services_export() -> None:
                                   "Dockerfile", ".ci/run"])
 def test_required_files_exist(name: str) -> None:
     assert (REPO_ROOT / name).is_file()
+
+
+def test_example_cameras_file_is_valid() -> None:
+    from imask.cameras.config import load_cameras_file
+    from imask.config import CameraDefaults
+
+    cameras = load_cameras_file(REPO_ROOT / "deploy" / "cameras.yaml", CameraDefaults())
+    assert [c.camera_id for c in cameras] == ["sample"] and cameras[0].fps == 15 and cameras[0].loop

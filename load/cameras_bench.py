@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import threading
@@ -21,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from imask.accounting import summarize
 from imask.cameras.admin_cli import request
 from imask.cameras.capture import open_source
 from imask.cameras.config import camera_config
@@ -83,11 +85,6 @@ def arrival_latency(settings: KafkaSettings, stop: threading.Event, warm_until: 
         reader.close()
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 def run_level(n: int, url: str, server_pid: int, seconds: float, warm: float) -> dict[str, Any]:
     suffix = uuid.uuid4().hex[:6]
     env = {**os.environ, "IMASK_TOPIC_RAW": f"bench.cams.{suffix}.raw", "IMASK_TOPIC_DLQ": f"bench.cams.{suffix}.dlq",
@@ -133,8 +130,7 @@ def run_level(n: int, url: str, server_pid: int, seconds: float, warm: float) ->
         "cameras": n, "fps_per_camera_min": min(published), "fps_per_camera_mean": statistics.mean(published),
         "skipped_pct": 100.0 * skipped / max(1, skipped + total),
         "ingest_cpu_cores": cpu, "ingest_cpu_cores_per_camera": cpu / n, "server_cpu_cores": server_cpu,
-        "capture_to_raw_ms": {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95),
-                              "p99": percentile(latencies, 0.99), "samples": len(latencies)},
+        "capture_to_raw_ms": summarize(latencies),
         "sustained": min(published) >= 0.95 * TARGET_FPS and skipped <= 0.01 * max(1, total),
     }
 
@@ -166,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             level["cpu_per_camera_vs_baseline"] = (level["ingest_cpu_cores_per_camera"] * 1e3 / TARGET_FPS
                                                    / base["cpu_ms_per_frame"])
             levels.append(level)
-            lat = level["capture_to_raw_ms"]
+            lat = {"p50": math.nan, "p95": math.nan, "p99": math.nan, **level["capture_to_raw_ms"]}
             print(f"{n:>2} cameras: {level['fps_per_camera_min']:5.1f} fps min / {level['fps_per_camera_mean']:5.1f} "
                   f"mean per camera, skipped {level['skipped_pct']:4.1f}%, ingest {level['ingest_cpu_cores']:.2f} "
                   f"cores ({level['ingest_cpu_cores_per_camera']:.3f}/camera = "

@@ -18,7 +18,6 @@ import os
 import statistics
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,13 @@ from imask.cameras.capture import open_source
 from imask.cameras.config import camera_config
 from imask.cameras.rtsp_server import RtspServer, available
 from imask.config import REPO_ROOT, CameraDefaults, KafkaSettings
-from imask.kafka import TopicReader, delete_topics, ensure_topics
+from imask.kafka import TopicReader
 from imask.media import encode_jpeg
 from imask.procs import spawn, stop_all
 from imask.samples import shared_data
 from imask.v1 import frames_pb2 as pb
 from imask.wire import now_us
+from load.scenarios import Scenario
 
 OUT = REPO_ROOT / "out" / "bench" / "cameras"
 TARGET_FPS = 25.0
@@ -86,14 +86,10 @@ def arrival_latency(settings: KafkaSettings, stop: threading.Event, warm_until: 
 
 
 def run_level(n: int, url: str, server_pid: int, seconds: float, warm: float) -> dict[str, Any]:
-    suffix = uuid.uuid4().hex[:6]
-    env = {**os.environ, "IMASK_TOPIC_RAW": f"bench.cams.{suffix}.raw", "IMASK_TOPIC_DLQ": f"bench.cams.{suffix}.dlq",
-           "IMASK_TOPIC_ALERTS": f"bench.cams.{suffix}.alerts", "IMASK_LOG_LEVEL": "warning"}
-    settings = KafkaSettings(topic_raw=env["IMASK_TOPIC_RAW"], topic_dlq=env["IMASK_TOPIC_DLQ"],
-                             topic_alerts=env["IMASK_TOPIC_ALERTS"])
-    ensure_topics(settings)
+    scenario = Scenario(f"cams{n}", partitions=4)  # fresh topics: a level never sees another's frames
+    settings = scenario.settings
     args = ["ingest", "--fps", str(TARGET_FPS)] + [a for i in range(n) for a in ("--source", f"cam{i}={url}")]
-    ingest = spawn("ingest", args, OUT / "logs" / f"n{n}", env)
+    ingest = spawn("ingest", args, OUT / "logs" / f"n{n}", scenario.env)
     stop = threading.Event()
     latencies: list[float] = []
     try:
@@ -118,7 +114,7 @@ def run_level(n: int, url: str, server_pid: int, seconds: float, warm: float) ->
     finally:
         stop.set()
         stop_all([ingest], timeout=30)
-        delete_topics(settings, [settings.topic_raw, settings.topic_dlq, settings.topic_alerts])
+        scenario.close()
 
     def delta(cam: dict[str, Any], key: str) -> int:
         return int(cam["counts"].get(key, 0)) - int(before[cam["camera_id"]].get(key, 0))

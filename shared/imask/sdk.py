@@ -15,11 +15,11 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from imask.config import KafkaSettings
+from imask.config import FrameLimits, KafkaSettings
 from imask.kafka import producer_config
-from imask.media import ImageError, encode_jpeg, sniff_size
+from imask.media import encode_jpeg
 from imask.types import Image
-from imask.wire import MAX_CAMERA_ID, end_of_stream, make_frame, now_us
+from imask.wire import check_camera_id, check_outgoing, end_of_stream, make_frame, now_us
 
 
 class FrameProducer:
@@ -28,7 +28,7 @@ class FrameProducer:
         settings = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_raw=topic)
         self.topic = topic
         self.jpeg_quality = jpeg_quality
-        self.max_frame_bytes = max_frame_bytes
+        self.limits = FrameLimits(max_frame_bytes=max_frame_bytes)
         self._producer = Producer(producer_config(settings, **librdkafka))
         self._next_seq: dict[str, int] = {}
         self.failed = 0
@@ -36,14 +36,10 @@ class FrameProducer:
     def publish(self, camera_id: str, image: Image | None = None, jpeg: bytes | None = None,
                 capture_ts_us: int | None = None, fps: float = 0.0) -> int:
         """Queue one frame; returns its sequence number. Delivery happens in the background (see flush)."""
-        if not camera_id or len(camera_id) > MAX_CAMERA_ID:
-            raise ValueError(f"camera_id must be 1..{MAX_CAMERA_ID} characters")
         if (image is None) == (jpeg is None):
             raise ValueError("give exactly one of image= or jpeg=")
         data = encode_jpeg(image, self.jpeg_quality) if image is not None else bytes(jpeg or b"")
-        _, width, height = sniff_size(data)  # raises ImageError for bytes that are not an image
-        if len(data) > self.max_frame_bytes:
-            raise ImageError(f"frame of {len(data)} bytes exceeds {self.max_frame_bytes}")
+        width, height = check_outgoing(camera_id, data, self.limits)
         seq = self._next_seq.get(camera_id, 0)
         frame = make_frame(camera_id, seq, data, width, height, capture_ts_us or now_us(), fps)
         self._send(camera_id, frame.SerializeToString())
@@ -51,6 +47,7 @@ class FrameProducer:
         return seq
 
     def end_stream(self, camera_id: str) -> None:
+        check_camera_id(camera_id)
         self._send(camera_id, end_of_stream(camera_id, self._next_seq.get(camera_id, 0)).SerializeToString())
 
     def flush(self, timeout: float = 30.0) -> int:

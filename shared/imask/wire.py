@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -9,10 +10,14 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from imask.config import FrameLimits
+from imask.media import ImageError, sniff_size
 from imask.v1 import frames_pb2 as pb
 
 SCHEMA_VERSION = 1
 MAX_CAMERA_ID = 128
+# Ids this project hands out or accepts from producers: safe in URLs (/cameras/ID), file names and labels.
+CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_CAMERA_ID = re.compile(CAMERA_ID_PATTERN)
 
 
 def now_us() -> int:
@@ -37,6 +42,24 @@ def make_frame(camera_id: str, seq: int, data: bytes, width: int, height: int, c
         ingest_ts_us=now_us(), encoding=encoding, width=width, height=height, data=data,
         trace_id=uuid.uuid4().hex, source_fps=source_fps,
     )
+
+
+def check_camera_id(camera_id: str) -> None:
+    if not _CAMERA_ID.match(camera_id):
+        raise ValueError(f"camera_id {camera_id[:40]!r} is empty or not of [A-Za-z0-9._:-], 1..128 characters")
+
+
+def check_outgoing(camera_id: str, data: bytes, limits: FrameLimits) -> tuple[int, int]:
+    """Check a producer's encoded frame before it is enveloped (SDK, gRPC Publish): the id, the size and the
+    image header (no decoding). Returns (width, height); raises ValueError (ImageError for the image) saying why.
+    Refusing here means a frame that would only be dead-lettered never gets a sequence number."""
+    check_camera_id(camera_id)
+    if len(data) > limits.max_frame_bytes:
+        raise ImageError(f"{len(data)} image bytes exceed {limits.max_frame_bytes}")
+    _, width, height = sniff_size(data)
+    if not 0 < width <= limits.max_width or not 0 < height <= limits.max_height:
+        raise ImageError(f"{width}x{height} is outside 1x1..{limits.max_width}x{limits.max_height}")
+    return width, height
 
 
 def end_of_stream(camera_id: str, seq: int, source_fps: float = 0.0) -> pb.Frame:

@@ -10,25 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from imask import metrics
-from imask.cameras.config import CAMERA_ID_PATTERN
 from imask.cameras.manager import KafkaOutbox
 from imask.config import IngestSettings
 from imask.maskapi.auth import ApiKeyInterceptor, api_key_store, server_credentials
-from imask.media import ImageError, sniff_size
 from imask.v1 import ingest_service_pb2 as ipb
 from imask.v1 import ingest_service_pb2_grpc
-from imask.wire import make_frame, now_us
+from imask.wire import check_camera_id, check_outgoing, make_frame, now_us
 
 log = logging.getLogger(__name__)
 MAX_REPORTED_ERRORS = 10
-_CAMERA_ID = re.compile(CAMERA_ID_PATTERN)
 
 
 class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
@@ -38,24 +34,19 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         self.claim = claim  # reserves a camera id for this stream; False when a camera of this ingest has it
         self.next_seq: dict[str, int] = {}
 
-    def check(self, request: ipb.PublishRequest) -> str | None:
-        """Why a request cannot be published, or None."""
-        s = self.settings
-        if not _CAMERA_ID.match(request.camera_id):
-            return f"camera_id {request.camera_id[:40]!r} is empty or not of [A-Za-z0-9._:-], 1..128 characters"
+    def check(self, request: ipb.PublishRequest) -> tuple[int, int] | str:
+        """The frame's (width, height), or why it cannot be published."""
+        try:
+            if request.end_of_stream:
+                check_camera_id(request.camera_id)
+                size = (0, 0)
+            else:
+                size = check_outgoing(request.camera_id, request.image, self.settings)
+        except ValueError as exc:
+            return str(exc)
         if not self.claim(request.camera_id):
             return f"camera {request.camera_id!r} is a camera of this ingest; publish under another id"
-        if request.end_of_stream:
-            return None
-        if len(request.image) > s.max_frame_bytes:
-            return f"{len(request.image)} image bytes exceed {s.max_frame_bytes}"
-        try:
-            _, width, height = sniff_size(request.image)
-        except ImageError as exc:
-            return str(exc)
-        if not 0 < width <= s.max_width or not 0 < height <= s.max_height:
-            return f"{width}x{height} is outside 1x1..{s.max_width}x{s.max_height}"
-        return None
+        return size
 
     async def Publish(self, request_iterator: AsyncIterator[ipb.PublishRequest],
                       context: grpc.aio.ServicerContext) -> ipb.PublishReply:
@@ -72,8 +63,9 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         index = 0
         async for request in request_iterator:
             index += 1
-            problem = self.check(request)
-            if problem is not None:
+            checked = self.check(request)
+            if isinstance(checked, str):
+                problem = checked
                 rejected += 1
                 metrics.GRPC_REQUESTS.labels("Publish", "INVALID_ARGUMENT").inc()
                 if len(errors) < MAX_REPORTED_ERRORS:
@@ -87,7 +79,7 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             # Numbered before any await: concurrent streams of one camera never share a number.
             seq = self.next_seq.get(camera, 0)
             self.next_seq[camera] = seq + 1
-            _, width, height = sniff_size(request.image)
+            width, height = checked
             frame = make_frame(camera, seq, request.image, width, height, request.capture_ts_us or now_us(),
                                request.source_fps)
             while True:

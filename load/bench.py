@@ -340,10 +340,10 @@ def headline_figures(r: dict[str, Any]) -> dict[str, Any]:
                          "engine_1080p_cpu_ms_per_frame": r["engine_1080p"]["cpu_ms_per_frame"],
                          "engine_720p_fps": e720["fps"]}
     from imask.engine import default_variant
-    from imask.engine.detector import detector_geometry
+    from imask.engine.detector import detector_size
 
     variant = default_variant()  # the work of the tensor 720p frames are actually run at (640x352)
-    width, height = detector_geometry(1280, 720, variant.input_width, variant.input_height, variant.max_downscale)
+    width, height = detector_size(1280, 720, variant.geometry)
     gflop = centerface_gflops(-(-width // 32) * 32, -(-height // 32) * 32)
     h["detector_input_720p"] = f"{width}x{height}"
     achieved = gflop / (e720["inference_ms_mean"] / 1e3)

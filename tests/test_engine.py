@@ -12,7 +12,7 @@ import pytest
 from conftest import near_uniform, similarity
 from imask import metrics
 from imask.engine import FrameInput, MaskingEngine, default_variant
-from imask.engine.detector import BatchTimings, CenterFaceDetector, Detections
+from imask.engine.detector import BatchTimings, CenterFaceDetector, Detections, DetectorGeometry
 from imask.engine.masks import scaled_boxes
 from imask.engine.model import ModelError, load_centerface, packaged_centerface_path
 from imask.types import Image
@@ -121,7 +121,8 @@ def test_detector_failure_fails_closed(engine: MaskingEngine, astronaut_image: I
 def test_detector_timeout_fails_closed_then_recovers(astronaut_image: Image) -> None:
     model = load_centerface(provider="cpu")
     # A real timeout: CenterFace on a 1280x736 input takes far longer than 1 ms.
-    eng = MaskingEngine(default_variant(), CenterFaceDetector(model, 1280, 736), detector_timeout_s=0.001)
+    detector = CenterFaceDetector(model, DetectorGeometry(pixel_budget=1280 * 736))
+    eng = MaskingEngine(default_variant(), detector, detector_timeout_s=0.001)
     big = cv2.resize(astronaut_image, (1280, 720))
     before = metrics.FRAMES_FAIL_CLOSED.labels("detector_timeout")._value.get()
     result = eng.process([FrameInput("cam", 0, big)])[0]

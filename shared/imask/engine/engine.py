@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from imask import metrics
 from imask.engine.detector import BatchTimings, CenterFaceDetector, Detections
@@ -92,7 +93,7 @@ class MaskingEngine:
             raise ValueError(f"variant {variant.name!r} names unknown detector {variant.detector!r}")
         model = load_centerface(expected_sha256=variant.model_sha256, provider=provider,
                                 intra_op_threads=intra_op_threads)
-        detector = CenterFaceDetector(model, variant.input_width, variant.input_height, variant.max_downscale)
+        detector = CenterFaceDetector(model, variant.geometry)
         return cls(variant, detector, model.execution_provider, detector_timeout_s)
 
     @property
@@ -198,7 +199,8 @@ class MaskingEngine:
     def _mask_one(self, frame: FrameInput, dets: Detections, spec: MaskSpec, threshold: float) -> EngineResult:
         t0 = time.perf_counter()
         tracker = self._tracker(frame.camera_id, frame.seq)
-        tracked: list[TrackedFace] = tracker.update(dets.boxes, dets.scores, new_track_score=threshold)
+        required = self._new_track_scores(frame.image, dets, threshold)
+        tracked: list[TrackedFace] = tracker.update(dets.boxes, dets.scores, new_track_score=required)
         boxes = np.array([t.box for t in tracked], np.float32).reshape(-1, 4)
         out = frame.image.copy()
         regions = apply_masks(out, boxes, spec)
@@ -220,6 +222,13 @@ class MaskingEngine:
         metrics.FACES_MASKED.labels("false").inc(len(faces) - held)
         metrics.FACES_MASKED.labels("true").inc(held)
         return EngineResult(image=out, faces=faces, mask_ms=(time.perf_counter() - t0) * 1e3)
+
+    def _new_track_scores(self, image: Image, dets: Detections, threshold: float) -> npt.NDArray[np.float32]:
+        """The score each detection needs to start a track: `threshold`, or the large-face threshold for boxes
+        large against the frame (see Variant.large_face_fraction)."""
+        sides = np.maximum(dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1])
+        large = sides > self.variant.large_face_fraction * min(image.shape[:2])
+        return np.where(large, max(threshold, self.variant.large_face_threshold), threshold).astype(np.float32)
 
     def _fail_closed(self, frame: FrameInput, reason: str, batch_size: int) -> EngineResult:
         metrics.FRAMES_FAIL_CLOSED.labels(reason).inc()

@@ -91,11 +91,28 @@ def apply_masks(image: Image, boxes: Boxes, spec: MaskSpec) -> npt.NDArray[np.in
         if spec.shape is MaskShape.BOX:
             roi[...] = masked
             continue
-        h, w = int(y2 - y1), int(x2 - x1)
-        inside = np.zeros((h, w), np.uint8)
-        cv2.ellipse(inside, (w // 2, h // 2), (max(1, w // 2), max(1, h // 2)), 0, 0, 360, 255, -1)
-        cv2.copyTo(masked, inside, roi)  # writes into the frame through the ROI view
+        cv2.copyTo(masked, _ellipse(int(y2 - y1), int(x2 - x1)), roi)  # writes into the frame through the view
     return regions
+
+
+def _ellipse(h: int, w: int) -> npt.NDArray[np.uint8]:
+    inside = np.zeros((h, w), np.uint8)
+    cv2.ellipse(inside, (w // 2, h // 2), (max(1, w // 2), max(1, h // 2)), 0, 0, 360, 255, -1)
+    return inside
+
+
+def coverage_map(height: int, width: int, boxes: Boxes, spec: MaskSpec) -> npt.NDArray[np.bool_]:
+    """Which pixels `apply_masks` obscures for these boxes (the masked area, whatever the style)."""
+    covered = np.zeros((height, width), np.bool_)
+    for x1, y1, x2, y2 in scaled_boxes(boxes, spec.scale, width, height):
+        if x2 <= x1 or y2 <= y1:
+            continue
+        region = covered[y1:y2, x1:x2]
+        if spec.shape is MaskShape.BOX:
+            region[...] = True
+        else:
+            region |= _ellipse(int(y2 - y1), int(x2 - x1)) > 0
+    return covered
 
 
 def obscure_frame(image: Image) -> Image:

@@ -58,11 +58,12 @@ class FaceTracker:
         self.tracks: list[Track] = []
         self._next_id = 1
 
-    def update(self, boxes: Boxes, scores: npt.NDArray[np.float32], new_track_score: float = 0.0) -> list[
-            TrackedFace]:
+    def update(self, boxes: Boxes, scores: npt.NDArray[np.float32],
+               new_track_score: float | npt.NDArray[np.float32] = 0.0) -> list[TrackedFace]:
         """Match this frame's detections to tracks. Detections scoring under `new_track_score` only continue an
         existing track (hysteresis): a face whose score dips stays masked without low scores creating masks on
-        non-faces everywhere else."""
+        non-faces everywhere else. `new_track_score` is one threshold or one per detection."""
+        required = np.broadcast_to(np.asarray(new_track_score, np.float32), scores.shape)
         dets = boxes.astype(np.float64)
         track_boxes = np.array([t.box for t in self.tracks]).reshape(-1, 4)
         ious = iou_matrix(track_boxes, dets)
@@ -99,7 +100,7 @@ class FaceTracker:
                 track.box = smoothed
                 track.score = float(scores[di])
                 track.missed = 0
-            elif scores[di] >= new_track_score:
+            elif scores[di] >= required[di]:
                 track = Track(self._next_id, det.copy(), np.zeros(4), float(scores[di]))
                 self._next_id += 1
             else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from imask.engine.detector import DetectorGeometry
 from imask.engine.masks import MaskSpec
 from imask.engine.model import CENTERFACE_SHA256
 
@@ -17,18 +18,36 @@ class Variant:
     version: str
     detector: str = "centerface"
     model_sha256: str = CENTERFACE_SHA256
+    # The detector's pixel budget per pass: frames are scaled (either way) to about input_width x input_height
+    # pixels keeping their aspect; 720p becomes 640x352, a 416x416 photo 480x480.
     input_width: int = 640
-    input_height: int = 384
-    threshold: float = 0.2        # a new face needs this score
+    input_height: int = 360
+    # A new face needs this score. 0.1 from the curve on WIDER FACE crowds (docs/EVALUATION.md): recall 0.89 vs
+    # 0.82 at 0.2, with no face-free picture over 1% masked; 0.05 reaches 0.94 but masks textures.
+    threshold: float = 0.1
     track_threshold: float = 0.05  # a face already tracked stays masked down to this score
     mask: MaskSpec = field(default_factory=MaskSpec)
+    # A box this large (longer side over this fraction of the frame's shorter side) needs large_face_threshold to
+    # start a track: CenterFace scores real close faces >= 0.5, while its large low-score boxes are round things
+    # (the moon at 0.28, a cat at 0.08, each masking a third of the picture). Small faces keep the low threshold.
+    large_face_fraction: float = 0.25
+    large_face_threshold: float = 0.5
     max_missed: int = 5  # frames a lost face stays masked
     max_downscale: float = 2.0  # large frames keep at least half their resolution for the detector (0: off)
+    max_upscale: float = 2.0  # small frames are enlarged to the pixel budget, by at most this factor
+    flip: bool = False  # also detect on the mirrored frame (test-time augmentation; doubles inference)
+    tile: int = 0  # frames >= 1600 px on a side also get native-resolution tiles of this size (0: off)
+
+    @property
+    def geometry(self) -> DetectorGeometry:
+        return DetectorGeometry(pixel_budget=self.input_width * self.input_height, max_upscale=self.max_upscale,
+                                max_downscale=self.max_downscale, flip=self.flip, tile=self.tile)
 
     @property
     def model_version(self) -> str:
+        extras = ("/flip" if self.flip else "") + (f"/tile{self.tile}" if self.tile else "")
         return (f"{self.detector}@{self.model_sha256[:12]}/{self.input_width}x{self.input_height}"
-                f"/t{self.threshold:g}/k{self.track_threshold:g}")
+                f"/t{self.threshold:g}/k{self.track_threshold:g}{extras}")
 
     def with_overrides(self, **changes: object) -> Variant:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -38,6 +57,10 @@ REGISTRY: dict[str, Variant] = {
     "default": Variant(name="default", version="1"),
     # Cheaper input for many-camera CPU deployments; recall drops on small faces.
     "fast": Variant(name="fast", version="1", input_width=320, input_height=192),
+    # Crowds: lower threshold, a mirrored pass, a larger budget and native-resolution tiles on large frames.
+    # Recall 0.96 on WIDER crowds for about 3x the default's cost; fires on some textures (docs/EVALUATION.md).
+    "crowd": Variant(name="crowd", version="1", threshold=0.05, flip=True, input_width=768, input_height=432,
+                     tile=640),
 }
 
 

@@ -1,0 +1,145 @@
+"""Evaluation datasets: labelled images, pictures with no face, video clips; each with a content digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from imask.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from imask.types import Image
+
+NO_FACES = "builtin:no-faces"
+MIN_VALID_SIDE = 16  # WIDER's own evaluation ignores faces smaller than this
+LABEL_FILES = ("gt.json", "dlib_faces_gt.json")
+# Pictures that ship inside scikit-image's wheel and hold no human face: textures, animals, objects, text, space,
+# microscopy. (astronaut.png, camera.png and lfw_subset hold faces and are left out.)
+NO_FACE_PICTURES = (
+    "brick.png", "cell.png", "chelsea.png", "chessboard_RGB.png", "clock_motion.png", "coffee.png", "coins.png",
+    "color.png", "grass.png", "gravel.png", "horse.png", "ihc.png", "logo.png", "microaneurysms.png", "moon.png",
+    "motorcycle_left.png", "page.png", "phantom.png", "text.png", "hubble_deep_field.jpg", "retina.jpg",
+    "rocket.jpg",
+)
+WIDER_ATTRIBUTES = {
+    "blur": ("clear", "normal", "heavy"),
+    "occlusion": ("none", "partial", "heavy"),
+    "pose": ("typical", "atypical"),
+}
+
+
+@dataclass(frozen=True)
+class Face:
+    box: tuple[float, float, float, float]  # x, y, w, h in the image's pixels
+    valid: bool
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> float:
+        return max(self.box[2], self.box[3])
+
+    @property
+    def size_bucket(self) -> str:
+        return "<32" if self.size < 32 else "32-63" if self.size < 64 else ">=64"
+
+
+@dataclass
+class Sample:
+    name: str
+    faces: list[Face] | None  # None: unlabelled (no-face pictures have an empty list)
+    path: Path | None = None
+    pixels: Image | None = None  # built-in pictures live in memory
+
+    def image(self) -> Image:
+        if self.pixels is not None:
+            return self.pixels
+        assert self.path is not None
+        image = cv2.imread(str(self.path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"{self.path} is not a readable image")
+        return image
+
+
+@dataclass
+class Dataset:
+    name: str
+    kind: str  # "labelled" | "negatives" | "clips"
+    source: str
+    digest: str
+    samples: list[Sample] = field(default_factory=list)
+    clips: list[Path] = field(default_factory=list)
+
+
+def load_dataset(spec: str) -> Dataset:
+    """A dataset from a folder, a video file or `builtin:no-faces`; ValueError says what is wrong."""
+    if spec == NO_FACES:
+        return _no_faces()
+    path = Path(spec)
+    if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+        return _clips(path.stem, [path], spec)
+    if not path.is_dir():
+        raise ValueError(f"dataset {spec!r} is neither a folder, a video file nor {NO_FACES!r}")
+    labels = next((path / name for name in LABEL_FILES if (path / name).is_file()), None)
+    if labels is None:
+        clips = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        if not clips:
+            raise ValueError(f"{spec}: no {' or '.join(LABEL_FILES)} and no video clips")
+        return _clips(path.name, clips, spec)
+    return _labelled(path, labels, spec)
+
+
+def _labelled(root: Path, labels: Path, spec: str) -> Dataset:
+    truth: dict[str, Any] = json.loads(labels.read_text())
+    samples = []
+    for name in sorted(truth):
+        image_path = root / name
+        if not image_path.is_file() or image_path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"{labels}: labelled file {name!r} is missing or not an image")
+        samples.append(Sample(name, [_face(f) for f in truth[name].get("faces", [])], image_path))
+    digest = _digest([(s.name, s.path.read_bytes()) for s in samples if s.path], labels.read_bytes())
+    return Dataset(root.name, "labelled", spec, digest, samples)
+
+
+def _face(raw: dict[str, Any]) -> Face:
+    x, y, w, h = (float(v) for v in raw["box"])
+    attributes = {name: values[int(raw[name])] for name, values in WIDER_ATTRIBUTES.items()
+                  if name in raw and 0 <= int(raw[name]) < len(values)}
+    return Face((x, y, w, h), not raw.get("invalid", 0) and max(w, h) >= MIN_VALID_SIDE, attributes)
+
+
+def _no_faces() -> Dataset:
+    import importlib.resources
+
+    folder = importlib.resources.files("skimage") / "data"
+    samples, parts = [], []
+    for name in NO_FACE_PICTURES:
+        data = (folder / name).read_bytes()
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # gray and RGBA become BGR
+        if decoded is None:
+            raise ValueError(f"scikit-image's {name} did not decode")
+        samples.append(Sample(name, [], pixels=decoded))
+        parts.append((name, data))
+    return Dataset("no-faces", "negatives", NO_FACES, _digest(parts, b""), samples)
+
+
+def _clips(name: str, clips: list[Path], spec: str) -> Dataset:
+    return Dataset(name, "clips", spec, _digest([(str(p.name), p.read_bytes()) for p in clips], b""), clips=clips)
+
+
+def _digest(files: list[tuple[str, bytes]], labels: bytes) -> str:
+    """sha256 over every file's name and content and the labels: two reports compare only if these match."""
+    outer = hashlib.sha256()
+    for name, data in sorted(files):
+        outer.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    outer.update(b"labels\0" + hashlib.sha256(labels).hexdigest().encode())
+    return "sha256:" + outer.hexdigest()
+
+
+def iter_images(dataset: Dataset) -> Iterator[tuple[Sample, Image]]:
+    for sample in dataset.samples:
+        yield sample, sample.image()

@@ -40,7 +40,7 @@ def test_builtin_no_faces_set() -> None:
 
 
 def test_bad_dataset_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no gt.json"):
+    with pytest.raises(ValueError, match=r"no gt\.json"):
         load_dataset(str(tmp_path))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -19,7 +20,8 @@ from imask.engine.build import build_engine
 from imask.kafka import OffsetTracker, consumer_config, ensure_topics, producer_config, usable
 from imask.pipeline import FrameProcessor, Inbound, Outcome, ProcessorOptions
 from imask.runtime import ServiceRuntime, run_service
-from imask.wire import now_us
+from imask.v1 import frames_pb2 as pb
+from imask.wire import Rejected, now_us
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ class Worker:
         self.runtime = runtime
         self.processor = FrameProcessor(engine, ProcessorOptions(
             worker_id=settings.worker_id, limits=settings, jpeg_quality=settings.jpeg_quality,
-            dlq_include_raw=settings.dlq_include_raw))
+            dlq_include_raw=settings.dlq_include_raw, max_message_bytes=settings.max_message_bytes))
         self.offsets = OffsetTracker()
         self.fatal: str | None = None
         self.producer = Producer(producer_config(settings))
@@ -85,44 +87,66 @@ class Worker:
                 self.producer.poll(0.05)  # local queue full: serve callbacks, then retry
 
     def _delivery_failed(self, err: KafkaError, what: str) -> None:
-        # Never skip a frame: stop without committing past it; another worker redoes it.
+        # The broker is unreachable or the producer broke: stop without committing past the frame; another
+        # worker redoes it (at least once).
         self.fatal = f"delivery of {what} failed: {err}"
         log.error("delivery failed, stopping", extra={"error": str(err), "what": what})
         self.runtime.stopping.set()
+
+    def _output_refused(self, outcome: Outcome, err: KafkaError, what: str) -> None:
+        """The broker will not take one output (too large, invalid): that frame becomes a drop record and the
+        worker goes on. A failure that concerns the broker rather than the message still stops it."""
+        if err.retriable() or err.fatal() or err.code() == KafkaError._MSG_TIMED_OUT:
+            return self._delivery_failed(err, what)
+        metrics.OUTPUTS_REFUSED.labels(what).inc()
+        log.error("output refused by Kafka, dead-lettering the frame", extra={
+            "camera": outcome.camera_id, "seq": outcome.seq, "what": what, "error": str(err)})
+        if what == "frame meta":  # the masked frame itself went out; only its metadata is lost
+            return self._finish(outcome.inbound)
+        self._emit(self.processor.drop(outcome.inbound, Rejected(
+            pb.DROP_REASON_INTERNAL_ERROR, f"{what} refused by Kafka: {err}", outcome.camera_id, outcome.seq),
+            "publish"))
+
+    def _send(self, outcome: Outcome, topic: str, value: bytes, what: str,
+              on_ok: Callable[[], None]) -> None:
+        def failed(err: KafkaError) -> None:
+            if what == "drop record":
+                return self._delivery_failed(err, what)
+            self._output_refused(outcome, err, what)
+
+        def on_ack(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                return failed(err)
+            on_ok()
+
+        try:
+            self._produce(topic, outcome.camera_id, value, on_ack)
+        except KafkaException as exc:  # refused before it was queued (e.g. larger than message.max.bytes)
+            failed(exc.args[0])
 
     # --- the loop --------------------------------------------------------------------------------------------
     def _emit(self, outcome: Outcome) -> None:
         inbound = outcome.inbound
         s = self.settings
         camera = outcome.camera_id
-        if outcome.drop is not None:
-            def on_drop_ack(err: KafkaError | None, _msg: Message) -> None:
-                if err is not None:
-                    return self._delivery_failed(err, "drop record")
-                self._finish(inbound)
-            self._produce(s.topic_dlq, camera, outcome.drop.SerializeToString(), on_drop_ack)
+        if outcome.drop is not None:  # the last resort: if Kafka refuses even this, the worker stops
+            self._send(outcome, s.topic_dlq, outcome.drop.SerializeToString(), "drop record",
+                       lambda: self._finish(inbound))
             return
         assert outcome.masked is not None and outcome.meta is not None
         meta = outcome.meta
         sent = time.perf_counter()
 
-        def on_meta_ack(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                return self._delivery_failed(err, "frame meta")
-            self._finish(inbound)
-
-        def on_masked_ack(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                return self._delivery_failed(err, "masked frame")
+        def on_masked() -> None:
             t = meta.timings
             t.publish_ms = (time.perf_counter() - sent) * 1e3
             if meta.capture_ts_us and not meta.end_of_stream:
                 t.end_to_end_ms = (now_us() - meta.capture_ts_us) / 1e3
                 self._observe(camera, t)
                 metrics.FRAMES_OUT.labels(camera).inc()
-            self._produce(s.topic_meta, camera, meta.SerializeToString(), on_meta_ack)
+            self._send(outcome, s.topic_meta, meta.SerializeToString(), "frame meta", lambda: self._finish(inbound))
 
-        self._produce(s.topic_masked, camera, outcome.masked.SerializeToString(), on_masked_ack)
+        self._send(outcome, s.topic_masked, outcome.masked.SerializeToString(), "masked frame", on_masked)
 
     def _observe(self, camera: str, t: Any) -> None:
         for stage in ("decode", "queue_wait", "preprocess", "inference", "postprocess", "mask", "encode",

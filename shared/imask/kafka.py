@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from imask.config import KafkaSettings
 
@@ -41,6 +47,9 @@ def producer_config(settings: KafkaSettings, **extra: Any) -> dict[str, Any]:
         "linger.ms": 2,
         "compression.type": "none",  # JPEG does not compress further
         "message.max.bytes": settings.max_message_bytes,
+        # A topic's max.message.bytes bounds a whole record batch: a batch larger than the topic takes is
+        # refused whole, innocent frames with it.
+        "batch.size": settings.kafka_extra.get("batch.size", min(1_000_000, settings.max_message_bytes)),
         **extra,
     }
 
@@ -110,13 +119,39 @@ def ensure_topics(settings: KafkaSettings, specs: list[TopicSpec] | None = None,
                     raise
     present = [s for s in specs if s.name in existing]
     if present:
-        # Retention and size limits follow config on every start; partitions never change silently.
-        resources = [ConfigResource("topic", s.name, set_config=s.config) for s in present if s.config]
-        for resource in resources:
+        _keep_operator_configs(admin, settings, present, timeout)
+
+
+def _keep_operator_configs(admin: AdminClient, settings: KafkaSettings, present: list[TopicSpec],
+                           timeout: float) -> None:
+    """Existing topics keep what their operators set: differences from our defaults are only logged. The one
+    exception is privacy: raw frames never stay longer than `raw_retention_ms` (lowered incrementally, the
+    topic's other settings untouched)."""
+    resources = [ConfigResource("topic", s.name) for s in present if s.config]
+    for resource, future in admin.describe_configs(resources).items():
+        try:
+            current = {name: entry.value for name, entry in future.result(timeout).items()}
+        except KafkaException as exc:
+            log.warning("could not read topic config", extra={"topic": resource.name, "error": str(exc)})
+            continue
+        spec = next(s for s in present if s.name == resource.name)
+        for key, wanted in spec.config.items():
+            if current.get(key) in (None, wanted):
+                continue
+            lower_retention = (spec.name == settings.topic_raw and key == "retention.ms"
+                               and not 0 <= int(current[key] or -1) <= int(wanted))
+            if not lower_retention:
+                log.warning("topic config differs from this service's default; left as set",
+                            extra={"topic": spec.name, "key": key, "value": current[key], "default": wanted})
+                continue
+            change = ConfigResource("topic", spec.name, incremental_configs=[
+                ConfigEntry(key, wanted, incremental_operation=AlterConfigOpType.SET)])
             try:
-                admin.alter_configs([resource])[resource].result(timeout)
+                admin.incremental_alter_configs([change])[change].result(timeout)
+                log.warning("raw topic retention lowered to the configured bound",
+                            extra={"topic": spec.name, "was": current[key], "now": wanted})
             except KafkaException as exc:
-                log.warning("could not update topic config", extra={"topic": resource.name, "error": str(exc)})
+                log.warning("could not lower raw retention", extra={"topic": spec.name, "error": str(exc)})
 
 
 def delete_topics(settings: KafkaSettings, names: list[str], timeout: float = 30.0) -> None:

@@ -43,6 +43,9 @@ FACES_MASKED = Counter("imask_faces_masked_total", "Face regions masked (detecte
 BATCH_SIZE = Histogram("imask_inference_batch_size", "Frames per detector call", buckets=(1, 2, 4, 8, 16, 32))
 EXECUTION_PROVIDER = Gauge("imask_execution_provider_info", "ONNX Runtime provider in use (1 = active)",
                            ["provider"])
+OUTPUTS_REFUSED = Counter("imask_outputs_refused_total",
+                          "Outputs Kafka refused for the message itself (too large, invalid); the frame is then "
+                          "dead-lettered", ["output"])
 MODEL_HEALTHY = Gauge("imask_model_healthy", "1 when the detector answers within its timeout")
 QUEUE_DEPTH = Gauge("imask_queue_depth", "Frames waiting inside this process", ["queue"])
 GRPC_REQUESTS = Counter("imask_grpc_requests_total", "gRPC mask requests (stream frames count one each) by code",

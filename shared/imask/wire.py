@@ -90,6 +90,10 @@ def parse_frame(key: bytes | None, value: bytes | None, limits: FrameLimits) -> 
         return Rejected(pb.DROP_REASON_INVALID_FIELDS,
                         f"key {key_text!r} differs from camera_id {frame.camera_id!r}", camera, seq)
     if frame.end_of_stream:
+        # Markers carry no pixels; one that does would leave the worker unmasked if it were passed on.
+        if frame.data:
+            return Rejected(pb.DROP_REASON_INVALID_FIELDS,
+                            f"end-of-stream marker carries {len(frame.data)} image bytes", camera, seq)
         return frame
     if frame.encoding not in (pb.ENCODING_JPEG, pb.ENCODING_PNG):
         return Rejected(pb.DROP_REASON_INVALID_FIELDS, f"unsupported encoding {frame.encoding}", camera, seq)

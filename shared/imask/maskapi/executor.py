@@ -9,6 +9,7 @@ skipped before any work is done.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from imask import metrics
 from imask.engine import EngineResult, FrameInput, MaskingEngine, MaskSpec
 
+log = logging.getLogger(__name__)
+
 
 class QueueFull(Exception):
     pass
@@ -24,6 +27,10 @@ class QueueFull(Exception):
 
 class DeadlineExpired(Exception):
     pass
+
+
+class EngineFailed(Exception):
+    """The engine raised for a batch; its callers get an error status, never an image."""
 
 
 @dataclass
@@ -107,7 +114,14 @@ class EngineExecutor:
                 live.append(item)
             if not live:
                 continue
-            results = self.engine.process([item.frame for item in live], live[0].spec, live[0].threshold)
+            try:
+                results = self.engine.process([item.frame for item in live], live[0].spec, live[0].threshold)
+            except Exception as exc:  # a bug outside the engine's own guards: fail these calls, keep serving
+                log.exception("engine failed; the batch's calls get an error, no image")
+                metrics.FRAMES_FAIL_CLOSED.labels("engine_exception").inc(len(live))
+                for item in live:
+                    item.loop.call_soon_threadsafe(_set_exception, item.future, EngineFailed(repr(exc)))
+                continue
             for item, result in zip(live, results, strict=True):
                 item.loop.call_soon_threadsafe(_set_result, item.future, result)
             metrics.QUEUE_DEPTH.labels("mask_api").set(self._queue.qsize())

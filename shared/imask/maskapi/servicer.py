@@ -20,7 +20,7 @@ from imask.config import MaskApiSettings
 from imask.engine import FrameInput, MaskShape, MaskSpec, MaskStyle
 from imask.engine.variants import Variant
 from imask.maskapi.auth import ApiKeyStore, AuthError
-from imask.maskapi.executor import DeadlineExpired, EngineExecutor, QueueFull
+from imask.maskapi.executor import DeadlineExpired, EngineExecutor, EngineFailed, QueueFull
 from imask.maskapi.ratelimit import RateLimiter
 from imask.media import ImageError, decode_image, encode_jpeg
 from imask.pipeline import build_meta, detections_pb
@@ -126,6 +126,8 @@ class MaskServicer(mgrpc.MaskServiceServicer):
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"server busy: {exc}") from None
         except DeadlineExpired:
             raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before masking") from None
+        except EngineFailed as exc:
+            raise RequestError(grpc.StatusCode.INTERNAL, f"masking failed, no image returned: {exc}") from None
         t1 = time.perf_counter()
         data = b"" if request.options.detections_only else encode_jpeg(result.image, 90)
         encode_ms = (time.perf_counter() - t1) * 1e3

@@ -1,0 +1,123 @@
+"""Fail closed on every path: markers carry no pixels, per-frame failures become drop records, the engine thread
+of mask-api survives an exception. (The broker-refused output is in test_worker_poison.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from imask.config import FrameLimits
+from imask.engine import EngineResult, FrameInput, MaskingEngine
+from imask.maskapi.executor import EngineExecutor, EngineFailed
+from imask.media import encode_jpeg
+from imask.pipeline import FrameProcessor, Inbound, ProcessorOptions
+from imask.types import Image
+from imask.v1 import frames_pb2 as pb
+from imask.wire import Rejected, end_of_stream, make_frame, now_us, parse_frame
+
+LIMITS = FrameLimits()
+
+
+def _inbound(frame: pb.Frame, offset: int = 0) -> Inbound:
+    return Inbound(frame.camera_id.encode(), frame.SerializeToString(), "raw", 0, offset, now_us())
+
+
+def _frame(image: Image, camera: str = "cam", seq: int = 0) -> pb.Frame:
+    return make_frame(camera, seq, encode_jpeg(image, 85), image.shape[1], image.shape[0], now_us())
+
+
+def test_marker_with_pixels_is_refused(astronaut_image: Image) -> None:
+    marker = end_of_stream("cam", 7)
+    marker.data = encode_jpeg(astronaut_image, 85)
+    rejected = parse_frame(b"cam", marker.SerializeToString(), LIMITS)
+    assert isinstance(rejected, Rejected) and rejected.reason == pb.DROP_REASON_INVALID_FIELDS
+    assert "marker carries" in rejected.detail and (rejected.camera_id, rejected.seq) == ("cam", 7)
+
+
+def test_marker_with_pixels_is_dead_lettered_not_passed_on(engine: MaskingEngine, astronaut_image: Image) -> None:
+    marker = end_of_stream("cam", 7)
+    marker.data = encode_jpeg(astronaut_image, 85)
+    processor = FrameProcessor(engine, ProcessorOptions("w", LIMITS))
+    [outcome] = processor.process([_inbound(marker)])
+    assert outcome.masked is None and outcome.drop is not None and not outcome.drop.raw
+
+
+def test_marker_out_is_built_from_ids_only(engine: MaskingEngine) -> None:
+    marker = end_of_stream("cam", 3, source_fps=12.5)
+    marker.width, marker.height = 640, 480  # fields beyond the ids are not copied
+    [outcome] = FrameProcessor(engine, ProcessorOptions("w", LIMITS)).process([_inbound(marker)])
+    assert outcome.masked is not None
+    out = outcome.masked.frame
+    assert out.end_of_stream and (out.camera_id, out.seq, out.source_fps) == ("cam", 3, 12.5)
+    assert not out.data and out.width == 0 and out.height == 0
+
+
+class BrokenEngine:
+    """A real engine whose `process` raises on chosen calls (a bug outside its guards)."""
+
+    def __init__(self, inner: MaskingEngine, fail_calls: set[int]) -> None:
+        self.inner = inner
+        self.fail_calls = fail_calls
+        self.calls = 0
+        self.variant = inner.variant
+        self.execution_provider = inner.execution_provider
+
+    def process(self, frames: list[FrameInput], *args: Any) -> list[EngineResult]:
+        call, self.calls = self.calls, self.calls + 1
+        if call in self.fail_calls:
+            raise RuntimeError("simulated bug")
+        return self.inner.process(frames, *args)
+
+    def forget(self, camera_id: str) -> None:
+        self.inner.forget(camera_id)
+
+
+def test_engine_exception_becomes_internal_error_drops(engine: MaskingEngine, astronaut_image: Image) -> None:
+    processor = FrameProcessor(BrokenEngine(engine, {0}), ProcessorOptions("w", LIMITS))  # type: ignore[arg-type]
+    batch = [_inbound(_frame(astronaut_image, seq=i), i) for i in range(3)]
+    outcomes = processor.process(batch)
+    assert [o.drop.reason for o in outcomes if o.drop] == [pb.DROP_REASON_INTERNAL_ERROR] * 3
+    assert [(o.camera_id, o.seq) for o in outcomes] == [("cam", 0), ("cam", 1), ("cam", 2)]
+    # The next batch is masked normally: one poison batch does not stop the processor.
+    [ok] = processor.process([_inbound(_frame(astronaut_image, seq=3), 3)])
+    assert ok.masked is not None and ok.masked.faces_masked == 1
+
+
+def test_masked_frame_over_the_message_size_is_dropped(engine: MaskingEngine) -> None:
+    noise = np.random.default_rng(1).integers(0, 255, (480, 640, 3), np.uint8)
+    options = ProcessorOptions("w", LIMITS, max_message_bytes=60_000)
+    [outcome] = FrameProcessor(engine, options).process([_inbound(_frame(noise))])
+    assert outcome.drop is not None and outcome.drop.reason == pb.DROP_REASON_OVERSIZE
+    assert "broker's message size" in outcome.drop.detail
+
+
+def test_executor_survives_an_engine_exception(engine: MaskingEngine, astronaut_image: Image) -> None:
+    executor = EngineExecutor(BrokenEngine(engine, {0}))  # type: ignore[arg-type]
+    spec = engine.variant.mask
+
+    async def two_calls() -> tuple[BaseException | None, EngineResult]:
+        first: BaseException | None = None
+        try:
+            await executor.submit(FrameInput("a", 0, astronaut_image), spec, None, None)
+        except EngineFailed as exc:
+            first = exc
+        result, _ = await asyncio.wait_for(executor.submit(FrameInput("a", 1, astronaut_image), spec, None, None),
+                                           timeout=30)
+        return first, result
+
+    try:
+        failed, result = asyncio.run(two_calls())
+    finally:
+        executor.close()
+    assert isinstance(failed, EngineFailed)
+    assert len(result.faces) == 1 and not result.fail_closed
+
+
+@pytest.mark.parametrize("value", [b"", b"\x00\x01garbage", b"\x12\x03cam\x18\x05\xff"])
+def test_any_bytes_end_as_one_outcome(engine: MaskingEngine, value: bytes) -> None:
+    [outcome] = FrameProcessor(engine, ProcessorOptions("w", LIMITS)).process(
+        [Inbound(b"cam", value, "raw", 0, 0, now_us())])
+    assert outcome.drop is not None and outcome.masked is None

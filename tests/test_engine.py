@@ -171,3 +171,45 @@ def test_flop_count_matches_the_published_cost() -> None:
 
     assert abs(centerface_gflops(640, 384) - 2.96) < 0.01
     assert abs(centerface_gflops(320, 192) - 0.74) < 0.01
+
+
+class CountingDetector:
+    def __init__(self, inner: CenterFaceDetector) -> None:
+        self.inner = inner
+        self.frames = 0
+        self.run_options = inner.run_options
+
+    def detect(self, frames: list[Image], threshold: float, timings: BatchTimings | None = None) -> list[Detections]:
+        self.frames += len(frames)
+        return self.inner.detect(frames, threshold, timings)
+
+
+def test_moving_face_stays_covered_between_detections(engine: MaskingEngine, astronaut_image: Image) -> None:
+    # detect_every=3: the detector sees frames 0, 3, 6, ...; in between, tracks move by their velocity and grow
+    # with their uncertainty. The face moves 9 px a frame and must be masked on every frame.
+    assert isinstance(engine.detector, CenterFaceDetector)
+    counting = CountingDetector(engine.detector)
+    eng = MaskingEngine(engine.variant.with_overrides(detect_every=3), counting)
+    canvas = np.full((512, 900, 3), 120, np.uint8)
+    for seq in range(15):
+        frame = canvas.copy()
+        x = 20 + seq * 9
+        frame[:, x:x + 512] = astronaut_image
+        result = eng.process([FrameInput("walker", seq, frame)])[0]
+        face = (slice(95, 150), slice(x + 205, x + 275))  # inside the astronaut's face
+        assert result.detected == (seq % 3 == 0), seq
+        assert result.faces, f"frame {seq}: nothing masked"
+        assert similarity(result.image[face], frame[face]) < 0.9, f"frame {seq}: face visible"
+    assert counting.frames == 5
+    eng.close()
+
+
+def test_scene_cut_triggers_detection_at_once(engine: MaskingEngine, astronaut_image: Image) -> None:
+    assert isinstance(engine.detector, CenterFaceDetector)
+    counting = CountingDetector(engine.detector)
+    eng = MaskingEngine(engine.variant.with_overrides(detect_every=10), counting)
+    other = np.ascontiguousarray(np.flipud(astronaut_image))  # a different picture: a cut
+    flags = [eng.process([FrameInput("cut", s, img)])[0].detected
+             for s, img in enumerate([astronaut_image, astronaut_image, other, other])]
+    assert flags == [True, False, True, False]
+    eng.close()

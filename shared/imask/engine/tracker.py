@@ -57,6 +57,8 @@ class FaceTracker:
         self.growth_per_miss = growth_per_miss
         self.tracks: list[Track] = []
         self._next_id = 1
+        self.coasted = 0  # frames since the last detection (detect-every-k variants)
+        self.reference: npt.NDArray[np.uint8] | None = None  # thumbnail of the last detected frame (scene cuts)
 
     def update(self, boxes: Boxes, scores: npt.NDArray[np.float32],
                new_track_score: float | npt.NDArray[np.float32] = 0.0) -> list[TrackedFace]:
@@ -64,6 +66,11 @@ class FaceTracker:
         existing track (hysteresis): a face whose score dips stays masked without low scores creating masks on
         non-faces everywhere else. `new_track_score` is one threshold or one per detection."""
         required = np.broadcast_to(np.asarray(new_track_score, np.float32), scores.shape)
+        steps = self.coasted + 1  # frames since the last update: velocities stay per frame
+        self.coasted = 0
+        origins = {t.track_id: t.box.copy() for t in self.tracks}
+        for track in self.tracks:
+            track.box = track.box + track.velocity * (steps - 1)  # where it is now, for matching
         dets = boxes.astype(np.float64)
         track_boxes = np.array([t.box for t in self.tracks]).reshape(-1, 4)
         ious = iou_matrix(track_boxes, dets)
@@ -96,7 +103,8 @@ class FaceTracker:
             if di in matched_dets:
                 track = self.tracks[matched_dets[di]]
                 smoothed = self.smoothing * track.box + (1 - self.smoothing) * det
-                track.velocity = 0.5 * track.velocity + 0.5 * (smoothed - track.box)
+                shift = (smoothed - origins[track.track_id]) / steps
+                track.velocity = 0.5 * track.velocity + 0.5 * shift
                 track.box = smoothed
                 track.score = float(scores[di])
                 track.missed = 0
@@ -109,6 +117,21 @@ class FaceTracker:
             union = np.concatenate([np.minimum(det[:2], track.box[:2]), np.maximum(det[2:], track.box[2:])])
             out.append(TrackedFace(union.astype(np.float32), float(scores[di]), track.track_id, False, di))
         self.tracks = survivors
+        return out
+
+
+    def coast(self) -> list[TrackedFace]:
+        """A frame without detection (detect-every-k): every track moved by its velocity and grown by its
+        uncertainty, which rises with the frames since it was seen and with its speed. Tracks do not age here:
+        max_missed counts missed detections, not skipped ones."""
+        self.coasted += 1
+        n = self.coasted
+        out = []
+        for track in self.tracks:
+            box = _grow(track.box + track.velocity * n, 1.0 + self.growth_per_miss * n)
+            margin = np.abs(track.velocity).reshape(2, 2).max(axis=0) * n * 0.5  # x and y speed
+            box = box + np.concatenate([-margin, margin])
+            out.append(TrackedFace(box.astype(np.float32), track.score, track.track_id, True, -1))
         return out
 
 

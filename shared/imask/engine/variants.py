@@ -33,6 +33,10 @@ class Variant:
     large_face_fraction: float = 0.25
     large_face_threshold: float = 0.5
     max_missed: int = 5  # frames a lost face stays masked
+    # Detect on every k-th frame of a camera and move tracks in between (and at once on a scene cut: the mean
+    # absolute difference of 32x18 grey thumbnails above scene_cut).
+    detect_every: int = 1
+    scene_cut: float = 20.0
     max_downscale: float = 2.0  # large frames keep at least half their resolution for the detector (0: off)
     max_upscale: float = 2.0  # small frames are enlarged to the pixel budget, by at most this factor
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation; doubles inference)
@@ -45,7 +49,8 @@ class Variant:
 
     @property
     def model_version(self) -> str:
-        extras = ("/flip" if self.flip else "") + (f"/tile{self.tile}" if self.tile else "")
+        extras = ("/flip" if self.flip else "") + (f"/tile{self.tile}" if self.tile else "") + (
+            f"/every{self.detect_every}" if self.detect_every > 1 else "")
         return (f"{self.detector}@{self.model_sha256[:12]}/{self.input_width}x{self.input_height}"
                 f"/t{self.threshold:g}/k{self.track_threshold:g}{extras}")
 
@@ -57,6 +62,8 @@ REGISTRY: dict[str, Variant] = {
     "default": Variant(name="default", version="1"),
     # Cheaper input for many-camera CPU deployments; recall drops on small faces.
     "fast": Variant(name="fast", version="1", input_width=320, input_height=192),
+    # Real time on CPU: full detection on every 2nd frame of a camera (and on scene cuts), tracks moved between.
+    "realtime": Variant(name="realtime", version="1", detect_every=2),
     # Crowds: lower threshold, a mirrored pass, a larger budget and native-resolution tiles on large frames.
     # Recall 0.96 on WIDER crowds for about 3x the default's cost; fires on some textures (docs/EVALUATION.md).
     "crowd": Variant(name="crowd", version="1", threshold=0.05, flip=True, input_width=768, input_height=432,

@@ -213,3 +213,45 @@ def test_scene_cut_triggers_detection_at_once(engine: MaskingEngine, astronaut_i
              for s, img in enumerate([astronaut_image, astronaut_image, other, other])]
     assert flags == [True, False, True, False]
     eng.close()
+
+
+def test_wedged_detector_fails_readiness_then_liveness(astronaut_image: Image,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+    import urllib.request
+
+    from imask import runtime as runtime_module
+    from imask.config import RecorderSettings
+    from imask.runtime import ServiceRuntime
+
+    monkeypatch.setattr(runtime_module, "WEDGED_AFTER_S", 0.0)  # production: 60 s
+
+    model = load_centerface(provider="cpu")
+    eng = MaskingEngine(default_variant(), CenterFaceDetector(model, DetectorGeometry(pixel_budget=1280 * 1280)),
+                        detector_timeout_s=0.001)
+    runtime = ServiceRuntime("probe", RecorderSettings(ops_port=0)).start()
+    runtime.watch_engine(eng)
+    runtime.ready.set()
+
+    def status(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{runtime.details['ops_port']}{path}", timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        assert (status("/readyz"), status("/healthz")) == (200, 200)
+        gauge = metrics.MODEL_HEALTHY.labels("default")
+        # A 1280x1280 pass takes ~0.3 s: far longer than the probes below.
+        assert eng.process([FrameInput("w", 0, cv2.resize(astronaut_image, (1280, 1280)))])[0].fail_closed
+        assert gauge._value.get() == 0
+        # Out of rotation while the abandoned run occupies the detector; wedged past the bound: not alive.
+        assert (status("/readyz"), status("/healthz")) == (503, 503)
+        assert eng.wedged(0.0) and not eng.wedged(3600)
+        assert eng._inflight is not None
+        eng._inflight.exception(timeout=30)
+        assert (status("/readyz"), status("/healthz"), gauge._value.get()) == (200, 200, 1)
+    finally:
+        runtime.close()
+        eng.close()

@@ -73,6 +73,7 @@ async def serve(settings: MaskApiSettings, runtime: ServiceRuntime) -> int:
     log.info("mask-api listening; loading the model", extra={"grpc_port": port, "tls": creds is not None})
 
     engine = await asyncio.to_thread(build_engine, settings)
+    runtime.watch_engine(engine)
     executor = EngineExecutor(engine, settings.queue_max, settings.batch_max, settings.batch_wait_ms / 1e3)
     servicer.attach(executor)
     for name in ("", SERVICE_NAME):

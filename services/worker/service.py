@@ -39,6 +39,7 @@ class Worker:
         self.consumer = Consumer(consumer_config(settings, settings.group_id, **{"client.id": settings.worker_id}))
         self.variant = engine.variant.name
         self._owned: set[int] = set()  # partitions assigned now (shown on /readyz)
+        runtime.watch_engine(engine)
 
     # --- Kafka callbacks -------------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -46,7 +46,8 @@ EXECUTION_PROVIDER = Gauge("imask_execution_provider_info", "ONNX Runtime provid
 OUTPUTS_REFUSED = Counter("imask_outputs_refused_total",
                           "Outputs Kafka refused for the message itself (too large, invalid); the frame is then "
                           "dead-lettered", ["output"])
-MODEL_HEALTHY = Gauge("imask_model_healthy", "1 when the detector answers within its timeout")
+MODEL_HEALTHY = Gauge("imask_model_healthy", "1 when the detector answers within its timeout; exported only by "
+                      "processes that run an engine", ["variant"])
 QUEUE_DEPTH = Gauge("imask_queue_depth", "Frames waiting inside this process", ["queue"])
 GRPC_REQUESTS = Counter("imask_grpc_requests_total", "gRPC mask requests (stream frames count one each) by code",
                         ["method", "code"])
@@ -93,8 +94,9 @@ class OpsServer:
     """Serves /metrics, /healthz (process alive) and /readyz (able to do its job) on one port."""
 
     def __init__(self, host: str, port: int, ready: Callable[[], bool], details: Callable[[], dict[str, object]]
-                 | None = None, admin: AdminRoutes | None = None) -> None:
+                 | None = None, admin: AdminRoutes | None = None, alive: Callable[[], bool] | None = None) -> None:
         self._ready = ready
+        self._alive = alive or (lambda: True)
         self._details = details or (lambda: {})
         self.admin = admin
         handler = self._handler()
@@ -122,8 +124,10 @@ class OpsServer:
             def do_GET(self) -> None:
                 if self.path.startswith("/metrics"):
                     self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
-                elif self.path.startswith("/healthz"):
-                    self._send(200, b'{"status":"ok"}', "application/json")
+                elif self.path.startswith("/healthz"):  # liveness: failing it gets the process restarted
+                    alive = ops._alive()
+                    self._send(200 if alive else 503, b'{"status":"ok"}' if alive else b'{"status":"wedged"}',
+                               "application/json")
                 elif self.path.startswith("/readyz"):
                     ready = ops._ready()
                     body = json.dumps({"ready": ready, **ops._details()}, default=str).encode()

@@ -7,12 +7,15 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from imask.config import BaseServiceSettings
 from imask.logs import configure_logging
 from imask.metrics import AdminRoutes, OpsServer
 
 log = logging.getLogger(__name__)
+
+WEDGED_AFTER_S = 60.0  # a detector stuck this long past its timeout fails liveness
 
 
 class ServiceRuntime:
@@ -26,15 +29,29 @@ class ServiceRuntime:
         self.ready = threading.Event()
         self.details: dict[str, object] = {}
         self.ops: OpsServer | None = None
+        # Services add what readiness and liveness depend on (e.g. the detector's health).
+        self.ready_checks: list[Callable[[], bool]] = []
+        self.live_checks: list[Callable[[], bool]] = []
 
     def start(self, ready: Callable[[], bool] | None = None) -> ServiceRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        self.ops = OpsServer(self.settings.ops_host, self.settings.ops_port,
-                             ready or (lambda: self.ready.is_set() and not self.stopping.is_set()),
-                             lambda: self.details).start()
+        self.ops = OpsServer(self.settings.ops_host, self.settings.ops_port, ready or self.is_ready,
+                             lambda: self.details, alive=self.is_alive).start()
         self.details["ops_port"] = self.ops.port
         return self
+
+    def is_ready(self) -> bool:
+        return self.ready.is_set() and not self.stopping.is_set() and all(check() for check in self.ready_checks)
+
+    def is_alive(self) -> bool:
+        return all(check() for check in self.live_checks)
+
+    def watch_engine(self, engine: Any) -> None:
+        """Readiness follows the detector's health (a timed-out run still occupying it takes the process out of
+        rotation); liveness fails once it has been wedged for WEDGED_AFTER_S (the process is restarted)."""
+        self.ready_checks.append(lambda: bool(engine.healthy))
+        self.live_checks.append(lambda: not engine.wedged(WEDGED_AFTER_S))
 
     def serve_admin(self, routes: AdminRoutes) -> None:
         """Answer an admin API (JSON, GET/POST/DELETE) on the ops port, next to /metrics and /readyz."""

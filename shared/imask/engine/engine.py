@@ -91,7 +91,9 @@ class MaskingEngine:
         self._inflight: Future[list[Detections]] | None = None
         self._lock = threading.Lock()
         metrics.EXECUTION_PROVIDER.labels(execution_provider).set(1)
-        metrics.MODEL_HEALTHY.set(1)
+        self._health_gauge = metrics.MODEL_HEALTHY.labels(variant.name)
+        self._health_gauge.set(1)
+        self._unhealthy_since: float | None = None
 
     @classmethod
     def load(cls, variant: Variant, provider: str = "auto", detector_timeout_s: float | None = 2.0,
@@ -107,6 +109,11 @@ class MaskingEngine:
     def healthy(self) -> bool:
         """False while an abandoned (timed-out) inference still occupies the detector."""
         return self._inflight is None or self._inflight.done()
+
+    def wedged(self, longer_than_s: float) -> bool:
+        """True when a timed-out inference has occupied the detector for longer than this."""
+        since = self._unhealthy_since
+        return since is not None and not self.healthy and time.monotonic() - since > longer_than_s
 
     def warm_up(self) -> bool:
         """One inference so the first real frame does not pay for lazy initialisation. Not a frame: no metrics,
@@ -189,23 +196,23 @@ class MaskingEngine:
             raise FailClosed("detector_timeout") from None
         except Exception as exc:
             log.warning("detector error", extra={"error": repr(exc)})
-            metrics.MODEL_HEALTHY.set(1)
             raise FailClosed("detector_error", repr(exc)) from exc
-        metrics.MODEL_HEALTHY.set(1)
         if len(detections) != len(images):
             raise FailClosed("detector_error", f"{len(detections)} results for {len(images)} frames")
         return detections
 
     def _abandon(self, future: Future[list[Detections]]) -> None:
         """Ask ONNX Runtime to stop the run; until it returns, the model is reported unhealthy."""
-        metrics.MODEL_HEALTHY.set(0)
+        self._health_gauge.set(0)
+        self._unhealthy_since = time.monotonic()
         run_options = getattr(self.detector, "run_options", None)
         if run_options is not None:
             run_options.terminate = True
 
             def reset(_: Future[list[Detections]]) -> None:
                 run_options.terminate = False
-                metrics.MODEL_HEALTHY.set(1)
+                self._unhealthy_since = None
+                self._health_gauge.set(1)
 
             future.add_done_callback(reset)
         log.warning("detector timed out", extra={"timeout_s": self.detector_timeout_s})

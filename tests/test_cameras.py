@@ -70,14 +70,19 @@ def servers(tmp_path: Path) -> Iterator[Callable[[dict[str, Path]], RtspServer]]
         server.kill()
 
 
+# Admin tokens of the ingests tests started (by ops port): status polls carry them like any client must.
+ADMIN_TOKENS: dict[int, str] = {}
+
+
 def start_ingest(tmp_path: Path, args: list[str], **env: str) -> ServiceProcess:
     ingest = spawn_tracked("ingest", ["ingest", *args], tmp_path / "logs", {**subprocess_env(), **env})
     ingest.wait_ready(60)
+    ADMIN_TOKENS[ingest.ops_port] = env.get("IMASK_ADMIN_TOKEN", "")
     return ingest
 
 
 def camera_status(ingest: ServiceProcess, camera: str) -> dict[str, Any]:
-    code, answer = request(ingest.ops_url, "GET", f"/cameras/{camera}")
+    code, answer = request(ingest.ops_url, "GET", f"/cameras/{camera}", token=ADMIN_TOKENS.get(ingest.ops_port, ""))
     assert code == 200, answer
     return dict(answer)
 
@@ -289,11 +294,17 @@ def test_cameras_added_and_removed_at_runtime_and_a_bad_url_harms_no_other(
         kafka_settings: KafkaSettings, clips: dict[str, Path], servers: Callable[[dict[str, Path]], RtspServer],
         tmp_path: Path) -> None:
     server = servers({"a": clips["asl2"], "b": clips["hamilton"]})
+    # The test cameras live on loopback, which the admin API refuses unless the operator allows it.
     ingest = start_ingest(tmp_path, ["--keep-running", "--source", f"a={server.url('a')}"],
-                          IMASK_ADMIN_TOKEN="s3cret")
+                          IMASK_ADMIN_TOKEN="s3cret", IMASK_ADMIN_ALLOWED_HOSTS='["127.0.0.1"]')
     wait_state(ingest, "a", {"running"}, 20)
     base = ingest.ops_url
     assert request(base, "POST", "/cameras", {"camera_id": "b", "url": server.url("b")})[0] == 401
+    assert request(base, "POST", "/cameras", {"camera_id": "b", "url": server.url("b")}, token="s3cre")[0] == 401
+    assert request(base, "GET", "/cameras")[0] == 401  # reads need the token too
+    for url in ("/etc/passwd", "file:///etc/passwd", "0", "rtsp://169.254.169.254/latest", "rtsp://10.1.2.3/x"):
+        code, answer = request(base, "POST", "/cameras", {"camera_id": "evil", "url": url}, token="s3cret")
+        assert code == 403, (url, answer)  # files, devices, metadata service, hosts outside the allow-list
     code, answer = request(base, "POST", "/cameras", {"camera_id": "b", "url": server.url("b"), "fps": 10},
                            token="s3cret")
     assert code == 201 and answer["camera_id"] == "b"
@@ -312,13 +323,13 @@ def test_cameras_added_and_removed_at_runtime_and_a_bad_url_harms_no_other(
     bad, _ = wait_state(ingest, "bad", {"reconnecting"}, 10)
     assert "cannot open" in bad["last_error"] and bad["counts"]["open_failures"] >= 1
     time.sleep(2.0)
-    code, listed = request(base, "GET", "/cameras")
+    code, listed = request(base, "GET", "/cameras", token="s3cret")
     assert {c["camera_id"]: c["state"] for c in listed["cameras"]} == {"a": "running", "b": "running",
                                                                      "bad": "reconnecting"}
     assert 8 <= camera_status(ingest, "b")["fps_out"] <= 12
     code, answer = request(base, "DELETE", "/cameras/b", token="s3cret")
     assert code == 200 and answer["removed"] == "b"
-    assert request(base, "GET", "/cameras/b")[0] == 404
+    assert request(base, "GET", "/cameras/b", token="s3cret")[0] == 404
     assert request(base, "DELETE", "/cameras/b", token="s3cret")[0] == 404
     a_before = camera_status(ingest, "a")["next_seq"]
     time.sleep(1.0)

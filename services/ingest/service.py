@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from imask.cameras.admin_policy import check_admin_exposure
 from imask.cameras.config import CameraConfig, load_cameras_file, parse_source
 from imask.cameras.manager import CameraManager, KafkaOutbox
 from imask.cameras.publish import PublishServer
@@ -34,6 +35,7 @@ def serve(settings: IngestSettings, runtime: ServiceRuntime) -> int:
     if not cameras and not settings.keep_running and not publishing:
         raise ConfigError("no cameras: give --source CAMERA_ID=URL, --cameras-file, or --keep-running to add "
                          "cameras through the admin API")
+    check_admin_exposure(settings)
     ensure_topics(settings)
     outbox = KafkaOutbox(settings)
     manager = CameraManager(settings, outbox)

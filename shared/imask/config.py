@@ -141,7 +141,13 @@ class IngestSettings(KafkaSettings, FrameLimits, CameraDefaults, GrpcServerSetti
     cameras_file: Path | None = Field(None, description="YAML or JSON file of cameras with per-camera settings")
     keep_running: bool = Field(False, description="Keep serving when every camera has ended (cameras can be "
                                "added through the admin API); otherwise exit once all have ended")
-    admin_token: str = Field("", description="Bearer token the admin API (POST/DELETE /cameras) requires")
+    admin_token: str = Field("", description="Bearer token every admin API call (/cameras) requires; needed "
+                             "whenever the ops endpoint is not bound to loopback")
+    admin_url_schemes: list[str] = Field(["rtsp", "rtsps", "http", "https"],
+                                         description="URL schemes cameras added through the admin API may use")
+    admin_allowed_hosts: list[str] = Field(default_factory=list,
+                                           description="Hosts or CIDRs the admin API may point cameras at (empty: "
+                                           "any but loopback, link-local and reserved addresses)")
     publish_port: int = Field(-1, ge=-1, le=65535,
                               description="Port of the gRPC Publish stream (-1: off, 0: pick a free one)")
     publish_host: str = Field("127.0.0.1", description="Address the gRPC Publish server binds")

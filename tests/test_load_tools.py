@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -75,9 +76,11 @@ def test_load_run_report_compare_and_lag(kafka_settings: KafkaSettings, tmp_path
 def test_lag_counts_waiting_frames_in_messages_and_seconds(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     clip = synthetic_clip(tmp_path / "clip.mp4", frames=10, fps=10)
     Replayer(kafka_settings, [load_source(clip)], ReplayPlan(cameras=2, speed=0)).run()
+    time.sleep(1.0)
     lag = group_lag(kafka_settings, f"nobody-{uuid.uuid4().hex[:6]}")  # a group that never consumed
     assert sum(p.lag for p in lag) == 22  # 20 frames + 2 end-of-stream markers
-    assert max(p.oldest_age_s for p in lag) >= 0.0
+    # The oldest waiting frame was published at least the second slept ago: age comes from its timestamp.
+    assert max(p.oldest_age_s for p in lag if p.lag) >= 1.0
 
 
 def test_scale_starts_and_drains_local_workers(kafka_settings: KafkaSettings) -> None:
@@ -116,9 +119,8 @@ def test_scaling_up_mid_replay_loses_nothing(kafka_settings: KafkaSettings, tmp_
     start_worker(tmp_path, "first", group)
     report = _replay_with_event(kafka_settings, tmp_path, group, lambda: start_worker(tmp_path, "second", group))
     assert report["complete"] and report["unaccounted"] == 0 and report["frames_masked"] == 360
-    assert isinstance(report["duplicates"], int)  # at-least-once: counted, not hidden
     assert report["max_output_gap_ms"] > 0  # the rebalance pause is measured (no bound: CPU-dependent)
-    assert report["lag"]["max_messages"] >= 0 and report["lag"]["samples"]
+    assert report["lag"]["samples"]
 
 
 def test_worker_killed_mid_replay_its_partitions_move(kafka_settings: KafkaSettings, tmp_path: Path) -> None:

@@ -75,13 +75,10 @@ def test_status_reports_both_answering(running_stack: StackSettings) -> None:
 @pytest.mark.redis
 def test_up_again_is_a_noop(running_stack: StackSettings) -> None:
     before = stack.status(running_stack)
-    t0 = time.monotonic()
     stack.up(running_stack)
-    elapsed = time.monotonic() - t0
     after = stack.status(running_stack)
-    assert after["kafka"]["pid"] == before["kafka"]["pid"]
+    assert after["kafka"]["pid"] == before["kafka"]["pid"]  # nothing restarted (its speed is not a test)
     assert after["redis"]["pid"] == before["redis"]["pid"]
-    assert elapsed < 5, f"no-op up took {elapsed:.1f} s"
 
 
 @pytest.mark.kafka

@@ -157,6 +157,10 @@ def test_config_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("IMASK_BOOTSTRAP_SERVERS", "nohostport")
     with pytest.raises(ConfigError, match="host:port"):
         load_settings(WorkerSettings)
+    monkeypatch.delenv("IMASK_BOOTSTRAP_SERVERS")
+    monkeypatch.setenv("IMASK_KAFKA_EXTRA", "{not json")  # used to end in a traceback
+    with pytest.raises(ConfigError, match="IMASK_KAFKA_EXTRA must be JSON"):
+        load_settings(WorkerSettings)
 
 
 def test_generated_protos_are_up_to_date(tmp_path: Path) -> None:

@@ -7,12 +7,13 @@ deployment must fail at start, not silently fall back to a default.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
@@ -209,6 +210,11 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
             name = "IMASK_" + "_".join(str(p) for p in err["loc"][:1]).upper()
             problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("bad configuration: " + "; ".join(problems)) from None
+    except SettingsError as exc:  # a list or dict setting that is not JSON: name the variable, no traceback
+        match = re.search(r'field "([a-z_]+)"', str(exc))
+        name = f"IMASK_{match.group(1).upper()}" if match else "an IMASK_* variable"
+        raise ConfigError(f"bad configuration: {name} must be JSON (a list like [\"a\", \"b\"] or an object "
+                          f"like {{\"key\": \"value\"}}): {exc.__cause__ or exc}") from None
 
 
 def describe(cls: type[BaseSettings]) -> str:

@@ -14,7 +14,6 @@ from imask.media import ImageError, sniff_size
 from imask.v1 import frames_pb2 as pb
 
 SCHEMA_VERSION = 1
-MAX_CAMERA_ID = 128
 # Ids this project hands out or accepts from producers: safe in URLs (/cameras/ID), file names and labels.
 CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _CAMERA_ID = re.compile(CAMERA_ID_PATTERN)
@@ -84,8 +83,11 @@ def parse_frame(key: bytes | None, value: bytes | None, limits: FrameLimits) -> 
     if frame.schema_version != SCHEMA_VERSION:
         return Rejected(pb.DROP_REASON_SCHEMA_VERSION,
                         f"schema_version {frame.schema_version}, this worker speaks {SCHEMA_VERSION}", camera, seq)
-    if not frame.camera_id or len(frame.camera_id) > MAX_CAMERA_ID:
-        return Rejected(pb.DROP_REASON_INVALID_FIELDS, "camera_id missing or longer than 128", camera, seq)
+    if not _CAMERA_ID.match(frame.camera_id):
+        # One pattern for every id in the system: ids become metric labels, file names and URL paths, so
+        # `a/b` and `a_b` must not both exist and label sets must stay bounded in what they can hold.
+        return Rejected(pb.DROP_REASON_INVALID_FIELDS, f"camera_id {frame.camera_id[:40]!r} is empty or not of "
+                        "[A-Za-z0-9._:-], 1..128 characters", camera[:128], seq)
     if key is not None and key_text != frame.camera_id:
         return Rejected(pb.DROP_REASON_INVALID_FIELDS,
                         f"key {key_text!r} differs from camera_id {frame.camera_id!r}", camera, seq)

@@ -371,8 +371,8 @@ def test_grpc_publish_frames_are_masked_like_any_other(kafka_settings: KafkaSett
 
 def test_grpc_publish_needs_a_valid_api_key(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
-    key = subprocess.run([sys.executable, "-m", "imask.cli", "api-key", "cam-vendor", "--file", str(keys)],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    key = subprocess.run([sys.executable, "-m", "imask.cli", "api-key", "cam-vendor", "--file", str(keys),
+                          "--camera", "v1"], capture_output=True, text=True, check=True).stdout.strip()
     ingest = start_ingest(tmp_path, ["--publish-port", "0", "--auth", "api-key", "--api-keys-file", str(keys)])
     port = json.loads(ingest.get("/readyz")[1])["publish_port"]
     image = encode_jpeg(moving_face_frames(1)[0], 90)
@@ -390,6 +390,12 @@ def test_grpc_publish_needs_a_valid_api_key(kafka_settings: KafkaSettings, tmp_p
             publish(metadata)
         assert err.value.code() == code
     assert publish([("authorization", f"Bearer {key}")]).accepted == 1
+    # The key is bound to v1: another camera id is refused per frame, with the reason.
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        other = ingest_service_pb2_grpc.IngestServiceStub(channel).Publish(
+            iter([ipb.PublishRequest(camera_id="v2", image=image)]),
+            metadata=[("authorization", f"Bearer {key}")], timeout=20)
+    assert other.accepted == 0 and other.rejected == 1 and "may not publish" in other.errors[0]
     frames = read_topic(kafka_settings, kafka_settings.topic_raw, lambda _: False, 3, pb.Frame.FromString)
     assert [(f.camera_id, f.seq) for f in frames] == [("v1", 0)]  # the refused streams published nothing
 

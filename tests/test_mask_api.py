@@ -45,8 +45,9 @@ def start_api(tmp_path: Path, name: str = "api", **env: str) -> tuple[ServicePro
     return svc, port
 
 
-def new_key(keys: Path, client: str, revoke: bool = False) -> str:
+def new_key(keys: Path, client: str, revoke: bool = False, cameras: tuple[str, ...] = ()) -> str:
     out = subprocess.run([sys.executable, "-m", "imask.cli", "api-key", client, "--file", str(keys),
+                          *[arg for camera in cameras for arg in ("--camera", camera)],
                           *(["--revoke"] if revoke else [])], capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
@@ -208,7 +209,7 @@ def test_thousand_malformed_requests_never_wedge_the_server(api: int, astronaut_
 
 def test_api_keys(stack_up: None, tmp_path: Path, astronaut_image: Image) -> None:
     keys = tmp_path / "keys.json"
-    good = new_key(keys, "alice")
+    good = new_key(keys, "alice", cameras=("lobby",))
     revoked = new_key(keys, "mallory")
     new_key(keys, "mallory", revoke=True)
     assert good not in keys.read_text()  # only hashes are stored
@@ -221,6 +222,16 @@ def test_api_keys(stack_up: None, tmp_path: Path, astronaut_image: Image) -> Non
     assert len(MaskClient(target, good).mask(jpeg).detections) == 1
     stream = MaskClient(target).mask_stream(iter([mpb.MaskRequest(image=jpeg)]))
     assert code_of(lambda: list(stream)) == grpc.StatusCode.UNAUTHENTICATED
+    # A key writes frames.meta only under the camera ids it is bound to.
+    assert len(MaskClient(target, good).mask(jpeg, camera_id="lobby").detections) == 1
+    assert code_of(lambda: MaskClient(target, good).mask(jpeg, camera_id="dock")) == grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(lambda: MaskClient(target, good).mask(jpeg, camera_id="a/b")) == grpc.StatusCode.INVALID_ARGUMENT
+    # Revocation takes effect without a restart: the server re-reads the keys file when it changes.
+    new_key(keys, "alice", revoke=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and code_of(lambda: MaskClient(target, good).mask(jpeg)) == grpc.StatusCode.OK:
+        time.sleep(0.2)
+    assert code_of(lambda: MaskClient(target, good).mask(jpeg)) == grpc.StatusCode.PERMISSION_DENIED
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))  # type: ignore[no-untyped-call]
     assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
 

@@ -88,8 +88,15 @@ def cmd_api_key(args: argparse.Namespace) -> int:
         data["clients"][args.client]["revoked"] = True
         key = None
     else:
+        from imask.wire import check_camera_id
+
+        for camera in args.cameras or []:
+            try:
+                check_camera_id(camera)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         key = new_key()
-        data["clients"][args.client] = {"sha256": hash_key(key), "revoked": False}
+        data["clients"][args.client] = {"sha256": hash_key(key), "revoked": False, "cameras": args.cameras or []}
     path.write_text(json.dumps(data, indent=2) + "\n")
     path.chmod(0o600)
     if key:
@@ -225,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "--revoke marks CLIENT's key revoked.")
     p.add_argument("client", metavar="CLIENT")
     p.add_argument("--file", required=True, help="the JSON keys file (IMASK_API_KEYS_FILE of the server)")
-    p.add_argument("--revoke", action="store_true", help="revoke CLIENT's key instead")
+    p.add_argument("--revoke", action="store_true", help="revoke CLIENT's key instead (servers see it within 1 s)")
+    p.add_argument("--camera", dest="cameras", action="append", metavar="ID",
+                   help="a camera id this key may publish under (mask-api frames.meta, ingest Publish); repeatable")
     p.set_defaults(func=cmd_api_key)
 
     # Listed for --help; `main` hands their arguments to their own parsers.

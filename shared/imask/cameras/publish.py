@@ -18,7 +18,7 @@ import grpc
 from imask import metrics
 from imask.cameras.manager import KafkaOutbox
 from imask.config import IngestSettings
-from imask.maskapi.auth import ApiKeyInterceptor, api_key_store, server_credentials
+from imask.maskapi.auth import ApiKeyInterceptor, ApiKeyStore, AuthError, Client, api_key_store, server_credentials
 from imask.v1 import ingest_service_pb2 as ipb
 from imask.v1 import ingest_service_pb2_grpc
 from imask.wire import check_camera_id, check_outgoing, make_frame, now_us
@@ -28,14 +28,18 @@ MAX_REPORTED_ERRORS = 10
 
 
 class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
-    def __init__(self, settings: IngestSettings, outbox: KafkaOutbox, claim: Callable[[str], bool]) -> None:
+    def __init__(self, settings: IngestSettings, outbox: KafkaOutbox, claim: Callable[[str], bool],
+                 store: ApiKeyStore | None = None) -> None:
         self.settings = settings
+        self.store = store  # with auth on, a key publishes only the camera ids its entry lists
         self.outbox = outbox
         self.claim = claim  # reserves a camera id for this stream; False when a camera of this ingest has it
         self.next_seq: dict[str, int] = {}
 
-    def check(self, request: ipb.PublishRequest) -> tuple[int, int] | str:
+    def check(self, request: ipb.PublishRequest, caller: Client | None = None) -> tuple[int, int] | str:
         """The frame's (width, height), or why it cannot be published."""
+        if caller is not None and not caller.may_publish(request.camera_id):
+            return f"key of {caller.client_id!r} may not publish camera {request.camera_id[:40]!r}"
         try:
             if request.end_of_stream:
                 check_camera_id(request.camera_id)
@@ -60,10 +64,16 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             if error and len(errors) < MAX_REPORTED_ERRORS:
                 errors.append(f"not delivered: {error}")
 
+        caller = None
+        if self.store is not None:
+            try:
+                caller = self.store.authenticate(context.invocation_metadata())
+            except AuthError as exc:  # the interceptor refuses these first; kept as a second line
+                await context.abort(exc.code, str(exc))
         index = 0
         async for request in request_iterator:
             index += 1
-            checked = self.check(request)
+            checked = self.check(request, caller)
             if isinstance(checked, str):
                 problem = checked
                 rejected += 1
@@ -105,9 +115,9 @@ class PublishServer:
 
     def __init__(self, settings: IngestSettings, outbox: KafkaOutbox, claim: Callable[[str], bool]) -> None:
         self.settings = settings
-        self.servicer = PublishServicer(settings, outbox, claim)
-        self.port = 0
         self._store = api_key_store(settings)
+        self.servicer = PublishServicer(settings, outbox, claim, self._store)
+        self.port = 0
         self._creds = server_credentials(settings)
         self._started = threading.Event()
         self._error: BaseException | None = None

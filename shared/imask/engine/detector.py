@@ -124,7 +124,7 @@ class _View:
     """One detector pass over part of one frame: where it came from and how to map its boxes back."""
 
     frame_index: int
-    pixels: Image  # RGB, already at detector size
+    pixels: Image  # BGR as decoded, already at detector size
     offset_x: float
     offset_y: float
     scale_x: float  # detector pixels per frame pixel
@@ -148,21 +148,21 @@ class CenterFaceDetector:
         self.run_options = ort.RunOptions()
 
     def _views(self, index: int, frame: Image) -> list[_View]:
+        """The passes over one frame, still BGR (channels are swapped while the tensor is filled: free there,
+        while swapping a full frame first cost 4 ms at 720p)."""
         height, width = frame.shape[:2]
-        rgb = frame[:, :, ::-1]
         w, h = detector_size(width, height, self.geometry)
-        whole = rgb if (w, h) == (width, height) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
-        views = [_View(index, np.ascontiguousarray(whole), 0, 0, w / width, h / height, False)]
+        whole = frame if (w, h) == (width, height) else cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+        views = [_View(index, whole, 0, 0, w / width, h / height, False)]
         if self.geometry.flip:
             views.append(_View(index, np.ascontiguousarray(whole[:, ::-1]), 0, 0, w / width, h / height, True))
         g = self.geometry
         if g.tile and max(width, height) >= g.tile_min_side:
             for x1, y1, x2, y2 in tile_grid(width, height, g.tile, g.tile_overlap):
-                crop = rgb[y1:y2, x1:x2]
+                crop = frame[y1:y2, x1:x2]
                 tw, th = _snap(x2 - x1), _snap(y2 - y1)
                 pixels = crop if (tw, th) == (x2 - x1, y2 - y1) else cv2.resize(crop, (tw, th))
-                views.append(_View(index, np.ascontiguousarray(pixels), x1, y1, tw / (x2 - x1), th / (y2 - y1),
-                                   tiled=True))
+                views.append(_View(index, pixels, x1, y1, tw / (x2 - x1), th / (y2 - y1), tiled=True))
         return views
 
     def detect(self, frames: list[Image], threshold: float, timings: BatchTimings | None = None) -> list[Detections]:
@@ -184,7 +184,8 @@ class CenterFaceDetector:
             blob = np.zeros((len(group), 3, tensor_h, tensor_w), np.float32)
             for i, view in enumerate(group):
                 h, w = view.pixels.shape[:2]
-                blob[i, :, :h, :w] = view.pixels.transpose(2, 0, 1)  # raw 0..255 values, no mean or scale
+                # BGR -> RGB as the planes are written; raw 0..255 values, no mean or scale.
+                blob[i, :, :h, :w] = view.pixels.transpose(2, 0, 1)[::-1]
             now = time.perf_counter()
             pre, clock = pre + now - clock, now
             outputs = self.model.session.run(self.model.output_names, {self.model.input_name: blob},

@@ -27,7 +27,7 @@ MIN_MEAN_DIFF = 6.0
 REFEREE_IOU = 0.3
 REFEREE_SCORE = 0.7
 OVERMASK_LIMIT = 0.01  # a picture with no face may have at most 1% of its area masked
-CLIP_LEAK_EVERY = 3  # YuNet checks every 3rd frame of a clip (every frame goes through the engine)
+CLIP_LEAK_EVERY = 2  # YuNet checks every 2nd frame of a clip (odd to detect-every-3: both kinds of frame)
 CURVE_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 SIZE_BUCKETS = ("<32", "32-63", ">=64")
 

@@ -1,7 +1,10 @@
 """Per-client API keys, stored hashed. A key travels as `authorization: Bearer <key>` or `x-api-key: <key>`.
 
-The keys file is JSON: {"clients": {"alice": {"sha256": "<hex of the key>", "revoked": false}}}. `imask api-key
-new CLIENT` makes a key and prints the entry; the key itself is shown once and stored nowhere.
+The keys file is JSON: {"clients": {"alice": {"sha256": "<hex of the key>", "revoked": false,
+"cameras": ["lobby", "dock"]}}}. `imask api-key new CLIENT` makes a key and prints the entry; the key itself is
+shown once and stored nowhere. A key may only publish (mask-api's frames.meta, ingest's Publish stream) under the
+camera ids its entry lists: features and drift read those records per camera, so one client must not be able to
+write another's. The file is re-read when it changes: a revocation takes effect within a second, no restart.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,8 @@ from typing import Any
 import grpc
 
 from imask.config import ConfigError, GrpcServerSettings
+
+log = logging.getLogger(__name__)
 
 # Callers of these need no key: orchestrators probe health, operators list services.
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -31,9 +38,16 @@ def new_key() -> str:
     return "imk_" + secrets.token_urlsafe(32)
 
 
+RELOAD_CHECK_S = 1.0
+
+
 @dataclass(frozen=True)
 class Client:
     client_id: str
+    cameras: frozenset[str] = frozenset()  # the camera ids this key may publish under
+
+    def may_publish(self, camera_id: str) -> bool:
+        return camera_id in self.cameras
 
 
 class AuthError(Exception):
@@ -43,27 +57,53 @@ class AuthError(Exception):
 
 
 class ApiKeyStore:
-    def __init__(self, entries: dict[str, dict[str, Any]]) -> None:
-        self._by_hash = {str(e["sha256"]): (cid, bool(e.get("revoked", False))) for cid, e in entries.items()}
+    def __init__(self, entries: dict[str, dict[str, Any]], path: Path | None = None) -> None:
+        self._path = path
+        self._load(entries)
+        self._mtime = path.stat().st_mtime_ns if path else 0
+        self._checked = time.monotonic()
 
-    @classmethod
-    def from_file(cls, path: Path) -> ApiKeyStore:
+    def _load(self, entries: dict[str, dict[str, Any]]) -> None:
+        self._by_hash = {str(e["sha256"]): (Client(cid, frozenset(str(c) for c in e.get("cameras", []))),
+                                            bool(e.get("revoked", False))) for cid, e in entries.items()}
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, dict[str, Any]]:
         try:
             data = json.loads(path.read_text())
-            return cls(dict(data["clients"]))
+            return dict(data["clients"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"cannot read API keys from {path}: {exc}") from exc
 
+    @classmethod
+    def from_file(cls, path: Path) -> ApiKeyStore:
+        return cls(cls._read(path), path)
+
+    def _reload_if_changed(self) -> None:
+        now = time.monotonic()
+        if self._path is None or now - self._checked < RELOAD_CHECK_S:
+            return
+        self._checked = now
+        try:
+            mtime = self._path.stat().st_mtime_ns
+            if mtime != self._mtime:
+                self._load(self._read(self._path))
+                self._mtime = mtime
+                log.info("API keys reloaded", extra={"path": str(self._path), "clients": len(self._by_hash)})
+        except (OSError, ValueError) as exc:  # keep the last good keys; a broken edit must not open the door
+            log.error("API keys file unreadable, keeping the previous keys", extra={"error": str(exc)})
+
     def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Client:
+        self._reload_if_changed()
         key = extract_key(metadata)
         if not key:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "missing API key (authorization: Bearer <key>)")
         digest = hash_key(key)
-        for known, (client_id, revoked) in self._by_hash.items():
+        for known, (client, revoked) in self._by_hash.items():
             if hmac.compare_digest(known, digest):
                 if revoked:
-                    raise AuthError(grpc.StatusCode.PERMISSION_DENIED, f"API key of {client_id!r} is revoked")
-                return Client(client_id)
+                    raise AuthError(grpc.StatusCode.PERMISSION_DENIED, f"API key of {client.client_id!r} is revoked")
+                return client
         raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
 
 

@@ -69,6 +69,9 @@ class EngineExecutor:
         result = await job.future
         return result, (job.started - job.enqueued) * 1e3
 
+    def full(self) -> bool:
+        return self._queue.full()
+
     def forget(self, camera_id: str) -> None:
         """A stream ended: its tracker is dropped on the engine thread, where the trackers live."""
         self._finished_streams.put(camera_id)

@@ -19,7 +19,7 @@ from imask import metrics
 from imask.config import MaskApiSettings
 from imask.engine import FrameInput, MaskShape, MaskSpec, MaskStyle
 from imask.engine.variants import Variant
-from imask.maskapi.auth import ApiKeyStore, AuthError
+from imask.maskapi.auth import ApiKeyStore, AuthError, Client
 from imask.maskapi.executor import DeadlineExpired, EngineExecutor, EngineFailed, QueueFull
 from imask.maskapi.ratelimit import RateLimiter
 from imask.media import ImageError, decode_image, encode_jpeg
@@ -27,7 +27,7 @@ from imask.pipeline import build_meta, detections_pb
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import mask_service_pb2 as mpb
 from imask.v1 import mask_service_pb2_grpc as mgrpc
-from imask.wire import now_us
+from imask.wire import check_camera_id, now_us
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +89,38 @@ class MaskServicer(mgrpc.MaskServiceServicer):
         metrics.GRPC_REQUESTS.labels(method, "OK").inc()
         return reply
 
-    def _client_id(self, context: grpc.aio.ServicerContext) -> str:
+    def _client(self, context: grpc.aio.ServicerContext) -> Client | None:
+        """The caller (None with auth off)."""
         if self.store is None:
-            return "anonymous"
+            return None
         try:
-            return self.store.authenticate(context.invocation_metadata()).client_id
+            return self.store.authenticate(context.invocation_metadata())
         except AuthError as exc:  # the interceptor refuses these first; kept as a second line
             raise RequestError(exc.code, str(exc)) from None
+
+    def _camera(self, request: mpb.MaskRequest, caller: Client | None) -> str:
+        """The camera id the request's frames.meta record is written under: checked against the one pattern and,
+        with auth on, against the ids the caller's key may publish."""
+        client = caller.client_id if caller else "anonymous"
+        if not request.camera_id:
+            return f"grpc:{client}"
+        try:
+            check_camera_id(request.camera_id)
+        except ValueError as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if caller is not None and not caller.may_publish(request.camera_id):
+            raise RequestError(grpc.StatusCode.PERMISSION_DENIED, f"key of {client!r} may not publish camera "
+                               f"{request.camera_id!r}; list it under \"cameras\" in the keys file")
+        return request.camera_id
 
     async def _mask_one(self, request: mpb.MaskRequest, context: grpc.aio.ServicerContext, key: str,
                         index: int) -> mpb.MaskReply:
         s = self.settings
         if self.executor is None or self.variant is None:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "model not ready yet")
-        client = self._client_id(context)
+        caller = self._client(context)
+        client = caller.client_id if caller else "anonymous"
+        camera = self._camera(request, caller)
         if self.limiter is not None and not await self.limiter.allow(client):
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"rate limit of {s.rate_limit_per_s}/s for {client!r} exceeded")
@@ -112,6 +130,8 @@ class MaskServicer(mgrpc.MaskServiceServicer):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"image of {len(request.image)} bytes exceeds {s.max_frame_bytes}")
         spec, threshold = self._options(request.options)
+        if self.executor.full():  # refuse before paying for the decode
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: the engine queue is full")
         t0 = time.perf_counter()
         try:
             image = decode_image(request.image, s.max_width, s.max_height)
@@ -135,7 +155,6 @@ class MaskServicer(mgrpc.MaskServiceServicer):
                                   inference_ms=result.inference_ms, postprocess_ms=result.postprocess_ms,
                                   mask_ms=result.mask_ms, encode_ms=encode_ms, batch_size=result.batch_size,
                                   end_to_end_ms=(time.perf_counter() - t0) * 1e3)
-        camera = request.camera_id or f"grpc:{client}"
         for stage in ("decode", "queue_wait", "inference", "mask", "encode", "end_to_end"):
             metrics.observe_stage(stage, self.variant.name, "grpc", getattr(timings, f"{stage}_ms"))
         if self.meta_sink is not None:

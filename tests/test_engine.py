@@ -255,3 +255,12 @@ def test_wedged_detector_fails_readiness_then_liveness(astronaut_image: Image,
     finally:
         runtime.close()
         eng.close()
+
+
+def test_detect_every_k_plans_a_batch_of_one_camera_in_order(engine: MaskingEngine, astronaut_image: Image) -> None:
+    assert isinstance(engine.detector, CenterFaceDetector)
+    eng = MaskingEngine(engine.variant.with_overrides(detect_every=3), CountingDetector(engine.detector))
+    batch = [FrameInput("batched", s, astronaut_image) for s in range(7)]
+    assert [r.detected for r in eng.process(batch)] == [True, False, False, True, False, False, True]
+    assert all(r.faces for r in eng.process([FrameInput("batched", 7 + s, astronaut_image) for s in range(3)]))
+    eng.close()

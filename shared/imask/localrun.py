@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a source (repeatable); default: the sample clips in ../shared/data/video, or a "
                         "synthetic clip of a face when they are absent")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2: one per core)")
+    parser.add_argument("--variant", default="realtime",
+                        help="the workers' variant (default realtime: detection on every 3rd frame of a camera, "
+                        "which keeps four cameras at source fps within two CPU workers; `default` detects on every "
+                        "frame)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "run", help="output folder")
     parser.add_argument("--pace", choices=["source", "max"], default="source",
                         help="publish at each clip's fps (default) or as fast as possible")
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ledger = StreamLedger(set(sources))
     recordings = args.out / "recordings"
     env = {**os.environ, "IMASK_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "IMASK_LOG_LEVEL": "info"}
+    worker_env = {**env, "IMASK_VARIANT": args.variant}
     logs = args.out / "logs"
     services: list[ServiceProcess] = []  # in drain order: ingest first, recorder last
     interrupted = False
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     fail_closed = unmasked = 0.0
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a supervisor's SIGTERM drains like Ctrl-C
     try:
-        workers = [spawn(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"], logs, env)
+        workers = [spawn(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"], logs, worker_env)
                    for i in range(args.workers)]
         recorder = spawn("recorder", ["recorder", "--output-dir", str(recordings)], logs, env)
         services = [*workers, recorder]

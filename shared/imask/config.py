@@ -71,7 +71,8 @@ class EngineSettings(BaseSettings):
     intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads per inference")
     mask_style: Literal["blur", "pixelate", "solid"] | None = Field(None, description="Override the variant's style")
     mask_shape: Literal["ellipse", "box"] | None = Field(None, description="Override the variant's mask shape")
-    mask_scale: float | None = Field(None, ge=0.5, le=4.0, description="Override the variant's mask scale")
+    mask_scale: float | None = Field(None, ge=1.0, le=4.0, description="Override the variant's mask scale "
+                                     "(1.0..4.0: smaller masks leave faces recognisable)")
     threshold: float | None = Field(None, gt=0.0, lt=1.0, description="Override the variant's detection threshold")
     detector_width: int | None = Field(None, ge=32, le=4096, description="Override the detector input width")
     detector_height: int | None = Field(None, ge=32, le=4096, description="Override the detector input height")

@@ -18,6 +18,7 @@ import grpc
 from imask import metrics
 from imask.config import MaskApiSettings
 from imask.engine import FrameInput, MaskShape, MaskSpec, MaskStyle
+from imask.engine.masks import MAX_MASK_SCALE, MIN_MASK_SCALE
 from imask.engine.variants import Variant
 from imask.maskapi.auth import ApiKeyStore, AuthError, Client
 from imask.maskapi.executor import DeadlineExpired, EngineExecutor, EngineFailed, QueueFull
@@ -176,8 +177,9 @@ class MaskServicer(mgrpc.MaskServiceServicer):
         if options.shape not in (mpb.MASK_SHAPE_UNSPECIFIED, *SHAPES):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown mask shape {options.shape}")
         scale = options.mask_scale or base.scale
-        if not 0.5 <= scale <= 4.0:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"mask_scale {scale} outside 0.5..4.0")
+        if not MIN_MASK_SCALE <= scale <= MAX_MASK_SCALE:  # also refuses NaN
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"mask_scale {scale} outside {MIN_MASK_SCALE}..{MAX_MASK_SCALE}")
         spec = MaskSpec(STYLES.get(options.style, base.style), SHAPES.get(options.shape, base.shape), scale)
         threshold = options.threshold or None
         if threshold is not None and not self.settings.threshold_min <= threshold <= self.settings.threshold_max:

@@ -77,8 +77,8 @@ class RemoteEngine:
         results = []
         for frame in frames:
             requests, replies = self._stream(frame.camera_id)
-            requests.put(mpb.MaskRequest(image=encode_jpeg(frame.image, 95), camera_id=frame.camera_id,
-                                         seq=frame.seq, options=self.options))
+            # Files are not cameras: no camera_id (the stream itself carries the tracks).
+            requests.put(mpb.MaskRequest(image=encode_jpeg(frame.image, 95), seq=frame.seq, options=self.options))
             reply = next(replies)
             results.append(EngineResult(
                 image=decode_any(reply.image) if reply.image else np.zeros_like(frame.image),

@@ -1,7 +1,9 @@
 """Recorder: frames.masked -> one MP4 per camera (and optional JPEG snapshots).
 
-Files close on the end-of-stream marker, after `idle_close_s` without frames, or on SIGTERM. Only masked
-frames exist on this topic; the recorder never sees raw pixels.
+Files close on the end-of-stream marker, after `idle_close_s` without frames, after `segment_s`, when the
+camera's stream restarts, or on SIGTERM. Offsets are committed only up to the first frame of a file still open,
+so a crash re-reads (and rewrites) the file it lost. Only masked frames exist on this topic; the recorder never
+sees raw pixels.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from google.protobuf.message import DecodeError
 from imask import metrics
 from imask.config import RecorderSettings
 from imask.kafka import consumer_config, ensure_topics, usable
-from imask.recording import CameraRecording, open_recording, safe_name
+from imask.recording import CameraRecording, committable, open_recording, safe_name
 from imask.runtime import ServiceRuntime, run_service
 from imask.v1 import frames_pb2 as pb
 
@@ -39,7 +41,7 @@ class Recorder:
             self.closed.append(str(rec.close()))
             self.runtime.details["closed"] = self.closed
 
-    def handle(self, value: bytes) -> None:
+    def handle(self, value: bytes, partition: int = -1, offset: int = -1) -> None:
         masked = pb.MaskedFrame()
         try:
             masked.ParseFromString(value)
@@ -57,10 +59,15 @@ class Recorder:
             metrics.FRAMES_DROPPED.labels("recorder_undecodable").inc()
             return
         rec = self.open.get(camera)
+        if rec is not None and (rec.restarted(frame.seq, frame.capture_ts_us)
+                                or time.monotonic() - rec.opened > self.settings.segment_s):
+            self._close(camera)  # a new stream of the camera, or the segment is long enough
+            rec = None
         if rec is None:
             fps = frame.source_fps or self.settings.default_fps
             rec = self.open[camera] = open_recording(self.settings.output_dir, camera, frame.seq, fps, image)
-        if rec.write(frame.seq, image):
+            rec.partition, rec.first_offset = partition, offset
+        if rec.write(frame.seq, image, frame.capture_ts_us):
             metrics.FRAMES_OUT.labels(camera).inc()
             every = self.settings.snapshot_every
             if every and frame.seq % every == 0:
@@ -72,19 +79,25 @@ class Recorder:
         ensure_topics(self.settings)
         self.consumer.subscribe([self.settings.topic_masked])
         self.runtime.ready.set()
+        consumed: dict[tuple[str, int], int] = {}  # next offset per partition
         try:
             while not self.runtime.stopping.is_set():
                 msg = self.consumer.poll(0.2)
                 if msg is not None and usable(msg):
-                    self.handle(msg.value() or b"")
-                    self._store(msg.topic() or "", msg.partition() or 0, (msg.offset() or 0) + 1)
+                    topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+                    self.handle(msg.value() or b"", partition, offset)
+                    consumed[(topic, partition)] = offset + 1
                 now = time.monotonic()
                 for camera, rec in list(self.open.items()):
                     if now - rec.last_write > self.settings.idle_close_s:
                         self._close(camera)
+                for (topic, partition), position in consumed.items():
+                    self._store(topic, partition, committable(position, partition, list(self.open.values())))
         finally:
             for camera in list(self.open):
                 self._close(camera)
+            for (topic, partition), position in consumed.items():  # every file is closed now
+                self._store(topic, partition, position)
             with contextlib.suppress(KafkaException):
                 self.consumer.commit(asynchronous=False)
             self.consumer.close()

@@ -162,6 +162,8 @@ class RecorderSettings(KafkaSettings):
     output_dir: Path = Field(REPO_ROOT / "out" / "recordings", description="Where MP4s per camera are written")
     snapshot_every: int = Field(0, ge=0, description="Also write every Nth masked frame as JPEG (0: none)")
     idle_close_s: float = Field(30.0, gt=0, description="Close a camera's file after this long without frames")
+    segment_s: float = Field(600.0, gt=0, description="Start a new file per camera after this long (bounds what a "
+                             "crash makes the recorder re-read: offsets move only past closed files)")
     default_fps: float = Field(25.0, gt=0, description="Fps of recordings when the source does not say")
 
 

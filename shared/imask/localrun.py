@@ -28,7 +28,7 @@ from imask.config import REPO_ROOT, KafkaSettings, load_settings
 from imask.kafka import TopicReader, end_offsets, ensure_topics
 from imask.logs import configure_logging
 from imask.procs import ServiceProcess, spawn, stop_all
-from imask.recording import safe_name
+from imask.recording import recording_of
 from imask.samples import default_sources, synthetic_clip
 from imask.v1 import frames_pb2 as pb
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     # This run's cameras only: the folder may also hold earlier runs' files, or ones the recorder wrote for
     # frames another run left behind in the topic.
     summary["recordings"] = sorted(str(p) for p in recordings.glob("*.mp4") if not p.name.endswith(".partial.mp4")
-                                   and p.stem.split("_from")[0] in {safe_name(c) for c in sources}
+                                   and recording_of(p.stem, set(sources))
                                    and p.stat().st_mtime >= run_started)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -135,3 +135,46 @@ def test_camera_ids_of_the_pattern_pass(astronaut_image: Image) -> None:
     for camera in ("lobby", "site-3.cam_07", "grpc:client:lobby", "x" * 128):
         assert not isinstance(parse_frame(None, _frame(astronaut_image, camera=camera).SerializeToString(),
                                           LIMITS), Rejected)
+
+
+def test_corrupt_jpeg_data_is_refused_not_guessed() -> None:
+    # Bytes flipped inside the entropy-coded data: OpenCV still returns a picture (with a visible face, in the
+    # cases the fuzz suite found); the strict decoder refuses it.
+    import cv2
+    from fuzzing import face_pool
+
+    from imask.media import ImageError, decode_image
+
+    data = bytearray(face_pool()[2].data)
+    rng = np.random.default_rng(139)
+    refused = 0
+    for _ in range(200):
+        mutated = bytearray(data)
+        for pos in rng.integers(700, len(data) - 4, 6):
+            mutated[pos] = int(rng.integers(0, 256))
+        if cv2.imdecode(np.frombuffer(bytes(mutated), np.uint8), cv2.IMREAD_COLOR) is None:
+            continue
+        try:
+            decode_image(bytes(mutated), 4096, 4096)
+        except ImageError as exc:
+            assert "corrupt JPEG" in str(exc)
+            refused += 1
+    assert refused >= 100
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6])
+def test_exif_orientation_is_applied_like_opencv(orientation: int) -> None:
+    import cv2
+    from fuzzing import _exif_orientation, face_pool
+
+    from imask.media import ImageError, decode_image, exif_orientation
+
+    wide = face_pool()[1].pixels[:, :120]  # 120x160: a quarter turn changes the size
+    data = _exif_orientation(cv2.imencode(".jpg", wide)[1].tobytes(), orientation)
+    assert exif_orientation(data) == orientation
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if orientation == 6:  # rotated 90: the decoded size no longer matches the header: refused, as before
+        with pytest.raises(ImageError, match="differs from header"):
+            decode_image(data, 4096, 4096)
+        return
+    assert np.abs(decode_image(data, 4096, 4096).astype(int) - expected.astype(int)).mean() < 2

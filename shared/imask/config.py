@@ -176,7 +176,9 @@ class MaskApiSettings(KafkaSettings, EngineSettings, FrameLimits, GrpcServerSett
     batch_max: int = Field(1, ge=1, le=64, description="Frames per detector batch across concurrent requests")
     batch_wait_ms: float = Field(0.0, ge=0, le=50, description="How long to wait to fill a batch")
     threshold_min: float = Field(0.05, gt=0, lt=1, description="Lowest threshold a request may ask for")
-    threshold_max: float = Field(0.9, gt=0, lt=1, description="Highest threshold a request may ask for")
+    threshold_max: float | None = Field(None, gt=0, lt=1, description="Highest threshold a request may ask for "
+                                        "(default: the variant's own: clients may ask for more masking, not less; "
+                                        "a higher bound lets clients leave faces unmasked)")
     publish_meta: bool = Field(True, description="Publish per-request metadata to frames.meta")
     grace_s: float = Field(20.0, ge=0, description="On SIGTERM, time in-flight calls get to finish")
     drain_delay_s: float = Field(1.0, ge=0, description="On SIGTERM, time serving NOT_SERVING before refusing calls")

@@ -12,7 +12,7 @@ import cv2
 from tqdm import tqdm
 
 from imask.engine import EngineResult, FrameInput
-from imask.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageError, iter_video, open_video
+from imask.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageError, iter_video, open_video, read_image
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,10 @@ def expand_inputs(inputs: list[Path]) -> Iterator[tuple[Path, Path]]:
 
 
 def mask_image(engine: FrameMasker, source: Path, target: Path) -> FileReport:
-    image = cv2.imread(str(source), cv2.IMREAD_COLOR)
-    if image is None:
-        return FileReport(source, None, error="not a readable image")
+    try:
+        image = read_image(source)
+    except (ImageError, OSError) as exc:
+        return FileReport(source, None, error=f"not a readable image: {exc}")
     result = engine.process([FrameInput(f"file:{source}", 0, image)])[0]
     target.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(target), result.image):

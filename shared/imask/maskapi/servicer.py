@@ -182,7 +182,8 @@ class MaskServicer(mgrpc.MaskServiceServicer):
                                f"mask_scale {scale} outside {MIN_MASK_SCALE}..{MAX_MASK_SCALE}")
         spec = MaskSpec(STYLES.get(options.style, base.style), SHAPES.get(options.shape, base.shape), scale)
         threshold = options.threshold or None
-        if threshold is not None and not self.settings.threshold_min <= threshold <= self.settings.threshold_max:
+        highest = self.settings.threshold_max or self.variant.threshold
+        if threshold is not None and not self.settings.threshold_min <= threshold <= highest:  # refuses NaN too
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"threshold {threshold} outside "
-                               f"{self.settings.threshold_min}..{self.settings.threshold_max}")
+                               f"{self.settings.threshold_min}..{highest}")
         return spec, threshold

@@ -4,6 +4,7 @@ of mask-api survives an exception. (The broker-refused output is in test_worker_
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,7 +164,7 @@ def test_corrupt_jpeg_data_is_refused_not_guessed() -> None:
 
 
 @pytest.mark.parametrize("orientation", [1, 3, 6])
-def test_exif_orientation_is_applied_like_opencv(orientation: int) -> None:
+def test_exif_orientation_refused_in_frames_applied_in_files(orientation: int) -> None:
     import cv2
     from fuzzing import _exif_orientation, face_pool
 
@@ -172,9 +173,29 @@ def test_exif_orientation_is_applied_like_opencv(orientation: int) -> None:
     wide = face_pool()[1].pixels[:, :120]  # 120x160: a quarter turn changes the size
     data = _exif_orientation(cv2.imencode(".jpg", wide)[1].tobytes(), orientation)
     assert exif_orientation(data) == orientation
-    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if orientation == 6:  # rotated 90: the decoded size no longer matches the header: refused, as before
-        with pytest.raises(ImageError, match="differs from header"):
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # what viewers show
+    shown = decode_image(data, 4096, 4096, exif="apply")
+    assert shown.shape == expected.shape and np.abs(shown.astype(int) - expected.astype(int)).mean() < 2
+    if orientation == 1:
+        assert decode_image(data, 4096, 4096).shape == wide.shape
+    else:  # a frame with a rotation tag could show its faces upside down to the detector: refused
+        with pytest.raises(ImageError, match="EXIF orientation"):
             decode_image(data, 4096, 4096)
-        return
-    assert np.abs(decode_image(data, 4096, 4096).astype(int) - expected.astype(int)).mean() < 2
+
+
+def test_file_with_a_lying_rotation_tag_is_masked_both_ways(engine: MaskingEngine, tmp_path: Path) -> None:
+    import cv2
+    from fuzzing import _exif_orientation, face_pool
+
+    from imask.filemask import mask_files
+    from imask.leakcheck import check_leak
+
+    # An upright face tagged "rotate 180": shown upside down, where CenterFace does not find it.
+    source = tmp_path / "flipped.jpg"
+    source.write_bytes(_exif_orientation(face_pool()[1].data, 3))
+    [report] = mask_files(engine, [source], tmp_path / "out", progress=False)
+    assert report.output is not None and report.faces >= 1
+    shown = cv2.imread(str(source), cv2.IMREAD_COLOR)
+    out = cv2.imread(str(report.output), cv2.IMREAD_COLOR)
+    assert check_leak(shown, out).reliable_leaks == []
+    assert check_leak(np.ascontiguousarray(shown[::-1, ::-1]), np.ascontiguousarray(out[::-1, ::-1])).leaked == []

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from fuzzing import EXAMPLES, Encoded, Tally, assert_no_face_out, face_pool
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from conftest import subprocess_env
@@ -104,6 +104,7 @@ def test_fuzz_worker_frames(engine: MaskingEngine, worker_tally: Tally) -> None:
     @given(envelopes())
     def one(case: tuple[bytes | None, bytes, Encoded, bool]) -> None:
         key, value, enc, intact = case
+        note(f"picture {enc.name}, intact {intact}")
         outcomes = processor.process([Inbound(key, value, "raw", 0, 0, now_us())])
         assert len(outcomes) == 1
         outcome = outcomes[0]
@@ -156,6 +157,7 @@ def test_fuzz_mask_api(fuzz_api: int) -> None:
     def one(case: tuple[bytes, Encoded, bool], style: int, shape: int, scale: float, threshold: float,
             camera: str, seq: int, detections_only: bool) -> None:
         data, enc, intact = case
+        note(f"picture {enc.name}, intact {intact}, {len(data)} bytes")
         options = mpb.MaskOptions(style=style, shape=shape, mask_scale=scale, threshold=threshold,  # type: ignore[arg-type]
                                   detections_only=detections_only)
         try:
@@ -186,6 +188,7 @@ def test_fuzz_imask_mask_files(engine: MaskingEngine, tmp_path: Path) -> None:
     @given(image_bytes(), st.sampled_from([".jpg", ".jpeg", ".png", ".JPG", ".bmp", ".txt", ""]))
     def one(case: tuple[bytes, Encoded, bool], suffix: str) -> None:
         data, enc, intact = case
+        note(f"picture {enc.name}, intact {intact}, {len(data)} bytes, suffix {suffix!r}")
         folder = tmp_path / uuid.uuid4().hex[:8]
         folder.mkdir()
         source = folder / f"in{suffix}"

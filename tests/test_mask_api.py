@@ -439,3 +439,17 @@ def test_requests_before_the_model_is_ready_are_unavailable() -> None:
     with pytest.raises(RequestError) as err:
         asyncio.run(servicer._mask_one(mpb.MaskRequest(image=b"x"), None, "k", 0))  # type: ignore[arg-type]
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_serves_while_kafka_is_down_and_counts_lost_meta(tmp_path: Path, astronaut_image: Image) -> None:
+    """A synchronous API does not need Kafka: with no broker it still starts, masks, and counts the frames.meta
+    records it could not deliver (queued up to a bound and a timeout, then dropped)."""
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    svc, port = start_api(tmp_path, IMASK_PUBLISH_META="true", IMASK_BOOTSTRAP_SERVERS=dead,
+                          IMASK_KAFKA_EXTRA='{"message.timeout.ms": "1500"}')
+    reply = MaskClient(f"127.0.0.1:{port}").mask(encode_jpeg(astronaut_image, 90), camera_id="lobby")
+    assert len(reply.detections) == 1 and reply.image
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and svc.metric("imask_meta_dropped_total", 'reason="undelivered"') < 1:
+        time.sleep(0.2)
+    assert svc.metric("imask_meta_dropped_total", 'reason="undelivered"') == 1

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import grpc
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from imask import metrics
 from imask.config import MaskApiSettings
 from imask.engine.build import build_engine
 from imask.kafka import ensure_topics, producer_config
@@ -27,25 +29,56 @@ from imask.v1 import mask_service_pb2, mask_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+META_QUEUE_MAX = 10_000  # frames.meta records held while Kafka is away
+META_TIMEOUT_MS = 60_000  # ... for at most this long
 SERVICE_NAME = mask_service_pb2.DESCRIPTOR.services_by_name["MaskService"].full_name
 
 
 class MetaPublisher:
-    """Fire-and-forget frames.meta records, so features and drift also see gRPC traffic."""
+    """Fire-and-forget frames.meta records, so features and drift also see gRPC traffic. A synchronous API serves
+    without Kafka: records wait in a bounded producer queue (META_QUEUE_MAX, META_TIMEOUT_MS), then are dropped
+    and counted in imask_meta_dropped_total; topics are ensured in the background, never before serving."""
 
     def __init__(self, settings: MaskApiSettings) -> None:
         self.topic = settings.topic_meta
-        self.producer = Producer(producer_config(settings))
+        self.producer = Producer(producer_config(settings, **{
+            "queue.buffering.max.messages": META_QUEUE_MAX,
+            "message.timeout.ms": settings.kafka_extra.get("message.timeout.ms", META_TIMEOUT_MS)}))
+        threading.Thread(target=self._ensure_topics, args=(settings,), name="ensure-topics", daemon=True).start()
+        # Delivery reports (and so the count of what was lost) arrive only when the producer is polled.
+        self._closing = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="meta-poll", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._closing.is_set():
+            self.producer.poll(0.5)
+
+    @staticmethod
+    def _ensure_topics(settings: MaskApiSettings) -> None:
+        try:
+            ensure_topics(settings)
+        except Exception as exc:  # Kafka down: the API serves anyway; records queue, then drop (counted)
+            log.warning("could not ensure topics; frames.meta records will wait, then be dropped",
+                        extra={"error": str(exc)})
+
+    def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            metrics.META_DROPPED.labels("undelivered").inc()
 
     def __call__(self, camera: str, meta: pb.FrameMeta) -> None:
         try:
-            self.producer.produce(self.topic, key=camera.encode(), value=meta.SerializeToString())
+            self.producer.produce(self.topic, key=camera.encode(), value=meta.SerializeToString(),
+                                  on_delivery=self._delivered)
         except BufferError:
-            log.warning("frames.meta queue full: record dropped")
-        self.producer.poll(0)
+            metrics.META_DROPPED.labels("queue_full").inc()
 
     def close(self) -> None:
-        self.producer.flush(10)
+        self._closing.set()
+        self._poller.join(2)
+        left = self.producer.flush(10)
+        if left:
+            metrics.META_DROPPED.labels("shutdown").inc(left)
 
 
 async def serve(settings: MaskApiSettings, runtime: ServiceRuntime) -> int:
@@ -53,7 +86,6 @@ async def serve(settings: MaskApiSettings, runtime: ServiceRuntime) -> int:
     limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_s) if settings.rate_limit_per_s else None
     publisher = None
     if settings.publish_meta:
-        ensure_topics(settings)
         publisher = MetaPublisher(settings)
     servicer = MaskServicer(settings, store, limiter, publisher)
     server = grpc.aio.server(interceptors=[ApiKeyInterceptor(store)], options=[

@@ -12,7 +12,17 @@ import cv2
 from tqdm import tqdm
 
 from imask.engine import EngineResult, FrameInput
-from imask.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageError, iter_video, open_video, read_image
+from imask.media import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    ImageError,
+    exif_orientation,
+    iter_video,
+    open_video,
+    orient,
+    read_image,
+    unorient,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +60,16 @@ def expand_inputs(inputs: list[Path]) -> Iterator[tuple[Path, Path]]:
 def mask_image(engine: FrameMasker, source: Path, target: Path) -> FileReport:
     try:
         image = read_image(source)
+        orientation = exif_orientation(source.read_bytes())
     except (ImageError, OSError) as exc:
         return FileReport(source, None, error=f"not a readable image: {exc}")
     result = engine.process([FrameInput(f"file:{source}", 0, image)])[0]
+    if orientation != 1 and not result.fail_closed:
+        # Shown as its EXIF tag says, but a tag can also turn faces sideways or upside down (where the detector
+        # does not find them): faces upright in the stored pixels are masked too.
+        stored = engine.process([FrameInput(f"file:{source}:stored", 0, unorient(result.image, orientation))])[0]
+        result = EngineResult(image=orient(stored.image, orientation), faces=result.faces + stored.faces,
+                              fail_closed=stored.fail_closed, fail_closed_reason=stored.fail_closed_reason)
     target.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(target), result.image):
         return FileReport(source, None, error=f"cannot write {target}")

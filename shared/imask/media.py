@@ -48,7 +48,13 @@ def sniff_size(data: bytes) -> tuple[str, int, int]:
     raise ImageError("not a JPEG or PNG image")
 
 
-def decode_image(data: bytes, max_width: int, max_height: int) -> Image:
+def decode_image(data: bytes, max_width: int, max_height: int, exif: str = "refuse") -> Image:
+    """Checked decode of untrusted bytes: header sniffed first (no decompression bombs), JPEGs strictly.
+
+    `exif`: what a JPEG's EXIF Orientation other than 1 gets. Frames (workers, mask-api) `refuse` it: cameras
+    never send one, and a tag that turns the picture upside down would hide its faces from the detector (which
+    finds upright faces). Files (`imask mask`) `apply` it, as photo viewers do, and are masked in both
+    orientations (filemask)."""
     fmt, width, height = sniff_size(data)
     if width == 0 or height == 0:
         raise ImageError(f"{fmt} declares an empty image")
@@ -57,13 +63,16 @@ def decode_image(data: bytes, max_width: int, max_height: int) -> Image:
     if fmt == "jpeg" and data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         # libjpeg would happily return a half-grey frame for a truncated file; refuse it instead.
         raise ImageError("truncated JPEG: no end-of-image marker")
+    orientation = exif_orientation(data) if fmt == "jpeg" else 1
+    if orientation != 1 and exif == "refuse":
+        raise ImageError(f"EXIF orientation {orientation}: frames must be sent upright, without a rotation tag")
     image = _decode_jpeg_strict(data) if fmt == "jpeg" else cv2.imdecode(np.frombuffer(data, np.uint8),
                                                                           cv2.IMREAD_COLOR)
     if image is None:
         raise ImageError(f"corrupt {fmt}: decoder refused it")
     if image.shape[1] != width or image.shape[0] != height:
         raise ImageError(f"decoded {image.shape[1]}x{image.shape[0]} differs from header {width}x{height}")
-    return image
+    return orient(image, orientation)
 
 
 # EXIF orientation -> the transforms that make the stored pixels upright (as OpenCV's imread applies them).
@@ -76,19 +85,35 @@ _ORIENT: dict[int, tuple[int | None, int | None]] = {  # (flip code, rotate code
 def _decode_jpeg_strict(data: bytes) -> Image:
     """libjpeg-turbo with warnings as errors: OpenCV returns a picture for JPEGs whose entropy data is corrupt, and
     the fuzz suite found such pictures whose faces the detector misses while an independent detector still sees
-    them (a corrupt input must be refused with a reason, not masked on a guess). EXIF orientation is applied as
-    OpenCV does, so the detector sees faces upright."""
+    them (a corrupt input must be refused with a reason, not masked on a guess)."""
     import simplejpeg
 
     try:
         image: Image = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
     except ValueError as exc:
         raise ImageError(f"corrupt JPEG: {exc}") from None
-    flip, rotate = _ORIENT.get(exif_orientation(data), (None, None))
+    return image
+
+
+def orient(image: Image, orientation: int) -> Image:
+    """Stored pixels turned the way EXIF `orientation` says they are shown."""
+    flip, rotate = _ORIENT.get(orientation, (None, None))
     if flip is not None:
         image = cv2.flip(image, flip)
     if rotate is not None:
         image = cv2.rotate(image, rotate)
+    return np.ascontiguousarray(image)
+
+
+def unorient(image: Image, orientation: int) -> Image:
+    """The inverse of `orient`: shown pixels back to how they are stored."""
+    flip, rotate = _ORIENT.get(orientation, (None, None))
+    inverse = {cv2.ROTATE_90_CLOCKWISE: cv2.ROTATE_90_COUNTERCLOCKWISE,
+               cv2.ROTATE_90_COUNTERCLOCKWISE: cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180: cv2.ROTATE_180}
+    if rotate is not None:
+        image = cv2.rotate(image, inverse[rotate])
+    if flip is not None:
+        image = cv2.flip(image, flip)
     return np.ascontiguousarray(image)
 
 
@@ -124,7 +149,7 @@ def read_image(path: str | Path, max_side: int = 65535) -> Image:
     if not data:
         raise ImageError(f"{path} is empty")
     if data[:2] == b"\xff\xd8" or data[:8] == b"\x89PNG\r\n\x1a\n":
-        return decode_image(data, max_side, max_side)
+        return decode_image(data, max_side, max_side, exif="apply")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ImageError(f"cannot read image {path}")

@@ -46,6 +46,8 @@ EXECUTION_PROVIDER = Gauge("imask_execution_provider_info", "ONNX Runtime provid
 OUTPUTS_REFUSED = Counter("imask_outputs_refused_total",
                           "Outputs Kafka refused for the message itself (too large, invalid); the frame is then "
                           "dead-lettered", ["output"])
+META_DROPPED = Counter("imask_meta_dropped_total", "frames.meta records mask-api could not deliver (Kafka away "
+                       "past the bound, queue full, shutdown)", ["reason"])
 MODEL_HEALTHY = Gauge("imask_model_healthy", "1 when the detector answers within its timeout; exported only by "
                       "processes that run an engine", ["variant"])
 QUEUE_DEPTH = Gauge("imask_queue_depth", "Frames waiting inside this process", ["queue"])

@@ -53,9 +53,10 @@ status: venv  ## show the local stack
 run: up  ## the main job: sample clips through ingest, workers and recorder; prints a summary
 	$(IMASK) run
 
-lint: venv  ## ruff + mypy
+lint: venv  ## ruff + mypy + bandit (medium severity and up fails)
 	.venv/bin/ruff check shared services tests load
 	.venv/bin/mypy
+	.venv/bin/bandit -q -c pyproject.toml -r shared services load -ll
 
 unit: venv  ## tests that need no broker
 	.venv/bin/pytest -m "not kafka and not redis" $(PYTEST_ARGS)

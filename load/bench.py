@@ -259,7 +259,7 @@ def recall_comparison(exe: Path | None, work: Path) -> dict[str, Any]:
     criterion of `imask eval` (pixels changed and the YuNet referee no longer finds the face): overall and < 32 px."""
     from imask.engine import FrameInput, MaskingEngine
     from imask.engine.variants import get_variant
-    from imask.evaluation.datasets import load_dataset
+    from imask.evaluation.datasets import open_dataset
     from imask.media import read_image
     from imask.samples import shared_data
 
@@ -268,7 +268,7 @@ def recall_comparison(exe: Path | None, work: Path) -> dict[str, Any]:
         return {}
     result: dict[str, Any] = {}
     for name in ("wider_dev", "photos_gt"):
-        dataset = load_dataset(str(root / name))
+        dataset = open_dataset(str(root / name))
         images = {s.name: s.image() for s in dataset.samples}
 
         def score(masked_of: dict[str, Any], ds: Any = dataset, ims: dict[str, Any] = images) -> dict[str, Any]:

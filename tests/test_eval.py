@@ -12,7 +12,7 @@ from imask.config import ConfigError
 from imask.engine import default_variant
 from imask.evaluation.cli import apply_overrides
 from imask.evaluation.cli import main as eval_main
-from imask.evaluation.datasets import NO_FACES, load_dataset
+from imask.evaluation.datasets import NO_FACES, open_dataset
 from imask.types import Image
 
 
@@ -24,9 +24,9 @@ def _tiny_dataset(root: Path, image: Image, box: list[float]) -> Path:
 
 
 def test_digest_follows_files_and_labels(tmp_path: Path, astronaut_image: Image) -> None:
-    one = load_dataset(str(_tiny_dataset(tmp_path / "one", astronaut_image, [180, 60, 110, 120])))
-    same = load_dataset(str(_tiny_dataset(tmp_path / "same", astronaut_image, [180, 60, 110, 120])))
-    relabelled = load_dataset(str(_tiny_dataset(tmp_path / "other", astronaut_image, [181, 60, 110, 120])))
+    one = open_dataset(str(_tiny_dataset(tmp_path / "one", astronaut_image, [180, 60, 110, 120])))
+    same = open_dataset(str(_tiny_dataset(tmp_path / "same", astronaut_image, [180, 60, 110, 120])))
+    relabelled = open_dataset(str(_tiny_dataset(tmp_path / "other", astronaut_image, [181, 60, 110, 120])))
     assert one.digest == same.digest != relabelled.digest
     face = one.samples[0].faces[0]  # type: ignore[index]
     assert face.valid and face.size_bucket == ">=64"
@@ -34,14 +34,14 @@ def test_digest_follows_files_and_labels(tmp_path: Path, astronaut_image: Image)
 
 
 def test_builtin_no_faces_set() -> None:
-    dataset = load_dataset(NO_FACES)
+    dataset = open_dataset(NO_FACES)
     assert dataset.kind == "negatives" and len(dataset.samples) == 22
     assert all(s.image().ndim == 3 and s.faces == [] for s in dataset.samples)
 
 
 def test_bad_dataset_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"no gt\.json"):
-        load_dataset(str(tmp_path))
+        open_dataset(str(tmp_path))
 
 
 def test_overrides_are_typed_and_checked() -> None:

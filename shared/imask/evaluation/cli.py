@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     from imask.evaluation import report as rep
-    from imask.evaluation.datasets import load_dataset
+    from imask.evaluation.datasets import open_dataset
     from imask.evaluation.runner import CURVE_THRESHOLDS, evaluate
 
     try:
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
     datasets = []
     for spec in args.datasets:
         try:
-            datasets.append(load_dataset(spec))
+            datasets.append(open_dataset(spec))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     engine = MaskingEngine.load(variant, provider=args.provider, detector_timeout_s=None)

@@ -75,7 +75,7 @@ class Dataset:
     clips: list[Path] = field(default_factory=list)
 
 
-def load_dataset(spec: str) -> Dataset:
+def open_dataset(spec: str) -> Dataset:
     """A dataset from a folder, a video file or `builtin:no-faces`; ValueError says what is wrong."""
     if spec == NO_FACES:
         return _no_faces()

@@ -68,17 +68,17 @@ class RemoteEngine:
     def _stream(self, camera: str) -> tuple[queue.Queue[mpb.MaskRequest | None], Iterator[mpb.MaskReply]]:
         with self._lock:
             if camera not in self._streams:
-                requests: queue.Queue[mpb.MaskRequest | None] = queue.Queue()
-                replies = self.client.mask_stream(iter(requests.get, None))
-                self._streams[camera] = (requests, replies)
+                outgoing: queue.Queue[mpb.MaskRequest | None] = queue.Queue()
+                replies = self.client.mask_stream(iter(outgoing.get, None))
+                self._streams[camera] = (outgoing, replies)
             return self._streams[camera]
 
     def process(self, frames: list[FrameInput]) -> list[EngineResult]:
         results = []
         for frame in frames:
-            requests, replies = self._stream(frame.camera_id)
+            outgoing, replies = self._stream(frame.camera_id)
             # Files are not cameras: no camera_id (the stream itself carries the tracks).
-            requests.put(mpb.MaskRequest(image=encode_jpeg(frame.image, 95), seq=frame.seq, options=self.options))
+            outgoing.put(mpb.MaskRequest(image=encode_jpeg(frame.image, 95), seq=frame.seq, options=self.options))
             reply = next(replies)
             results.append(EngineResult(
                 image=decode_any(reply.image) if reply.image else np.zeros_like(frame.image),
@@ -88,6 +88,6 @@ class RemoteEngine:
         return results
 
     def close(self) -> None:
-        for requests, _ in self._streams.values():
-            requests.put(None)
+        for outgoing, _ in self._streams.values():
+            outgoing.put(None)
         self.client.close()

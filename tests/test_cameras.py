@@ -404,3 +404,22 @@ def test_ingest_with_publish_but_no_keys_file_says_so(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "imask.cli", "ingest", "--publish-port", "0"],
                          capture_output=True, text=True, env=subprocess_env(), timeout=60)
     assert out.returncode == 2 and "IMASK_API_KEYS_FILE is required" in out.stderr
+
+
+def test_publish_numbering_table_is_bounded(kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gRPC streams' per-camera numbering is bounded: the camera unheard of longest is ended with a marker
+    (downstream closes its stream) and its id is released."""
+    from imask.cameras import publish
+    from imask.cameras.manager import KafkaOutbox
+    from imask.config import IngestSettings
+
+    monkeypatch.setattr(publish, "MAX_PUBLISHED_CAMERAS", 3)
+    released: list[str] = []
+    outbox = KafkaOutbox(IngestSettings())
+    servicer = publish.PublishServicer(IngestSettings(), outbox, lambda _: True, release=released.append)
+    seqs = [servicer._number(c) for c in ["c1", "c2", "c1", "c3", "c4", "c5"]]
+    assert seqs == [0, 0, 1, 0, 0, 0]
+    assert released == ["c2", "c1"] and list(servicer.next_seq) == ["c3", "c4", "c5"]
+    assert outbox.close(10) == 0
+    markers = read_topic(kafka_settings, kafka_settings.topic_raw, lambda got: len(got) >= 2, 20, pb.Frame.FromString)
+    assert sorted((f.camera_id, f.seq, f.end_of_stream) for f in markers) == [("c1", 2, True), ("c2", 1, True)]

@@ -43,7 +43,7 @@ def serve(settings: IngestSettings, runtime: ServiceRuntime) -> int:
         manager.add(config)
     server = None
     if publishing:
-        server = PublishServer(settings, outbox, manager.claim_external).start()
+        server = PublishServer(settings, outbox, manager.claim_external, manager.release_external).start()
         runtime.details["publish_port"] = server.port
     runtime.serve_admin(manager.admin)
     runtime.ready.set()

@@ -134,6 +134,11 @@ class CameraManager:
             self.external.add(camera_id)
             return True
 
+    def release_external(self, camera_id: str) -> None:
+        """The gRPC streams' id table let this camera go (bounded): its id may be taken again."""
+        with self._lock:
+            self.external.discard(camera_id)
+
     def add(self, config: CameraConfig) -> Camera:
         with self._lock:
             if self.closing:

@@ -11,30 +11,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from imask import metrics
+from imask.cameras.camera import AckCallback
 from imask.cameras.manager import KafkaOutbox
 from imask.config import IngestSettings
 from imask.maskapi.auth import ApiKeyInterceptor, ApiKeyStore, AuthError, Client, api_key_store, server_credentials
+from imask.v1 import frames_pb2 as pb
 from imask.v1 import ingest_service_pb2 as ipb
 from imask.v1 import ingest_service_pb2_grpc
 from imask.wire import check_camera_id, check_outgoing, make_frame, now_us
 
 log = logging.getLogger(__name__)
 MAX_REPORTED_ERRORS = 10
+MAX_INFLIGHT = 64  # frames of one stream Kafka has not acknowledged yet; then the stream waits (flow control)
+MAX_PUBLISHED_CAMERAS = 10_000  # cameras whose numbering this ingest remembers (oldest ended first)
 
 
 class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     def __init__(self, settings: IngestSettings, outbox: KafkaOutbox, claim: Callable[[str], bool],
-                 store: ApiKeyStore | None = None) -> None:
+                 store: ApiKeyStore | None = None, release: Callable[[str], None] = lambda _: None) -> None:
         self.settings = settings
+        self.release = release  # frees an id claimed for gRPC streams
         self.store = store  # with auth on, a key publishes only the camera ids its entry lists
         self.outbox = outbox
         self.claim = claim  # reserves a camera id for this stream; False when a camera of this ingest has it
-        self.next_seq: dict[str, int] = {}
+        self.next_seq: OrderedDict[str, int] = OrderedDict()
 
     def check(self, request: ipb.PublishRequest, caller: Client | None = None) -> tuple[int, int] | str:
         """The frame's (width, height), or why it cannot be published."""
@@ -52,6 +58,17 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             return f"camera {request.camera_id!r} is a camera of this ingest; publish under another id"
         return size
 
+    def _number(self, camera: str) -> int:
+        """The camera's next seq. The table is bounded: the camera unheard of longest is ended (its stream gets
+        an end-of-stream marker, so downstream closes it) and would start again from 0."""
+        seq = self.next_seq.pop(camera, 0)
+        self.next_seq[camera] = seq + 1
+        while len(self.next_seq) > MAX_PUBLISHED_CAMERAS:
+            old, next_seq = self.next_seq.popitem(last=False)
+            self.outbox.end_of_stream(old, next_seq, 0.0)
+            self.release(old)
+        return seq
+
     async def Publish(self, request_iterator: AsyncIterator[ipb.PublishRequest],
                       context: grpc.aio.ServicerContext) -> ipb.PublishReply:
         sent = rejected = 0
@@ -59,10 +76,14 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         errors: list[str] = []
         touched: set[str] = set()
 
-        def on_ack(ok: bool, error: str = "") -> None:
-            acks["ok" if ok else "failed"] += 1
-            if error and len(errors) < MAX_REPORTED_ERRORS:
-                errors.append(f"not delivered: {error}")
+        def acked(camera: str, seq: int) -> AckCallback:
+            def on_ack(ok: bool, error: str = "") -> None:
+                acks["ok" if ok else "failed"] += 1
+                if not ok:  # every seq ends somewhere: a frame Kafka refused becomes a drop record
+                    self.outbox.drop(camera, seq, pb.DROP_REASON_INTERNAL_ERROR, f"not delivered: {error}"[:500])
+                    if len(errors) < MAX_REPORTED_ERRORS:
+                        errors.append(f"not delivered: {error}")
+            return on_ack
 
         caller = None
         if self.store is not None:
@@ -86,15 +107,16 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
             if request.end_of_stream:
                 self.outbox.end_of_stream(camera, self.next_seq.get(camera, 0), request.source_fps)
                 continue
+            while sent - acks["ok"] - acks["failed"] >= MAX_INFLIGHT:
+                await asyncio.sleep(0.002)  # Kafka is behind: stop reading the stream (gRPC flow control)
             # Numbered before any await: concurrent streams of one camera never share a number.
-            seq = self.next_seq.get(camera, 0)
-            self.next_seq[camera] = seq + 1
+            seq = self._number(camera)
             width, height = checked
             frame = make_frame(camera, seq, request.image, width, height, request.capture_ts_us or now_us(),
                                request.source_fps)
             while True:
                 try:
-                    self.outbox.frame(camera, frame.SerializeToString(), on_ack)
+                    self.outbox.frame(camera, frame.SerializeToString(), acked(camera, seq))
                     break
                 except BufferError:
                     await asyncio.sleep(0.01)  # Kafka is slow: the stream waits (gRPC flow control does the rest)
@@ -113,10 +135,11 @@ class PublishServicer(ingest_service_pb2_grpc.IngestServiceServicer):
 class PublishServer:
     """grpc.aio server on a thread of its own, so the threaded ingest can start and stop it."""
 
-    def __init__(self, settings: IngestSettings, outbox: KafkaOutbox, claim: Callable[[str], bool]) -> None:
+    def __init__(self, settings: IngestSettings, outbox: KafkaOutbox, claim: Callable[[str], bool],
+                 release: Callable[[str], None] = lambda _: None) -> None:
         self.settings = settings
         self._store = api_key_store(settings)
-        self.servicer = PublishServicer(settings, outbox, claim, self._store)
+        self.servicer = PublishServicer(settings, outbox, claim, self._store, release)
         self.port = 0
         self._creds = server_credentials(settings)
         self._started = threading.Event()

@@ -264,3 +264,14 @@ def test_detect_every_k_plans_a_batch_of_one_camera_in_order(engine: MaskingEngi
     assert [r.detected for r in eng.process(batch)] == [True, False, False, True, False, False, True]
     assert all(r.faces for r in eng.process([FrameInput("batched", 7 + s, astronaut_image) for s in range(3)]))
     eng.close()
+
+
+def test_detector_backends_are_chosen_by_name() -> None:
+    from imask.engine.backends import BACKENDS, build_detector
+
+    assert "centerface" in BACKENDS
+    built = build_detector(default_variant(), "cpu")
+    assert isinstance(built.detector, CenterFaceDetector) and built.execution_provider == "CPUExecutionProvider"
+    assert built.detector.input_channels == "RGB"
+    with pytest.raises(ValueError, match="unknown detector 'yunet'"):
+        build_detector(default_variant().with_overrides(detector="yunet"), "cpu")

@@ -16,9 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 from imask import metrics
-from imask.engine.detector import BatchTimings, CenterFaceDetector, Detections
+from imask.engine.backends import build_detector
+from imask.engine.detector import BatchTimings, Detections
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
-from imask.engine.model import load_centerface
 from imask.engine.tracker import FaceTracker, TrackedFace
 from imask.engine.variants import Variant
 from imask.types import Image
@@ -98,12 +98,8 @@ class MaskingEngine:
     @classmethod
     def load(cls, variant: Variant, provider: str = "auto", detector_timeout_s: float | None = 2.0,
              intra_op_threads: int = 1) -> MaskingEngine:
-        if variant.detector != "centerface":
-            raise ValueError(f"variant {variant.name!r} names unknown detector {variant.detector!r}")
-        model = load_centerface(expected_sha256=variant.model_sha256, provider=provider,
-                                intra_op_threads=intra_op_threads)
-        detector = CenterFaceDetector(model, variant.geometry)
-        return cls(variant, detector, model.execution_provider, detector_timeout_s)
+        built = build_detector(variant, provider, intra_op_threads)
+        return cls(variant, built.detector, built.execution_provider, detector_timeout_s)
 
     @property
     def healthy(self) -> bool:

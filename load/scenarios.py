@@ -129,6 +129,32 @@ def capacity(workers: int, sources: list[Source], seconds: float, max_cameras: i
     return {**best, "tried": tried}
 
 
+def fairness(seconds_of_video: float = 4.0) -> dict[str, Any]:
+    """One worker overloaded by a 1080p camera beside three 480p ones: per-camera end-to-end latency. Issue 9 saw
+    the large camera 12 s behind while small ones held 3 s; this measures whether it starves here."""
+    from imask.samples import shared_data
+
+    root = shared_data()
+    crowd = root / "video" / "facenet_pytorch_crowd_1080p.mp4" if root else None
+    small = [p for p in default_sources().values() if "1080" not in p.name]
+    if crowd is None or not crowd.is_file() or not small:
+        return {"skipped": "needs the shared sample clips"}
+    frames = int(seconds_of_video * 25)
+    sources = [load_source(crowd, frames)] + [load_source(p, frames, (640, 480)) for p in small[:3]]
+    scenario = Scenario("fairness", partitions=8)
+    try:
+        scenario.add_worker()
+        report = scenario.run(sources, ReplayPlan(cameras=len(sources), speed=1, camera_prefix="mix"))
+    finally:
+        scenario.close()
+    by_camera = report["end_to_end_ms_by_camera"]
+    p50s = {cam: v["p50"] for cam, v in by_camera.items()}
+    print(f"  fairness: p50 by camera {p50s} (mix0 is the 1080p one)", flush=True)
+    return {"p50_ms_by_camera": p50s, "p99_ms_by_camera": {cam: v["p99"] for cam, v in by_camera.items()},
+            "spread_p50_max_over_min": round(max(p50s.values()) / max(1.0, min(p50s.values())), 2),
+            "unaccounted": report["unaccounted"], "throughput_fps": report["throughput_fps"]}
+
+
 def saturated(workers: int, sources: list[Source], cameras: int) -> dict[str, Any]:
     scenario = Scenario(f"sat{workers}")
     try:
@@ -218,12 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     result["saturated"] = {"1w": one, "2w": two, "ratio_2w_1w": round(two["fps"] / one["fps"], 2)}
     print("4. rebalance pause", flush=True)
     result["rebalance"] = rebalance(hd)
+    print("5. fairness under backlog: a 1080p camera beside three 480p ones, one worker", flush=True)
+    result["fairness"] = fairness()
 
     headline = {"capacity_cameras_1w": result["capacity_1w"]["cameras"],
                 "capacity_cameras_2w": result["capacity_2w"]["cameras"],
                 "capacity_cameras_2w_realtime": result["capacity_2w_realtime"]["cameras"],
                 "throughput_ratio_2w_1w": result["saturated"]["ratio_2w_1w"],
                 "rebalance_pause_ms": result["rebalance"]["pause_ms"],
+                "fairness_p50_spread": result["fairness"].get("spread_p50_max_over_min"),
                 "replay_unaccounted": result["replay"]["unaccounted"]}
     result["headline"] = headline
     (OUT / "scenarios.json").write_text(json.dumps(result, indent=2, default=str))

@@ -33,6 +33,7 @@ class Collection:
     ledger: StreamLedger
     latency: list[tuple[float, float]] = field(default_factory=list)  # (masked at, s since start; end-to-end ms)
     masked_at: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    latency_by_camera: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     lag: list[tuple[float, int, float]] = field(default_factory=list)  # (t, messages, oldest age s)
     leak_checked: int = 0
     leak_faces: int = 0
@@ -88,6 +89,7 @@ class Collector:
             return
         at = meta.masked_ts_us / 1e6 - res.started
         res.latency.append((at, meta.timings.end_to_end_ms))
+        res.latency_by_camera[meta.camera_id].append(meta.timings.end_to_end_ms)
         res.masked_at[meta.camera_id].append(at)
 
     def _sample_lag(self) -> None:
@@ -134,6 +136,7 @@ def build_report(col: Collection, extra: dict[str, Any] | None = None) -> dict[s
         "throughput_fps": round(len(col.latency) / span, 2) if span else None,
         "end_to_end_ms": summarize([lat for _, lat in col.latency]),
         "end_to_end_ms_steady": summarize([lat for t, lat in col.latency if t - first >= WARMUP_S]),
+        "end_to_end_ms_by_camera": {cam: summarize(v) for cam, v in sorted(col.latency_by_camera.items())},
         "stage_latency_ms": summary["latency_ms"],
         "max_output_gap_ms": max(gaps.values(), default=0.0), "output_gap_ms_by_camera": gaps,
         "lag": {"max_messages": max((m for _, m, _ in col.lag), default=0),

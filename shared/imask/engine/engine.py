@@ -211,16 +211,17 @@ class MaskingEngine:
         """Ask ONNX Runtime to stop the run; until it returns, the model is reported unhealthy."""
         self._health_gauge.set(0)
         self._unhealthy_since = time.monotonic()
-        run_options = getattr(self.detector, "run_options", None)
+        run_options = getattr(self.detector, "run_options", None)  # backends without one just run to the end
         if run_options is not None:
             run_options.terminate = True
 
-            def reset(_: Future[list[Detections]]) -> None:
+        def reset(_: Future[list[Detections]]) -> None:
+            if run_options is not None:
                 run_options.terminate = False
-                self._unhealthy_since = None
-                self._health_gauge.set(1)
+            self._unhealthy_since = None
+            self._health_gauge.set(1)
 
-            future.add_done_callback(reset)
+        future.add_done_callback(reset)
         log.warning("detector timed out", extra={"timeout_s": self.detector_timeout_s})
 
     def _tracker(self, camera_id: str, seq: int) -> FaceTracker:

@@ -21,7 +21,7 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     for stale in OUT.glob("fuzz-*.json"):
         stale.unlink()
-    env = {**os.environ, "FUZZ_EXAMPLES": str(EXAMPLES)}
+    env = {**os.environ, "FUZZ_EXAMPLES": str(EXAMPLES), "FUZZ_RANDOM": "1"}
     code = subprocess.run([str(Path(sys.executable).parent / "pytest"), "-q", "-p", "no:randomly",
                            "tests/test_fuzz.py", "-o", "timeout=3600"], cwd=REPO_ROOT, env=env).returncode
     targets = [json.loads(p.read_text()) for p in sorted(OUT.glob("fuzz-*.json"))]

@@ -21,6 +21,9 @@ from imask.types import Image
 # make test runs a few hundred per target; make reliability sets FUZZ_EXAMPLES=10000 (not an IMASK_* name: the
 # services refuse unknown ones).
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+# make test replays the same inputs every run (a red build then always says the same thing); make reliability
+# sets FUZZ_RANDOM=1 and explores new ones each time.
+RANDOM = os.environ.get("FUZZ_RANDOM") == "1"
 REPORT_DIR = REPO_ROOT / "out" / "reliability"
 FACE = (60, 40, 125, 120)  # x1, y1, x2, y2 of the face inside the 160x160 crop
 

@@ -15,7 +15,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from fuzzing import EXAMPLES, Encoded, Tally, assert_no_face_out, face_pool
+from fuzzing import EXAMPLES, RANDOM, Encoded, Tally, assert_no_face_out, face_pool
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -32,7 +32,7 @@ from imask.wire import now_us
 from streams import spawn_tracked
 
 POOL = face_pool()
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not RANDOM,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 

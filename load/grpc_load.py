@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from imask.config import REPO_ROOT
+from imask.ops.settings import REPO_ROOT
 from imask.v1 import mask_service_pb2 as mpb
 from imask.v1 import mask_service_pb2_grpc as mgrpc
 
@@ -30,8 +30,8 @@ OUT = REPO_ROOT / "out" / "load" / "grpc"
 
 def load_images(paths: list[str], limit: int = 60) -> list[bytes]:
     """JPEGs from files/folders, or 720p frames of the crowd clip (or a synthetic face clip when absent)."""
+    from imask.loadtest.samples import shared_data, synthetic_clip
     from imask.media import encode_jpeg, iter_video, open_video
-    from imask.samples import shared_data, synthetic_clip
 
     files: list[Path] = []
     for p in map(Path, paths):
@@ -139,7 +139,7 @@ def bare_engine(images: list[bytes], repeats: int = 2) -> dict[str, float]:
 
 
 def bench(duration: float) -> dict[str, Any]:
-    from imask.procs import free_port, spawn, stop_all
+    from imask.devstack.procs import free_port, spawn, stop_all
 
     images = load_images([])
     engine = bare_engine(images)

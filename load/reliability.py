@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imask.config import REPO_ROOT
+from imask.ops.settings import REPO_ROOT
 
 OUT = REPO_ROOT / "out" / "reliability"
 EXAMPLES = 10_000

@@ -17,13 +17,13 @@ import time
 import uuid
 from typing import Any
 
-from imask import stack
-from imask.config import REPO_ROOT, KafkaSettings
-from imask.kafka import delete_topics, end_offsets, ensure_topics
-from imask.loadreport import Collector, build_report, write_report
-from imask.procs import ServiceProcess, spawn, stop_all
-from imask.replay import Replayer, ReplayPlan, Source, load_source
-from imask.samples import default_sources, synthetic_clip
+from imask.devstack import stack
+from imask.devstack.procs import ServiceProcess, spawn, stop_all
+from imask.loadtest.replay import Replayer, ReplayPlan, Source, load_source
+from imask.loadtest.report import Collector, build_report, write_report
+from imask.loadtest.samples import default_sources, synthetic_clip
+from imask.ops.settings import REPO_ROOT, KafkaSettings
+from imask.streaming.kafka import delete_topics, end_offsets, ensure_topics
 
 OUT = REPO_ROOT / "out" / "load"
 P99_BUDGET_MS = 250.0
@@ -132,7 +132,7 @@ def capacity(workers: int, sources: list[Source], seconds: float, max_cameras: i
 def fairness(seconds_of_video: float = 4.0) -> dict[str, Any]:
     """One worker overloaded by a 1080p camera beside three 480p ones: per-camera end-to-end latency. Issue 9 saw
     the large camera 12 s behind while small ones held 3 s; this measures whether it starves here."""
-    from imask.samples import shared_data
+    from imask.loadtest.samples import shared_data
 
     root = shared_data()
     crowd = root / "video" / "facenet_pytorch_crowd_1080p.mp4" if root else None

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imask.config import KafkaSettings
 from imask.engine import MaskingEngine, default_variant
-from imask.samples import astronaut, shared_data
+from imask.loadtest.samples import astronaut, shared_data
+from imask.ops.settings import KafkaSettings
 from imask.types import Image
 
 
@@ -48,7 +48,7 @@ def astronaut_image() -> Image:
 
 @pytest.fixture(scope="session")
 def stack_up() -> None:
-    from imask import stack
+    from imask.devstack import stack
 
     stack.up()  # idempotent: a no-op when `make up` already ran
 
@@ -56,8 +56,8 @@ def stack_up() -> None:
 @pytest.fixture
 def kafka_settings(stack_up: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[KafkaSettings]:
     """Settings with topics unique to this test, also exported as IMASK_* for service subprocesses."""
-    from imask import stack
-    from imask.kafka import delete_topics, ensure_topics
+    from imask.devstack import stack
+    from imask.streaming.kafka import delete_topics, ensure_topics
 
     suffix = uuid.uuid4().hex[:8]
     env = {

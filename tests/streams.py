@@ -10,15 +10,15 @@ import numpy as np
 from confluent_kafka import Producer
 
 from conftest import subprocess_env
-from imask.accounting import StreamLedger
-from imask.config import KafkaSettings
-from imask.kafka import TopicReader, producer_config
+from imask.devstack.procs import ServiceProcess, spawn, stop_all
+from imask.loadtest.accounting import StreamLedger
+from imask.loadtest.samples import astronaut
 from imask.media import encode_jpeg
-from imask.procs import ServiceProcess, spawn, stop_all
-from imask.samples import astronaut
+from imask.ops.settings import KafkaSettings
+from imask.pipeline.wire import end_of_stream, make_frame, now_us
+from imask.streaming.kafka import TopicReader, producer_config
 from imask.types import Image
 from imask.v1 import frames_pb2 as pb
-from imask.wire import end_of_stream, make_frame, now_us
 
 
 def moving_face_frames(n: int, size: tuple[int, int] = (480, 360)) -> list[Image]:

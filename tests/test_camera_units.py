@@ -15,7 +15,7 @@ import pytest
 from imask.cameras.camera import FrameSlot, GrabbedFrame, RateMeter, cap_resolution
 from imask.cameras.capture import Backoff
 from imask.cameras.config import CameraConfigError, camera_config, load_cameras_file, parse_source
-from imask.config import CameraDefaults, IngestSettings
+from imask.ops.settings import CameraDefaults, IngestSettings
 
 
 def frame(seq: int) -> GrabbedFrame:
@@ -159,16 +159,16 @@ def test_resolution_cap_keeps_aspect_and_never_upscales() -> None:
 
 def test_camera_commands_explain_themselves() -> None:
     for command in (["cameras", "--help"], ["rtsp-server", "--help"], ["ingest", "--help"]):
-        out = subprocess.run([sys.executable, "-m", "imask.cli", *command], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-m", "imask.cli.main", *command], capture_output=True, text=True,
                              check=True)
         assert "usage:" in out.stdout
-    ingest = subprocess.run([sys.executable, "-m", "imask.cli", "ingest", "--help"], capture_output=True,
+    ingest = subprocess.run([sys.executable, "-m", "imask.cli.main", "ingest", "--help"], capture_output=True,
                             text=True, check=True).stdout
     assert "IMASK_STALL_AFTER_S" in ingest and "--cameras-file" in ingest and "/cameras" in ingest
 
 
 def test_ingest_without_cameras_explains_how_to_give_some() -> None:
-    out = subprocess.run([sys.executable, "-m", "imask.cli", "ingest", "--bootstrap-servers", "127.0.0.1:1"],
+    out = subprocess.run([sys.executable, "-m", "imask.cli.main", "ingest", "--bootstrap-servers", "127.0.0.1:1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no cameras" in out.stderr and "--keep-running" in out.stderr
 
@@ -180,7 +180,7 @@ def test_admin_api_exposure_token_and_sources() -> None:
         check_admin_exposure,
         check_admin_source,
     )
-    from imask.config import ConfigError, IngestSettings
+    from imask.ops.settings import ConfigError, IngestSettings
 
     open_on_all = IngestSettings(ops_host="0.0.0.0")
     with pytest.raises(ConfigError, match="IMASK_ADMIN_TOKEN"):

@@ -19,18 +19,18 @@ import grpc
 import pytest
 
 from conftest import subprocess_env
-from imask import stack
-from imask.cameras.admin_cli import request
-from imask.cameras.rtsp_server import RtspServer, available
-from imask.config import KafkaSettings
-from imask.kafka import TopicReader
-from imask.leakcheck import check_leak
+from imask.cli.cameras import request
+from imask.devstack import stack
+from imask.devstack.procs import ServiceProcess, free_port
+from imask.devstack.rtsp_server import RtspServer, available
+from imask.evaluation.leakcheck import check_leak
 from imask.media import decode_any, encode_jpeg
-from imask.procs import ServiceProcess, free_port
+from imask.ops.settings import KafkaSettings
+from imask.pipeline.wire import now_us
+from imask.streaming.kafka import TopicReader
 from imask.v1 import alerts_pb2, ingest_service_pb2_grpc
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import ingest_service_pb2 as ipb
-from imask.wire import now_us
 from streams import collect, moving_face_frames, spawn_tracked, start_worker
 
 pytestmark = pytest.mark.kafka
@@ -371,7 +371,7 @@ def test_grpc_publish_frames_are_masked_like_any_other(kafka_settings: KafkaSett
 
 def test_grpc_publish_needs_a_valid_api_key(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
-    key = subprocess.run([sys.executable, "-m", "imask.cli", "api-key", "cam-vendor", "--file", str(keys),
+    key = subprocess.run([sys.executable, "-m", "imask.cli.main", "api-key", "cam-vendor", "--file", str(keys),
                           "--camera", "v1"], capture_output=True, text=True, check=True).stdout.strip()
     ingest = start_ingest(tmp_path, ["--publish-port", "0", "--auth", "api-key", "--api-keys-file", str(keys)])
     port = json.loads(ingest.get("/readyz")[1])["publish_port"]
@@ -401,7 +401,7 @@ def test_grpc_publish_needs_a_valid_api_key(kafka_settings: KafkaSettings, tmp_p
 
 
 def test_ingest_with_publish_but_no_keys_file_says_so(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "imask.cli", "ingest", "--publish-port", "0"],
+    out = subprocess.run([sys.executable, "-m", "imask.cli.main", "ingest", "--publish-port", "0"],
                          capture_output=True, text=True, env=subprocess_env(), timeout=60)
     assert out.returncode == 2 and "IMASK_API_KEYS_FILE is required" in out.stderr
 
@@ -411,7 +411,7 @@ def test_publish_numbering_table_is_bounded(kafka_settings: KafkaSettings, monke
     (downstream closes its stream) and its id is released."""
     from imask.cameras import publish
     from imask.cameras.manager import KafkaOutbox
-    from imask.config import IngestSettings
+    from imask.ops.settings import IngestSettings
 
     monkeypatch.setattr(publish, "MAX_PUBLISHED_CAMERAS", 3)
     released: list[str] = []

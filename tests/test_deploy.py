@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from imask.cli import build_parser
-from imask.config import REPO_ROOT, check_environment
+from imask.cli.main import build_parser
+from imask.ops.settings import REPO_ROOT, check_environment
 
 SERVICE_COMMANDS = {"worker", "ingest", "recorder", "mask-api"}
 
@@ -56,7 +56,7 @@ def test_k8s_manifests_parse_and_use_known_settings() -> None:
 
 
 def test_alert_rules_reference_metrics_the_services_export() -> None:
-    from imask import metrics
+    from imask.ops import metrics
 
     exported = set()
     for value in vars(metrics).values():
@@ -80,7 +80,7 @@ def test_required_files_exist(name: str) -> None:
 
 def test_example_cameras_file_is_valid() -> None:
     from imask.cameras.config import load_cameras_file
-    from imask.config import CameraDefaults
+    from imask.ops.settings import CameraDefaults
 
     cameras = load_cameras_file(REPO_ROOT / "deploy" / "cameras.yaml", CameraDefaults())
     assert [c.camera_id for c in cameras] == ["sample"] and cameras[0].fps == 15 and cameras[0].loop

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import near_uniform, similarity
-from imask import metrics
 from imask.engine import FrameInput, MaskingEngine, default_variant
 from imask.engine.detector import BatchTimings, CenterFaceDetector, Detections, DetectorGeometry
 from imask.engine.masks import scaled_boxes
 from imask.engine.model import ModelError, load_centerface, packaged_centerface_path
+from imask.ops import metrics
 from imask.types import Image
 
 
@@ -234,9 +234,9 @@ def test_wedged_detector_fails_readiness_then_liveness(engine: MaskingEngine, as
     import urllib.error
     import urllib.request
 
-    from imask import runtime as runtime_module
-    from imask.config import RecorderSettings
-    from imask.runtime import ServiceRuntime
+    from imask.ops import runtime as runtime_module
+    from imask.ops.runtime import ServiceRuntime
+    from imask.ops.settings import RecorderSettings
 
     monkeypatch.setattr(runtime_module, "WEDGED_AFTER_S", 0.0)  # production: 60 s
     assert isinstance(engine.detector, CenterFaceDetector)

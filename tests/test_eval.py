@@ -8,11 +8,11 @@ from pathlib import Path
 import cv2
 import pytest
 
-from imask.config import ConfigError
+from imask.cli.eval import apply_overrides
+from imask.cli.eval import main as eval_main
 from imask.engine import default_variant
-from imask.evaluation.cli import apply_overrides
-from imask.evaluation.cli import main as eval_main
 from imask.evaluation.datasets import NO_FACES, open_dataset
+from imask.ops.settings import ConfigError
 from imask.types import Image
 
 

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from imask.config import FrameLimits
 from imask.engine import EngineResult, FrameInput, MaskingEngine
 from imask.maskapi.executor import EngineExecutor, EngineFailed
 from imask.media import encode_jpeg
-from imask.pipeline import FrameProcessor, Inbound, ProcessorOptions
+from imask.ops.settings import FrameLimits
+from imask.pipeline.processor import FrameProcessor, Inbound, ProcessorOptions
+from imask.pipeline.wire import Rejected, end_of_stream, make_frame, now_us, parse_frame
 from imask.types import Image
 from imask.v1 import frames_pb2 as pb
-from imask.wire import Rejected, end_of_stream, make_frame, now_us, parse_frame
 
 LIMITS = FrameLimits()
 
@@ -187,8 +187,8 @@ def test_file_with_a_lying_rotation_tag_is_masked_both_ways(engine: MaskingEngin
     import cv2
     from fuzzing import _exif_orientation, face_pool
 
+    from imask.evaluation.leakcheck import check_leak
     from imask.filemask import mask_files
-    from imask.leakcheck import check_leak
 
     # An upright face tagged "rotate 180": shown upside down, where CenterFace does not find it.
     source = tmp_path / "flipped.jpg"

@@ -20,15 +20,15 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from conftest import subprocess_env
-from imask.config import FrameLimits
+from imask.devstack.procs import ServiceProcess, free_port
 from imask.engine import MaskingEngine
 from imask.filemask import mask_files
 from imask.maskapi.client import MaskClient
-from imask.pipeline import FrameProcessor, Inbound, ProcessorOptions
-from imask.procs import ServiceProcess, free_port
+from imask.ops.settings import FrameLimits
+from imask.pipeline.processor import FrameProcessor, Inbound, ProcessorOptions
+from imask.pipeline.wire import now_us
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import mask_service_pb2 as mpb
-from imask.wire import now_us
 from streams import spawn_tracked
 
 POOL = face_pool()

@@ -8,7 +8,7 @@ import cv2
 import pytest
 
 from imask.engine import FrameInput, MaskingEngine
-from imask.leakcheck import check_leak
+from imask.evaluation.leakcheck import check_leak
 from imask.media import iter_video, open_video
 from imask.types import Image
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import subprocess_env
-from imask.config import REPO_ROOT, KafkaSettings
-from imask.lag import group_lag
-from imask.recordfile import read_recording
-from imask.replay import Replayer, ReplayPlan, load_source
-from imask.samples import synthetic_clip
+from imask.loadtest.recordfile import read_recording
+from imask.loadtest.replay import Replayer, ReplayPlan, load_source
+from imask.loadtest.samples import synthetic_clip
+from imask.ops.settings import REPO_ROOT, KafkaSettings
+from imask.streaming.lag import group_lag
 from imask.v1 import frames_pb2 as pb
 from streams import collect, start_worker
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.kafka
 
 
 def imask(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "imask.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "imask.cli.main", *args], capture_output=True, text=True,
                           env=subprocess_env(), cwd=REPO_ROOT, timeout=timeout)
 
 
@@ -98,8 +98,8 @@ def _replay_with_event(kafka_settings: KafkaSettings, tmp_path: Path, group: str
     import threading
     import time
 
-    from imask.kafka import end_offsets
-    from imask.loadreport import Collector, build_report
+    from imask.loadtest.report import Collector, build_report
+    from imask.streaming.kafka import end_offsets
 
     clip = synthetic_clip(tmp_path / "clip.mp4", frames=90, fps=15)
     replayer = Replayer(kafka_settings, [load_source(clip)], ReplayPlan(cameras=4, speed=1, camera_prefix="s"))

@@ -21,13 +21,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import detail_ratio
-from imask.config import REPO_ROOT, KafkaSettings
+from imask.devstack.procs import ServiceProcess, free_port
 from imask.engine import FrameInput, MaskingEngine
-from imask.kafka import TopicReader
-from imask.leakcheck import check_leak
+from imask.evaluation.leakcheck import check_leak
 from imask.maskapi.client import MaskClient
 from imask.media import encode_jpeg, read_image
-from imask.procs import ServiceProcess, free_port
+from imask.ops.settings import REPO_ROOT, KafkaSettings
+from imask.streaming.kafka import TopicReader
 from imask.types import Image
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import mask_service_pb2 as mpb
@@ -46,7 +46,7 @@ def start_api(tmp_path: Path, name: str = "api", **env: str) -> tuple[ServicePro
 
 
 def new_key(keys: Path, client: str, revoke: bool = False, cameras: tuple[str, ...] = ()) -> str:
-    out = subprocess.run([sys.executable, "-m", "imask.cli", "api-key", client, "--file", str(keys),
+    out = subprocess.run([sys.executable, "-m", "imask.cli.main", "api-key", client, "--file", str(keys),
                           *[arg for camera in cameras for arg in ("--camera", camera)],
                           *(["--revoke"] if revoke else [])], capture_output=True, text=True, check=True)
     return out.stdout.strip()
@@ -351,13 +351,13 @@ def test_tls_and_mtls(stack_up: None, tmp_path: Path, astronaut_image: Image) ->
 
 
 def test_imask_mask_remote(api: int, tmp_path: Path, astronaut_image: Image) -> None:
-    from imask.samples import synthetic_clip
+    from imask.loadtest.samples import synthetic_clip
 
     src = tmp_path / "in"
     src.mkdir()
     cv2.imwrite(str(src / "astro.jpg"), astronaut_image)
     synthetic_clip(src / "clip.mp4", frames=20, fps=10)
-    out = subprocess.run([sys.executable, "-m", "imask.cli", "mask", str(src), "-o", str(tmp_path / "out"),
+    out = subprocess.run([sys.executable, "-m", "imask.cli.main", "mask", str(src), "-o", str(tmp_path / "out"),
                           "--remote", f"127.0.0.1:{api}", "-q"], capture_output=True, text=True, cwd=REPO_ROOT,
                          timeout=120)
     assert out.returncode == 0, out.stderr
@@ -432,8 +432,8 @@ def test_reflection_and_message_size_limit(stack_up: None, tmp_path: Path) -> No
 def test_requests_before_the_model_is_ready_are_unavailable() -> None:
     import asyncio
 
-    from imask.config import MaskApiSettings
     from imask.maskapi.servicer import MaskServicer, RequestError
+    from imask.ops.settings import MaskApiSettings
 
     servicer = MaskServicer(MaskApiSettings(auth="none"), None, None)  # not attached: the model is loading
     with pytest.raises(RequestError) as err:

@@ -14,13 +14,13 @@ import pytest
 from confluent_kafka import Producer
 
 from conftest import subprocess_env
-from imask.config import KafkaSettings
-from imask.kafka import producer_config
+from imask.devstack.procs import stop_all
 from imask.media import encode_jpeg
-from imask.procs import stop_all
+from imask.ops.settings import KafkaSettings
+from imask.pipeline.wire import end_of_stream, make_frame
 from imask.recording import committable, open_recording, recording_of
+from imask.streaming.kafka import producer_config
 from imask.v1 import frames_pb2 as pb
-from imask.wire import end_of_stream, make_frame
 from streams import spawn_tracked
 
 

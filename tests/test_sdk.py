@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imask.config import KafkaSettings
+from imask.ops.settings import KafkaSettings
 from streams import collect, start_worker
 
 pytestmark = pytest.mark.kafka

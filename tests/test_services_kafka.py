@@ -14,9 +14,9 @@ import cv2
 import pytest
 
 from conftest import subprocess_env
-from imask.config import REPO_ROOT, KafkaSettings
-from imask.procs import stop_all
-from imask.samples import synthetic_clip
+from imask.devstack.procs import stop_all
+from imask.loadtest.samples import synthetic_clip
+from imask.ops.settings import REPO_ROOT, KafkaSettings
 from streams import collect, spawn_tracked, start_worker
 
 pytestmark = pytest.mark.kafka
@@ -50,7 +50,7 @@ def test_ingest_worker_recorder_make_a_playable_mp4(kafka_settings: KafkaSetting
 
 
 def test_ingest_reports_an_unreadable_source(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "imask.cli", "ingest", "--source", f"bad={tmp_path}/nope.mp4"],
+    out = subprocess.run([sys.executable, "-m", "imask.cli.main", "ingest", "--source", f"bad={tmp_path}/nope.mp4"],
                          capture_output=True, text=True, env=subprocess_env(), timeout=60)
     assert out.returncode == 1 and "source failed to open" in out.stderr
 
@@ -58,7 +58,7 @@ def test_ingest_reports_an_unreadable_source(kafka_settings: KafkaSettings, tmp_
 def test_imask_run_end_to_end(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     clip = synthetic_clip(tmp_path / "clip.mp4", frames=40, fps=20)
     env = {**subprocess_env(), "IMASK_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}"}
-    out = subprocess.run([sys.executable, "-m", "imask.cli", "run", "--source", f"cam1={clip}", "--source",
+    out = subprocess.run([sys.executable, "-m", "imask.cli.main", "run", "--source", f"cam1={clip}", "--source",
                           f"cam2={clip}", "--workers", "1", "--out", str(tmp_path / "run")],
                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -75,7 +75,7 @@ def test_imask_run_ctrl_c_drains_every_process(kafka_settings: KafkaSettings, tm
     clip = synthetic_clip(tmp_path / "clip.mp4", frames=200, fps=20)  # 10 s at source pace
     env = {**subprocess_env(), "IMASK_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}"}
     out_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "imask.cli", "run", "--source", f"cam={clip}", "--workers", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "imask.cli.main", "run", "--source", f"cam={clip}", "--workers", "1",
                              "--out", str(out_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=REPO_ROOT)
     partial = out_dir / "recordings" / "cam.partial.mp4"

@@ -1,7 +1,7 @@
-"""Tests for imask.stack.
+"""Tests for imask.devstack.stack.
 
 The ``kafka``/``redis`` tests talk to the real local stack and assume it is already up
-(``python -m imask.stack up``); deselect them with ``-m "not kafka"`` where there is none.
+(``python -m imask.devstack.stack up``); deselect them with ``-m "not kafka"`` where there is none.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from imask import stack
-from imask.stack import StackSettings
+from imask.devstack import stack
+from imask.devstack.stack import StackSettings
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def running_stack() -> Iterator[StackSettings]:
     state = stack.status(settings)
     missing = [name for name, info in state.items() if not info["answering"]]
     if missing:
-        pytest.fail(f"local stack not answering ({', '.join(missing)}); run `python -m imask.stack up` first")
+        pytest.fail(f"local stack not answering ({', '.join(missing)}); run `python -m imask.devstack.stack up` first")
     yield settings
 
 

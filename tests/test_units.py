@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from conftest import near_uniform, similarity
-from imask.config import ConfigError, FrameLimits, WorkerSettings, check_environment, load_settings
 from imask.engine.masks import (
     MaskShape,
     MaskSpec,
@@ -22,11 +21,12 @@ from imask.engine.masks import (
     obscure_frame,
 )
 from imask.engine.tracker import FaceTracker
-from imask.kafka import OffsetTracker
 from imask.media import ImageError, decode_image, encode_jpeg, sniff_size
+from imask.ops.settings import ConfigError, FrameLimits, WorkerSettings, check_environment, load_settings
+from imask.pipeline.wire import Rejected, make_frame, parse_frame
+from imask.streaming.kafka import OffsetTracker
 from imask.types import Image
 from imask.v1 import frames_pb2 as pb
-from imask.wire import Rejected, make_frame, parse_frame
 
 LIMITS = FrameLimits(max_frame_bytes=2_000_000, max_width=2000, max_height=2000)
 
@@ -164,7 +164,7 @@ def test_config_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_generated_protos_are_up_to_date(tmp_path: Path) -> None:
-    from imask.protogen import PY_ROOT, generate
+    from imask.devstack.protogen import PY_ROOT, generate
 
     for fresh in generate(tmp_path):
         committed = PY_ROOT / fresh.relative_to(tmp_path)
@@ -172,16 +172,16 @@ def test_generated_protos_are_up_to_date(tmp_path: Path) -> None:
 
 
 def test_cli_help_explains_every_command() -> None:
-    out = subprocess.run([sys.executable, "-m", "imask.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "imask.cli.main", "--help"], capture_output=True, text=True, check=True)
     for command in ("worker", "ingest", "recorder", "mask", "stack", "run"):
         assert command in out.stdout
     for command in ("worker", "ingest", "recorder", "mask"):
-        sub = subprocess.run([sys.executable, "-m", "imask.cli", command, "--help"], capture_output=True, text=True,
-                             check=True)
+        sub = subprocess.run([sys.executable, "-m", "imask.cli.main", command, "--help"], capture_output=True,
+                             text=True, check=True)
         assert "IMASK_" in sub.stdout
 
 
 def test_cli_bad_setting_exits_2_with_message() -> None:
     env = {**os.environ, "IMASK_JPEG_QUALITY": "200"}
-    out = subprocess.run([sys.executable, "-m", "imask.cli", "worker"], capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-m", "imask.cli.main", "worker"], capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "IMASK_JPEG_QUALITY" in out.stderr

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import detail_ratio, near_uniform, similarity
-from imask.config import KafkaSettings
+from imask.devstack.procs import stop_all
 from imask.media import encode_jpeg
-from imask.procs import stop_all
+from imask.ops.settings import KafkaSettings
+from imask.pipeline.wire import make_frame, now_us
 from imask.v1 import frames_pb2 as pb
-from imask.wire import make_frame, now_us
 from streams import Collected, collect, moving_face_frames, publish, start_worker
 
 pytestmark = pytest.mark.kafka

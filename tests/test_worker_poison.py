@@ -15,12 +15,12 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ConfigResource,
 )
 
-from imask.config import KafkaSettings
-from imask.kafka import common_config
+from imask.devstack.procs import stop_all
 from imask.media import encode_jpeg
-from imask.procs import stop_all
+from imask.ops.settings import KafkaSettings
+from imask.pipeline.wire import end_of_stream
+from imask.streaming.kafka import common_config
 from imask.v1 import frames_pb2 as pb
-from imask.wire import end_of_stream
 from streams import collect, moving_face_frames, publish, start_worker
 
 pytestmark = pytest.mark.kafka

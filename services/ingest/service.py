@@ -15,9 +15,9 @@ from imask.cameras.admin_policy import check_admin_exposure
 from imask.cameras.config import CameraConfig, load_cameras_file, parse_source
 from imask.cameras.manager import CameraManager, KafkaOutbox
 from imask.cameras.publish import PublishServer
-from imask.config import ConfigError, IngestSettings
-from imask.kafka import ensure_topics
-from imask.runtime import ServiceRuntime, run_service
+from imask.ops.runtime import ServiceRuntime, run_service
+from imask.ops.settings import ConfigError, IngestSettings
+from imask.streaming.kafka import ensure_topics
 
 log = logging.getLogger(__name__)
 

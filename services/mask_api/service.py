@@ -15,15 +15,15 @@ from confluent_kafka import KafkaError, Message, Producer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from imask import metrics
-from imask.config import MaskApiSettings
 from imask.engine.build import build_engine
-from imask.kafka import ensure_topics, producer_config
 from imask.maskapi.auth import ApiKeyInterceptor, api_key_store, server_credentials
 from imask.maskapi.executor import EngineExecutor
 from imask.maskapi.ratelimit import RateLimiter
 from imask.maskapi.servicer import MaskServicer
-from imask.runtime import ServiceRuntime, run_service
+from imask.ops import metrics
+from imask.ops.runtime import ServiceRuntime, run_service
+from imask.ops.settings import MaskApiSettings
+from imask.streaming.kafka import ensure_topics, producer_config
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import mask_service_pb2, mask_service_pb2_grpc
 

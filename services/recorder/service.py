@@ -17,11 +17,11 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
-from imask import metrics
-from imask.config import RecorderSettings
-from imask.kafka import consumer_config, ensure_topics, usable
+from imask.ops import metrics
+from imask.ops.runtime import ServiceRuntime, run_service
+from imask.ops.settings import RecorderSettings
 from imask.recording import CameraRecording, committable, open_recording, safe_name
-from imask.runtime import ServiceRuntime, run_service
+from imask.streaming.kafka import consumer_config, ensure_topics, usable
 from imask.v1 import frames_pb2 as pb
 
 log = logging.getLogger(__name__)

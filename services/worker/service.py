@@ -13,15 +13,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from imask import metrics
-from imask.config import WorkerSettings
 from imask.engine import MaskingEngine
 from imask.engine.build import build_engine
-from imask.kafka import OffsetTracker, consumer_config, ensure_topics, producer_config, usable
-from imask.pipeline import FrameProcessor, Inbound, Outcome, ProcessorOptions
-from imask.runtime import ServiceRuntime, run_service
+from imask.ops import metrics
+from imask.ops.runtime import ServiceRuntime, run_service
+from imask.ops.settings import WorkerSettings
+from imask.pipeline.processor import FrameProcessor, Inbound, Outcome, ProcessorOptions
+from imask.pipeline.wire import Rejected, now_us
+from imask.streaming.kafka import OffsetTracker, consumer_config, ensure_topics, producer_config, usable
 from imask.v1 import frames_pb2 as pb
-from imask.wire import Rejected, now_us
 
 log = logging.getLogger(__name__)
 

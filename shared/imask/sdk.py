@@ -15,11 +15,11 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from imask.config import FrameLimits, KafkaSettings
-from imask.kafka import producer_config
 from imask.media import encode_jpeg
+from imask.ops.settings import FrameLimits, KafkaSettings
+from imask.pipeline.wire import check_camera_id, check_outgoing, end_of_stream, make_frame, now_us
+from imask.streaming.kafka import producer_config
 from imask.types import Image
-from imask.wire import check_camera_id, check_outgoing, end_of_stream, make_frame, now_us
 
 
 class FrameProducer:

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from imask.config import ConfigError, IngestSettings
+from imask.ops.settings import ConfigError, IngestSettings
 
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 

@@ -21,13 +21,13 @@ from typing import Protocol
 
 import cv2
 
-from imask import metrics
 from imask.cameras.capture import Backoff, SourceError, open_source
 from imask.cameras.config import CameraConfig
 from imask.media import VideoInfo, encode_jpeg
+from imask.ops import metrics
+from imask.pipeline.wire import make_frame, now_us
 from imask.types import Image
 from imask.v1 import frames_pb2 as pb
-from imask.wire import make_frame, now_us
 
 log = logging.getLogger(__name__)
 FPS_WINDOW_S = 5.0

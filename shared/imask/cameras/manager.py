@@ -15,15 +15,15 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from imask import metrics
 from imask.cameras.admin_policy import SourceRefused, authorized, check_admin_source
 from imask.cameras.camera import AckCallback, Camera, CameraState
 from imask.cameras.config import CameraConfig, CameraConfigError, camera_config
-from imask.config import IngestSettings
-from imask.kafka import producer_config
+from imask.ops import metrics
+from imask.ops.settings import IngestSettings
+from imask.pipeline.wire import end_of_stream, now_us
+from imask.streaming.kafka import producer_config
 from imask.v1 import alerts_pb2
 from imask.v1 import frames_pb2 as pb
-from imask.wire import end_of_stream, now_us
 
 log = logging.getLogger(__name__)
 

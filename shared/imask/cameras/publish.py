@@ -16,15 +16,15 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from imask import metrics
 from imask.cameras.camera import AckCallback
 from imask.cameras.manager import KafkaOutbox
-from imask.config import IngestSettings
 from imask.maskapi.auth import ApiKeyInterceptor, ApiKeyStore, AuthError, Client, api_key_store, server_credentials
+from imask.ops import metrics
+from imask.ops.settings import IngestSettings
+from imask.pipeline.wire import check_camera_id, check_outgoing, make_frame, now_us
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import ingest_service_pb2 as ipb
 from imask.v1 import ingest_service_pb2_grpc
-from imask.wire import check_camera_id, check_outgoing, make_frame, now_us
 
 log = logging.getLogger(__name__)
 MAX_REPORTED_ERRORS = 10

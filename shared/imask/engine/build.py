@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from imask.config import EngineSettings
 from imask.engine.engine import MaskingEngine
 from imask.engine.masks import MaskShape, MaskSpec, MaskStyle
 from imask.engine.variants import get_variant
+from imask.ops.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from imask import metrics
 from imask.engine.backends import build_detector
 from imask.engine.detector import BatchTimings, Detections
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
 from imask.engine.tracker import FaceTracker, TrackedFace
 from imask.engine.variants import Variant
+from imask.ops import metrics
 from imask.types import Image
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from imask.engine import EngineResult, FrameInput, MaskingEngine
 from imask.engine.masks import coverage_map
 from imask.engine.tracker import iou_matrix
 from imask.evaluation.datasets import Dataset, Face, iter_images
-from imask.leakcheck import check_leak, yunet_faces
+from imask.evaluation.leakcheck import check_leak, yunet_faces
 from imask.media import iter_video, open_video
 from imask.types import Image
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from imask.config import ConfigError, GrpcServerSettings
+from imask.ops.settings import ConfigError, GrpcServerSettings
 
 log = logging.getLogger(__name__)
 

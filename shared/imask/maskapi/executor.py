@@ -15,8 +15,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from imask import metrics
 from imask.engine import EngineResult, FrameInput, MaskingEngine, MaskSpec
+from imask.ops import metrics
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,6 @@ from typing import Any
 
 import grpc
 
-from imask import metrics
-from imask.config import MaskApiSettings
 from imask.engine import FrameInput, MaskShape, MaskSpec, MaskStyle
 from imask.engine.masks import MAX_MASK_SCALE, MIN_MASK_SCALE
 from imask.engine.variants import Variant
@@ -24,11 +22,13 @@ from imask.maskapi.auth import ApiKeyStore, AuthError, Client
 from imask.maskapi.executor import DeadlineExpired, EngineExecutor, EngineFailed, QueueFull
 from imask.maskapi.ratelimit import RateLimiter
 from imask.media import ImageError, decode_image, encode_jpeg
-from imask.pipeline import build_meta, detections_pb
+from imask.ops import metrics
+from imask.ops.settings import MaskApiSettings
+from imask.pipeline.processor import build_meta, detections_pb
+from imask.pipeline.wire import check_camera_id, now_us
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import mask_service_pb2 as mpb
 from imask.v1 import mask_service_pb2_grpc as mgrpc
-from imask.wire import check_camera_id, now_us
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from imask.accounting import StreamLedger, summarize
-from imask.config import KafkaSettings
-from imask.kafka import TopicReader
-from imask.lag import group_lag
+from imask.loadtest.accounting import StreamLedger, summarize
+from imask.loadtest.replay import Source
 from imask.media import decode_any
-from imask.replay import Source
+from imask.ops.settings import KafkaSettings
+from imask.streaming.kafka import TopicReader
+from imask.streaming.lag import group_lag
 from imask.v1 import frames_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Collector:
                                 max((p.oldest_age_s for p in parts), default=0.0)))
 
     def _leak_sample(self, masked: pb.MaskedFrame) -> None:
-        from imask.leakcheck import check_leak
+        from imask.evaluation.leakcheck import check_leak
 
         frame = masked.frame
         source = self.originals.get(frame.camera_id)

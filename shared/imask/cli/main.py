@@ -12,7 +12,7 @@ from typing import Any, get_origin
 
 from pydantic_settings import BaseSettings
 
-from imask.config import (
+from imask.ops.settings import (
     ConfigError,
     EngineSettings,
     IngestSettings,
@@ -88,7 +88,7 @@ def cmd_api_key(args: argparse.Namespace) -> int:
         data["clients"][args.client]["revoked"] = True
         key = None
     else:
-        from imask.wire import check_camera_id
+        from imask.pipeline.wire import check_camera_id
 
         for camera in args.cameras or []:
             try:
@@ -124,7 +124,7 @@ def _remote_engine(args: argparse.Namespace) -> Any:
 def cmd_mask(args: argparse.Namespace) -> int:
     from imask.engine.build import build_engine
     from imask.filemask import mask_files
-    from imask.logs import configure_logging
+    from imask.ops.logs import configure_logging
 
     configure_logging("mask", "warning", json_format=False)
     if args.remote:
@@ -159,7 +159,7 @@ def _report(reports: list[Any]) -> int:
 
 
 def cmd_protos(args: argparse.Namespace) -> int:
-    from imask.protogen import main as proto_main
+    from imask.devstack.protogen import main as proto_main
 
     return proto_main([])
 
@@ -256,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands with parsers of their own: everything after the name is theirs (argparse's REMAINDER would let the
 # top-level parser grab their --flags).
-DELEGATED = {"stack": "imask.stack", "run": "imask.localrun", "eval": "imask.evaluation.cli", "load": "imask.loadcli",
-             "rtsp-server": "imask.cameras.rtsp_server", "cameras": "imask.cameras.admin_cli"}
+DELEGATED = {"stack": "imask.devstack.stack", "run": "imask.devstack.localrun", "eval": "imask.cli.eval",
+             "load": "imask.cli.load", "rtsp-server": "imask.devstack.rtsp_server", "cameras": "imask.cli.cameras"}
 # Shortcuts for the load/SRE commands: `imask lag` is `imask load lag`.
 LOAD_SHORTCUTS = {"record", "replay", "lag", "scale"}
 

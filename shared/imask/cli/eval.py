@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imask.config import ConfigError
 from imask.engine import MaskingEngine, Variant
 from imask.engine.masks import MaskShape, MaskSpec, MaskStyle
 from imask.engine.variants import get_variant
+from imask.ops.settings import ConfigError
 
 MASK_KEYS = {"style": MaskStyle, "shape": MaskShape, "scale": float}
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from imask.config import FrameLimits
 from imask.media import ImageError, sniff_size
+from imask.ops.settings import FrameLimits
 from imask.v1 import frames_pb2 as pb
 
 SCHEMA_VERSION = 1

@@ -21,11 +21,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from imask.config import REPO_ROOT, KafkaSettings, load_settings
-from imask.kafka import TopicReader, end_offsets, ensure_topics
-from imask.logs import configure_logging
-from imask.recordfile import RecordingWriter
-from imask.replay import Replayer, ReplayPlan, Source, load_source
+from imask.loadtest.recordfile import RecordingWriter
+from imask.loadtest.replay import Replayer, ReplayPlan, Source, load_source
+from imask.ops.logs import configure_logging
+from imask.ops.settings import REPO_ROOT, KafkaSettings, load_settings
+from imask.streaming.kafka import TopicReader, end_offsets, ensure_topics
 from imask.v1 import frames_pb2 as pb
 
 WORKERS_DIR = REPO_ROOT / ".stack" / "workers"
@@ -100,7 +100,7 @@ def cmd_replay(args: argparse.Namespace, settings: KafkaSettings) -> int:
 
 
 def cmd_load_run(args: argparse.Namespace, settings: KafkaSettings) -> int:
-    from imask.loadreport import Collector, build_report, summary_text, write_report
+    from imask.loadtest.report import Collector, build_report, summary_text, write_report
 
     ensure_topics(settings)
     sources = _sources(args)
@@ -126,7 +126,7 @@ def cmd_load_run(args: argparse.Namespace, settings: KafkaSettings) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from imask.loadreport import compare
+    from imask.loadtest.report import compare
 
     a, b = (json.loads(Path(p).read_text()) for p in (args.a, args.b))
     print(compare(a, b), end="")
@@ -134,7 +134,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_lag(args: argparse.Namespace, settings: KafkaSettings) -> int:
-    from imask.lag import group_lag
+    from imask.streaming.lag import group_lag
 
     parts = group_lag(settings, args.group, args.topic)
     if args.json:
@@ -172,7 +172,7 @@ def local_workers(group: str) -> list[tuple[Path, int]]:
 
 
 def cmd_scale(args: argparse.Namespace, settings: KafkaSettings) -> int:
-    from imask.procs import spawn
+    from imask.devstack.procs import spawn
 
     folder = WORKERS_DIR / args.group
     folder.mkdir(parents=True, exist_ok=True)

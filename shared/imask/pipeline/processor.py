@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imask import metrics
-from imask.config import FrameLimits
 from imask.engine import EngineResult, FrameInput, MaskingEngine, MaskSpec
 from imask.media import ImageError, decode_image, encode_jpeg
+from imask.ops import metrics
+from imask.ops.settings import FrameLimits
+from imask.pipeline.wire import Rejected, now_us, parse_frame, salvage_ids
 from imask.types import Image
 from imask.v1 import frames_pb2 as pb
-from imask.wire import Rejected, now_us, parse_frame, salvage_ids
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import cv2
 from confluent_kafka import Producer
 
-from imask.config import KafkaSettings
-from imask.kafka import producer_config
+from imask.loadtest.recordfile import read_recording
 from imask.media import encode_jpeg, iter_video, open_video
-from imask.recordfile import read_recording
+from imask.ops.settings import KafkaSettings
+from imask.pipeline.wire import end_of_stream, make_frame, now_us
+from imask.streaming.kafka import producer_config
 from imask.v1 import frames_pb2 as pb
-from imask.wire import end_of_stream, make_frame, now_us
 
 log = logging.getLogger(__name__)
 

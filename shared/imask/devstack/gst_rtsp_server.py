@@ -1,7 +1,7 @@
 """A live RTSP camera simulator on GStreamer's RTSP server; run with the system Python (`/usr/bin/python3`).
 
 Standalone on purpose: the project's virtualenv cannot import `gi`, so this file imports nothing from imask.
-`imask.cameras.rtsp_server` starts it and waits for its READY line.
+`imask.devstack.rtsp_server` starts it and waits for its READY line.
 
 Each mount behaves like a real camera rather than a file server: a feeder pipeline decodes the file in real
 time (appsink with sync=true) and loops seamlessly; every RTSP session of that mount shares one encoder fed

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 
 from confluent_kafka import Consumer, TopicPartition
 
-from imask.config import KafkaSettings
-from imask.kafka import common_config
+from imask.ops.settings import KafkaSettings
+from imask.streaming.kafka import common_config
 
 
 @dataclass

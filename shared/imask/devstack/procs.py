@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from imask.config import REPO_ROOT
+from imask.ops.settings import REPO_ROOT
 
 
 def free_port() -> int:
@@ -73,7 +73,7 @@ def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str]) -> Ser
     out = log_path.open("ab")
     # A session of its own: a terminal's Ctrl-C reaches only the supervisor, which then drains services in order
     # (a second signal would make a service exit without draining).
-    proc = subprocess.Popen([sys.executable, "-m", "imask.cli", *args, "--ops-port", str(port)], stdout=out,
+    proc = subprocess.Popen([sys.executable, "-m", "imask.cli.main", *args, "--ops-port", str(port)], stdout=out,
                             stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True)
     out.close()
     return ServiceProcess(name, proc, port, log_path)

@@ -17,7 +17,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     NewTopic,
 )
 
-from imask.config import KafkaSettings
+from imask.ops.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

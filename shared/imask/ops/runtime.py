@@ -9,9 +9,9 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from imask.config import BaseServiceSettings
-from imask.logs import configure_logging
-from imask.metrics import AdminRoutes, OpsServer
+from imask.ops.logs import configure_logging
+from imask.ops.metrics import AdminRoutes, OpsServer
+from imask.ops.settings import BaseServiceSettings
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from imask.procs import free_port
+from imask.devstack.procs import free_port
 
 SCRIPT = Path(__file__).with_name("gst_rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # has Debian's python3-gi; the project's virtualenv cannot import gi

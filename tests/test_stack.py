@@ -121,3 +121,76 @@ def test_broker_accepts_multi_megabyte_messages(running_stack: StackSettings) ->
             consumer.close()
     finally:
         admin.delete_topics([topic])[topic].result(10)
+
+
+def _shared_libs() -> Path | None:
+    """The default stack's jars, so a throwaway stack does not download them again."""
+    libs = StackSettings().kafka_libs_dir
+    return libs if libs.is_dir() and any(libs.glob("kafka_2.13-*.jar")) else None
+
+
+@pytest.mark.timeout(180)
+def test_three_broker_cluster_keeps_acks_all_through_a_broker_kill(tmp_path: Path) -> None:
+    """Its own cluster (3 KRaft nodes in one quorum, on free ports, state in tmp_path): topics get replication
+    factor 3 and min.insync.replicas 2, and acks=all producing goes on when one broker is SIGKILLed."""
+    import shutil
+
+    from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from imask.ops.settings import KafkaSettings
+    from imask.streaming.kafka import TopicSpec, ensure_topics
+
+    if shutil.which("java") is None:
+        pytest.skip("no java on PATH: Kafka cannot run here")
+    settings = StackSettings.on_free_ports(tmp_path / "stack", brokers=3, kafka_libs=_shared_libs(),
+                                           kafka_heap="384m")
+    assert len(set(settings.broker_ports)) == 3 and settings.kafka_port != StackSettings().kafka_port
+    topic = "cluster-test"
+    try:
+        stack.up(settings)
+        state = stack.status(settings)
+        assert [b["answering"] for b in state["kafka"]["brokers"]] == [True, True, True]  # type: ignore[index]
+        kafka = KafkaSettings(bootstrap_servers=settings.bootstrap_servers, replication_factor=3)
+        ensure_topics(kafka, [TopicSpec(topic, 4)])  # the services' own path, with IMASK_REPLICATION_FACTOR=3
+        admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+        partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+        assert {len(p.replicas) for p in partitions.values()} == {3}
+        resource = ConfigResource("topic", topic)
+        config = admin.describe_configs([resource])[resource].result(10)
+        assert config["min.insync.replicas"].value == "2"  # the brokers' default from three brokers on
+
+        failed: list[KafkaError] = []
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                failed.append(err)
+
+        producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all",
+                             "enable.idempotence": True, "message.timeout.ms": 60000, "log_level": 0})
+        for i in range(50):
+            producer.produce(topic, key=f"cam-{i % 8}".encode(), value=f"{i}".encode(), on_delivery=delivered)
+        assert producer.flush(30) == 0 and not failed
+        victim = partitions[0].leader - 1  # the leader of partition 0: its partitions must move
+        stack.kill_broker(settings, victim)
+        brokers = stack.status(settings)["kafka"]["brokers"]
+        assert [b["running"] for b in brokers] == [i != victim for i in range(3)]  # type: ignore[index]
+        for i in range(50, 150):
+            producer.produce(topic, key=f"cam-{i % 8}".encode(), value=f"{i}".encode(), on_delivery=delivered)
+        assert producer.flush(60) == 0 and not failed, failed  # acks=all with 2 of 3 in sync still succeeds
+        consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "cluster-test",
+                             "enable.auto.commit": False, "log_level": 0})
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        seen: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(seen) < 150 and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                seen.add(int(msg.value() or b"-1"))
+        consumer.close()
+        assert seen == set(range(150))  # nothing acknowledged was lost with the broker
+        stack.start_broker(settings, victim)
+        assert stack.status(settings)["kafka"]["answering"] is True
+    finally:
+        stack.down(settings, wipe=True)
+    assert stack.status(settings)["kafka"]["running"] is False

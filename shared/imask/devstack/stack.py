@@ -1,21 +1,31 @@
-"""Start, stop and inspect the local development stack: one Kafka broker and one Redis.
+"""Start, stop and inspect the local development stack: Kafka (one broker, or N) and one Redis.
 
 Why this exists: the services and the ``kafka``/``redis`` tests need a *real* broker, and
 Docker is not available everywhere the project runs.  So the stack is plain processes:
 
-* Kafka 4.x, single node in KRaft combined mode (``broker,controller``), run from the
-  Maven Central jars listed in ``deploy/local/kafka/pom.xml`` (fetched once with ``mvn``).
+* Kafka 4.x in KRaft combined mode (``broker,controller``), run from the Maven Central jars
+  listed in ``deploy/local/kafka/pom.xml`` (fetched once with ``mvn``).  One node by default;
+  ``IMASK_STACK_KAFKA_BROKERS=N`` starts N combined nodes forming one static controller quorum,
+  node ``i`` (0-based) on ports ``kafka_port + 2i`` (clients) and ``kafka_controller_port + 2i``
+  (controller), each with its own data, logs, properties and pid file.  With N >= 3 the
+  brokers default to ``min.insync.replicas=2`` and internal topics get replication factor 3,
+  so one broker can die without losing an acknowledged (``acks=all``) record or stopping
+  producers.  A single broker can be killed and restarted (:func:`kill_broker`,
+  :func:`start_broker`) for fault tests.
 * Redis from the system ``redis-server`` binary, in-memory only (no RDB/AOF).
 
 Everything lives in one state folder (default ``<repo>/.stack``, git-ignored by a
 ``.gitignore`` written inside it): jars, Kafka data, logs and pid files.  Kafka data is kept
-across ``down``/``up`` so a warm start skips the download and the storage format.
+across ``down``/``up`` so a warm start skips the download and the storage format.  A single
+broker keeps its files directly under ``kafka/``; an N-broker cluster lives in
+``kafka/cluster-N/node-<id>/`` (its own cluster id), so switching N never mixes quorums.
 
 Usage::
 
     python -m imask.devstack.stack up        # idempotent; waits until both answer
-    python -m imask.devstack.stack status    # JSON on stdout
+    python -m imask.devstack.stack status    # JSON on stdout (each broker listed)
     python -m imask.devstack.stack down [--wipe]
+    IMASK_STACK_KAFKA_BROKERS=3 python -m imask.devstack.stack up
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -36,7 +47,8 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -87,6 +99,8 @@ class StackSettings(BaseSettings):
     """Ports and paths of the local stack, overridable with ``IMASK_STACK_*`` env variables.
 
     Ports are configurable so the stack can coexist with another Kafka/Redis on the machine.
+    With ``kafka_brokers`` = N, node ``i`` (0-based) listens on ``kafka_port + 2i`` and
+    ``kafka_controller_port + 2i``: the defaults give 9092/9093, 9094/9095, 9096/9097.
     """
 
     model_config = SettingsConfigDict(env_prefix="IMASK_STACK_", extra="forbid")
@@ -97,6 +111,11 @@ class StackSettings(BaseSettings):
     )
     kafka_port: _Port = 9092
     kafka_controller_port: _Port = 9093
+    kafka_brokers: Annotated[int, Field(ge=1, le=9)] = 1
+    kafka_libs: Path | None = Field(
+        None, description="Folder of the Kafka jars (default <state_dir>/kafka/libs): another stack's, to share one "
+        "download"
+    )
     redis_port: _Port = 6390
     kafka_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+$")] = "4.1.1"
     kafka_heap: Annotated[str, Field(pattern=r"^\d+[kKmMgG]$")] = "512m"
@@ -105,15 +124,41 @@ class StackSettings(BaseSettings):
     @model_validator(mode="after")
     def _distinct_ports(self) -> StackSettings:
         """Kafka cannot share a port between its listeners; catch that before a JVM start."""
-        ports = [self.kafka_port, self.kafka_controller_port, self.redis_port]
+        ports = [*self.broker_ports, *self.controller_ports, self.redis_port]
         if len(set(ports)) != len(ports):
-            raise ValueError(f"kafka_port, kafka_controller_port and redis_port must differ, got {ports}")
+            raise ValueError(
+                f"kafka_port, kafka_controller_port and redis_port must differ (with {self.kafka_brokers} brokers "
+                f"node i uses kafka_port + 2i and kafka_controller_port + 2i), got {ports}"
+            )
+        if max(ports) > 65535:
+            raise ValueError(f"ports beyond 65535: {ports}")
         return self
+
+    @classmethod
+    def on_free_ports(cls, state_dir: Path, brokers: int = 1, **fields: object) -> StackSettings:
+        """Settings of a throwaway stack (tests, fault scenarios) in ``state_dir`` on ports nobody uses now: never
+        the shared default stack's."""
+        for _ in range(200):
+            base = secrets.randbelow(20000) + 30000
+            candidate = cls(state_dir=state_dir, kafka_brokers=brokers, kafka_port=base,
+                            kafka_controller_port=base + 1, redis_port=base + 2 * brokers, **fields)  # type: ignore[arg-type]
+            if all(_port_bindable(port) for port in
+                   (*candidate.broker_ports, *candidate.controller_ports, candidate.redis_port)):
+                return candidate
+        raise StackError("no free block of ports found for a throwaway stack")
+
+    @property
+    def broker_ports(self) -> list[int]:
+        return [self.kafka_port + 2 * i for i in range(self.kafka_brokers)]
+
+    @property
+    def controller_ports(self) -> list[int]:
+        return [self.kafka_controller_port + 2 * i for i in range(self.kafka_brokers)]
 
     @property
     def bootstrap_servers(self) -> str:
-        """Kafka ``bootstrap.servers`` value for clients of this stack."""
-        return f"127.0.0.1:{self.kafka_port}"
+        """Kafka ``bootstrap.servers`` value for clients of this stack (every broker, so any one may be down)."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.broker_ports)
 
     @property
     def redis_url(self) -> str:
@@ -121,35 +166,122 @@ class StackSettings(BaseSettings):
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
+    def replication_factor(self) -> int:
+        """Replication factor of topics on this cluster: 3 (or N when fewer)."""
+        return min(3, self.kafka_brokers)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """Brokers' default ``min.insync.replicas``: 2 from three brokers on (one may die), else 1."""
+        return 2 if self.kafka_brokers >= 3 else 1
+
+    @property
     def kafka_dir(self) -> Path:
         return self.state_dir / "kafka"
 
     @property
+    def cluster_dir(self) -> Path:
+        """Cluster id and nodes: ``kafka/`` itself for one broker (the historical layout), else ``kafka/cluster-N``."""
+        return self.kafka_dir if self.kafka_brokers == 1 else self.kafka_dir / f"cluster-{self.kafka_brokers}"
+
+    @property
     def kafka_libs_dir(self) -> Path:
-        return self.kafka_dir / "libs"
+        return self.kafka_libs if self.kafka_libs is not None else self.kafka_dir / "libs"
+
+    @property
+    def brokers(self) -> list[BrokerNode]:
+        return [self.broker(i) for i in range(self.kafka_brokers)]
+
+    def broker(self, index: int) -> BrokerNode:
+        """Node ``index`` (0-based; its KRaft node id is ``index + 1``)."""
+        if not 0 <= index < self.kafka_brokers:
+            raise StackError(f"no broker {index}: this stack has {self.kafka_brokers} (0..{self.kafka_brokers - 1})")
+        node_dir = self.kafka_dir if self.kafka_brokers == 1 else self.cluster_dir / f"node-{index + 1}"
+        return BrokerNode(index, index + 1, self.broker_ports[index], self.controller_ports[index], node_dir)
 
     @property
     def kafka_data_dir(self) -> Path:
-        return self.kafka_dir / "data"
+        """Data folder of the first broker (the only one by default)."""
+        return self.broker(0).data_dir
 
     @property
     def kafka_logs_dir(self) -> Path:
-        return self.kafka_dir / "logs"
+        return self.broker(0).logs_dir
 
     @property
     def redis_dir(self) -> Path:
         return self.state_dir / "redis"
 
     def pid_file(self, component: Component) -> Path:
-        return self.state_dir / component / f"{component}.pid"
+        """Pid file of Redis, or of the first Kafka broker."""
+        return self.broker(0).pid_file if component == "kafka" else self.redis_dir / "redis.pid"
 
     def console_log(self, component: Component) -> Path:
         """File receiving the process' stdout/stderr (JVM crashes, Redis log)."""
-        name = "kafka.out" if component == "kafka" else "redis.log"
-        return self.state_dir / component / name
+        return self.broker(0).console_log if component == "kafka" else self.redis_dir / "redis.log"
 
     def port(self, component: Component) -> int:
         return self.kafka_port if component == "kafka" else self.redis_port
+
+
+@dataclass(frozen=True)
+class BrokerNode:
+    """One Kafka node (broker and controller) of the stack, with its own files."""
+
+    index: int
+    node_id: int
+    port: int
+    controller_port: int
+    dir: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def properties(self) -> Path:
+        return self.dir / "server.properties"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "kafka.pid"
+
+    @property
+    def console_log(self) -> Path:
+        return self.dir / "kafka.out"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class _Daemon:
+    """A process of the stack as the bookkeeping sees it: a pid file, a log, a port and a health check."""
+
+    label: str
+    kind: Component
+    pid_file: Path
+    console_log: Path
+    port: int
+    answering: Callable[[], bool]
+    start_timeout_s: float
+    extra_logs: tuple[Path, ...] = ()
+
+
+def _broker_daemon(s: StackSettings, node: BrokerNode) -> _Daemon:
+    label = "kafka" if s.kafka_brokers == 1 else f"kafka node {node.node_id}"
+    return _Daemon(label, "kafka", node.pid_file, node.console_log, node.port,
+                   lambda: _broker_answering(node), s.start_timeout_s, (node.logs_dir / "server.log",))
+
+
+def _redis_daemon(s: StackSettings) -> _Daemon:
+    return _Daemon("redis", "redis", s.pid_file("redis"), s.console_log("redis"), s.redis_port,
+                   lambda: _redis_answering(s), _REDIS_START_TIMEOUT_S)
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,72 +290,70 @@ class StackSettings(BaseSettings):
 
 
 def up(settings: StackSettings | None = None) -> None:
-    """Start Kafka and Redis unless they already run and answer; return once both answer.
+    """Start Kafka (every broker) and Redis unless they already run and answer; return once all answer.
 
     Idempotent so scripts and ``make`` targets can call it unconditionally.
     """
     s = settings or StackSettings()
     _prepare_state_dir(s)
     with _locked(s):
-        kafka_running = _adopt_running(s, "kafka")
-        redis_running = _adopt_running(s, "redis")
-        if kafka_running and redis_running:
+        missing_brokers = [node for node in s.brokers if not _adopt_running(_broker_daemon(s, node))]
+        redis_running = _adopt_running(_redis_daemon(s))
+        if not missing_brokers and redis_running:
             logger.info("stack already up (kafka %s, redis %s)", s.bootstrap_servers, s.redis_url)
             return
 
-        started: list[tuple[Component, subprocess.Popen[bytes]]] = []
-        # Kafka first: it is the slow one, Redis starts while the JVM boots.
-        if not kafka_running:
-            _check_port_free(s.kafka_port, "kafka", "IMASK_STACK_KAFKA_PORT")
-            _check_port_free(s.kafka_controller_port, "kafka controller", "IMASK_STACK_KAFKA_CONTROLLER_PORT")
+        started: list[tuple[_Daemon, subprocess.Popen[bytes]]] = []
+        # Kafka first: it is the slow one, Redis starts while the JVMs boot.
+        if missing_brokers:
+            for node in missing_brokers:
+                _check_port_free(node.port, f"kafka node {node.node_id}", "IMASK_STACK_KAFKA_PORT")
+                _check_port_free(node.controller_port, f"kafka node {node.node_id} controller",
+                                 "IMASK_STACK_KAFKA_CONTROLLER_PORT")
             _ensure_kafka_libs(s)
-            _write_server_properties(s)
-            _format_kafka_storage(s)
-            started.append(("kafka", _spawn(s, "kafka", _kafka_command(s), cwd=s.kafka_dir)))
+            procs = _start_nodes(s, missing_brokers)
+            started += [(_broker_daemon(s, node), proc) for node, proc in zip(missing_brokers, procs, strict=True)]
         if not redis_running:
             _check_port_free(s.redis_port, "redis", "IMASK_STACK_REDIS_PORT")
             redis_cmd = _redis_command(s)
             s.redis_dir.mkdir(parents=True, exist_ok=True)
-            started.append(("redis", _spawn(s, "redis", redis_cmd, cwd=s.redis_dir)))
+            started.append((_redis_daemon(s), _spawn(_redis_daemon(s), redis_cmd, cwd=s.redis_dir)))
 
         # Redis before Kafka: it answers in milliseconds, so a Redis failure is reported fast.
-        for component, proc in sorted(started, key=lambda item: item[0] != "redis"):
-            timeout = s.start_timeout_s if component == "kafka" else _REDIS_START_TIMEOUT_S
+        for daemon, proc in sorted(started, key=lambda item: item[0].kind != "redis"):
             t0 = time.monotonic()
-            _wait_answering(s, component, proc, timeout)
-            logger.info(
-                "%s answering on 127.0.0.1:%d (pid %d) after %.1f s",
-                component,
-                s.port(component),
-                proc.pid,
-                time.monotonic() - t0,
-            )
+            _wait_answering(daemon, proc, daemon.start_timeout_s)
+            logger.info("%s answering on 127.0.0.1:%d (pid %d) after %.1f s", daemon.label, daemon.port, proc.pid,
+                        time.monotonic() - t0)
     logger.info("stack up: bootstrap_servers=%s redis_url=%s", s.bootstrap_servers, s.redis_url)
 
 
 def down(settings: StackSettings | None = None, wipe: bool = False) -> None:
     """Stop Kafka and Redis (SIGTERM, then SIGKILL after 30 s); idempotent.
 
-    Kafka data is kept by default so the next ``up`` skips formatting.  ``wipe=True`` also
-    deletes Kafka data, cluster id, logs and the Redis folder (downloaded jars are kept).
+    Every broker with a pid file under the state folder is stopped, whatever ``kafka_brokers``
+    says now.  Kafka data is kept by default so the next ``up`` skips formatting.  ``wipe=True``
+    also deletes Kafka data, cluster ids, logs and the Redis folder (downloaded jars are kept).
     """
     s = settings or StackSettings()
     if not s.state_dir.exists():
         logger.info("stack down (no state folder %s)", s.state_dir)
         return
     with _locked(s):
-        # Kafka first: clients of Redis do not matter to it, and it takes longest to stop.
-        for component in ("kafka", "redis"):
-            _stop(s, component)
+        # Kafka first: clients of Redis do not matter to it, and it takes longest to stop.  All brokers at once:
+        # stopped one by one, the last ones wait on a controller quorum that is already gone.
+        _stop_all(_all_broker_daemons(s))
+        _stop_all([_redis_daemon(s)])
         if wipe:
-            for path in (s.kafka_data_dir, s.kafka_logs_dir, s.redis_dir):
-                shutil.rmtree(path, ignore_errors=True)
-            for path in (
-                s.kafka_dir / "cluster-id",
-                s.kafka_dir / "server.properties",
-                s.console_log("kafka"),
-            ):
-                path.unlink(missing_ok=True)
+            for node in s.brokers:
+                shutil.rmtree(node.data_dir, ignore_errors=True)
+                shutil.rmtree(node.logs_dir, ignore_errors=True)
+                for path in (node.properties, node.console_log):
+                    path.unlink(missing_ok=True)
+            for cluster in s.kafka_dir.glob("cluster-*"):
+                shutil.rmtree(cluster, ignore_errors=True)
+            shutil.rmtree(s.redis_dir, ignore_errors=True)
+            (s.kafka_dir / "cluster-id").unlink(missing_ok=True)
             logger.info("wiped Kafka data and Redis folder under %s", s.state_dir)
     logger.info("stack down")
 
@@ -232,22 +362,76 @@ def status(settings: StackSettings | None = None) -> dict[str, dict[str, object]
     """Report, per component, whether its process runs and whether its port answers.
 
     ``running`` comes from the pid file, ``answering`` from a real protocol request (Kafka
-    metadata with at least one live broker, Redis PING), so a hung process shows up as
-    running but not answering.
+    metadata listing the broker as live, Redis PING), so a hung process shows up as running but
+    not answering.  ``kafka`` sums up every broker (running / answering: all of them; pid and
+    port: the first one's) and lists each under ``brokers``.
     """
     s = settings or StackSettings()
-    result: dict[str, dict[str, object]] = {}
-    components: tuple[Component, ...] = ("kafka", "redis")
-    for component in components:
-        pid = _live_pid(s, component)
-        result[component] = {
-            "running": pid is not None,
-            "pid": pid,
-            "port": s.port(component),
-            "answering": _answering(s, component),
-            "endpoint": s.bootstrap_servers if component == "kafka" else s.redis_url,
-        }
-    return result
+    brokers: list[dict[str, object]] = []
+    for node in s.brokers:
+        daemon = _broker_daemon(s, node)
+        brokers.append({"node_id": node.node_id, "running": _live_pid(daemon) is not None, "pid": _live_pid(daemon),
+                        "port": node.port, "controller_port": node.controller_port,
+                        "answering": _answering(daemon), "data_dir": str(node.data_dir)})
+    redis = _redis_daemon(s)
+    redis_pid = _live_pid(redis)
+    return {
+        "kafka": {
+            "running": all(b["running"] for b in brokers),
+            "pid": brokers[0]["pid"],
+            "port": s.kafka_port,
+            "answering": all(b["answering"] for b in brokers),
+            "endpoint": s.bootstrap_servers,
+            "brokers": brokers,
+        },
+        "redis": {"running": redis_pid is not None, "pid": redis_pid, "port": s.redis_port,
+                  "answering": _answering(redis), "endpoint": s.redis_url},
+    }
+
+
+def kill_broker(settings: StackSettings, index: int, sig: signal.Signals = signal.SIGKILL) -> int:
+    """Send ``sig`` (SIGKILL by default: a crash, no controlled shutdown) to broker ``index`` and wait until it is
+    gone; returns its pid.  For fault tests; :func:`start_broker` brings it back with its data."""
+    node = settings.broker(index)
+    daemon = _broker_daemon(settings, node)
+    with _locked(settings):
+        pid = _live_pid(daemon)
+        if pid is None:
+            raise StackError(f"{daemon.label} is not running")
+        logger.info("sending %s to %s (pid %d)", sig.name, daemon.label, pid)
+        os.kill(pid, sig)
+        if not _wait_gone(pid, daemon, _STOP_TIMEOUT_S):
+            raise StackError(f"{daemon.label} (pid {pid}) still runs after {sig.name}")
+        _CHILDREN.pop(pid, None)
+        node.pid_file.unlink(missing_ok=True)
+    return pid
+
+
+def start_broker(settings: StackSettings, index: int, wait: bool = True) -> int:
+    """Start broker ``index`` again (after :func:`kill_broker`) with its data; with ``wait`` return once the
+    cluster lists it as a live broker.  Returns its pid; a broker already running is left alone."""
+    node = settings.broker(index)
+    daemon = _broker_daemon(settings, node)
+    with _locked(settings):
+        pid = _live_pid(daemon)
+        if pid is not None:
+            return pid
+        _check_port_free(node.port, daemon.label, "IMASK_STACK_KAFKA_PORT")
+        [proc] = _start_nodes(settings, [node])
+        if wait:
+            _wait_answering(daemon, proc, daemon.start_timeout_s)
+        return proc.pid
+
+
+def _all_broker_daemons(s: StackSettings) -> list[_Daemon]:
+    """This stack's brokers, plus any other node with a pid file in the state folder (started with another N)."""
+    daemons = [_broker_daemon(s, node) for node in s.brokers]
+    known = {d.pid_file for d in daemons}
+    for pid_file in sorted(s.kafka_dir.glob("**/kafka.pid")):
+        if pid_file not in known:
+            daemons.append(_Daemon(f"kafka ({pid_file.parent})", "kafka", pid_file, pid_file.parent / "kafka.out",
+                                   0, lambda: False, s.start_timeout_s))
+    return daemons
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,11 +447,14 @@ def _prepare_state_dir(s: StackSettings) -> None:
         gitignore.write_text("# local stack state (imask.devstack.stack); never commit\n*\n")
     for component in ("kafka", "redis"):
         (s.state_dir / component).mkdir(exist_ok=True)
+    for node in s.brokers:
+        node.dir.mkdir(parents=True, exist_ok=True)
 
 
 @contextlib.contextmanager
 def _locked(s: StackSettings) -> Iterator[None]:
     """Serialise ``up``/``down`` on one state folder (e.g. two test sessions starting at once)."""
+    s.state_dir.mkdir(parents=True, exist_ok=True)
     with open(s.state_dir / ".lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -276,14 +463,14 @@ def _locked(s: StackSettings) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _read_pid(s: StackSettings, component: Component) -> int | None:
+def _read_pid(d: _Daemon) -> int | None:
     try:
-        return int(s.pid_file(component).read_text().strip())
+        return int(d.pid_file.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
 
 
-def _pid_alive(pid: int, component: Component) -> bool:
+def _pid_alive(pid: int, d: _Daemon) -> bool:
     """True if ``pid`` is a live (non-zombie) process that really is our Kafka/Redis.
 
     Checking the command line guards against pid reuse after a reboot or crash.
@@ -308,60 +495,59 @@ def _pid_alive(pid: int, component: Component) -> bool:
         cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    marker = "kafka.Kafka" if component == "kafka" else "redis-server"
+    marker = "kafka.Kafka" if d.kind == "kafka" else "redis-server"
     return marker in cmdline
 
 
-def _live_pid(s: StackSettings, component: Component) -> int | None:
-    pid = _read_pid(s, component)
-    if pid is not None and _pid_alive(pid, component):
+def _live_pid(d: _Daemon) -> int | None:
+    pid = _read_pid(d)
+    if pid is not None and _pid_alive(pid, d):
         return pid
     return None
 
 
-def _adopt_running(s: StackSettings, component: Component) -> bool:
-    """Return True if the component already runs and answers; clean a stale pid file.
+def _adopt_running(d: _Daemon) -> bool:
+    """Return True if the process already runs and answers; clean a stale pid file.
 
     A live process that does not answer yet (another ``up`` still booting it) gets the normal
     start timeout before it is declared hung.
     """
-    pid = _read_pid(s, component)
+    pid = _read_pid(d)
     if pid is None:
         return False
-    if not _pid_alive(pid, component):
-        logger.info("removing stale %s pid file (pid %d is not a running %s)", component, pid, component)
-        s.pid_file(component).unlink(missing_ok=True)
+    if not _pid_alive(pid, d):
+        logger.info("removing stale %s pid file (pid %d is not a running %s)", d.label, pid, d.kind)
+        d.pid_file.unlink(missing_ok=True)
         return False
-    if _answering(s, component):
-        logger.info("%s already running (pid %d) and answering", component, pid)
+    if _answering(d):
+        logger.info("%s already running (pid %d) and answering", d.label, pid)
         return True
-    logger.info("%s running (pid %d) but not answering yet; waiting", component, pid)
-    timeout = s.start_timeout_s if component == "kafka" else _REDIS_START_TIMEOUT_S
-    deadline = time.monotonic() + timeout
+    logger.info("%s running (pid %d) but not answering yet; waiting", d.label, pid)
+    deadline = time.monotonic() + d.start_timeout_s
     while time.monotonic() < deadline:
-        if not _pid_alive(pid, component):
-            s.pid_file(component).unlink(missing_ok=True)
-            logger.info("%s (pid %d) exited while waiting; starting a new one", component, pid)
+        if not _pid_alive(pid, d):
+            d.pid_file.unlink(missing_ok=True)
+            logger.info("%s (pid %d) exited while waiting; starting a new one", d.label, pid)
             return False
-        if _answering(s, component):
+        if _answering(d):
             return True
         time.sleep(_POLL_INTERVAL_S)
     raise StackError(
-        f"{component} process {pid} is running but has not answered on port {s.port(component)} "
-        f"for {timeout:.0f} s; run `python -m imask.devstack.stack down` and retry.\n" + _log_tail(s, component)
+        f"{d.label} process {pid} is running but has not answered on port {d.port} "
+        f"for {d.start_timeout_s:.0f} s; run `python -m imask.devstack.stack down` and retry.\n" + _log_tail(d)
     )
 
 
-def _spawn(s: StackSettings, component: Component, cmd: Sequence[str], cwd: Path) -> subprocess.Popen[bytes]:
+def _spawn(d: _Daemon, cmd: Sequence[str], cwd: Path) -> subprocess.Popen[bytes]:
     """Start ``cmd`` detached (own session, output to a log file) and record its pid.
 
     ``start_new_session`` keeps the process alive after the CLI exits and out of the
     terminal's Ctrl-C.
     """
-    log_path = s.console_log(component)
-    logger.info("starting %s: %s", component, " ".join(cmd))
-    with open(log_path, "ab") as log:
-        log.write(f"\n{_START_MARKER} {component} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+    logger.info("starting %s: %s", d.label, " ".join(cmd))
+    d.console_log.parent.mkdir(parents=True, exist_ok=True)
+    with open(d.console_log, "ab") as log:
+        log.write(f"\n{_START_MARKER} {d.label} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()
         proc = subprocess.Popen(
             list(cmd),
@@ -373,76 +559,71 @@ def _spawn(s: StackSettings, component: Component, cmd: Sequence[str], cwd: Path
             close_fds=True,
         )
     _CHILDREN[proc.pid] = proc
-    s.pid_file(component).write_text(f"{proc.pid}\n")
+    d.pid_file.write_text(f"{proc.pid}\n")
     return proc
 
 
-def _wait_answering(
-    s: StackSettings, component: Component, proc: subprocess.Popen[bytes], timeout: float
-) -> None:
-    """Poll until the component answers; fail fast if it exits, kill it if it never answers."""
+def _wait_answering(d: _Daemon, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Poll until the process answers; fail fast if it exits, kill it if it never answers."""
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            s.pid_file(component).unlink(missing_ok=True)
+            d.pid_file.unlink(missing_ok=True)
             _CHILDREN.pop(proc.pid, None)
-            raise StackError(
-                f"{component} exited with code {proc.returncode} during startup.\n" + _log_tail(s, component)
-            )
-        if _answering(s, component):
+            raise StackError(f"{d.label} exited with code {proc.returncode} during startup.\n" + _log_tail(d))
+        if _answering(d):
             return
         if time.monotonic() >= deadline:
             break
         time.sleep(_POLL_INTERVAL_S)
-    tail = _log_tail(s, component)
-    _stop(s, component)
+    tail = _log_tail(d)
+    _stop_all([d])
     raise StackError(
-        f"{component} (pid {proc.pid}) did not answer on 127.0.0.1:{s.port(component)} within "
-        f"{timeout:.0f} s; it was stopped.\n" + tail
+        f"{d.label} (pid {proc.pid}) did not answer on 127.0.0.1:{d.port} within {timeout:.0f} s; it was "
+        "stopped.\n" + tail
     )
 
 
-def _stop(s: StackSettings, component: Component) -> None:
-    """SIGTERM, wait up to 30 s (Kafka's controlled shutdown), then SIGKILL; drop the pid file."""
-    pid = _read_pid(s, component)
-    if pid is None:
-        return
-    if not _pid_alive(pid, component):
-        logger.info("%s not running (stale pid %d)", component, pid)
-        s.pid_file(component).unlink(missing_ok=True)
-        return
-    logger.info("stopping %s (pid %d)", component, pid)
-    t0 = time.monotonic()
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    if not _wait_gone(pid, component, _STOP_TIMEOUT_S):
-        logger.warning(
-            "%s (pid %d) ignored SIGTERM for %.0f s; sending SIGKILL", component, pid, _STOP_TIMEOUT_S
-        )
+def _stop_all(daemons: Sequence[_Daemon]) -> None:
+    """SIGTERM to all (Kafka's controlled shutdown), wait up to 30 s, then SIGKILL; drop the pid files."""
+    running: list[tuple[_Daemon, int]] = []
+    for d in daemons:
+        pid = _read_pid(d)
+        if pid is None:
+            continue
+        if not _pid_alive(pid, d):
+            logger.info("%s not running (stale pid %d)", d.label, pid)
+            d.pid_file.unlink(missing_ok=True)
+            continue
+        logger.info("stopping %s (pid %d)", d.label, pid)
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid, component, 10.0)
-    _CHILDREN.pop(pid, None)
-    s.pid_file(component).unlink(missing_ok=True)
-    logger.info("%s stopped after %.1f s", component, time.monotonic() - t0)
+            os.kill(pid, signal.SIGTERM)
+        running.append((d, pid))
+    t0 = time.monotonic()
+    for d, pid in running:
+        if not _wait_gone(pid, d, max(0.1, t0 + _STOP_TIMEOUT_S - time.monotonic())):
+            logger.warning("%s (pid %d) ignored SIGTERM for %.0f s; sending SIGKILL", d.label, pid, _STOP_TIMEOUT_S)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, d, 10.0)
+        _CHILDREN.pop(pid, None)
+        d.pid_file.unlink(missing_ok=True)
+        logger.info("%s stopped after %.1f s", d.label, time.monotonic() - t0)
 
 
-def _wait_gone(pid: int, component: Component, timeout: float) -> bool:
+def _wait_gone(pid: int, d: _Daemon, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _pid_alive(pid, component):
+        if not _pid_alive(pid, d):
             return True
         time.sleep(0.1)
-    return not _pid_alive(pid, component)
+    return not _pid_alive(pid, d)
 
 
-def _log_tail(s: StackSettings, component: Component, lines: int = _LOG_TAIL_LINES) -> str:
-    """Last lines of the component's logs, so startup errors are actionable without digging."""
-    paths = [s.console_log(component)]
-    if component == "kafka":
-        paths.append(s.kafka_logs_dir / "server.log")
+def _log_tail(d: _Daemon, lines: int = _LOG_TAIL_LINES) -> str:
+    """Last lines of the process' logs, so startup errors are actionable without digging."""
     parts: list[str] = []
-    for path in paths:
+    for path in (d.console_log, *d.extra_logs):
         try:
             content = path.read_text(errors="replace")
         except FileNotFoundError:
@@ -454,7 +635,7 @@ def _log_tail(s: StackSettings, component: Component, lines: int = _LOG_TAIL_LIN
         text = latest.splitlines()[-lines:]
         if text:
             parts.append(f"--- last {len(text)} lines of {path} ---\n" + "\n".join(text))
-    return "\n".join(parts) if parts else f"(no {component} log found under {s.state_dir / component})"
+    return "\n".join(parts) if parts else f"(no {d.label} log found at {d.console_log})"
 
 
 def _port_open(port: int, timeout: float = 0.5) -> bool:
@@ -463,6 +644,15 @@ def _port_open(port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def _port_bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _check_port_free(port: int, what: str, env_var: str) -> None:
@@ -479,14 +669,14 @@ def _check_port_free(port: int, what: str, env_var: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _answering(s: StackSettings, component: Component) -> bool:
-    if not _port_open(s.port(component)):
+def _answering(d: _Daemon) -> bool:
+    if not d.port or not _port_open(d.port):
         return False  # fast path: no 1 s client timeout when nothing listens
-    return _kafka_answering(s) if component == "kafka" else _redis_answering(s)
+    return d.answering()
 
 
-def _kafka_answering(s: StackSettings) -> bool:
-    """A metadata request that lists a live broker.
+def _broker_answering(node: BrokerNode) -> bool:
+    """A metadata request to this broker that lists it as a live broker.
 
     An open socket is not enough: a KRaft broker serves metadata while still fenced, and
     topic creation fails until it lists itself as a live broker.
@@ -496,7 +686,7 @@ def _kafka_answering(s: StackSettings) -> bool:
 
     admin = AdminClient(
         {
-            "bootstrap.servers": s.bootstrap_servers,
+            "bootstrap.servers": node.address,
             "socket.connection.setup.timeout.ms": 1000,
             # librdkafka would print "Connection refused" to stderr while the broker boots.
             "log_level": 0,
@@ -506,7 +696,7 @@ def _kafka_answering(s: StackSettings) -> bool:
         metadata = admin.list_topics(timeout=1)
     except KafkaException:
         return False
-    return len(metadata.brokers) > 0
+    return node.node_id in metadata.brokers
 
 
 def _redis_answering(s: StackSettings) -> bool:
@@ -558,6 +748,8 @@ def _ensure_kafka_libs(s: StackSettings) -> None:
     libs = s.kafka_libs_dir
     if (libs / _kafka_jar_name(s)).is_file():
         return
+    if s.kafka_libs is not None:
+        raise StackError(f"IMASK_STACK_KAFKA_LIBS={libs} holds no {_kafka_jar_name(s)}")
     if libs.exists():
         logger.info("replacing %s (it does not hold %s)", libs, _kafka_jar_name(s))
         shutil.rmtree(libs)
@@ -594,25 +786,32 @@ def _ensure_kafka_libs(s: StackSettings) -> None:
     logger.info("Kafka jars ready in %s (%.1f s)", libs, time.monotonic() - t0)
 
 
-def _server_properties(s: StackSettings) -> dict[str, str]:
-    """Broker configuration: one node that is its own controller, tuned for a dev box."""
-    one = "1"
+def _server_properties(s: StackSettings, node: BrokerNode | None = None) -> dict[str, str]:
+    """Configuration of one node: broker and controller, in a static quorum of every node, tuned for a dev box."""
+    node = node or s.broker(0)
+    rf = str(s.replication_factor)
+    isr = str(s.min_insync_replicas)
+    voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in s.brokers)
     return {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{s.kafka_controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port}",
+        "node.id": str(node.node_id),
+        "controller.quorum.voters": voters,
+        "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        "log.dirs": str(s.kafka_data_dir),
-        # A single broker cannot satisfy the default replication factor of 3 for internal topics.
-        "offsets.topic.replication.factor": one,
-        "transaction.state.log.replication.factor": one,
-        "transaction.state.log.min.isr": one,
-        "share.coordinator.state.topic.replication.factor": one,
-        "share.coordinator.state.topic.min.isr": one,
+        "log.dirs": str(node.data_dir),
+        # Internal topics replicated like the frame topics: 1 on a single broker (which cannot satisfy the default
+        # of 3), 3 from three brokers on.
+        "offsets.topic.replication.factor": rf,
+        "transaction.state.log.replication.factor": rf,
+        "transaction.state.log.min.isr": isr,
+        "share.coordinator.state.topic.replication.factor": rf,
+        "share.coordinator.state.topic.min.isr": isr,
+        # With acks=all a record is acknowledged once this many replicas have it: 2 of 3 survives one broker.
+        "min.insync.replicas": isr,
+        "default.replication.factor": rf,
         # 50 partitions per internal topic (the default) make the first consumer join slow on 2 cores.
         "offsets.topic.num.partitions": "4",
         "transaction.state.log.num.partitions": "4",
@@ -629,13 +828,20 @@ def _server_properties(s: StackSettings) -> dict[str, str]:
     }
 
 
-def _write_server_properties(s: StackSettings) -> None:
+def _write_server_properties(s: StackSettings, node: BrokerNode) -> None:
     """Regenerate ``server.properties`` on every start so port changes take effect."""
     lines = ["# Generated by imask.devstack.stack on every `up`; edit StackSettings / stack.py instead."]
-    lines += [f"{key}={value}" for key, value in _server_properties(s).items()]
-    s.kafka_data_dir.mkdir(parents=True, exist_ok=True)
-    s.kafka_logs_dir.mkdir(parents=True, exist_ok=True)
-    (s.kafka_dir / "server.properties").write_text("\n".join(lines) + "\n")
+    lines += [f"{key}={value}" for key, value in _server_properties(s, node).items()]
+    node.data_dir.mkdir(parents=True, exist_ok=True)
+    node.logs_dir.mkdir(parents=True, exist_ok=True)
+    node.properties.write_text("\n".join(lines) + "\n")
+
+
+def _start_nodes(s: StackSettings, nodes: Sequence[BrokerNode]) -> list[subprocess.Popen[bytes]]:
+    for node in nodes:
+        _write_server_properties(s, node)
+    _format_kafka_storage(s, nodes)
+    return [_spawn(_broker_daemon(s, node), _kafka_command(s, node), cwd=node.dir) for node in nodes]
 
 
 def _new_cluster_id() -> str:
@@ -647,65 +853,70 @@ def _new_cluster_id() -> str:
 
 
 def _cluster_id(s: StackSettings) -> str:
-    path = s.kafka_dir / "cluster-id"
+    path = s.cluster_dir / "cluster-id"
     if path.is_file():
         cluster_id = path.read_text().strip()
         if cluster_id:
             return cluster_id
     cluster_id = _new_cluster_id()
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(cluster_id + "\n")
     return cluster_id
 
 
-def _kafka_jvm_props(s: StackSettings) -> list[str]:
+def _kafka_jvm_props(node: BrokerNode) -> list[str]:
     return [
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={KAFKA_LOG4J2}",
-        f"-Dkafka.logs.dir={s.kafka_logs_dir}",
+        f"-Dkafka.logs.dir={node.logs_dir}",
     ]
 
 
-def _format_kafka_storage(s: StackSettings) -> None:
-    """Format the KRaft log dir once; skipped (no JVM start) when it is already formatted."""
-    if (s.kafka_data_dir / "meta.properties").is_file():
-        return
-    cmd = [
-        _java(),
-        "-Xmx256m",
-        *_kafka_jvm_props(s),
-        "-cp",
-        str(s.kafka_libs_dir / "*"),
-        "kafka.tools.StorageTool",
-        "format",
-        "-t",
-        _cluster_id(s),
-        "-c",
-        str(s.kafka_dir / "server.properties"),
-        "--ignore-formatted",
-    ]
-    logger.info("formatting Kafka storage in %s", s.kafka_data_dir)
-    result = subprocess.run(
-        cmd, cwd=s.kafka_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise StackError(
-            f"kafka storage format failed (exit {result.returncode}): {' '.join(cmd)}\n"
-            + (result.stdout + result.stderr).strip()
-        )
+def _format_kafka_storage(s: StackSettings, nodes: Sequence[BrokerNode]) -> None:
+    """Format the nodes' KRaft log dirs once, all at once (every node with the cluster's id; the static voters set
+    needs no other flag); a node already formatted is skipped (no JVM start)."""
+    todo = [node for node in nodes if not (node.data_dir / "meta.properties").is_file()]
+    runs: list[tuple[list[str], subprocess.Popen[str]]] = []
+    for node in todo:
+        cmd = [
+            _java(),
+            "-Xmx256m",
+            *_kafka_jvm_props(node),
+            "-cp",
+            str(s.kafka_libs_dir / "*"),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            _cluster_id(s),
+            "-c",
+            str(node.properties),
+            "--ignore-formatted",
+        ]
+        logger.info("formatting Kafka storage in %s", node.data_dir)
+        runs.append((cmd, subprocess.Popen(cmd, cwd=node.dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True)))
+    failures = []
+    for cmd, proc in runs:
+        output, _ = proc.communicate()
+        if proc.returncode != 0:
+            failures.append(f"kafka storage format failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                            + output.strip())
+    if failures:
+        raise StackError("\n".join(failures))
 
 
-def _kafka_command(s: StackSettings) -> list[str]:
+def _kafka_command(s: StackSettings, node: BrokerNode) -> list[str]:
     return [
         _java(),
         f"-Xmx{s.kafka_heap}",
         f"-Xms{s.kafka_heap}",
         "-XX:+UseG1GC",
         "-XX:MaxGCPauseMillis=20",
-        *_kafka_jvm_props(s),
+        *_kafka_jvm_props(node),
         "-cp",
         str(s.kafka_libs_dir / "*"),
         "kafka.Kafka",
-        str(s.kafka_dir / "server.properties"),
+        str(node.properties),
     ]
 
 
@@ -764,26 +975,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imask stack",
         description=(
-            "Run the local development stack as plain processes: a single-node Kafka "
-            "(KRaft) and Redis. Jars, data, logs and pid files live in the state folder "
-            "(default <repo>/.stack). Configure with IMASK_STACK_STATE_DIR, IMASK_STACK_KAFKA_PORT (9092), "
-            "IMASK_STACK_KAFKA_CONTROLLER_PORT (9093), IMASK_STACK_REDIS_PORT (6390), "
-            "IMASK_STACK_KAFKA_VERSION (4.1.1), IMASK_STACK_KAFKA_HEAP (512m), "
-            "IMASK_STACK_START_TIMEOUT_S (90)."
+            "Run the local development stack as plain processes: Kafka (KRaft; one node, or "
+            "IMASK_STACK_KAFKA_BROKERS=N nodes in one quorum, node i on KAFKA_PORT+2i and CONTROLLER_PORT+2i, "
+            "replication factor 3 and min.insync.replicas 2 from N=3) and Redis. Jars, data, logs and pid "
+            "files live in the state folder (default <repo>/.stack). Configure with IMASK_STACK_STATE_DIR, "
+            "IMASK_STACK_KAFKA_PORT (9092), IMASK_STACK_KAFKA_CONTROLLER_PORT (9093), IMASK_STACK_KAFKA_BROKERS (1), "
+            "IMASK_STACK_REDIS_PORT (6390), IMASK_STACK_KAFKA_VERSION (4.1.1), IMASK_STACK_KAFKA_HEAP (512m), "
+            "IMASK_STACK_KAFKA_LIBS (jar folder to share), IMASK_STACK_START_TIMEOUT_S (90)."
         ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{up,down,status}")
     sub.add_parser(
         "up",
-        help="start Kafka and Redis (no-op if already up); waits until both answer",
-        description="Start Kafka and Redis if needed and wait until both answer. The first run "
+        help="start Kafka and Redis (no-op if already up); waits until all answer",
+        description="Start Kafka (every broker) and Redis if needed and wait until all answer. The first run "
         "downloads the Kafka jars with Maven and formats the storage.",
     )
     down_parser = sub.add_parser(
         "down",
         help="stop Kafka and Redis (keeps Kafka data unless --wipe)",
-        description="Stop both processes: SIGTERM, then SIGKILL after 30 s.",
+        description="Stop every broker and Redis: SIGTERM, then SIGKILL after 30 s.",
     )
     down_parser.add_argument(
         "--wipe",
@@ -792,18 +1004,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "status",
-        help="print JSON: per component running, pid, port, answering",
+        help="print JSON: per component running, pid, port, answering (and each broker)",
         description="Print the state of each component as JSON on stdout.",
     )
     return parser
 
 
 def create_topics(settings: StackSettings) -> None:
-    """The frame topics with the partition counts and retention from IMASK_* config (idempotent)."""
+    """The frame topics with the partition counts and retention from IMASK_* config (idempotent); replicated 3
+    times on a cluster of three or more unless IMASK_REPLICATION_FACTOR says otherwise."""
     from imask.ops.settings import KafkaSettings, load_settings
     from imask.streaming.kafka import ensure_topics, frame_topics
 
-    kafka = load_settings(KafkaSettings, bootstrap_servers=settings.bootstrap_servers)
+    rf = None if "IMASK_REPLICATION_FACTOR" in os.environ else settings.replication_factor
+    kafka = load_settings(KafkaSettings, bootstrap_servers=settings.bootstrap_servers, replication_factor=rf)
     ensure_topics(kafka)
     logger.info("topics ready: %s", ", ".join(f"{t.name} ({t.partitions} partitions)" for t in frame_topics(kafka)))
 

@@ -1,5 +1,5 @@
-"""mask-api on loopback: round trips, streams with persistence, error codes, fuzzing, auth, shared rate limits,
-health through start and drain, TLS and mTLS."""
+"""mask-api on loopback: round trips, streams with persistence, error codes, fuzzing, auth, shared rate limits (and
+their fail-open fallback without Redis), health through start and drain, TLS and mTLS."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -253,6 +254,88 @@ def test_rate_limit_is_shared_by_two_servers(stack_up: None, tmp_path: Path, ast
     assert first.count(grpc.StatusCode.OK) == 5 and first[5:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
     # The second server has seen none of this client's calls itself; Redis says the budget is spent.
     assert second == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+
+
+def _mask_api_env(field: str) -> str:
+    """The variable of a mask-api setting (per-service names where the settings have them)."""
+    from imask.ops import settings as cfg
+
+    name_of = getattr(cfg, "env_name", None)
+    return str(name_of(cfg.MaskApiSettings, field)) if name_of else f"IMASK_{field.upper()}"
+
+
+def _redis_server(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A redis-server of this test's own (the Debian binary the stack uses), on its own port."""
+    from imask.devstack.stack import REDIS_SERVER
+
+    binary = REDIS_SERVER if Path(REDIS_SERVER).is_file() else "redis-server"
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"redis-server did not listen on {port}; see {log}")
+
+
+def _burst(client: MaskClient, jpeg: bytes, n: int) -> list[grpc.StatusCode]:
+    """n calls inside one one-second window (started at its top)."""
+    while time.time() % 1 > 0.05:
+        time.sleep(0.005)
+    codes = [code_of(lambda: client.mask(jpeg)) for _ in range(n)]
+    assert time.time() % 1 < 0.95, "the burst spilled into the next window; rerun"
+    return codes
+
+
+def test_rate_limit_fails_open_to_a_per_replica_limit_without_redis(tmp_path: Path, astronaut_image: Image) -> None:
+    """Redis down (its own redis-server, SIGKILLed): mask-api keeps masking and limits each client within this
+    replica, counting every decision made without Redis; once Redis is back the shared budget is used again."""
+    import redis
+
+    port = free_port()
+    server = _redis_server(port, tmp_path / "redis.log")
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        svc, api_port = start_api(tmp_path, **{_mask_api_env("redis_url"): url,
+                                               _mask_api_env("rate_limit_per_s"): "5"})
+        client = MaskClient(f"127.0.0.1:{api_port}")
+        jpeg = encode_jpeg(cv2.resize(astronaut_image, (128, 128)), 85)
+        ok, limited = grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _burst(client, jpeg, 7) == [ok] * 5 + [limited] * 2  # through Redis
+        assert svc.metric("imask_rate_limit_decisions_without_redis_total") == 0
+        assert svc.metric("imask_rate_limit_redis_up") == 1
+
+        server.kill()
+        server.wait(10)
+        reply = client.mask(encode_jpeg(astronaut_image, 90))  # served, and masked as always (fail-closed intact)
+        assert len(reply.detections) == 1 and reply.image and not reply.fail_closed
+        out = cv2.imdecode(np.frombuffer(reply.image, np.uint8), cv2.IMREAD_COLOR)
+        face = (slice(95, 155), slice(205, 270))
+        assert detail_ratio(out[face], astronaut_image[face]) < 0.3
+        assert _burst(client, jpeg, 7) == [ok] * 5 + [limited] * 2  # the same limit, counted by this replica
+        assert svc.metric("imask_rate_limit_redis_up") == 0
+        assert svc.metric("imask_rate_limit_decisions_without_redis_total", 'decision="refused"') == 2
+        assert svc.metric("imask_rate_limit_decisions_without_redis_total", 'decision="allowed"') >= 6
+
+        server = _redis_server(port, tmp_path / "redis.log")  # back, empty
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and svc.metric("imask_rate_limit_redis_up") != 1:
+            code_of(lambda: client.mask(jpeg))  # a call after the retry interval asks Redis again
+            time.sleep(0.3)
+        assert svc.metric("imask_rate_limit_redis_up") == 1
+        without = svc.metric("imask_rate_limit_decisions_without_redis_total")
+        store = redis.Redis(port=port)
+        window = int(time.time()) + 1
+        store.set(f"imask:rl:anonymous:{window}", 5, ex=5)  # the next window's budget spent by another replica
+        time.sleep(max(0.0, window - time.time()))
+        assert code_of(lambda: client.mask(jpeg)) == limited  # Redis decides again: the shared budget
+        assert svc.metric("imask_rate_limit_decisions_without_redis_total") == without
+        store.close()
+    finally:
+        server.kill()
+        server.wait(10)
 
 
 def _health(port: int) -> int:

@@ -48,6 +48,11 @@ OUTPUTS_REFUSED = Counter("imask_outputs_refused_total",
                           "dead-lettered", ["output"])
 META_DROPPED = Counter("imask_meta_dropped_total", "frames.meta records mask-api could not deliver (Kafka away "
                        "past the bound, queue full, shutdown)", ["reason"])
+RATE_LIMIT_WITHOUT_REDIS = Counter("imask_rate_limit_decisions_without_redis_total", "mask-api rate-limit decisions "
+                                   "made without Redis (fail open to a per-replica limit), by decision",
+                                   ["decision"])
+RATE_LIMIT_REDIS_UP = Gauge("imask_rate_limit_redis_up", "1 while the rate limiter's Redis answers (limits shared by "
+                            "every replica), 0 while each replica limits on its own", ["prefix"])
 MODEL_HEALTHY = Gauge("imask_model_healthy", "1 when the detector answers within its timeout; exported only by "
                       "processes that run an engine", ["variant"])
 QUEUE_DEPTH = Gauge("imask_queue_depth", "Frames waiting inside this process", ["queue"])

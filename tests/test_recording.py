@@ -4,6 +4,7 @@ offsets that never pass a file still open."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +19,7 @@ from imask.devstack.procs import stop_all
 from imask.media import encode_jpeg
 from imask.ops.settings import KafkaSettings
 from imask.pipeline.wire import end_of_stream, make_frame
-from imask.recording import committable, open_recording, recording_of
+from imask.recording import RecordingError, committable, open_recording, recording_of
 from imask.streaming.kafka import producer_config
 from imask.v1 import frames_pb2 as pb
 from streams import spawn_tracked
@@ -64,6 +65,93 @@ def test_offsets_stop_at_the_first_frame_of_an_open_file(tmp_path: Path) -> None
     assert committable(500, 3, [a, b]) == 120
     assert committable(500, 1, [a, b]) == 40
     assert committable(500, 0, [a, b]) == 500
+
+
+class _FailingWriter:
+    """A cv2.VideoWriter whose writes start failing, as FFmpeg's do when the disk is full."""
+
+    def __init__(self, real: cv2.VideoWriter, fail_after: int) -> None:
+        self.real, self.left = real, fail_after
+
+    def write(self, image: np.ndarray) -> bool:
+        self.left -= 1
+        return self.left >= 0 and self.real.write(image) is not False
+
+    def release(self) -> None:
+        self.real.release()
+
+
+def test_a_frame_that_cannot_be_written_fails_the_file_not_silently(tmp_path: Path) -> None:
+    rec = open_recording(tmp_path, "dock", 0, 10.0, _frame())
+    rec.first_offset, rec.partition = 7, 0
+    rec.writer = _FailingWriter(rec.writer, fail_after=3)  # type: ignore[assignment]
+    for seq in range(3):
+        assert rec.write(seq, _frame(), 1_000 + seq)
+    with pytest.raises(RecordingError, match="could not be written"):
+        rec.write(3, _frame(), 1_003)
+    assert rec.failed and not rec.partial.exists()  # the space it held is given back
+    with pytest.raises(RecordingError):
+        rec.write(4, _frame(), 1_004)
+    with pytest.raises(RecordingError):
+        rec.close()  # never renamed to dock.mp4 as if it were complete
+    assert not (tmp_path / "dock.mp4").exists()
+    assert committable(50, 0, [rec]) == 7  # offsets stay at its first frame: it is read again
+
+
+def test_a_file_whose_index_did_not_fit_is_not_kept(tmp_path: Path) -> None:
+    rec = open_recording(tmp_path, "yard", 0, 10.0, _frame())
+    for seq in range(5):
+        rec.write(seq, _frame(), 1_000 + seq)
+    real = rec.writer
+
+    class CutAtClose:  # the disk filled while the MP4's index was written
+        def write(self, image: np.ndarray) -> bool:
+            return True
+
+        def release(self) -> None:
+            real.release()
+            with rec.partial.open("r+b") as fh:
+                fh.truncate(rec.partial.stat().st_size // 2)
+
+    rec.writer = CutAtClose()  # type: ignore[assignment]
+    with pytest.raises(RecordingError, match="of 5 frames readable"):
+        rec.close()
+    assert not (tmp_path / "yard.mp4").exists() and not rec.partial.exists()
+
+
+def _small_filesystem(path: Path, size: str) -> bool:
+    """A tmpfs of `size` at `path` (needs root: CAP_SYS_ADMIN); False where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+def test_disk_full_raises_and_space_back_records_again(tmp_path: Path) -> None:
+    """On a real full filesystem (a 512 KiB tmpfs): the write that no longer fits raises, nothing broken is left,
+    and with the space back (the filler deleted) the same frames record completely (20 frames: ~135 KB)."""
+    mount = tmp_path / "small"
+    if not _small_filesystem(mount, "512k"):
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        (mount / "filler").write_bytes(b"\0" * 450_000)
+        noise = np.random.default_rng(3).integers(0, 255, (120, 160, 3), np.uint8)
+        frames = [np.roll(noise, 7 * i, axis=1) for i in range(60)]
+        rec = open_recording(mount, "gate", 0, 10.0, frames[0])
+        with pytest.raises(RecordingError):
+            for seq, image in enumerate(frames):
+                rec.write(seq, image, 1_000 + seq)
+            rec.close()
+        assert list(mount.glob("gate*")) == []
+        (mount / "filler").unlink()  # space is back
+        again = open_recording(mount, "gate", 0, 10.0, frames[0])
+        for seq, image in enumerate(frames[:20]):
+            assert again.write(seq, image, 1_000 + seq)
+        path = again.close()
+        cap = cv2.VideoCapture(str(path))
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
+        cap.release()
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
 
 
 @pytest.mark.kafka

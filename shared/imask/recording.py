@@ -1,8 +1,17 @@
-"""Writing masked frames into one playable MP4 per camera (used by the recorder service)."""
+"""Writing masked frames into one playable MP4 per camera (used by the recorder service).
+
+A file that cannot be written completely (disk full, I/O error) raises `RecordingError` instead of being kept
+broken: OpenCV's writer only *returns* False when FFmpeg fails to write a frame, and an MP4 whose index (written at
+close) did not fit is unplayable as a whole, so every frame of it is lost, not only the ones after the failure. A
+failed recording is never renamed to its final name and its partial is deleted (giving the space back); the
+caller must not move offsets past its first frame (`committable` already holds them there while it is open).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -11,9 +20,33 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from imask.ops import metrics
 from imask.types import Image
 
 log = logging.getLogger(__name__)
+
+
+class RecordingError(OSError):
+    """A recording could not be opened, written or closed completely (disk full, I/O error): its frames are not
+    on disk and must be read again."""
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding `path` (its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def _failure(kind: str, message: str, path: Path) -> RecordingError:
+    metrics.RECORDING_ERRORS.labels(kind).inc()
+    try:
+        free = free_bytes(path)
+    except OSError:
+        free = -1
+    log.error("recording failed", extra={"path": str(path), "kind": kind, "free_bytes": free, "error": message})
+    return RecordingError(f"{message} ({path}; {free} bytes free)")
 
 
 def safe_name(camera_id: str) -> str:
@@ -38,6 +71,7 @@ class CameraRecording:
     opened: float = field(default_factory=time.monotonic)
     partition: int = -1
     first_offset: int = -1  # the input offset of its first frame: committed offsets stay below it until closed
+    failed: bool = False
 
     @property
     def partial(self) -> Path:
@@ -52,9 +86,13 @@ class CameraRecording:
         if seq <= self.last_seq:
             self.duplicates += 1
             return False
+        if self.failed:
+            raise RecordingError(f"{self.partial} already failed; it is being read again")
         if (image.shape[1], image.shape[0]) != self.size:
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
-        self.writer.write(image)
+        if self.writer.write(image) is False:  # FFmpeg could not write (the disk is full, mostly)
+            self.discard()
+            raise _failure("write", f"frame {seq} of {self.camera_id} could not be written", self.partial)
         self.last_seq = seq
         self.last_capture_us = max(self.last_capture_us, capture_us)
         self.frames += 1
@@ -62,11 +100,42 @@ class CameraRecording:
         return True
 
     def close(self) -> Path:
+        """Finish the file and give it its final name, once it holds every frame written to it; else discard it
+        and raise `RecordingError` (its frames must be read again)."""
+        if self.failed:
+            raise RecordingError(f"{self.partial} failed earlier; nothing to close")
         self.writer.release()
-        self.partial.replace(self.path)
+        held = _frames_in(self.partial)
+        if held != self.frames:  # the index did not fit (disk full at close) or frames went missing
+            self.discard()
+            raise _failure("close", f"{self.camera_id}: {held} of {self.frames} frames readable after closing",
+                           self.partial)
+        try:
+            self.partial.replace(self.path)
+        except OSError as exc:
+            self.discard()
+            raise _failure("close", f"could not rename to {self.path.name}: {exc}", self.partial) from exc
         log.info("recording closed", extra={"camera": self.camera_id, "path": str(self.path), "frames": self.frames,
                                             "duplicates_skipped": self.duplicates})
         return self.path
+
+    def discard(self) -> None:
+        """Drop a file that cannot be finished: release the writer and delete the partial (its space is needed)."""
+        self.failed = True
+        with contextlib.suppress(cv2.error):
+            self.writer.release()
+        self.partial.unlink(missing_ok=True)
+
+
+def _frames_in(path: Path) -> int:
+    """Frames a finished MP4 says it holds (its index); -1 when it cannot be opened (no index: unplayable)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return -1
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else -1
+    finally:
+        cap.release()
 
 
 def open_recording(out_dir: Path, camera_id: str, first_seq: int, fps: float, image: np.ndarray) -> CameraRecording:
@@ -74,7 +143,10 @@ def open_recording(out_dir: Path, camera_id: str, first_seq: int, fps: float, im
     the camera: its ingest restarted and counts from 0 again) is never overwritten: the new one gets `-2`, `-3`...
     A leftover .partial of the same name (a recorder that crashed before closing it, now redoing those frames from
     the uncommitted offset) is overwritten."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _failure("open", f"cannot create {out_dir}: {exc}", out_dir) from exc
     base = safe_name(camera_id) if first_seq == 0 else f"{safe_name(camera_id)}_from{first_seq}"
     stem, n = base, 1
     while (out_dir / f"{stem}.mp4").exists():
@@ -85,7 +157,8 @@ def open_recording(out_dir: Path, camera_id: str, first_seq: int, fps: float, im
     partial = path.with_suffix(".partial.mp4")
     writer = cv2.VideoWriter(str(partial), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
     if not writer.isOpened():
-        raise OSError(f"cannot open video writer for {partial}")
+        partial.unlink(missing_ok=True)
+        raise _failure("open", f"cannot open a video writer for {camera_id}", partial)
     return CameraRecording(camera_id, path, fps, size, writer)
 
 

@@ -59,6 +59,7 @@ def test_cameras_file_errors_say_what_and_where(tmp_path: Path, text: str, messa
 
 def test_camera_fields_never_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMASK_CAMERA_ID", "sneaky")
+    monkeypatch.setenv("IMASK_INGEST_CAMERA_ID", "sneaky")  # the name it would have in the ingest's namespace
     config = camera_config(IngestSettings(fps=7), {"camera_id": "a", "url": "rtsp://h/"})
     assert config.camera_id == "a" and config.fps == 7
     with pytest.raises(CameraConfigError, match="source 'nourl' must look like"):
@@ -164,7 +165,7 @@ def test_camera_commands_explain_themselves() -> None:
         assert "usage:" in out.stdout
     ingest = subprocess.run([sys.executable, "-m", "imask.cli.main", "ingest", "--help"], capture_output=True,
                             text=True, check=True).stdout
-    assert "IMASK_STALL_AFTER_S" in ingest and "--cameras-file" in ingest and "/cameras" in ingest
+    assert "IMASK_INGEST_STALL_AFTER_S" in ingest and "--cameras-file" in ingest and "/cameras" in ingest
 
 
 def test_ingest_without_cameras_explains_how_to_give_some() -> None:
@@ -183,7 +184,7 @@ def test_admin_api_exposure_token_and_sources() -> None:
     from imask.ops.settings import ConfigError, IngestSettings
 
     open_on_all = IngestSettings(ops_host="0.0.0.0")
-    with pytest.raises(ConfigError, match="IMASK_ADMIN_TOKEN"):
+    with pytest.raises(ConfigError, match="IMASK_INGEST_ADMIN_TOKEN"):
         check_admin_exposure(open_on_all)
     check_admin_exposure(IngestSettings(ops_host="0.0.0.0", admin_token="t0ken"))
     check_admin_exposure(IngestSettings())  # loopback without a token: local use

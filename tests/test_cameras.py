@@ -77,7 +77,7 @@ ADMIN_TOKENS: dict[int, str] = {}
 def start_ingest(tmp_path: Path, args: list[str], **env: str) -> ServiceProcess:
     ingest = spawn_tracked("ingest", ["ingest", *args], tmp_path / "logs", {**subprocess_env(), **env})
     ingest.wait_ready(60)
-    ADMIN_TOKENS[ingest.ops_port] = env.get("IMASK_ADMIN_TOKEN", "")
+    ADMIN_TOKENS[ingest.ops_port] = env.get("IMASK_INGEST_ADMIN_TOKEN", "")
     return ingest
 
 
@@ -193,8 +193,8 @@ def test_killed_server_reconnects_on_its_own_and_reports_the_gap(
         kafka_settings: KafkaSettings, clips: dict[str, Path], servers: Callable[[dict[str, Path]], RtspServer],
         tmp_path: Path) -> None:
     server = servers({"cam": clips["hamilton"]})
-    ingest = start_ingest(tmp_path, ["--source", f"cam={server.url('cam')}"], IMASK_BACKOFF_INITIAL_S="0.3",
-                          IMASK_BACKOFF_MAX_S="1.0")
+    ingest = start_ingest(tmp_path, ["--source", f"cam={server.url('cam')}"], IMASK_INGEST_BACKOFF_INITIAL_S="0.3",
+                          IMASK_INGEST_BACKOFF_MAX_S="1.0")
     wait_state(ingest, "cam", {"running"}, 20)
     time.sleep(1.0)
     server.kill()
@@ -222,7 +222,7 @@ def test_frozen_server_is_reported_stalled_then_reconnects(
     server = servers({"cam": clips["megamind"]})
     ingest = start_ingest(tmp_path, ["--source", f"cam={server.url('cam')}", "--stall-after-s", "1.0",
                                      "--read-timeout-s", "2", "--open-timeout-s", "2"],
-                          IMASK_BACKOFF_INITIAL_S="0.3", IMASK_BACKOFF_MAX_S="1.0")
+                          IMASK_INGEST_BACKOFF_INITIAL_S="0.3", IMASK_INGEST_BACKOFF_MAX_S="1.0")
     wait_state(ingest, "cam", {"running"}, 20)
     time.sleep(1.0)
     server.freeze()
@@ -258,7 +258,7 @@ cameras:
   - {{camera_id: live, url: "{server.url('cam')}", drop_policy: realtime}}
   - {{camera_id: full, url: "{server.url('cam')}", drop_policy: complete}}
 """)
-    ingest = start_ingest(tmp_path, ["--cameras-file", str(cameras)], IMASK_INSTANCE_ID=client_id)
+    ingest = start_ingest(tmp_path, ["--cameras-file", str(cameras)], IMASK_INGEST_INSTANCE_ID=client_id)
     wait_state(ingest, "live", {"running"}, 20)
     wait_state(ingest, "full", {"running"}, 20)
     stack.set_client_quota(client_id, 150_000)  # bytes/s for the whole ingest: well under 2 cameras x 30 fps
@@ -296,7 +296,7 @@ def test_cameras_added_and_removed_at_runtime_and_a_bad_url_harms_no_other(
     server = servers({"a": clips["asl2"], "b": clips["hamilton"]})
     # The test cameras live on loopback, which the admin API refuses unless the operator allows it.
     ingest = start_ingest(tmp_path, ["--keep-running", "--source", f"a={server.url('a')}"],
-                          IMASK_ADMIN_TOKEN="s3cret", IMASK_ADMIN_ALLOWED_HOSTS='["127.0.0.1"]')
+                          IMASK_INGEST_ADMIN_TOKEN="s3cret", IMASK_INGEST_ADMIN_ALLOWED_HOSTS='["127.0.0.1"]')
     wait_state(ingest, "a", {"running"}, 20)
     base = ingest.ops_url
     assert request(base, "POST", "/cameras", {"camera_id": "b", "url": server.url("b")})[0] == 401

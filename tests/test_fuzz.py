@@ -134,7 +134,7 @@ def fuzz_api(stack_up: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     port = free_port()
     logs = tmp_path_factory.mktemp("fuzz-api")
     svc: ServiceProcess = spawn_tracked("fuzz-api", ["mask-api", "--port", str(port), "--no-publish-meta"], logs,
-                                        {**subprocess_env(), "IMASK_AUTH": "none", "IMASK_QUEUE_MAX": "256"})
+                                        {**subprocess_env(), "IMASK_AUTH": "none", "IMASK_MASK_API_QUEUE_MAX": "256"})
     svc.wait_ready(120)
     yield port
     svc.proc.terminate()

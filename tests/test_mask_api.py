@@ -39,8 +39,8 @@ pytestmark = pytest.mark.redis
 
 def start_api(tmp_path: Path, name: str = "api", **env: str) -> tuple[ServiceProcess, int]:
     port = free_port()
-    settings = {"IMASK_PORT": str(port), "IMASK_AUTH": "none", "IMASK_PUBLISH_META": "false",
-                "IMASK_REDIS_URL": "redis://127.0.0.1:6390/0", **env}
+    settings = {"IMASK_MASK_API_PORT": str(port), "IMASK_AUTH": "none", "IMASK_MASK_API_PUBLISH_META": "false",
+                "IMASK_MASK_API_REDIS_URL": "redis://127.0.0.1:6390/0", **env}
     svc = spawn_tracked(name, ["mask-api"], tmp_path / "logs", {**os.environ, **settings})
     svc.wait_ready(60)
     return svc, port
@@ -64,7 +64,7 @@ def code_of(call: object) -> grpc.StatusCode:
 @pytest.fixture
 def api(stack_up: None, tmp_path: Path) -> Iterator[int]:
     # Requests may ask up to 0.5 here (the default bound is the variant's 0.1): the stream test needs 0.2.
-    _, port = start_api(tmp_path, IMASK_THRESHOLD_MAX="0.5")
+    _, port = start_api(tmp_path, IMASK_MASK_API_THRESHOLD_MAX="0.5")
     yield port
 
 
@@ -156,7 +156,7 @@ def test_error_codes(api: int, astronaut_image: Image) -> None:
 
 
 def test_queue_full_is_resource_exhausted(stack_up: None, tmp_path: Path, astronaut_image: Image) -> None:
-    _, port = start_api(tmp_path, IMASK_QUEUE_MAX="1")
+    _, port = start_api(tmp_path, IMASK_MASK_API_QUEUE_MAX="1")
     client = MaskClient(f"127.0.0.1:{port}")
     big = encode_jpeg(cv2.resize(astronaut_image, (1920, 1920)), 90)
     futures = [client.stub.Mask.future(mpb.MaskRequest(image=big), timeout=60) for _ in range(12)]
@@ -241,7 +241,7 @@ def test_api_keys(stack_up: None, tmp_path: Path, astronaut_image: Image) -> Non
 def test_rate_limit_is_shared_by_two_servers(stack_up: None, tmp_path: Path, astronaut_image: Image) -> None:
     keys = tmp_path / "keys.json"
     key = new_key(keys, f"rl-{os.getpid()}-{time.time_ns()}")
-    env = {"IMASK_AUTH": "api-key", "IMASK_API_KEYS_FILE": str(keys), "IMASK_RATE_LIMIT_PER_S": "5"}
+    env = {"IMASK_AUTH": "api-key", "IMASK_API_KEYS_FILE": str(keys), "IMASK_MASK_API_RATE_LIMIT_PER_S": "5"}
     _, port1 = start_api(tmp_path, "api1", **env)
     _, port2 = start_api(tmp_path, "api2", **env)
     one, two = MaskClient(f"127.0.0.1:{port1}", key), MaskClient(f"127.0.0.1:{port2}", key)
@@ -345,8 +345,8 @@ def _health(port: int) -> int:
 
 def test_health_through_start_and_drain(stack_up: None, tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "IMASK_PORT": str(port), "IMASK_AUTH": "none", "IMASK_PUBLISH_META": "false",
-           "IMASK_DRAIN_DELAY_S": "2", "IMASK_DETECTOR_WIDTH": "1280", "IMASK_DETECTOR_HEIGHT": "736"}
+    env = {**os.environ, "IMASK_MASK_API_PORT": str(port), "IMASK_AUTH": "none", "IMASK_MASK_API_PUBLISH_META": "false",
+           "IMASK_MASK_API_DRAIN_DELAY_S": "2", "IMASK_DETECTOR_WIDTH": "1280", "IMASK_DETECTOR_HEIGHT": "736"}
     svc = spawn_tracked("api", ["mask-api"], tmp_path / "logs", env)
     seen = []
     deadline = time.monotonic() + 60
@@ -454,7 +454,7 @@ def test_imask_mask_remote(api: int, tmp_path: Path, astronaut_image: Image) -> 
 
 def test_concurrent_requests_share_detector_batches(stack_up: None, tmp_path: Path,
                                                      astronaut_image: Image) -> None:
-    _, port = start_api(tmp_path, IMASK_BATCH_MAX="4", IMASK_BATCH_WAIT_MS="20")
+    _, port = start_api(tmp_path, IMASK_MASK_API_BATCH_MAX="4", IMASK_MASK_API_BATCH_WAIT_MS="20")
     client = MaskClient(f"127.0.0.1:{port}")
     jpeg = encode_jpeg(astronaut_image, 90)
     futures = [client.stub.Mask.future(mpb.MaskRequest(image=jpeg, seq=i), timeout=60) for i in range(16)]
@@ -468,7 +468,7 @@ def test_concurrent_requests_share_detector_batches(stack_up: None, tmp_path: Pa
 @pytest.mark.kafka
 def test_requests_are_published_to_frames_meta(kafka_settings: KafkaSettings, tmp_path: Path,
                                                astronaut_image: Image) -> None:
-    _, port = start_api(tmp_path, IMASK_PUBLISH_META="true")
+    _, port = start_api(tmp_path, IMASK_MASK_API_PUBLISH_META="true")
     client = MaskClient(f"127.0.0.1:{port}")
     client.mask(encode_jpeg(astronaut_image, 90), camera_id="lobby", seq=42)
     reader = TopicReader(kafka_settings, {(kafka_settings.topic_meta, p): 0 for p in range(4)})
@@ -528,7 +528,7 @@ def test_serves_while_kafka_is_down_and_counts_lost_meta(tmp_path: Path, astrona
     """A synchronous API does not need Kafka: with no broker it still starts, masks, and counts the frames.meta
     records it could not deliver (queued up to a bound and a timeout, then dropped)."""
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
-    svc, port = start_api(tmp_path, IMASK_PUBLISH_META="true", IMASK_BOOTSTRAP_SERVERS=dead,
+    svc, port = start_api(tmp_path, IMASK_MASK_API_PUBLISH_META="true", IMASK_BOOTSTRAP_SERVERS=dead,
                           IMASK_KAFKA_EXTRA='{"message.timeout.ms": "1500"}')
     reply = MaskClient(f"127.0.0.1:{port}").mask(encode_jpeg(astronaut_image, 90), camera_id="lobby")
     assert len(reply.detections) == 1 and reply.image

@@ -57,7 +57,8 @@ def test_ingest_reports_an_unreadable_source(kafka_settings: KafkaSettings, tmp_
 
 def test_imask_run_end_to_end(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     clip = synthetic_clip(tmp_path / "clip.mp4", frames=40, fps=20)
-    env = {**subprocess_env(), "IMASK_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}"}
+    env = {**subprocess_env(), "IMASK_WORKER_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}",
+           "IMASK_RECORDER_GROUP_ID": f"r-{uuid.uuid4().hex[:6]}"}
     out = subprocess.run([sys.executable, "-m", "imask.cli.main", "run", "--source", f"cam1={clip}", "--source",
                           f"cam2={clip}", "--workers", "1", "--out", str(tmp_path / "run")],
                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO_ROOT)
@@ -73,7 +74,8 @@ def test_imask_run_end_to_end(kafka_settings: KafkaSettings, tmp_path: Path) -> 
 
 def test_imask_run_ctrl_c_drains_every_process(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     clip = synthetic_clip(tmp_path / "clip.mp4", frames=200, fps=20)  # 10 s at source pace
-    env = {**subprocess_env(), "IMASK_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}"}
+    env = {**subprocess_env(), "IMASK_WORKER_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}",
+           "IMASK_RECORDER_GROUP_ID": f"r-{uuid.uuid4().hex[:6]}"}
     out_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "imask.cli.main", "run", "--source", f"cam={clip}", "--workers", "1",
                              "--out", str(out_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -100,7 +100,7 @@ def test_sigkill_mid_stream_another_worker_takes_over(kafka_settings: KafkaSetti
     group = f"g-{uuid.uuid4().hex[:6]}"
     cameras = {f"cam-{i}": moving_face_frames(40) for i in range(4)}
     victim = start_worker(tmp_path, "victim", group)
-    survivor = start_worker(tmp_path, "survivor", group, IMASK_BATCH_MAX="4")  # also exercises batching
+    survivor = start_worker(tmp_path, "survivor", group, IMASK_WORKER_BATCH_MAX="4")  # also exercises batching
     publish(kafka_settings, cameras, pace_s=0.03)
     # Kill once the victim has really been working, so it dies holding uncommitted frames.
     deadline = time.monotonic() + 60

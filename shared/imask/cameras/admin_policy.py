@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from imask.ops.settings import ConfigError, IngestSettings
+from imask.ops.settings import ConfigError, IngestSettings, env_name
 
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 
@@ -26,8 +26,9 @@ class SourceRefused(ValueError):
 def check_admin_exposure(settings: IngestSettings) -> None:
     """Refuse to start with an open admin API on a listener other hosts can reach."""
     if settings.ops_host not in LOOPBACK_HOSTS and not settings.admin_token:
-        raise ConfigError(f"the camera admin API is served on IMASK_OPS_HOST={settings.ops_host!r}, which other "
-                          "hosts can reach: set IMASK_ADMIN_TOKEN (or bind the ops endpoint to 127.0.0.1)")
+        raise ConfigError(f"the camera admin API is served on {env_name(IngestSettings, 'ops_host')}="
+                          f"{settings.ops_host!r}, which other hosts can reach: set "
+                          f"{env_name(IngestSettings, 'admin_token')} (or bind the ops endpoint to 127.0.0.1)")
 
 
 def authorized(settings: IngestSettings, headers: Mapping[str, str]) -> bool:
@@ -59,10 +60,10 @@ def check_admin_source(url: str, settings: IngestSettings) -> None:
         ip = ipaddress.ip_address(str(address).split("%", 1)[0])
         if allowed:
             if not (host in allowed or any(_in(ip, entry) for entry in allowed)):
-                raise SourceRefused(f"host {host!r} ({ip}) is not in IMASK_ADMIN_ALLOWED_HOSTS")
+                raise SourceRefused(f"host {host!r} ({ip}) is not in {env_name(IngestSettings, 'admin_allowed_hosts')}")
         elif ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip.is_reserved:
             raise SourceRefused(f"host {host!r} resolves to {ip} (loopback, link-local or reserved); list it in "
-                                "IMASK_ADMIN_ALLOWED_HOSTS to allow it")
+                                f"{env_name(IngestSettings, 'admin_allowed_hosts')} to allow it")
 
 
 def _in(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, entry: str) -> bool:

@@ -1,7 +1,7 @@
 """What one camera is: an id, a URL and its per-camera settings, from flags, a cameras file or the admin API.
 
 A cameras file (YAML or JSON) sets defaults and cameras; anything a camera leaves out comes from the file's
-defaults, then from the ingest's IMASK_* settings:
+defaults, then from the ingest's IMASK_INGEST_* settings:
 
     defaults: {fps: 15, drop_policy: realtime, cap_width: 1280}
     cameras:
@@ -39,7 +39,7 @@ class CameraConfig(CameraDefaults):
                                    dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource,
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)  # a camera's fields come from its entry and the defaults, never from IMASK_*
+        return (init_settings,)  # a camera's fields come from its entry and the defaults, never from IMASK_INGEST_*
 
     @model_validator(mode="after")
     def _coherent(self) -> CameraConfig:

@@ -1,4 +1,5 @@
-"""`imask`: one entry point for every service and tool. Settings come from IMASK_* variables; flags override."""
+"""`imask`: one entry point for every service and tool. Settings come from IMASK_* variables (IMASK_<SERVICE>_*
+for a service's own); flags override."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from imask.ops.settings import (
     RecorderSettings,
     WorkerSettings,
     describe,
+    env_name,
     load_settings,
 )
 
@@ -39,7 +41,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, cls: type[BaseSettings], 
     for name in names:
         field = cls.model_fields[name]
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"{field.description} "
-                            f"(IMASK_{name.upper()})", **_flag_type(cls, name))
+                            f"({env_name(cls, name)})", **_flag_type(cls, name))
 
 
 def settings_from(cls: type[BaseSettings], args: argparse.Namespace) -> Any:

@@ -1,19 +1,37 @@
-"""Settings from the environment (prefix IMASK_), one class per service, strict and self-describing.
+"""Settings from the environment, one class per service, strict and self-describing.
 
-Every field has a description that `--help` prints. Unknown IMASK_ variables are refused: a typo in a
-deployment must fail at start, not silently fall back to a default.
+Two namespaces, so that one .env file or ConfigMap can configure every service without collisions:
+
+- IMASK_<FIELD>: settings every service that has them shares with the same meaning (the groups in SHARED_GROUPS:
+  logging, the Kafka connection and topics, frame limits, the engine of worker and mask-api, gRPC security);
+- IMASK_<SERVICE>_<FIELD>: a service's own settings (IMASK_WORKER_*, IMASK_INGEST_*, IMASK_RECORDER_*,
+  IMASK_MASK_API_*), including its ops endpoint, since every service has its own port. A field named after its
+  service is not repeated: the worker's worker_id is IMASK_WORKER_ID.
+
+`env_name` is the one place that decides a field's variable. Every field has a description that `--help`
+prints. Unknown IMASK_ variables are refused: a typo in a deployment must fail at start, not silently fall back
+to a default; an old flat name of a per-service setting (IMASK_JPEG_QUALITY) is refused with its new names.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
@@ -23,16 +41,44 @@ class ConfigError(ValueError):
     """A setting has a bad value; the message names the environment variable."""
 
 
-class BaseServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IMASK_", extra="ignore", frozen=True)
+class ImaskSettings(BaseSettings):
+    """Base of every settings class: each field is read from exactly one variable, `env_name(cls, field)`."""
 
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, case_sensitive=True)
+    # The service whose own settings this class holds ("worker", "ingest", "recorder", "mask-api"); its fields
+    # outside SHARED_GROUPS are read from IMASK_<SERVICE>_<FIELD>. Empty for classes of shared settings only.
+    service: ClassVar[str] = ""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _NamespacedEnvSource(settings_cls)
+
+
+class _NamespacedEnvSource(EnvSettingsSource):
+    """The environment, one variable per field as `env_name` says (no prefix-plus-field-name guessing, so an old
+    flat name or a bare FIELD variable is never read by accident)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.env_vars.get(env_name(self.settings_cls, field_name)), field_name, False
+
+
+class LoggingSettings(ImaskSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     log_json: bool = Field(True, description="JSON logs (false: plain text for humans)")
+
+
+class BaseServiceSettings(LoggingSettings):
+    """What every service process has: logging (shared) and its own ops endpoint (per service)."""
+
     ops_host: str = Field("127.0.0.1", description="Address of the /metrics, /healthz, /readyz endpoint")
     ops_port: int = Field(0, ge=0, le=65535, description="Port of the ops endpoint (0: pick a free one)")
 
 
-class KafkaSettings(BaseServiceSettings):
+class KafkaSettings(ImaskSettings):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
     topic_raw: str = Field("frames.raw", description="Topic of raw frames (short retention)")
     topic_masked: str = Field("frames.masked", description="Topic of masked frames")
@@ -61,8 +107,8 @@ class KafkaSettings(BaseServiceSettings):
         return value
 
 
-class EngineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IMASK_", extra="ignore", frozen=True)
+class EngineSettings(ImaskSettings):
+    """The masking engine; worker and mask-api share these (one variant, one provider per deployment)."""
 
     variant: str = Field("default", description="Model variant (detector, input size, threshold, mask style)")
     provider: Literal["auto", "cpu", "cuda"] = Field(
@@ -78,15 +124,15 @@ class EngineSettings(BaseSettings):
     detector_height: int | None = Field(None, ge=32, le=4096, description="Override the detector input height")
 
 
-class FrameLimits(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IMASK_", extra="ignore", frozen=True)
-
+class FrameLimits(ImaskSettings):
     max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest encoded frame accepted")
     max_width: int = Field(4096, ge=16, description="Widest frame accepted")
     max_height: int = Field(4096, ge=16, description="Tallest frame accepted")
 
 
-class WorkerSettings(KafkaSettings, EngineSettings, FrameLimits):
+class WorkerSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameLimits):
+    service: ClassVar[str] = "worker"
+
     group_id: str = Field("imask-workers", description="Consumer group; one per variant")
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
                            description="Name in logs and frames.meta")
@@ -96,10 +142,8 @@ class WorkerSettings(KafkaSettings, EngineSettings, FrameLimits):
     max_inflight: int = Field(64, ge=1, description="Frames produced but not yet acknowledged before pausing")
 
 
-class GrpcServerSettings(BaseSettings):
+class GrpcServerSettings(ImaskSettings):
     """Security and limits of a gRPC server (mask-api, and ingest's Publish stream)."""
-
-    model_config = SettingsConfigDict(env_prefix="IMASK_", extra="ignore", frozen=True)
 
     auth: Literal["api-key", "none"] = Field("api-key", description="Require a per-client API key")
     api_keys_file: Path | None = Field(None, description="JSON file of hashed API keys (imask api-key new)")
@@ -109,10 +153,10 @@ class GrpcServerSettings(BaseSettings):
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted")
 
 
-class CameraDefaults(BaseSettings):
+class CameraDefaults(ImaskSettings):
     """Per-camera settings; these are the defaults, a cameras file or the admin API can set them per camera."""
 
-    model_config = SettingsConfigDict(env_prefix="IMASK_", extra="ignore", frozen=True)
+    service: ClassVar[str] = "ingest"
 
     fps: float = Field(0.0, ge=0, le=240, description="Frames per second published per camera (0: the source's)")
     cap_width: int = Field(0, ge=0, le=8192, description="Downscale wider frames to this width (0: no cap)")
@@ -137,7 +181,9 @@ class CameraDefaults(BaseSettings):
     backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between reconnect attempts")
 
 
-class IngestSettings(KafkaSettings, FrameLimits, CameraDefaults, GrpcServerSettings):
+class IngestSettings(BaseServiceSettings, KafkaSettings, FrameLimits, CameraDefaults, GrpcServerSettings):
+    service: ClassVar[str] = "ingest"
+
     sources: list[str] = Field(default_factory=list,
                                description="CAMERA_ID=URL_OR_PATH entries (JSON list in the environment)")
     cameras_file: Path | None = Field(None, description="YAML or JSON file of cameras with per-camera settings")
@@ -157,7 +203,9 @@ class IngestSettings(KafkaSettings, FrameLimits, CameraDefaults, GrpcServerSetti
                              description="Name in logs, drop records and alerts")
 
 
-class RecorderSettings(KafkaSettings):
+class RecorderSettings(BaseServiceSettings, KafkaSettings):
+    service: ClassVar[str] = "recorder"
+
     group_id: str = Field("imask-recorder", description="Consumer group of the recorder")
     output_dir: Path = Field(REPO_ROOT / "out" / "recordings", description="Where MP4s per camera are written")
     snapshot_every: int = Field(0, ge=0, description="Also write every Nth masked frame as JPEG (0: none)")
@@ -167,7 +215,9 @@ class RecorderSettings(KafkaSettings):
     default_fps: float = Field(25.0, gt=0, description="Fps of recordings when the source does not say")
 
 
-class MaskApiSettings(KafkaSettings, EngineSettings, FrameLimits, GrpcServerSettings):
+class MaskApiSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameLimits, GrpcServerSettings):
+    service: ClassVar[str] = "mask-api"
+
     host: str = Field("127.0.0.1", description="Address the gRPC server binds")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: pick a free one)")
     redis_url: str = Field("redis://127.0.0.1:6390/0", description="Redis for rate limits shared by replicas")
@@ -186,13 +236,56 @@ class MaskApiSettings(KafkaSettings, EngineSettings, FrameLimits, GrpcServerSett
                            description="Name in logs and frames.meta")
 
 
-SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (WorkerSettings, IngestSettings, RecorderSettings,
-                                                    MaskApiSettings)
+# Settings every service that has them shares, with one meaning: IMASK_<FIELD>. Anything else is one service's.
+SHARED_GROUPS: tuple[type[ImaskSettings], ...] = (LoggingSettings, KafkaSettings, EngineSettings, FrameLimits,
+                                                  GrpcServerSettings)
+SETTINGS_CLASSES: tuple[type[ImaskSettings], ...] = (WorkerSettings, IngestSettings, RecorderSettings,
+                                                     MaskApiSettings)
 OTHER_KNOWN_PREFIXES = ("IMASK_STACK_", "IMASK_RUN_", "IMASK_TEST_", "IMASK_CLIENT_")
 
 
+def env_prefix(service: str) -> str:
+    """IMASK_WORKER_ for "worker", IMASK_MASK_API_ for "mask-api"."""
+    return f"IMASK_{service.upper().replace('-', '_')}_"
+
+
+def env_name(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable of `field` in settings class `cls`: IMASK_<FIELD> when the class declaring the
+    field is one of SHARED_GROUPS, else IMASK_<SERVICE>_<FIELD> for the service of `cls`."""
+    owner = next((k for k in cls.__mro__ if field in inspect.get_annotations(k)), None)
+    if owner is None:
+        raise KeyError(f"{cls.__name__} has no setting {field!r}")
+    if owner in SHARED_GROUPS:
+        return f"IMASK_{field.upper()}"
+    service = getattr(cls, "service", "")
+    if not service:
+        raise TypeError(f"{cls.__name__}.{field} is a per-service setting but {cls.__name__} names no service")
+    word = service.replace("-", "_") + "_"
+    own = field[len(word):] if field.startswith(word) else field  # worker_id: IMASK_WORKER_ID, not _WORKER_WORKER_ID
+    return env_prefix(service) + own.upper()
+
+
 def known_env_names() -> set[str]:
-    return {f"IMASK_{name.upper()}" for cls in SETTINGS_CLASSES for name in cls.model_fields}
+    return {env_name(cls, name) for cls in SETTINGS_CLASSES for name in cls.model_fields}
+
+
+def moved_env_names() -> dict[str, list[str]]:
+    """Old flat names of settings that are now per service (IMASK_JPEG_QUALITY) -> their new names."""
+    known = known_env_names()
+    moved: dict[str, set[str]] = {}
+    for cls in SETTINGS_CLASSES:
+        for name in cls.model_fields:
+            old, new = f"IMASK_{name.upper()}", env_name(cls, name)
+            if old != new and old not in known:
+                moved.setdefault(old, set()).add(new)
+    return {old: sorted(new) for old, new in moved.items()}
+
+
+def _hint(name: str, known: set[str], moved: dict[str, list[str]]) -> str:
+    if name in moved:
+        return f"{name} (now per service: {' or '.join(moved[name])})"
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+    return f"{name} (did you mean {close[0]}?)" if close else name
 
 
 def check_environment(environ: dict[str, str] | None = None) -> None:
@@ -201,7 +294,9 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
     unknown = sorted(k for k in environ if k.startswith("IMASK_") and k not in known
                      and not k.startswith(OTHER_KNOWN_PREFIXES))
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see `imask <command> --help`")
+        moved = moved_env_names()
+        raise ConfigError(f"unknown setting(s) {', '.join(_hint(k, known, moved) for k in unknown)}; "
+                          "see `imask <command> --help`")
 
 
 def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
@@ -212,20 +307,24 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = "IMASK_" + "_".join(str(p) for p in err["loc"][:1]).upper()
+            field = str(err["loc"][0]) if err["loc"] else ""
+            name = env_name(cls, field) if field in cls.model_fields else f"IMASK_{field.upper()}"
             problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("bad configuration: " + "; ".join(problems)) from None
     except SettingsError as exc:  # a list or dict setting that is not JSON: name the variable, no traceback
         match = re.search(r'field "([a-z_]+)"', str(exc))
-        name = f"IMASK_{match.group(1).upper()}" if match else "an IMASK_* variable"
+        name = env_name(cls, match.group(1)) if match and match.group(1) in cls.model_fields \
+            else "an IMASK_* variable"
         raise ConfigError(f"bad configuration: {name} must be JSON (a list like [\"a\", \"b\"] or an object "
                           f"like {{\"key\": \"value\"}}): {exc.__cause__ or exc}") from None
 
 
 def describe(cls: type[BaseSettings]) -> str:
     """Environment variables of a settings class with defaults, for --help epilogs."""
+    names = {name: env_name(cls, name) for name in cls.model_fields}
+    width = max(len(n) for n in names.values())
     lines = ["environment (flags override):"]
     for name, field in cls.model_fields.items():
         default = field.default if field.default_factory is None else "(computed)"
-        lines.append(f"  IMASK_{name.upper():<24} {field.description or ''} [default: {default}]")
+        lines.append(f"  {names[name]:<{width}}  {field.description or ''} [default: {default}]")
     return "\n".join(lines)

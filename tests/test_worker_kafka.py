@@ -134,3 +134,26 @@ def test_sigterm_drains_without_loss_or_duplicates(kafka_settings: KafkaSettings
     assert summary["unaccounted"] == 0 and summary["duplicates"] == 0, summary
     assert_in_order(got)
     stop_all([second])
+
+
+def test_exactly_once_worker_killed_leaves_no_duplicates(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """Transactions mode: a worker SIGKILLed with a window open leaves nothing a read_committed reader sees; the
+    survivor redoes the window, so every frame is masked once, in order, with no duplicate."""
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    cameras = {f"cam-{i}": moving_face_frames(40) for i in range(4)}
+    eos = {"IMASK_WORKER_EXACTLY_ONCE": "true", "IMASK_WORKER_TRANSACTION_MS": "200"}
+    victim = start_worker(tmp_path, "victim", group, **eos)
+    survivor = start_worker(tmp_path, "survivor", group, **eos)
+    publish(kafka_settings, cameras, pace_s=0.03)
+    deadline = time.monotonic() + 60
+    while victim.metric("imask_frames_out_total") < 15 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait()
+    got = collect(kafka_settings, set(cameras), timeout=120)
+    summary = got.ledger.summary()
+    assert summary["unaccounted"] == 0, summary
+    assert summary["frames_masked"] == 160 and summary["duplicates"] == 0, summary
+    assert_in_order(got)
+    assert survivor.metric("imask_kafka_transactions_total", 'result="committed"') > 0
+    assert stop_all([survivor]) == {"survivor": 0}

@@ -11,7 +11,6 @@ import logging
 import threading
 
 import grpc
-from confluent_kafka import KafkaError, Message, Producer
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -23,7 +22,8 @@ from imask.maskapi.servicer import MaskServicer
 from imask.ops import metrics
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import MaskApiSettings
-from imask.streaming.kafka import ensure_topics, producer_config
+from imask.streaming.kafka import ensure_topics
+from imask.streaming.producer import Delivery, Outbox, QueueFull
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import mask_service_pb2, mask_service_pb2_grpc
 
@@ -36,23 +36,14 @@ SERVICE_NAME = mask_service_pb2.DESCRIPTOR.services_by_name["MaskService"].full_
 
 class MetaPublisher:
     """Fire-and-forget frames.meta records, so features and drift also see gRPC traffic. A synchronous API serves
-    without Kafka: records wait in a bounded producer queue (META_QUEUE_MAX, META_TIMEOUT_MS), then are dropped
-    and counted in imask_meta_dropped_total; topics are ensured in the background, never before serving."""
+    without Kafka: records wait in the producer helper within a bound (META_QUEUE_MAX, META_TIMEOUT_MS), then are
+    dropped and counted in imask_meta_dropped_total; topics are ensured in the background, never before serving."""
 
     def __init__(self, settings: MaskApiSettings) -> None:
         self.topic = settings.topic_meta
-        self.producer = Producer(producer_config(settings, **{
-            "queue.buffering.max.messages": META_QUEUE_MAX,
-            "message.timeout.ms": settings.kafka_extra.get("message.timeout.ms", META_TIMEOUT_MS)}))
+        self.outbox = Outbox(settings, max_inflight=META_QUEUE_MAX, poll_thread=True, **{
+            "message.timeout.ms": settings.kafka_extra.get("message.timeout.ms", META_TIMEOUT_MS)})
         threading.Thread(target=self._ensure_topics, args=(settings,), name="ensure-topics", daemon=True).start()
-        # Delivery reports (and so the count of what was lost) arrive only when the producer is polled.
-        self._closing = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="meta-poll", daemon=True)
-        self._poller.start()
-
-    def _poll(self) -> None:
-        while not self._closing.is_set():
-            self.producer.poll(0.5)
 
     @staticmethod
     def _ensure_topics(settings: MaskApiSettings) -> None:
@@ -62,21 +53,19 @@ class MetaPublisher:
             log.warning("could not ensure topics; frames.meta records will wait, then be dropped",
                         extra={"error": str(exc)})
 
-    def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
+    @staticmethod
+    def _delivered(delivery: Delivery) -> None:
+        if not delivery.ok:
             metrics.META_DROPPED.labels("undelivered").inc()
 
     def __call__(self, camera: str, meta: pb.FrameMeta) -> None:
         try:
-            self.producer.produce(self.topic, key=camera.encode(), value=meta.SerializeToString(),
-                                  on_delivery=self._delivered)
-        except BufferError:
+            self.outbox.send(self.topic, camera, meta.SerializeToString(), self._delivered, wait=False)
+        except QueueFull:
             metrics.META_DROPPED.labels("queue_full").inc()
 
     def close(self) -> None:
-        self._closing.set()
-        self._poller.join(2)
-        left = self.producer.flush(10)
+        left = self.outbox.close(10)
         if left:
             metrics.META_DROPPED.labels("shutdown").inc(left)
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import Producer
-
 from imask.media import encode_jpeg
 from imask.ops.settings import FrameLimits, KafkaSettings
 from imask.pipeline.wire import check_camera_id, check_outgoing, end_of_stream, make_frame, now_us
-from imask.streaming.kafka import producer_config
+from imask.streaming.producer import Outbox
 from imask.types import Image
 
 
@@ -29,9 +27,13 @@ class FrameProducer:
         self.topic = topic
         self.jpeg_quality = jpeg_quality
         self.limits = FrameLimits(max_frame_bytes=max_frame_bytes)
-        self._producer = Producer(producer_config(settings, **librdkafka))
+        self._outbox = Outbox(settings, **librdkafka)
         self._next_seq: dict[str, int] = {}
-        self.failed = 0
+
+    @property
+    def failed(self) -> int:
+        """Frames (and markers) Kafka did not take."""
+        return self._outbox.failed
 
     def publish(self, camera_id: str, image: Image | None = None, jpeg: bytes | None = None,
                 capture_ts_us: int | None = None, fps: float = 0.0) -> int:
@@ -52,7 +54,7 @@ class FrameProducer:
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for delivery; returns how many messages are still undelivered (0 on success)."""
-        return int(self._producer.flush(timeout))
+        return self._outbox.flush(timeout)
 
     def close(self) -> None:
         remaining = self.flush()
@@ -60,14 +62,5 @@ class FrameProducer:
             raise RuntimeError(f"{remaining} frames undelivered, {self.failed} failed")
 
     def _send(self, camera_id: str, value: bytes) -> None:
-        def on_delivery(err: object, _msg: object) -> None:
-            if err is not None:
-                self.failed += 1
-
-        while True:
-            try:
-                self._producer.produce(self.topic, key=camera_id.encode(), value=value, on_delivery=on_delivery)
-                self._producer.poll(0)
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: wait for deliveries (backpressure)
+        self._outbox.send(self.topic, camera_id, value)  # waits for room: backpressure on the caller
+        self._outbox.poll(0)

@@ -13,15 +13,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
-
 from imask.cameras.admin_policy import SourceRefused, authorized, check_admin_source
 from imask.cameras.camera import AckCallback, Camera, CameraState
 from imask.cameras.config import CameraConfig, CameraConfigError, camera_config
 from imask.ops import metrics
 from imask.ops.settings import IngestSettings
 from imask.pipeline.wire import end_of_stream, now_us
-from imask.streaming.kafka import producer_config
+from imask.streaming.producer import Delivery, Outbox
 from imask.v1 import alerts_pb2
 from imask.v1 import frames_pb2 as pb
 
@@ -36,35 +34,29 @@ class ShuttingDown(RuntimeError):
 
 
 class KafkaOutbox:
-    """The ingest's one producer: frames to frames.raw, drop records to frames.dlq, events to alerts."""
+    """The ingest's messages on the library's one producer helper: frames to frames.raw, drop records to
+    frames.dlq, events to alerts."""
 
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
-        # Frames are bounded per camera (max_inflight); the process-wide queue only has to hold the small
-        # records (drops, alerts) as well, so it is generous.
+        # Frames are bounded per camera (max_inflight); the process-wide bound only has to hold the small records
+        # (drops, alerts) as well, so it is generous. Acknowledgements come from a poll thread of the helper's,
+        # whatever the rest of the process is doing (draining, stopping the gRPC server, waiting on cameras).
         # client.id names this ingest to the broker: quotas and broker logs can single it out.
-        self.producer = Producer(producer_config(settings, **{"queue.buffering.max.messages": 100_000,
-                                                              "client.id": settings.instance_id}))
-        self.failed = 0
-        self._lock = threading.Lock()
-        # Acknowledgements arrive only while someone polls; a thread of its own keeps them coming whatever
-        # the rest of the process is doing (draining, stopping the gRPC server, waiting on cameras).
-        self._polling = threading.Event()
-        self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
-        self._polling.set()
-        self._poller.start()
+        self.outbox = Outbox(settings, max_inflight=100_000, poll_thread=True, **{"client.id": settings.instance_id})
 
-    def _poll_loop(self) -> None:
-        while self._polling.is_set():
-            self.producer.poll(0.05)
+    @property
+    def failed(self) -> int:
+        return self.outbox.failed
 
     def frame(self, camera_id: str, value: bytes, on_ack: AckCallback) -> None:
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                self._failed(camera_id, err)
-            on_ack(err is None, "" if err is None else str(err))
+        """Raises BufferError (QueueFull) when the producer has no room: the camera decides (drop or wait)."""
+        def delivered(delivery: Delivery) -> None:
+            if not delivery.ok:
+                log.error("frame not delivered", extra={"camera": camera_id, "error": delivery.error})
+            on_ack(delivery.ok, delivery.error)
 
-        self.producer.produce(self.settings.topic_raw, value=value, key=camera_id.encode(), on_delivery=delivered)
+        self.outbox.send(self.settings.topic_raw, camera_id, value, delivered, wait=False)
 
     def drop(self, camera_id: str, seq: int, reason: pb.DropReason, detail: str) -> None:
         record = pb.DropRecord(camera_id=camera_id, seq=seq, reason=reason, detail=detail, stage="ingest",
@@ -78,28 +70,16 @@ class KafkaOutbox:
         self._send(self.settings.topic_alerts, event.camera_id, event.SerializeToString())
 
     def _send(self, topic: str, camera_id: str, value: bytes) -> None:
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                self._failed(camera_id, err)
+        def delivered(delivery: Delivery) -> None:
+            if not delivery.ok:
+                log.error("message not delivered", extra={"camera": camera_id, "topic": topic,
+                                                          "error": delivery.error})
 
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=camera_id.encode(), on_delivery=delivered)
-                return
-            except BufferError:
-                time.sleep(0.01)  # the poll thread makes room
-
-    def _failed(self, camera_id: str, err: KafkaError) -> None:
-        with self._lock:
-            self.failed += 1
-        log.error("message not delivered", extra={"camera": camera_id, "error": str(err)})
+        self.outbox.send(topic, camera_id, value, delivered)  # waits for room: these records are never skipped
 
     def close(self, timeout: float) -> int:
         """Deliver what is queued; returns how many messages are still undelivered."""
-        remaining = int(self.producer.flush(timeout))
-        self._polling.clear()
-        self._poller.join(5)
-        return remaining
+        return self.outbox.close(timeout)
 
 
 class CameraManager:

@@ -17,13 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
-from confluent_kafka import Producer
 
 from imask.loadtest.recordfile import read_recording
 from imask.media import encode_jpeg, iter_video, open_video
 from imask.ops.settings import KafkaSettings
 from imask.pipeline.wire import end_of_stream, make_frame, now_us
-from imask.streaming.kafka import producer_config
+from imask.streaming.producer import Outbox
 from imask.v1 import frames_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ class Replayer:
         self.settings = settings
         self.sources = sources
         self.plan = plan
-        self.producer = Producer(producer_config(settings))
+        self.outbox = Outbox(settings)
 
     def camera_ids(self) -> list[str]:
         return [f"{self.plan.camera_prefix}{i}" for i in range(self.plan.cameras)]
@@ -172,16 +171,11 @@ class Replayer:
                 heapq.heappush(events, (next_due, cam))
         for cam in cameras:
             self._produce(cam, end_of_stream(cam, sent[cam], source_of[cam].fps).SerializeToString())
-        remaining = self.producer.flush(60)
-        if remaining:
-            raise RuntimeError(f"{remaining} replayed messages were not acknowledged")
+        remaining = self.outbox.flush(60)
+        if remaining or self.outbox.failed:
+            raise RuntimeError(f"{remaining} replayed messages were not acknowledged, {self.outbox.failed} failed")
         return ReplayResult(sent, started_us, now_us(), {cam: s.name for cam, s in source_of.items()})
 
     def _produce(self, camera: str, value: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(self.settings.topic_raw, key=camera.encode(), value=value)
-                self.producer.poll(0)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+        self.outbox.send(self.settings.topic_raw, camera, value)  # waits for room: the replay slows down
+        self.outbox.poll(0)

@@ -46,6 +46,9 @@ EXECUTION_PROVIDER = Gauge("imask_execution_provider_info", "ONNX Runtime provid
 OUTPUTS_REFUSED = Counter("imask_outputs_refused_total",
                           "Outputs Kafka refused for the message itself (too large, invalid); the frame is then "
                           "dead-lettered", ["output"])
+TRANSACTIONS = Counter("imask_kafka_transactions_total",
+                       "Exactly-once windows (outputs and input offsets in one Kafka transaction) by result; an "
+                       "aborted window is re-read from its start", ["result"])
 META_DROPPED = Counter("imask_meta_dropped_total", "frames.meta records mask-api could not deliver (Kafka away "
                        "past the bound, queue full, shutdown)", ["reason"])
 RATE_LIMIT_WITHOUT_REDIS = Counter("imask_rate_limit_decisions_without_redis_total", "mask-api rate-limit decisions "

@@ -140,6 +140,11 @@ class WorkerSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameLi
     jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of masked frames")
     dlq_include_raw: bool = Field(False, description="Copy raw bytes into DLQ records (privacy: off)")
     max_inflight: int = Field(64, ge=1, description="Frames produced but not yet acknowledged before pausing")
+    exactly_once: bool = Field(False, description="Kafka transactions: outputs and input offsets commit together, "
+                               "read_committed readers see each frame once (costs throughput and adds up to "
+                               "transaction_ms of latency); off: at least once, duplicates after a crash")
+    transaction_ms: float = Field(100.0, gt=0, le=60_000, description="Exactly once: how often a transaction "
+                                  "commits (readers see frames only after it)")
 
 
 class GrpcServerSettings(ImaskSettings):

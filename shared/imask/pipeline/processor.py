@@ -16,20 +16,11 @@ from imask.media import ImageError, decode_image, encode_jpeg
 from imask.ops import metrics
 from imask.ops.settings import FrameLimits
 from imask.pipeline.wire import Rejected, now_us, parse_frame, salvage_ids
+from imask.streaming.loop import Inbound
 from imask.types import Image
 from imask.v1 import frames_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Inbound:
-    key: bytes | None
-    value: bytes | None
-    topic: str = ""
-    partition: int = -1
-    offset: int = -1
-    received_us: int = 0
 
 
 @dataclass

@@ -38,6 +38,7 @@ class Collected:
         self.masked: dict[tuple[str, int], pb.MaskedFrame] = {}
         self.meta_order: dict[str, list[int]] = {}
         self.drops: list[pb.DropRecord] = []
+        self.meta: dict[tuple[str, int], pb.FrameMeta] = {}
 
 
 def collect(settings: KafkaSettings, cameras: set[str], timeout: float = 120.0) -> Collected:
@@ -57,6 +58,7 @@ def collect(settings: KafkaSettings, cameras: set[str], timeout: float = 120.0) 
             if msg.topic() == settings.topic_meta:
                 meta = pb.FrameMeta.FromString(value)
                 out.ledger.add_meta(meta)
+                out.meta[(meta.camera_id, meta.seq)] = meta
                 if not meta.end_of_stream:
                     out.meta_order.setdefault(meta.camera_id, []).append(meta.seq)
             elif msg.topic() == settings.topic_dlq:

@@ -13,7 +13,7 @@ from imask.ops.settings import REPO_ROOT
 
 LIBRARY = REPO_ROOT / "shared"
 DEV_ONLY = ("imask.devstack", "imask.loadtest", "imask.cli", "imask.evaluation")
-RUNTIME_PACKAGES = ("imask.engine", "imask.streaming", "imask.pipeline", "imask.ops", "imask.cameras",
+RUNTIME_PACKAGES = ("imask.engine", "imask.streaming", "imask.pipeline", "imask.ops", "imask.cameras", "imask.registry",
                     "imask.maskapi", "imask.media", "imask.sdk", "imask.recording")
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from imask.engine import MaskingEngine, Variant
+from imask.engine import Variant
 from imask.engine.masks import MaskShape, MaskSpec, MaskStyle
 from imask.engine.variants import get_variant
 from imask.ops.settings import ConfigError
@@ -73,29 +71,14 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     from imask.evaluation import report as rep
-    from imask.evaluation.datasets import open_dataset
-    from imask.evaluation.runner import CURVE_THRESHOLDS, evaluate
+    from imask.evaluation.run import run_evaluation
 
     try:
         variant = apply_overrides(get_variant(args.variant), args.overrides)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    datasets = []
-    for spec in args.datasets:
-        try:
-            datasets.append(open_dataset(spec))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    engine = MaskingEngine.load(variant, provider=args.provider, detector_timeout_s=None)
-    engine.warm_up()
-    start = time.perf_counter()
-    thresholds = () if args.no_curve else CURVE_THRESHOLDS
-    results = [evaluate(engine, d, thresholds, progress=lambda line: print(line, file=sys.stderr))
-               for d in datasets]
-    report = rep.build_report(rep.variant_record(variant, engine.execution_provider), results,
-                              time.perf_counter() - start)
-    engine.close()
-    path = rep.write(report, Path(args.out), make_plot=not args.no_plot)
+    report, path = run_evaluation(variant, args.datasets, Path(args.out), curve=not args.no_curve,
+                                  plot=not args.no_plot, provider=args.provider)
     print("\n".join(rep.summary_lines(report)))
     print(f"report: {path}")
     return 0

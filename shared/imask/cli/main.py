@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; `main` hands their arguments to their own parsers.
     sub.add_parser("stack", help="Start, stop or show the local Kafka + Redis stack (make up/down/status)")
     sub.add_parser("run", help="The whole pipeline on the local stack with the sample clips (make run)")
+    sub.add_parser("model", help="Model registry (MLflow): register, list, show, eval, promote, rollback versions")
     sub.add_parser("eval", help="Evaluate a variant on labelled faces, face-free pictures and clips (make eval)")
     sub.add_parser("cameras", help="List, add, remove and inspect an ingest's cameras at runtime (admin API)")
     sub.add_parser("rtsp-server", help="Serve video files as live RTSP cameras (GStreamer), for demos and tests")
@@ -259,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands with parsers of their own: everything after the name is theirs (argparse's REMAINDER would let the
 # top-level parser grab their --flags).
 DELEGATED = {"stack": "imask.devstack.stack", "run": "imask.devstack.localrun", "eval": "imask.cli.eval",
-             "load": "imask.cli.load", "rtsp-server": "imask.devstack.rtsp_server", "cameras": "imask.cli.cameras"}
+             "load": "imask.cli.load", "rtsp-server": "imask.devstack.rtsp_server", "cameras": "imask.cli.cameras",
+             "model": "imask.cli.model"}
 # Shortcuts for the load/SRE commands: `imask lag` is `imask load lag`.
 LOAD_SHORTCUTS = {"record", "replay", "lag", "scale"}
 

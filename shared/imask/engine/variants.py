@@ -41,6 +41,10 @@ class Variant:
     max_upscale: float = 2.0  # small frames are enlarged to the pixel budget, by at most this factor
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation; doubles inference)
     tile: int = 0  # frames >= 1600 px on a side also get native-resolution tiles of this size (0: off)
+    # Set when the variant comes from the model registry: the downloaded (and sha256-checked) model file, and the
+    # registered version ("name/3") that frames and metrics then report instead of the settings digest.
+    model_path: str = ""
+    registry_version: str = ""
 
     @property
     def geometry(self) -> DetectorGeometry:
@@ -49,6 +53,8 @@ class Variant:
 
     @property
     def model_version(self) -> str:
+        if self.registry_version:
+            return self.registry_version
         extras = ("/flip" if self.flip else "") + (f"/tile{self.tile}" if self.tile else "") + (
             f"/every{self.detect_every}" if self.detect_every > 1 else "")
         return (f"{self.detector}@{self.model_sha256[:12]}/{self.input_width}x{self.input_height}"

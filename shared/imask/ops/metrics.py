@@ -58,6 +58,8 @@ RATE_LIMIT_REDIS_UP = Gauge("imask_rate_limit_redis_up", "1 while the rate limit
                             "every replica), 0 while each replica limits on its own", ["prefix"])
 RECORDING_ERRORS = Counter("imask_recording_errors_total", "Recordings that could not be opened, written or closed "
                            "completely (disk full, I/O error); their frames are read again", ["stage"])
+MODEL_INFO = Gauge("imask_model_info", "1 for the variant and model version this process runs (a registered "
+                   "version reads NAME/VERSION)", ["variant", "model_version", "sha256"])
 MODEL_HEALTHY = Gauge("imask_model_healthy", "1 when the detector answers within its timeout; exported only by "
                       "processes that run an engine", ["variant"])
 QUEUE_DEPTH = Gauge("imask_queue_depth", "Frames waiting inside this process", ["queue"])

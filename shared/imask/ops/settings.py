@@ -111,6 +111,13 @@ class EngineSettings(ImaskSettings):
     """The masking engine; worker and mask-api share these (one variant, one provider per deployment)."""
 
     variant: str = Field("default", description="Model variant (detector, input size, threshold, mask style)")
+    model: str = Field("", description="Registered version to run instead of a built-in variant: NAME@ALIAS or "
+                       "NAME/VERSION from the model registry (e.g. imask-masker@champion); run as registered, so "
+                       "the variant overrides below are refused with it")
+    mlflow_tracking_uri: str = Field("http://127.0.0.1:5590", description="MLflow tracking server holding the model "
+                                     "registry (imask stack up starts one)")
+    model_cache_dir: Path | None = Field(None, description="Where registered model files are kept once downloaded "
+                                         "and checked (default: a folder in the temp dir)")
     provider: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="ONNX Runtime execution provider: auto takes CUDA when present")
     detector_timeout_ms: int = Field(2000, ge=1, description="Detector call timeout; past it the frame fails closed")

@@ -1,0 +1,173 @@
+"""The model registry against the real MLflow server of the local stack: register, load, evaluate, gate, roll back,
+and a worker running a registered version."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from imask.engine.model import CENTERFACE_SHA256, sha256_of
+from imask.engine.variants import default_variant
+from imask.evaluation.run import run_evaluation
+from imask.loadtest.samples import astronaut
+from imask.ops.settings import ConfigError, KafkaSettings, WorkerSettings
+from imask.registry.gate import compare
+from imask.registry.refs import ModelRef, RegistryError
+from imask.registry.spec import variant_from_spec, variant_to_spec
+from imask.registry.store import Registry
+
+ASTRONAUT_FACE = (178, 60, 90, 115)  # x, y, w, h of the face in skimage's 512x512 astronaut
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(stack_up: None) -> str:
+    from imask.devstack import stack
+
+    return stack.StackSettings().mlflow_uri
+
+
+@pytest.fixture
+def registry(tracking_uri: str, tmp_path: Path) -> Registry:
+    return Registry(tracking_uri, cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture
+def name() -> str:
+    return f"test-masker-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def small_faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight labelled 640x360 pictures, the astronaut at face sizes from 58 down to 23 px."""
+    root = tmp_path_factory.mktemp("small-faces")
+    face = astronaut()
+    labels = {}
+    for i, scale in enumerate((0.5, 0.42, 0.36, 0.3, 0.27, 0.24, 0.22, 0.2)):
+        canvas = np.full((360, 640, 3), 90, np.uint8)
+        side = int(512 * scale)
+        x0, y0 = 40 + i * 60, 40 + (i % 3) * 40
+        canvas[y0:y0 + side, x0:x0 + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
+        fx, fy, fw, fh = ASTRONAUT_FACE
+        labels[f"{i}.png"] = {"faces": [{"box": [x0 + fx * scale, y0 + fy * scale, fw * scale, fh * scale]}]}
+        cv2.imwrite(str(root / f"{i}.png"), canvas)
+    (root / "gt.json").write_text(json.dumps(labels))
+    return root
+
+
+def _evaluate(registry: Registry, ref: ModelRef, dataset: Path, out: Path) -> None:
+    report, _ = run_evaluation(registry.load(ref), [str(dataset)], out, curve=False, plot=False)
+    registry.log_evaluation(ref, report, out)
+
+
+def test_spec_round_trip_refuses_unknown_keys() -> None:
+    variant = default_variant().with_overrides(threshold=0.2, flip=True)
+    spec = variant_to_spec(variant)
+    back = variant_from_spec(json.loads(json.dumps(spec)), model_path="/m.onnx", registry_version="m/1")
+    assert dataclasses.replace(back, model_path="", registry_version="") == variant
+    assert back.model_version == "m/1"
+    with pytest.raises(RegistryError, match="unknown"):
+        variant_from_spec({**spec, "newer_setting": 1})
+    with pytest.raises(RegistryError, match="schema"):
+        variant_from_spec({**spec, "schema": "imask.variant/2"})
+
+
+def test_model_references_parse_or_name_the_problem() -> None:
+    assert ModelRef.parse("imask-masker@champion") == ModelRef("imask-masker", alias="champion")
+    assert ModelRef.parse("models:/imask-masker/3") == ModelRef("imask-masker", version="3")
+    for bad in ("imask-masker", "a@", "a/b", "@champion"):
+        with pytest.raises(RegistryError, match="NAME@ALIAS"):
+            ModelRef.parse(bad)
+
+
+def test_gate_compares_only_the_same_data() -> None:
+    holder = {"sha256:a": {"name": "wider", "kind": "labelled", "recall": 0.9, "leak_rate": 0.02,
+                           "confident_refound": 0}}
+    assert not compare(holder, {"sha256:b": holder["sha256:a"]}).allowed  # other data: nothing to compare
+    assert compare(holder, {"sha256:a": {**holder["sha256:a"], "recall": 0.897}}).allowed  # within tolerance
+    worse = compare(holder, {"sha256:a": {**holder["sha256:a"], "recall": 0.85}})
+    assert not worse.allowed and "recall 0.850" in worse.reasons[0]
+    assert not compare(holder, {"sha256:a": {**holder["sha256:a"], "confident_refound": 1}}).allowed
+
+
+def test_registered_model_is_not_run_with_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imask.engine.build import engine_variant
+
+    monkeypatch.setenv("IMASK_MODEL", "imask-masker@champion")
+    monkeypatch.setenv("IMASK_THRESHOLD", "0.3")
+    with pytest.raises(ConfigError, match="IMASK_THRESHOLD"):
+        engine_variant(WorkerSettings())
+
+
+@pytest.mark.mlflow
+def test_register_load_and_refuse_a_tampered_file(registry: Registry, name: str) -> None:
+    info = registry.register(default_variant(), name, "default CenterFace")
+    assert (info.version, info.sha256, info.detector) == ("1", CENTERFACE_SHA256, "centerface")
+    variant = registry.load(ModelRef(name, version="1"))
+    assert variant.model_version == f"{name}/1"
+    assert sha256_of(Path(variant.model_path).read_bytes()) == CENTERFACE_SHA256
+    assert dataclasses.replace(variant, model_path="", registry_version="") == default_variant()
+    Path(variant.model_path).write_bytes(b"not the registered model")  # the cached copy altered on disk
+    with pytest.raises(RegistryError, match="refusing to run it"):
+        registry.load(ModelRef(name, version="1"))
+    with pytest.raises(RegistryError, match="does not resolve"):
+        registry.load(ModelRef(name, alias="champion"))
+
+
+@pytest.mark.mlflow
+def test_worse_challenger_cannot_take_champion_a_better_one_can(registry: Registry, name: str, small_faces: Path,
+                                                               tmp_path: Path) -> None:
+    base = default_variant()
+    registry.register(base, name)                                   # 1: today's default
+    registry.register(base.with_overrides(threshold=0.9), name)     # 2: finds far fewer faces
+    registry.register(base.with_overrides(threshold=0.08), name)    # 3: a little more sensitive
+    for version in ("1", "2", "3"):
+        _evaluate(registry, ModelRef(name, version=version), small_faces, tmp_path / version)
+    figures = {v: next(iter(registry.evaluations(ModelRef(name, version=v)).values())) for v in ("1", "2", "3")}
+    assert figures["2"]["recall"] < figures["1"]["recall"] - 0.2, figures
+    assert figures["3"]["recall"] >= figures["1"]["recall"], figures
+
+    assert registry.promote(ModelRef(name, version="1"), "champion").allowed  # first holder, evaluated
+    refused = registry.promote(ModelRef(name, version="2"), "champion")
+    assert not refused.allowed and any("recall" in r for r in refused.reasons)
+    assert registry.aliases(name) == {"champion": "1"}
+    with pytest.raises(RegistryError, match="reason"):
+        registry.promote(ModelRef(name, version="2"), "champion", force=True)
+    forced = registry.promote(ModelRef(name, version="2"), "champion", force=True, reason="incident drill")
+    assert not forced.allowed and registry.aliases(name) == {"champion": "2"}
+    assert forced.reasons[-1] == "FORCED: incident drill"
+    assert registry.rollback(name, "champion", "drill over").version == "1"
+    assert registry.aliases(name) == {"champion": "1"}
+    assert registry.promote(ModelRef(name, version="3"), "champion").allowed
+    assert registry.aliases(name) == {"champion": "3"}
+    # The audit holds every move with its reason, the refused one too.
+    audit = registry.client.search_runs(
+        [registry.client.get_experiment_by_name("imask-promotions").experiment_id],
+        filter_string=f"tags.`imask.model_name` = '{name}'")
+    assert sorted(r.data.tags["imask.moved"] for r in audit) == ["False", "True", "True", "True", "True"]
+    assert any(r.data.tags["imask.reason"] == "incident drill" for r in audit)
+
+
+@pytest.mark.mlflow
+@pytest.mark.kafka
+def test_worker_runs_the_champion_and_reports_its_version(registry: Registry, name: str, tracking_uri: str,
+                                                          kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    from streams import collect, moving_face_frames, publish, start_worker
+
+    registry.register(default_variant(), name)
+    registry.client.set_registered_model_alias(name, "champion", "1")
+    worker = start_worker(tmp_path, "registered", f"g-{uuid.uuid4().hex[:6]}", IMASK_MODEL=f"{name}@champion",
+                          IMASK_MLFLOW_TRACKING_URI=tracking_uri, IMASK_MODEL_CACHE_DIR=str(tmp_path / "cache"))
+    publish(kafka_settings, {"cam-r": moving_face_frames(6)})
+    got = collect(kafka_settings, {"cam-r"})
+    frames = [m for m in got.masked.values() if not m.frame.end_of_stream]
+    assert len(frames) == 6 and {m.model_version for m in frames} == {f"{name}/1"}
+    assert all(m.faces_masked >= 1 for m in frames)
+    assert {m.model_version for m in got.meta.values() if not m.end_of_stream} == {f"{name}/1"}
+    assert worker.metric("imask_model_info", f'model_version="{name}/1"') == 1
+    assert json.loads(worker.get("/readyz")[1])["variant"] == "default"

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -183,11 +184,13 @@ def test_admin_api_exposure_token_and_sources() -> None:
     )
     from imask.ops.settings import ConfigError, IngestSettings
 
-    open_on_all = IngestSettings(ops_host="0.0.0.0")
-    with pytest.raises(ConfigError, match="IMASK_INGEST_ADMIN_TOKEN"):
+    open_on_all = IngestSettings(admin_host="0.0.0.0")
+    with pytest.raises(ConfigError, match=r"IMASK_INGEST_ADMIN_HOST='0\.0\.0\.0'.*set IMASK_INGEST_ADMIN_TOKEN"):
         check_admin_exposure(open_on_all)
-    check_admin_exposure(IngestSettings(ops_host="0.0.0.0", admin_token="t0ken"))
+    check_admin_exposure(IngestSettings(admin_host="0.0.0.0", admin_token="t0ken"))
+    check_admin_exposure(IngestSettings(admin_host="0.0.0.0", admin_port=-1))  # no admin API at all
     check_admin_exposure(IngestSettings())  # loopback without a token: local use
+    check_admin_exposure(IngestSettings(ops_host="0.0.0.0"))  # metrics for Prometheus; the admin API stays local
 
     guarded = IngestSettings(admin_token="t0ken")
     assert authorized(guarded, {"Authorization": "Bearer t0ken"})
@@ -206,3 +209,42 @@ def test_admin_api_exposure_token_and_sources() -> None:
     check_admin_source("rtsp://10.0.0.77/a", listed)
     with pytest.raises(SourceRefused, match="ALLOWED_HOSTS"):
         check_admin_source("rtsp://10.0.1.1/a", listed)
+
+
+def test_admin_api_has_its_own_listener_and_the_ops_port_never_answers_it() -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from imask.cli.cameras import main as cameras_cli
+    from imask.ops.runtime import ServiceRuntime
+
+    calls: list[tuple[str, str]] = []
+
+    def routes(method: str, path: str, body: bytes, headers: Any) -> tuple[int, Any] | None:
+        calls.append((method, path))
+        return (200, {"cameras": []}) if path == "/cameras" else None
+
+    def get(url: str, method: str = "GET") -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method=method, data=b"{}" if method == "POST"
+                                                               else None), timeout=5) as resp:
+                return int(resp.status), resp.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+
+    runtime = ServiceRuntime("probe", IngestSettings(ops_host="0.0.0.0")).start()
+    try:
+        admin_port = runtime.serve_admin(routes, "127.0.0.1", 0)
+        ops = f"http://127.0.0.1:{runtime.details['ops_port']}"
+        assert admin_port != runtime.details["ops_port"] and runtime.details["admin_port"] == admin_port
+        assert get(f"{ops}/cameras")[0] == 404 and get(f"{ops}/cameras", "POST")[0] >= 404
+        assert get(f"{ops}/metrics")[0] == 200 and not calls  # the ops port never reached the admin routes
+        code, body = get(f"http://127.0.0.1:{admin_port}/cameras")
+        assert code == 200 and json.loads(body) == {"cameras": []}
+        assert get(f"http://127.0.0.1:{admin_port}/metrics")[0] == 404  # nor does the admin serve metrics
+        assert cameras_cli(["--url", f"http://127.0.0.1:{admin_port}", "list"]) == 0
+        assert cameras_cli(["--url", ops, "list"]) == 1  # an ops URL: refused, with a hint on stderr
+    finally:
+        runtime.close()
+    assert cameras_cli(["--url", f"http://127.0.0.1:{admin_port}", "list"]) == 2  # nothing listens any more

@@ -70,19 +70,25 @@ def servers(tmp_path: Path) -> Iterator[Callable[[dict[str, Path]], RtspServer]]
         server.kill()
 
 
-# Admin tokens of the ingests tests started (by ops port): status polls carry them like any client must.
-ADMIN_TOKENS: dict[int, str] = {}
+# Admin API (URL, token) of the ingests tests started, by ops port: status polls carry the token like any client.
+ADMIN: dict[int, tuple[str, str]] = {}
 
 
 def start_ingest(tmp_path: Path, args: list[str], **env: str) -> ServiceProcess:
     ingest = spawn_tracked("ingest", ["ingest", *args], tmp_path / "logs", {**subprocess_env(), **env})
     ingest.wait_ready(60)
-    ADMIN_TOKENS[ingest.ops_port] = env.get("IMASK_INGEST_ADMIN_TOKEN", "")
+    admin_port = json.loads(ingest.get("/readyz")[1])["admin_port"]  # its own listener, a free port
+    ADMIN[ingest.ops_port] = (f"http://127.0.0.1:{admin_port}", env.get("IMASK_INGEST_ADMIN_TOKEN", ""))
     return ingest
 
 
+def admin_url(ingest: ServiceProcess) -> str:
+    return ADMIN[ingest.ops_port][0]
+
+
 def camera_status(ingest: ServiceProcess, camera: str) -> dict[str, Any]:
-    code, answer = request(ingest.ops_url, "GET", f"/cameras/{camera}", token=ADMIN_TOKENS.get(ingest.ops_port, ""))
+    url, token = ADMIN[ingest.ops_port]
+    code, answer = request(url, "GET", f"/cameras/{camera}", token=token)
     assert code == 200, answer
     return dict(answer)
 
@@ -298,7 +304,11 @@ def test_cameras_added_and_removed_at_runtime_and_a_bad_url_harms_no_other(
     ingest = start_ingest(tmp_path, ["--keep-running", "--source", f"a={server.url('a')}"],
                           IMASK_INGEST_ADMIN_TOKEN="s3cret", IMASK_INGEST_ADMIN_ALLOWED_HOSTS='["127.0.0.1"]')
     wait_state(ingest, "a", {"running"}, 20)
-    base = ingest.ops_url
+    base = admin_url(ingest)
+    assert request(ingest.ops_url, "GET", "/cameras", token="s3cret")[0] == 404  # not on the ops port
+    assert request(ingest.ops_url, "POST", "/cameras", {"camera_id": "b", "url": server.url("b")},
+                   token="s3cret")[0] >= 404
+    assert request(base, "GET", "/metrics", token="s3cret")[0] == 404  # and the admin listener serves only /cameras
     assert request(base, "POST", "/cameras", {"camera_id": "b", "url": server.url("b")})[0] == 401
     assert request(base, "POST", "/cameras", {"camera_id": "b", "url": server.url("b")}, token="s3cre")[0] == 401
     assert request(base, "GET", "/cameras")[0] == 401  # reads need the token too

@@ -38,6 +38,17 @@ def test_compose_services_use_real_commands_and_known_settings() -> None:
             assert dep in services and cond["condition"] == "service_healthy", f"{name} -> {dep}"
 
 
+def test_compose_keeps_the_camera_admin_api_off_the_network() -> None:
+    """Metrics are exposed to Prometheus; the camera admin API has its own listener, loopback and unpublished."""
+    ingest = _compose()["services"]["ingest"]
+    env = ingest["environment"]
+    assert env["IMASK_INGEST_OPS_HOST"] == "0.0.0.0"
+    assert env["IMASK_INGEST_ADMIN_HOST"] in {"127.0.0.1", "::1", "localhost"}
+    assert env["IMASK_INGEST_ADMIN_PORT"] != env["IMASK_INGEST_OPS_PORT"]
+    published = " ".join(str(p) for p in ingest.get("ports", []))
+    assert env["IMASK_INGEST_ADMIN_PORT"] not in published
+
+
 def test_k8s_manifests_parse_and_use_known_settings() -> None:
     docs = [doc for path in sorted((REPO_ROOT / "deploy" / "k8s").glob("*.yaml")) for doc in _yaml_docs(path)]
     kinds = {doc["kind"] for doc in docs}

@@ -1,9 +1,10 @@
 """Ingest: cameras (RTSP and other streams, files, webcams) and gRPC producers onto frames.raw.
 
 Wiring only; the camera logic lives in imask.cameras. Cameras come from --source flags, a cameras file and the
-admin API on the ops port (GET/POST /cameras, GET/DELETE /cameras/ID). The process ends when every camera has
-ended (files), or on SIGTERM: cameras stop reading, publish what they decoded, end their streams, and the
-producer flushes.
+admin API on its own listener (IMASK_INGEST_ADMIN_HOST/PORT, loopback by default; GET/POST /cameras,
+GET/DELETE /cameras/ID), never on the ops port, which can so be exposed for /metrics. The process ends when every
+camera has ended (files), or on SIGTERM: cameras stop reading, publish what they decoded, end their streams, and
+the producer flushes.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def serve(settings: IngestSettings, runtime: ServiceRuntime) -> int:
     if publishing:
         server = PublishServer(settings, outbox, manager.claim_external, manager.release_external).start()
         runtime.details["publish_port"] = server.port
-    runtime.serve_admin(manager.admin)
+    if settings.admin_port >= 0:
+        runtime.serve_admin(manager.admin, settings.admin_host, settings.admin_port)
     runtime.ready.set()
     keep_running = settings.keep_running or publishing
     while not runtime.stopping.is_set() and not (manager.all_ended() and not keep_running):

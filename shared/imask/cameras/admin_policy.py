@@ -24,18 +24,20 @@ class SourceRefused(ValueError):
 
 
 def check_admin_exposure(settings: IngestSettings) -> None:
-    """Refuse to start with an open admin API on a listener other hosts can reach."""
-    if settings.ops_host not in LOOPBACK_HOSTS and not settings.admin_token:
-        raise ConfigError(f"the camera admin API is served on {env_name(IngestSettings, 'ops_host')}="
-                          f"{settings.ops_host!r}, which other hosts can reach: set "
-                          f"{env_name(IngestSettings, 'admin_token')} (or bind the ops endpoint to 127.0.0.1)")
+    """Refuse to start with an open admin API on a listener other hosts can reach (the admin listener's own
+    address decides; the ops endpoint, /metrics only, may be on any)."""
+    if settings.admin_port >= 0 and settings.admin_host not in LOOPBACK_HOSTS and not settings.admin_token:
+        raise ConfigError(f"the camera admin API listens on {env_name(IngestSettings, 'admin_host')}="
+                          f"{settings.admin_host!r}, which other hosts can reach: set "
+                          f"{env_name(IngestSettings, 'admin_token')} (or bind it to 127.0.0.1, or turn it off "
+                          f"with {env_name(IngestSettings, 'admin_port')}=-1)")
 
 
 def authorized(settings: IngestSettings, headers: Mapping[str, str]) -> bool:
     """With a token set, every admin call (reads too) must carry it; compared in constant time."""
     token = settings.admin_token
     if not token:
-        return True  # only possible on loopback (check_admin_exposure)
+        return True  # only possible on a loopback admin listener (check_admin_exposure)
     given = headers.get("Authorization", "")
     return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 

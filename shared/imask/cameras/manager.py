@@ -232,7 +232,7 @@ class CameraManager:
             labels={"service": "ingest", "url": camera.config.redacted_url})
         self.outbox.alert(event)
 
-    # -- admin API (JSON over the ops port) -----------------------------------------------------------------
+    # -- admin API (JSON on its own listener: ops.admin, IMASK_INGEST_ADMIN_HOST/PORT) ----------------------
 
     def admin(self, method: str, path: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, Any] | None:
         parts = [p for p in path.split("?", 1)[0].split("/") if p]

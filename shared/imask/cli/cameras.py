@@ -1,9 +1,12 @@
 """`imask cameras`: the admin API of a running ingest from the command line.
 
-    imask cameras --ingest http://127.0.0.1:9301 list
-    imask cameras --ingest ... add lobby rtsp://10.0.0.5/stream1 --set fps=10 --set drop_policy=complete
-    imask cameras --ingest ... status lobby
-    imask cameras --ingest ... remove lobby
+    imask cameras --url http://127.0.0.1:9401 list
+    imask cameras --url ... add lobby rtsp://10.0.0.5/stream1 --set fps=10 --set drop_policy=complete
+    imask cameras --url ... status lobby
+    imask cameras --url ... remove lobby
+
+The URL is the ingest's admin listener (IMASK_INGEST_ADMIN_HOST/PORT; an ingest started with port 0 shows the one
+it picked as admin_port in /readyz and in its log), not its ops port.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+DEFAULT_URL = "http://127.0.0.1:9401"
+
 
 def request(base: str, method: str, path: str, body: dict[str, Any] | None = None, token: str = "",
             timeout: float = 10.0) -> tuple[int, Any]:
     if not base.startswith(("http://", "https://")):
-        raise ValueError(f"--ingest must be an http(s):// URL, got {base!r}")
+        raise ValueError(f"--url must be an http(s):// URL, got {base!r}")
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method)
     req.add_header("Content-Type", "application/json")
@@ -29,9 +34,16 @@ def request(base: str, method: str, path: str, body: dict[str, Any] | None = Non
     try:
         # The scheme was checked above (bandit's B310 asks for exactly that).
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # nosec B310
-            return int(resp.status), json.loads(resp.read() or b"null")
+            return int(resp.status), _answer(resp.read())
     except urllib.error.HTTPError as exc:
-        return int(exc.code), json.loads(exc.read() or b"null")
+        return int(exc.code), _answer(exc.read())
+
+
+def _answer(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:  # not the admin API (an ops port, a proxy's error page)
+        return {"error": raw.decode(errors="replace").strip()}
 
 
 def _value(text: str) -> Any:
@@ -44,8 +56,8 @@ def _value(text: str) -> Any:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imask cameras", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ingest", default=os.environ.get("IMASK_CLIENT_INGEST", "http://127.0.0.1:9301"),
-                        help="ops URL of the ingest (IMASK_CLIENT_INGEST)")
+    parser.add_argument("--url", "--ingest", dest="url", default=os.environ.get("IMASK_CLIENT_ADMIN_URL", DEFAULT_URL),
+                        help=f"admin API URL of the ingest (IMASK_CLIENT_ADMIN_URL; default {DEFAULT_URL})")
     parser.add_argument("--token", default=os.environ.get("IMASK_CLIENT_ADMIN_TOKEN", ""),
                         help="admin token (IMASK_CLIENT_ADMIN_TOKEN)")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -54,27 +66,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("camera_id")
     p = sub.add_parser("add", help="start a camera")
     p.add_argument("camera_id")
-    p.add_argument("url")
+    p.add_argument("camera_url", metavar="url")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="per-camera setting, e.g. fps=10, drop_policy=complete, cap_width=1280 (repeatable)")
     p = sub.add_parser("remove", help="stop a camera (it publishes what it decoded and ends its stream)")
     p.add_argument("camera_id")
     args = parser.parse_args(argv)
-    if args.action == "list":
-        code, answer = request(args.ingest, "GET", "/cameras")
-    elif args.action == "status":
-        code, answer = request(args.ingest, "GET", f"/cameras/{args.camera_id}")
+    method, path, body = "GET", "/cameras", None
+    if args.action == "status":
+        path = f"/cameras/{args.camera_id}"
     elif args.action == "add":
-        fields: dict[str, Any] = {"camera_id": args.camera_id, "url": args.url}
+        fields: dict[str, Any] = {"camera_id": args.camera_id, "url": args.camera_url}
         for entry in args.set:
             key, sep, value = entry.partition("=")
             if not sep:
                 parser.error(f"--set {entry!r}: expected FIELD=VALUE")
             fields[key] = _value(value)
-        code, answer = request(args.ingest, "POST", "/cameras", fields, args.token)
-    else:
-        code, answer = request(args.ingest, "DELETE", f"/cameras/{args.camera_id}", token=args.token)
+        method, body = "POST", fields
+    elif args.action == "remove":
+        method, path = "DELETE", f"/cameras/{args.camera_id}"
+    hint = "the admin API is on the ingest's IMASK_INGEST_ADMIN_PORT, not its ops port"
+    try:
+        code, answer = request(args.url, method, path, body, args.token)  # reads need the token too
+    except ValueError as exc:
+        parser.error(str(exc))
+    except OSError as exc:  # URLError included: refused, unreachable, timed out
+        print(f"imask cameras: cannot reach {args.url}: {getattr(exc, 'reason', exc)} ({hint})", file=sys.stderr)
+        return 2
     print(json.dumps(answer, indent=2))
+    if code == 404 and args.action == "list":
+        print(f"imask cameras: {args.url} has no /cameras ({hint})", file=sys.stderr)
     return 0 if code < 400 else 1
 
 

@@ -185,10 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
                         [*COMMON_KAFKA, "cameras_file", "keep_running", "fps", "cap_width", "cap_height",
                          "drop_policy", "pace", "jpeg_quality", "max_frames", "loop", "max_inflight",
                          "open_timeout_s", "read_timeout_s", "stall_after_s", "min_fps", "publish_port",
-                         "auth", "api_keys_file"],
+                         "auth", "api_keys_file", "admin_host", "admin_port"],
                         "Ingest: live cameras (RTSP...), video files and gRPC producers onto frames.raw. "
-                        "Cameras are added and removed at runtime through the admin API on the ops port "
-                        "(`imask cameras`).")
+                        "Cameras are added and removed at runtime through the admin API (/cameras, `imask "
+                        "cameras`) on its own listener, loopback by default, apart from the ops port.")
     p.set_defaults(func=cmd_ingest)
     p.add_argument("--source", dest="sources", action="append",
                    help="CAMERA_ID=URL (rtsp://..., a video file, a webcam index), repeatable; per-camera "

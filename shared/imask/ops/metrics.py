@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
@@ -99,20 +98,15 @@ def observe_stage(stage: str, variant: str, camera: str, ms: float) -> None:
     STAGE_LATENCY.labels(stage, variant, camera).observe(ms / 1e3)
 
 
-MAX_ADMIN_BODY = 1 << 20
-# (method, path, body, headers) -> (HTTP status, JSON-able answer), or None when the path is not the admin's.
-AdminRoutes = Callable[[str, str, bytes, Mapping[str, str]], "tuple[int, Any] | None"]
-
-
 class OpsServer:
-    """Serves /metrics, /healthz (process alive) and /readyz (able to do its job) on one port."""
+    """Serves /metrics, /healthz (process alive) and /readyz (able to do its job) on one port, read-only: an admin
+    API never shares this listener (ops.admin.AdminServer), so it can be exposed to Prometheus on any address."""
 
     def __init__(self, host: str, port: int, ready: Callable[[], bool], details: Callable[[], dict[str, object]]
-                 | None = None, admin: AdminRoutes | None = None, alive: Callable[[], bool] | None = None) -> None:
+                 | None = None, alive: Callable[[], bool] | None = None) -> None:
         self._ready = ready
         self._alive = alive or (lambda: True)
         self._details = details or (lambda: {})
-        self.admin = admin
         handler = self._handler()
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
@@ -147,28 +141,7 @@ class OpsServer:
                     body = json.dumps({"ready": ready, **ops._details()}, default=str).encode()
                     self._send(200 if ready else 503, body, "application/json")
                 else:
-                    self._route("GET")
-
-            def do_POST(self) -> None:
-                self._route("POST")
-
-            def do_DELETE(self) -> None:
-                self._route("DELETE")
-
-            def _route(self, method: str) -> None:
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    length = -1
-                if not 0 <= length <= MAX_ADMIN_BODY:
-                    self._send(400, b'{"error": "bad or too large Content-Length"}', "application/json")
-                    return
-                body = self.rfile.read(length) if length else b""
-                answer = ops.admin(method, self.path, body, dict(self.headers.items())) if ops.admin else None
-                if answer is None:
                     self._send(404, b"not found\n", "text/plain")
-                else:
-                    self._send(answer[0], json.dumps(answer[1], default=str).encode(), "application/json")
 
             def _send(self, code: int, body: bytes, ctype: str) -> None:
                 self.send_response(code)

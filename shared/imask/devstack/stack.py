@@ -71,6 +71,7 @@ Component = Literal["kafka", "redis", "mlflow"]
 _Port = Annotated[int, Field(ge=1, le=65535)]
 
 _STOP_TIMEOUT_S = 30.0
+_STRAGGLER_GRACE_S = 10.0
 _REDIS_START_TIMEOUT_S = 15.0
 _MLFLOW_START_TIMEOUT_S = 90.0
 _POLL_INTERVAL_S = 0.25
@@ -639,12 +640,17 @@ def _stop_all(daemons: Sequence[_Daemon]) -> None:
             os.kill(pid, signal.SIGTERM)
         running.append((d, pid))
     t0 = time.monotonic()
+    deadline = t0 + _STOP_TIMEOUT_S
     for d, pid in running:
-        if not _wait_gone(pid, d, max(0.1, t0 + _STOP_TIMEOUT_S - time.monotonic())):
-            logger.warning("%s (pid %d) ignored SIGTERM for %.0f s; sending SIGKILL", d.label, pid, _STOP_TIMEOUT_S)
+        if not _wait_gone(pid, d, max(0.1, deadline - time.monotonic())):
+            logger.warning("%s (pid %d) did not stop on SIGTERM within %.0f s; sending SIGKILL", d.label, pid,
+                           time.monotonic() - t0)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _wait_gone(pid, d, 10.0)
+        # The last nodes of a cluster can wait forever on a controller quorum that the first ones took away: once
+        # one has stopped, the others get a shorter grace.
+        deadline = min(deadline, time.monotonic() + _STRAGGLER_GRACE_S)
         _CHILDREN.pop(pid, None)
         d.pid_file.unlink(missing_ok=True)
         logger.info("%s stopped after %.1f s", d.label, time.monotonic() - t0)

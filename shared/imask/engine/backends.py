@@ -26,9 +26,10 @@ class BuiltDetector:
 
 Builder = Callable[["Variant", str, int], BuiltDetector]
 
-# name -> "module:function" building it (lazy); issue 11's second family registers here.
+# name -> "module:function" building it (lazy).
 BACKENDS: dict[str, str] = {
     "centerface": "imask.engine.backends:build_centerface",
+    "blazeface": "imask.engine.backends:build_blazeface",
 }
 
 
@@ -43,9 +44,11 @@ def build_detector(variant: Variant, provider: str = "auto", intra_op_threads: i
     return builder(variant, provider, intra_op_threads)
 
 
-# name -> "module:function" returning the model file a family ships in its package (what the registry stores).
+# name -> "module:function" returning, for a variant, the model file its family ships in a package (what the
+# registry stores); a family with several files (BlazeFace's full and short range) picks by the variant's sha256.
 MODEL_FILES: dict[str, str] = {
-    "centerface": "imask.engine.model:packaged_centerface_path",
+    "centerface": "imask.engine.backends:packaged_centerface_file",
+    "blazeface": "imask.engine.blazeface:packaged_model_file",
 }
 
 
@@ -56,8 +59,14 @@ def packaged_model_file(variant: Variant) -> Path:
         raise ValueError(f"no packaged model file known for detector {variant.detector!r}; "
                          f"known: {sorted(MODEL_FILES)}") from None
     module, _, function = target.partition(":")
-    path: Path = getattr(importlib.import_module(module), function)()
+    path: Path = getattr(importlib.import_module(module), function)(variant)
     return path
+
+
+def packaged_centerface_file(variant: Variant) -> Path:
+    from imask.engine.model import packaged_centerface_path
+
+    return packaged_centerface_path()
 
 
 def build_centerface(variant: Variant, provider: str, intra_op_threads: int) -> BuiltDetector:
@@ -69,3 +78,18 @@ def build_centerface(variant: Variant, provider: str, intra_op_threads: int) -> 
                             expected_sha256=variant.model_sha256, provider=provider,
                             intra_op_threads=intra_op_threads)
     return BuiltDetector(CenterFaceDetector(model, variant.geometry), model.execution_provider, model.sha256)
+
+
+def build_blazeface(variant: Variant, provider: str, intra_op_threads: int) -> BuiltDetector:
+    """BlazeFace TFLite from the mediapipe wheel (or the registry's copy) on LiteRT (CPU): takes RGB. The variant's
+    model_sha256 picks the full-range or short-range model; its input size must be that model's (it is fixed)."""
+    from imask.engine.blazeface import BlazeFaceDetector, load_blazeface, spec_for
+
+    spec = spec_for(variant.model_sha256)
+    if (variant.input_width, variant.input_height) != (spec.input_size, spec.input_size):
+        raise ValueError(f"variant {variant.name!r}: BlazeFace {spec.name} range takes "
+                         f"{spec.input_size}x{spec.input_size}, not {variant.input_width}x{variant.input_height} "
+                         "(use tile for small faces)")
+    model = load_blazeface(spec, Path(variant.model_path) if variant.model_path else None,
+                           expected_sha256=variant.model_sha256, provider=provider, threads=intra_op_threads)
+    return BuiltDetector(BlazeFaceDetector(model, variant.geometry), model.execution_provider, model.sha256)

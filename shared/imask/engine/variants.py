@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from imask.engine.blazeface import BLAZEFACE_FULL_SHA256
 from imask.engine.detector import DetectorGeometry
 from imask.engine.masks import MaskSpec
 from imask.engine.model import CENTERFACE_SHA256
@@ -74,6 +75,13 @@ REGISTRY: dict[str, Variant] = {
     # Recall 0.96 on WIDER crowds for about 3x the default's cost; fires on some textures (docs/EVALUATION.md).
     "crowd": Variant(name="crowd", version="1", threshold=0.05, flip=True, input_width=768, input_height=432,
                      tile=640),
+    # The second family (MediaPipe's BlazeFace, full-range model, on LiteRT): one 192x192 pass per frame.
+    "blazeface": Variant(name="blazeface", version="1", detector="blazeface", model_sha256=BLAZEFACE_FULL_SHA256,
+                         input_width=192, input_height=192, threshold=0.5, track_threshold=0.3),
+    # BlazeFace with overlapping 256 px tiles at about native resolution besides the whole-frame pass.
+    "blazeface-tiled": Variant(name="blazeface-tiled", version="1", detector="blazeface",
+                               model_sha256=BLAZEFACE_FULL_SHA256, input_width=192, input_height=192,
+                               threshold=0.5, track_threshold=0.3, tile=256),
 }
 
 

@@ -41,6 +41,12 @@ class Collected:
         self.meta: dict[tuple[str, int], pb.FrameMeta] = {}
 
 
+def assert_in_order(collected: Collected) -> None:
+    for camera, seqs in collected.meta_order.items():
+        first_seen = list(dict.fromkeys(seqs))  # redeliveries after a takeover repeat a tail, never reorder
+        assert first_seen == sorted(first_seen), f"camera {camera} out of order"
+
+
 def collect(settings: KafkaSettings, cameras: set[str], timeout: float = 120.0) -> Collected:
     """Read masked, meta and dlq topics from the start until every camera's stream is accounted for."""
     out = Collected()

@@ -17,15 +17,9 @@ from imask.media import encode_jpeg
 from imask.ops.settings import KafkaSettings
 from imask.pipeline.wire import make_frame, now_us
 from imask.v1 import frames_pb2 as pb
-from streams import Collected, collect, moving_face_frames, publish, start_worker
+from streams import assert_in_order, collect, moving_face_frames, publish, start_worker
 
 pytestmark = pytest.mark.kafka
-
-
-def assert_in_order(collected: Collected) -> None:
-    for camera, seqs in collected.meta_order.items():
-        first_seen = list(dict.fromkeys(seqs))  # redeliveries after a takeover repeat a tail, never reorder
-        assert first_seen == sorted(first_seen), f"camera {camera} out of order"
 
 
 def test_stream_accounted_in_order_with_bad_input(kafka_settings: KafkaSettings, tmp_path: Path) -> None:

@@ -13,8 +13,11 @@ from imask.engine import MaskingEngine
 from imask.engine.build import build_engine
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import WorkerSettings
-from imask.pipeline.handler import MaskingHandler
+from imask.pipeline.handler import MaskingHandler, Processor
 from imask.pipeline.processor import FrameProcessor, ProcessorOptions
+from imask.pipeline.routed import RoutedProcessor
+from imask.routing.follower import ExperimentFollower
+from imask.routing.store import ExperimentStore
 from imask.streaming.kafka import ensure_topics
 from imask.streaming.loop import ConsumeProcessProduce, LoopOptions
 
@@ -26,9 +29,17 @@ class Worker:
         self.settings = settings
         self.runtime = runtime
         self.engine = engine
-        self.processor = FrameProcessor(engine, ProcessorOptions(
+        options = ProcessorOptions(
             worker_id=settings.worker_id, limits=settings, jpeg_quality=settings.jpeg_quality,
-            dlq_include_raw=settings.dlq_include_raw, max_message_bytes=settings.max_message_bytes))
+            dlq_include_raw=settings.dlq_include_raw, max_message_bytes=settings.max_message_bytes)
+        self.processor: Processor = FrameProcessor(engine, options)
+        self.follower: ExperimentFollower | None = None
+        if settings.redis_url:  # A/B experiments: an engine per arm, routed in process by camera and ingest time
+            self.follower = ExperimentFollower(ExperimentStore(
+                settings.redis_url, settings.experiment_fleet or settings.group_id)).start()
+            self.processor = RoutedProcessor(
+                FrameProcessor(engine, options), settings.model or settings.variant, self.follower,
+                lambda ref: FrameProcessor(build_engine(settings, ref), options))
         self.loop = ConsumeProcessProduce(settings, LoopOptions(
             group_id=settings.group_id, topics=[settings.topic_raw], client_id=settings.worker_id,
             batch_max=settings.batch_max, max_inflight=settings.max_inflight,
@@ -51,6 +62,10 @@ class Worker:
         try:
             return self.loop.run(on_started=started)
         finally:
+            if isinstance(self.processor, RoutedProcessor):
+                self.processor.close()
+            if self.follower is not None:
+                self.follower.close()
             self.engine.close()
             log.info("worker stopped", extra={"fatal": self.loop.fatal})
 

@@ -46,9 +46,15 @@ def engine_variant(settings: EngineSettings) -> Variant:
     return variant
 
 
-def build_engine(settings: EngineSettings) -> MaskingEngine:
-    """The engine for a service's settings, loaded and warmed up."""
-    variant = engine_variant(settings)
+def build_engine(settings: EngineSettings, variant_ref: str | None = None) -> MaskingEngine:
+    """The engine for a service's settings, loaded and warmed up; `variant_ref` (an experiment arm's built-in variant
+    name or registry NAME/VERSION) instead of the settings' own variant."""
+    if variant_ref is None:
+        variant = engine_variant(settings)
+    elif "/" in variant_ref or "@" in variant_ref:
+        variant = engine_variant(settings.model_copy(update={"model": variant_ref, **dict.fromkeys(OVERRIDES)}))
+    else:
+        variant = get_variant(variant_ref)
     engine = MaskingEngine.load(variant, settings.provider, settings.detector_timeout_ms / 1e3,
                                 settings.intra_op_threads)
     metrics.MODEL_INFO.labels(variant.name, variant.model_version, variant.model_sha256[:12]).set(1)

@@ -57,6 +57,10 @@ RATE_LIMIT_REDIS_UP = Gauge("imask_rate_limit_redis_up", "1 while the rate limit
                             "every replica), 0 while each replica limits on its own", ["prefix"])
 RECORDING_ERRORS = Counter("imask_recording_errors_total", "Recordings that could not be opened, written or closed "
                            "completely (disk full, I/O error); their frames are read again", ["stage"])
+ROUTED_FRAMES = Counter("imask_routed_frames_total", "Frames masked under an A/B experiment, by arm (shadow: "
+                        "also masked by the challenger, output discarded)", ["experiment", "arm", "role"])
+EXPERIMENT_CONFIG_AGE = Gauge("imask_experiment_config_age_seconds",
+                              "Seconds since this worker last read its fleet's experiment config from Redis")
 MODEL_INFO = Gauge("imask_model_info", "1 for the variant and model version this process runs (a registered "
                    "version reads NAME/VERSION)", ["variant", "model_version", "sha256"])
 MODEL_HEALTHY = Gauge("imask_model_healthy", "1 when the detector answers within its timeout; exported only by "

@@ -152,6 +152,9 @@ class WorkerSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameLi
                                "transaction_ms of latency); off: at least once, duplicates after a crash")
     transaction_ms: float = Field(100.0, gt=0, le=60_000, description="Exactly once: how often a transaction "
                                   "commits (readers see frames only after it)")
+    redis_url: str = Field("", description="Redis holding the fleet's A/B experiments (imask router); empty: no "
+                           "experiments, every frame gets this worker's own variant")
+    experiment_fleet: str = Field("", description="Which fleet's experiments to follow (default: the group id)")
 
 
 class GrpcServerSettings(ImaskSettings):

@@ -9,10 +9,12 @@ record stops the loop (the last resort).
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
+from imask.engine import MaskingEngine
 from imask.ops import metrics
 from imask.ops.settings import KafkaSettings
-from imask.pipeline.processor import FrameProcessor, Outcome
+from imask.pipeline.processor import Outcome
 from imask.pipeline.wire import Rejected, now_us
 from imask.streaming.loop import Emission, Inbound, Output
 from imask.v1 import frames_pb2 as pb
@@ -21,8 +23,19 @@ STAGES = ("decode", "queue_wait", "preprocess", "inference", "postprocess", "mas
           "end_to_end")
 
 
+class Processor(Protocol):
+    """FrameProcessor, or RoutedProcessor (an engine per experiment arm)."""
+
+    @property
+    def engine(self) -> MaskingEngine: ...
+
+    def process(self, batch: list[Inbound]) -> list[Outcome]: ...
+
+    def drop(self, inbound: Inbound, rejected: Rejected, stage: str) -> Outcome: ...
+
+
 class MaskingHandler:
-    def __init__(self, processor: FrameProcessor, topics: KafkaSettings) -> None:
+    def __init__(self, processor: Processor, topics: KafkaSettings) -> None:
         self.processor = processor
         self.topics = topics
         self.variant = processor.engine.variant.name

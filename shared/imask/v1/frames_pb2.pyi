@@ -118,7 +118,7 @@ class StageTimings(_message.Message):
     def __init__(self, decode_ms: _Optional[float] = ..., queue_wait_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ..., mask_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., publish_ms: _Optional[float] = ..., end_to_end_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class MaskedFrame(_message.Message):
-    __slots__ = ("frame", "variant", "model_version", "faces_masked", "fail_closed", "fail_closed_reason", "masked_ts_us", "worker_id")
+    __slots__ = ("frame", "variant", "model_version", "faces_masked", "fail_closed", "fail_closed_reason", "masked_ts_us", "worker_id", "experiment", "arm")
     FRAME_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,8 @@ class MaskedFrame(_message.Message):
     FAIL_CLOSED_REASON_FIELD_NUMBER: _ClassVar[int]
     MASKED_TS_US_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     frame: Frame
     variant: str
     model_version: str
@@ -135,10 +137,12 @@ class MaskedFrame(_message.Message):
     fail_closed_reason: str
     masked_ts_us: int
     worker_id: str
-    def __init__(self, frame: _Optional[_Union[Frame, _Mapping]] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., faces_masked: _Optional[int] = ..., fail_closed: _Optional[bool] = ..., fail_closed_reason: _Optional[str] = ..., masked_ts_us: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    experiment: str
+    arm: str
+    def __init__(self, frame: _Optional[_Union[Frame, _Mapping]] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., faces_masked: _Optional[int] = ..., fail_closed: _Optional[bool] = ..., fail_closed_reason: _Optional[str] = ..., masked_ts_us: _Optional[int] = ..., worker_id: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class FrameMeta(_message.Message):
-    __slots__ = ("camera_id", "seq", "capture_ts_us", "ingest_ts_us", "masked_ts_us", "width", "height", "variant", "model_version", "worker_id", "execution_provider", "detections", "timings", "fail_closed", "fail_closed_reason", "faces_masked", "brightness", "trace_id", "end_of_stream")
+    __slots__ = ("camera_id", "seq", "capture_ts_us", "ingest_ts_us", "masked_ts_us", "width", "height", "variant", "model_version", "worker_id", "execution_provider", "detections", "timings", "fail_closed", "fail_closed_reason", "faces_masked", "brightness", "trace_id", "end_of_stream", "experiment", "arm", "shadow")
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TS_US_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +162,9 @@ class FrameMeta(_message.Message):
     BRIGHTNESS_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     camera_id: str
     seq: int
     capture_ts_us: int
@@ -177,7 +184,28 @@ class FrameMeta(_message.Message):
     brightness: float
     trace_id: str
     end_of_stream: bool
-    def __init__(self, camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., capture_ts_us: _Optional[int] = ..., ingest_ts_us: _Optional[int] = ..., masked_ts_us: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., worker_id: _Optional[str] = ..., execution_provider: _Optional[str] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., fail_closed: _Optional[bool] = ..., fail_closed_reason: _Optional[str] = ..., faces_masked: _Optional[int] = ..., brightness: _Optional[float] = ..., trace_id: _Optional[str] = ..., end_of_stream: _Optional[bool] = ...) -> None: ...
+    experiment: str
+    arm: str
+    shadow: ShadowResult
+    def __init__(self, camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., capture_ts_us: _Optional[int] = ..., ingest_ts_us: _Optional[int] = ..., masked_ts_us: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., worker_id: _Optional[str] = ..., execution_provider: _Optional[str] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., fail_closed: _Optional[bool] = ..., fail_closed_reason: _Optional[str] = ..., faces_masked: _Optional[int] = ..., brightness: _Optional[float] = ..., trace_id: _Optional[str] = ..., end_of_stream: _Optional[bool] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., shadow: _Optional[_Union[ShadowResult, _Mapping]] = ...) -> None: ...
+
+class ShadowResult(_message.Message):
+    __slots__ = ("arm", "model_version", "faces", "matched", "only_served", "only_shadow", "inference_ms")
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    ONLY_SERVED_FIELD_NUMBER: _ClassVar[int]
+    ONLY_SHADOW_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    arm: str
+    model_version: str
+    faces: int
+    matched: int
+    only_served: int
+    only_shadow: int
+    inference_ms: float
+    def __init__(self, arm: _Optional[str] = ..., model_version: _Optional[str] = ..., faces: _Optional[int] = ..., matched: _Optional[int] = ..., only_served: _Optional[int] = ..., only_shadow: _Optional[int] = ..., inference_ms: _Optional[float] = ...) -> None: ...
 
 class DropRecord(_message.Message):
     __slots__ = ("camera_id", "seq", "reason", "detail", "stage", "ts_us", "worker_id", "source_topic", "source_partition", "source_offset", "raw_size", "raw", "seq_unknown")

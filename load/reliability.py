@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-fuzz", action="store_true", help="keep the last fuzz figures, run the faults only")
     parser.add_argument("--skip-faults", action="store_true", help="run the fuzz targets only")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     OUT.mkdir(parents=True, exist_ok=True)
     previous: dict[str, Any] = {}
     if (OUT / "report.json").is_file():

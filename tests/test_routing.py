@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -142,3 +143,82 @@ def test_blue_green_switch_mid_stream_is_atomic_per_camera(store: ExperimentStor
         assert {got.meta[(camera, seq)].arm for seq in range(60)} == {"blue", "green"}
     for worker in workers:
         assert worker.metric("imask_frames_unmasked_total") == 0
+
+
+def cameras_split(config_: ExperimentConfig, per_arm: int) -> dict[str, list[str]]:
+    """Camera ids the config puts on each arm, `per_arm` of each."""
+    out: dict[str, list[str]] = {a.name: [] for a in config_.arms}
+    i = 0
+    while any(len(v) < per_arm for v in out.values()):
+        camera = f"cam-{i}"
+        arm = config_.arm_for(camera).name
+        if len(out[arm]) < per_arm:
+            out[arm].append(camera)
+        i += 1
+    return out
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+@pytest.mark.mlflow
+def test_canary_with_a_bad_challenger_is_rolled_back_by_the_router(store: ExperimentStore, kafka_settings: object,
+                                                                    tmp_path: Path) -> None:
+    """A challenger registered with threshold 0.9 (finds far fewer faces) on half the cameras: the faces-per-frame
+    guardrail fails, the router rolls back on its own after max_failed_checks intervals; every frame accounted for,
+    none unmasked, per-camera order kept, and the challenger's cameras back on control after the rollback."""
+    import grpc
+
+    from conftest import subprocess_env
+    from imask.devstack import stack
+    from imask.engine.variants import default_variant
+    from imask.registry.store import Registry
+    from imask.v1 import experiment_service_pb2 as epb
+    from imask.v1 import experiment_service_pb2_grpc as epb_grpc
+    from streams import assert_in_order, collect, moving_face_frames, publish, spawn_tracked, start_worker
+
+    uri = stack.StackSettings().mlflow_uri
+    model = f"test-canary-{uuid.uuid4().hex[:6]}"
+    Registry(uri, tmp_path / "reg").register(default_variant().with_overrides(threshold=0.9), model)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    env = {**subprocess_env(), "IMASK_ROUTER_REDIS_URL": store.url, "IMASK_ROUTER_FLEET": group,
+           "IMASK_ROUTER_CHANGE_DELAY_S": "1", "IMASK_ROUTER_TICK_S": "0.5"}
+    router = spawn_tracked("router", ["router", "--port", "0"], tmp_path / "logs", env)
+    router.wait_ready(60)
+    port = json.loads(router.get("/readyz")[1])["grpc_port"]
+    stub = epb_grpc.ExperimentServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))  # type: ignore[no-untyped-call]
+    interval, max_failed = 2.0, 2
+    stub.Create(epb.ExperimentSpec(
+        name="canary-bad", strategy=epb.STRATEGY_CANARY,
+        arms=[epb.Arm(name="control", variant="default", weight=0.5),
+              epb.Arm(name="challenger", variant=f"{model}/1", weight=0.5)],
+        guardrails=[epb.Guardrail(metric="faces_per_frame", tolerance=0.1)],
+        interval_s=interval, max_failed_checks=max_failed, min_cameras=3, min_frames=10), timeout=10)
+    store.fleet = group
+    split = cameras_split(store.latest("canary-bad"), 3)
+    wenv = {"IMASK_WORKER_REDIS_URL": store.url, "IMASK_MLFLOW_TRACKING_URI": uri,
+            "IMASK_MODEL_CACHE_DIR": str(tmp_path / "cache")}
+    workers = [start_worker(tmp_path, f"w{i}", group, **wenv) for i in range(2)]
+    time.sleep(1.5)  # the experiment's first config takes effect (frames are routed by ingest time)
+    cameras = {c: moving_face_frames(110) for arm in split.values() for c in arm}
+    publish(kafka_settings, cameras, pace_s=0.1)  # type: ignore[arg-type]
+    got = collect(kafka_settings, set(cameras), timeout=180)  # type: ignore[arg-type]
+
+    latest = store.latest("canary-bad")
+    assert latest.state == "rolled_back", store.events("canary-bad")
+    rollback = store.events("canary-bad")[-1]
+    assert rollback["actor"] == "router" and "faces_per_frame" in rollback["reason"], rollback
+    summary = got.ledger.summary()
+    assert summary["unaccounted"] == 0 and summary["frames_masked"] == 660, summary
+    assert_in_order(got)
+    for worker in workers:
+        assert worker.metric("imask_frames_unmasked_total") == 0
+    assert rollback["reason"].startswith(f"{max_failed} consecutive failed checks"), rollback
+    first_challenger_us = min(m.masked_ts_us for m in got.meta.values() if m.arm == "challenger")
+    took_s = (rollback["ts_us"] - first_challenger_us) / 1e6
+    assert took_s <= (max_failed + 2) * interval, took_s  # one interval to a verdict, then max_failed checks
+    for camera in split["challenger"]:
+        arms = [got.masked[(camera, seq)].arm for seq in range(110)]
+        cut = arms.index("control") if "control" in arms else 110
+        assert cut < 110 and arms == ["challenger"] * cut + ["control"] * (110 - cut), (camera, arms)
+    results = stub.Results(epb.ExperimentRef(name="canary-bad"), timeout=30)
+    assert results.recommendation == "rollback" and results.status.state == epb.EXPERIMENT_STATE_ROLLED_BACK

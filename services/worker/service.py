@@ -40,6 +40,7 @@ class Worker:
             self.processor = RoutedProcessor(
                 FrameProcessor(engine, options), settings.model or settings.variant, self.follower,
                 lambda ref: FrameProcessor(build_engine(settings, ref), options))
+            self.processor.preload()  # the arms of a running experiment load now, not on their first frame
         self.loop = ConsumeProcessProduce(settings, LoopOptions(
             group_id=settings.group_id, topics=[settings.topic_raw], client_id=settings.worker_id,
             batch_max=settings.batch_max, max_inflight=settings.max_inflight,

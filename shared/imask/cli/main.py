@@ -19,6 +19,7 @@ from imask.ops.settings import (
     IngestSettings,
     MaskApiSettings,
     RecorderSettings,
+    RouterSettings,
     WorkerSettings,
     describe,
     env_name,
@@ -77,6 +78,12 @@ def cmd_mask_api(args: argparse.Namespace) -> int:
     from services.mask_api.service import run
 
     return run(settings_from(MaskApiSettings, args))
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    from services.router.service import run
+
+    return run(settings_from(RouterSettings, args))
 
 
 def cmd_api_key(args: argparse.Namespace) -> int:
@@ -229,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "batch_max", "batch_wait_ms", "queue_max", "publish_meta", "bootstrap_servers"],
                         "mask-api: synchronous masking over gRPC (MaskService, health, reflection)")
     p.set_defaults(func=cmd_mask_api)
+    p = _service_parser(sub, "router", RouterSettings,
+                        ["host", "port", "ops_host", "ops_port", "log_level", "redis_url", "fleet",
+                         "bootstrap_servers", "registry_uri"],
+                        "router: A/B experiments over model variants (ExperimentService over gRPC, experiments in "
+                        "Redis, guardrails judged from frames.meta, automated rollback); `imask experiment` is its "
+                        "client. Workers route frames in process (IMASK_WORKER_REDIS_URL), so the router is never on "
+                        "the frame path.")
+    p.set_defaults(func=cmd_router)
     p = sub.add_parser("api-key", help="Create or revoke a mask-api client key (only its hash is stored)",
                        description="Adds CLIENT to the keys file with a new random key, printed once; "
                        "--revoke marks CLIENT's key revoked.")
@@ -242,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; `main` hands their arguments to their own parsers.
     sub.add_parser("stack", help="Start, stop or show the local Kafka + Redis stack (make up/down/status)")
     sub.add_parser("run", help="The whole pipeline on the local stack with the sample clips (make run)")
+    sub.add_parser("experiment", help="A/B experiments through the router: create, status, ramp, promote, "
+                   "rollback, stop, results")
     sub.add_parser("model", help="Model registry (MLflow): register, list, show, eval, promote, rollback versions")
     sub.add_parser("eval", help="Evaluate a variant on labelled faces, face-free pictures and clips (make eval)")
     sub.add_parser("cameras", help="List, add, remove and inspect an ingest's cameras at runtime (admin API)")
@@ -261,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 # top-level parser grab their --flags).
 DELEGATED = {"stack": "imask.devstack.stack", "run": "imask.devstack.localrun", "eval": "imask.cli.eval",
              "load": "imask.cli.load", "rtsp-server": "imask.devstack.rtsp_server", "cameras": "imask.cli.cameras",
-             "model": "imask.cli.model"}
+             "model": "imask.cli.model",
+             "experiment": "imask.cli.experiment"}
 # Shortcuts for the load/SRE commands: `imask lag` is `imask load lag`.
 LOAD_SHORTCUTS = {"record", "replay", "lag", "scale"}
 

@@ -61,6 +61,10 @@ ROUTED_FRAMES = Counter("imask_routed_frames_total", "Frames masked under an A/B
                         "also masked by the challenger, output discarded)", ["experiment", "arm", "role"])
 EXPERIMENT_CONFIG_AGE = Gauge("imask_experiment_config_age_seconds",
                               "Seconds since this worker last read its fleet's experiment config from Redis")
+EXPERIMENT_ROLLBACKS = Counter("imask_experiment_rollbacks_total", "Experiments rolled back, by who (operator or "
+                               "router: guardrails failed max_failed_checks times in a row)", ["experiment", "actor"])
+EXPERIMENT_FAILED_CHECKS = Gauge("imask_experiment_failed_checks", "Consecutive guardrail checks an experiment "
+                                 "failed (the router rolls back at its max_failed_checks)", ["experiment"])
 MODEL_INFO = Gauge("imask_model_info", "1 for the variant and model version this process runs (a registered "
                    "version reads NAME/VERSION)", ["variant", "model_version", "sha256"])
 MODEL_HEALTHY = Gauge("imask_model_healthy", "1 when the detector answers within its timeout; exported only by "

@@ -255,11 +255,27 @@ class MaskApiSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameL
                            description="Name in logs and frames.meta")
 
 
+class RouterSettings(BaseServiceSettings, KafkaSettings):
+    service: ClassVar[str] = "router"
+
+    host: str = Field("127.0.0.1", description="Address the ExperimentService gRPC server binds")
+    port: int = Field(50061, ge=0, le=65535, description="gRPC port (0: pick a free one)")
+    redis_url: str = Field("redis://127.0.0.1:6390/0", description="Redis holding experiments (workers read it)")
+    fleet: str = Field("imask-workers", description="The worker consumer group whose experiments this router runs")
+    group_id: str = Field("imask-router", description="Consumer group name of the router's frames.meta reader")
+    tick_s: float = Field(1.0, gt=0, le=60, description="How often the router looks at the active experiment (each "
+                          "experiment's own interval_s says how often its guardrails are judged)")
+    change_delay_s: float = Field(2.0, ge=0, le=60, description="A change of weights takes effect this long after "
+                                  "it is written, by frame ingest time (workers must have read it by then)")
+    registry_uri: str = Field("", description="Model registry (MLflow): promoting a registered challenger also moves "
+                              "its champion alias through the registry's gate (empty: aliases untouched)")
+
+
 # Settings every service that has them shares, with one meaning: IMASK_<FIELD>. Anything else is one service's.
 SHARED_GROUPS: tuple[type[ImaskSettings], ...] = (LoggingSettings, KafkaSettings, EngineSettings, FrameLimits,
                                                   GrpcServerSettings)
 SETTINGS_CLASSES: tuple[type[ImaskSettings], ...] = (WorkerSettings, IngestSettings, RecorderSettings,
-                                                     MaskApiSettings)
+                                                     MaskApiSettings, RouterSettings)
 OTHER_KNOWN_PREFIXES = ("IMASK_STACK_", "IMASK_RUN_", "IMASK_TEST_", "IMASK_CLIENT_")
 
 

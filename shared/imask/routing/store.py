@@ -46,7 +46,7 @@ class ExperimentSpec:
     interval_s: float = 10.0
     max_failed_checks: int = 3
     shadow_sample: float = 0.0
-    min_cameras: int = 2
+    min_cameras: int = 16  # per arm, before guardrails judge (cluster-robust variances need clusters)
     min_frames: int = 200
     created_us: int = 0
 

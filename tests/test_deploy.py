@@ -12,7 +12,7 @@ import yaml
 from imask.cli.main import build_parser
 from imask.ops.settings import REPO_ROOT, check_environment
 
-SERVICE_COMMANDS = {"worker", "ingest", "recorder", "mask-api"}
+SERVICE_COMMANDS = {"worker", "ingest", "recorder", "mask-api", "router"}
 
 
 def _yaml_docs(path: Path) -> list[Any]:

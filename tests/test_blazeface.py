@@ -274,3 +274,21 @@ def test_registered_blazeface_version_loads_its_own_file(stack_up: None, tmp_pat
     result = engine.process([FrameInput("astro", 0, astronaut_image)])[0]
     engine.close()
     assert not result.fail_closed and len(result.faces) == 1
+
+
+@needs_model
+def test_timeout_fails_closed_and_the_detector_recovers(astronaut_image: Image) -> None:
+    """LiteRT cannot stop a running invoke: a timed-out run is abandoned, the engine reports itself unhealthy
+    (frames fail closed) until the run ends, then masks again."""
+    variant = get_variant("blazeface-tiled")
+    engine = MaskingEngine(variant, build_detector(variant, "cpu").detector, "LiteRT-CPU", detector_timeout_s=0.0005)
+    big = cv2.resize(astronaut_image, (1920, 1080))  # 1 + 60 passes: far longer than 0.5 ms
+    result = engine.process([FrameInput("cam", 0, big)])[0]
+    assert result.fail_closed and result.fail_closed_reason == "detector_timeout"
+    assert engine._inflight is not None
+    engine._inflight.result(timeout=60)
+    assert engine.healthy
+    engine.detector_timeout_s = 60
+    ok = engine.process([FrameInput("cam", 1, big)])[0]
+    engine.close()
+    assert not ok.fail_closed and len(ok.faces) >= 1

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,6 +124,7 @@ def test_blue_green_switch_mid_stream_is_atomic_per_camera(store: ExperimentStor
                                 strategy="blue_green"))
     env = {"IMASK_WORKER_REDIS_URL": store.url}
     workers = [start_worker(tmp_path, f"w{i}", group, **env) for i in range(2)]
+    owned = partitions_of(workers)
     cameras = {f"cam-{i}": moving_face_frames(60) for i in range(4)}
     switch = threading.Timer(1.5, lambda: store.set_weights("bg", {"blue": 0.0, "green": 1.0}, reason="switch"))
     switch.start()
@@ -143,6 +145,18 @@ def test_blue_green_switch_mid_stream_is_atomic_per_camera(store: ExperimentStor
         assert {got.meta[(camera, seq)].arm for seq in range(60)} == {"blue", "green"}
     for worker in workers:
         assert worker.metric("imask_frames_unmasked_total") == 0
+    # The switch is a config change, not a group change: no rebalance, so no pause in any camera's output.
+    assert partitions_of(workers) == owned
+
+
+def partitions_of(workers: list[Any]) -> list[list[int]]:
+    """Each worker's partitions once the group has settled (every partition owned, every worker owning some)."""
+    deadline = time.monotonic() + 60
+    while True:
+        owned = [json.loads(w.get("/readyz")[1]).get("partitions", []) for w in workers]
+        if (sorted(p for o in owned for p in o) == [0, 1, 2, 3] and all(owned)) or time.monotonic() > deadline:
+            return owned
+        time.sleep(0.2)
 
 
 def cameras_split(config_: ExperimentConfig, per_arm: int) -> dict[str, list[str]]:

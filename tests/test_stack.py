@@ -47,11 +47,13 @@ def test_settings_reject_shared_ports() -> None:
 
 def test_status_and_down_on_empty_state_dir(tmp_path: Path) -> None:
     settings = StackSettings(
-        state_dir=tmp_path / "none", kafka_port=19192, kafka_controller_port=19193, redis_port=16490
+        state_dir=tmp_path / "none", kafka_port=19192, kafka_controller_port=19193, redis_port=16490,
+        mlflow_port=16491,
     )
     stack.down(settings)  # idempotent: nothing to stop
     state = stack.status(settings)
-    assert set(state) == {"kafka", "redis"}
+    assert set(state) == {"kafka", "redis", "mlflow"}
+    assert set(stack.status(settings.model_copy(update={"mlflow": False}))) == {"kafka", "redis"}
     for info in state.values():
         assert info["running"] is False
         assert info["answering"] is False
@@ -66,6 +68,7 @@ def test_status_reports_both_answering(running_stack: StackSettings) -> None:
     assert state["kafka"]["answering"] is True
     assert state["kafka"]["port"] == running_stack.kafka_port
     assert isinstance(state["kafka"]["pid"], int)
+    assert state["mlflow"]["answering"] is True and isinstance(state["mlflow"]["pid"], int)
     assert state["redis"]["running"] is True
     assert state["redis"]["answering"] is True
     assert state["redis"]["port"] == running_stack.redis_port

@@ -10,7 +10,7 @@ for the recorder scenarios):
   disk_full       the recorder's output on a small filesystem that fills up; space given back after a while
   redis_down      mask-api's rate-limit Redis SIGKILLed and restarted: fail open to a per-replica limit
   cluster_broker_kill  three brokers, RF 3, min.insync.replicas 2, one broker SIGKILLed mid-stream, restarted later
-  exactly_once_vs_at_least_once  HOOK, not written yet (see `scenario_exactly_once_vs_at_least_once`)
+  exactly_once_vs_at_least_once  the worker SIGKILL and saturated throughput in both delivery modes
 
 Per scenario: frames in, masked, dropped (with reasons), lost (unaccounted), duplicates, raw egress (an output
 whose face region equals the input's: 0 expected), time to recover (from the fault, and from its end where it
@@ -815,15 +815,68 @@ def _replication(kafka: KafkaSettings) -> dict[str, Any]:
                            for p, m in sorted(topic.partitions.items())]}
 
 
+def _worker_kill_in_mode(run: FaultRun, settings: stack.StackSettings, tag: str, **env: str) -> ScenarioResult:
+    """Two workers of one group, one SIGKILLed mid-stream, in one delivery mode (env)."""
+    result = ScenarioResult(tag, "2 workers, one SIGKILLed mid-stream")
+    kafka = run.kafka(settings, tag)
+    stream = Stream(camera_names(4, kafka.partitions), frames=240, fps=12)
+    group = f"faults-{tag}-{uuid.uuid4().hex[:6]}"
+    victim = run.worker(kafka, f"{tag}-victim", group, **env)
+    survivor = run.worker(kafka, f"{tag}-survivor", group, **env)
+    victim.wait_ready(120)
+    survivor.wait_ready(120)
+    wait_group_assigned([victim, survivor], kafka.partitions)
+
+    def fault(collector: Collector, publisher: Publisher) -> None:
+        wait_metric(victim, "imask_frames_out_total", 150, 90)
+        result.details["_fault_at"] = kill(victim)
+
+    collector = run_stream(run, kafka, stream, fault, result)
+    result.recover_s = collector.recovery_s(result.details.pop("_fault_at"))
+    result.decide(**stream_checks(result, collector))
+    run.stop_all()
+    return result
+
+
+def _saturated_fps(run: FaultRun, settings: stack.StackSettings, tag: str, **env: str) -> float:
+    """One worker fed as fast as the publisher goes: masked frames per second over the run's steady part."""
+    kafka = run.kafka(settings, tag)
+    stream = Stream(camera_names(4, kafka.partitions), frames=150, fps=400)
+    worker = run.worker(kafka, f"{tag}-worker", f"faults-{tag}-{uuid.uuid4().hex[:6]}", **env)
+    worker.wait_ready(120)
+    wait_group_assigned([worker], kafka.partitions)
+    result = ScenarioResult(tag, "saturated")
+    collector = run_stream(run, kafka, stream, lambda c, p: None, result)
+    run.stop_all()
+    masked = sorted(us for _, us, _ in collector.seen)
+    steady = masked[len(masked) // 10:]  # the first tenth is start-up (assignment, first fetches)
+    span_s = (steady[-1] - steady[0]) / 1e6 if len(steady) > 1 else 0.0
+    return round((len(steady) - 1) / span_s, 2) if span_s > 0 else 0.0
+
+
 def scenario_exactly_once_vs_at_least_once(run: FaultRun) -> ScenarioResult:
-    """HOOK (another engineer writes it): the same faults with the worker's exactly-once mode (Kafka transactions;
-    the worker setting `exactly_once`, IMASK_WORKER_EXACTLY_ONCE=true) beside at-least-once, in one run: duplicates
-    after a worker kill and after a broker kill, and the throughput cost. Build it from `scenario_worker_kill` /
-    `scenario_broker_kill`: `run.worker(kafka, name, group, IMASK_WORKER_EXACTLY_ONCE="true")` starts a
-    transactional worker; the Collector already reads with isolation.level=read_committed; compare
-    `result.duplicates` of both modes and frames masked per second (`Collector.seen` has when each was masked)."""
-    return ScenarioResult("exactly_once_vs_at_least_once", "exactly-once worker vs at-least-once, same faults",
-                          skipped="hook: scenario not written yet")
+    """The worker's two delivery modes in one run, on one stack: a worker SIGKILLed mid-stream in each (duplicates
+    read_committed, frames lost), and saturated throughput of one worker in each (the cost of transactions)."""
+    result = ScenarioResult("exactly_once_vs_at_least_once",
+                            "worker SIGKILL mid-stream and saturated throughput, at-least-once vs exactly-once")
+    eos = {"IMASK_WORKER_EXACTLY_ONCE": "true"}
+    with run.own_stack("delivery") as settings:
+        alo_kill = _worker_kill_in_mode(run, settings, "alo")
+        eos_kill = _worker_kill_in_mode(run, settings, "eos", **eos)
+        alo_fps = _saturated_fps(run, settings, "alo-sat")
+        eos_fps = _saturated_fps(run, settings, "eos-sat", **eos)
+    for field_name in ("frames_in", "masked", "dropped", "lost", "duplicates", "raw_egress", "recover_s"):
+        setattr(result, field_name, getattr(eos_kill, field_name))
+    result.details.update(
+        at_least_once={"duplicates": alo_kill.duplicates, "lost": alo_kill.lost, "masked": alo_kill.masked,
+                       "recover_s": alo_kill.recover_s, "saturated_fps": alo_fps},
+        exactly_once={"duplicates": eos_kill.duplicates, "lost": eos_kill.lost, "masked": eos_kill.masked,
+                      "recover_s": eos_kill.recover_s, "saturated_fps": eos_fps,
+                      "transaction_ms": 100},
+        throughput_ratio_eos_over_alo=round(eos_fps / alo_fps, 3) if alo_fps else None)
+    result.decide(alo_accounted=alo_kill.passed, eos_accounted=eos_kill.passed,
+                  eos_no_duplicates=eos_kill.duplicates == 0, throughput_measured=alo_fps > 0 and eos_fps > 0)
+    return result
 
 
 SCENARIOS: dict[str, Callable[[FaultRun], ScenarioResult]] = {

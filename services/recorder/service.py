@@ -4,6 +4,11 @@ Files close on the end-of-stream marker, after `idle_close_s` without frames, af
 camera's stream restarts, or on SIGTERM. Offsets are committed only up to the first frame of a file still open,
 so a crash re-reads (and rewrites) the file it lost. Only masked frames exist on this topic; the recorder never
 sees raw pixels.
+
+A file that cannot be written (disk full, I/O error: RecordingError) pauses the recorder instead of crashing it:
+every open file is discarded, each partition is rewound to the first frame not safely on disk, the consumer is
+paused (it stays in its group), readiness goes down and `imask_recorder_paused` is 1; once `resume_free_bytes`
+are free again it resumes and re-reads what it had not written.
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from google.protobuf.message import DecodeError
 from imask.ops import metrics
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import RecorderSettings
-from imask.recording import CameraRecording, committable, open_recording, safe_name
+from imask.recording import (
+    CameraRecording,
+    RecordingError,
+    committable,
+    free_bytes,
+    open_recording,
+    safe_name,
+    space_back,
+)
 from imask.streaming.kafka import consumer_config, ensure_topics, usable
 from imask.v1 import frames_pb2 as pb
 
@@ -34,11 +47,17 @@ class Recorder:
         self.consumer = Consumer(consumer_config(settings, settings.group_id))
         self.open: dict[str, CameraRecording] = {}
         self.closed: list[str] = []
+        self.consumed: dict[tuple[str, int], int] = {}  # next offset per partition
+        self.paused_since: float | None = None
+        self._checked_space = 0.0
+        runtime.ready_checks.append(lambda: self.paused_since is None)
 
     def _close(self, camera_id: str) -> None:
-        rec = self.open.pop(camera_id, None)
+        rec = self.open.get(camera_id)
         if rec is not None:
-            self.closed.append(str(rec.close()))
+            path = rec.close()  # RecordingError: it stays open here, so offsets are rewound to its first frame
+            del self.open[camera_id]
+            self.closed.append(str(path))
             self.runtime.details["closed"] = self.closed
 
     def handle(self, value: bytes, partition: int = -1, offset: int = -1) -> None:
@@ -72,36 +91,95 @@ class Recorder:
             every = self.settings.snapshot_every
             if every and frame.seq % every == 0:
                 snap = self.settings.output_dir / "snapshots" / safe_name(camera)
-                snap.mkdir(parents=True, exist_ok=True)
-                (snap / f"{frame.seq:08d}.jpg").write_bytes(frame.data)
+                try:
+                    snap.mkdir(parents=True, exist_ok=True)
+                    (snap / f"{frame.seq:08d}.jpg").write_bytes(frame.data)
+                except OSError as exc:  # snapshots are extras: counted and skipped, the recording goes on
+                    metrics.RECORDING_ERRORS.labels("snapshot").inc()
+                    log.warning("snapshot not written", extra={"camera": camera, "error": str(exc)})
 
     def run(self) -> int:
         ensure_topics(self.settings)
         self.consumer.subscribe([self.settings.topic_masked])
         self.runtime.ready.set()
-        consumed: dict[tuple[str, int], int] = {}  # next offset per partition
+        clean = False
         try:
             while not self.runtime.stopping.is_set():
                 msg = self.consumer.poll(0.2)
-                if msg is not None and usable(msg):
-                    topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
-                    self.handle(msg.value() or b"", partition, offset)
-                    consumed[(topic, partition)] = offset + 1
-                now = time.monotonic()
-                for camera, rec in list(self.open.items()):
-                    if now - rec.last_write > self.settings.idle_close_s:
-                        self._close(camera)
-                for (topic, partition), position in consumed.items():
+                try:
+                    if msg is not None and usable(msg):
+                        topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+                        self.handle(msg.value() or b"", partition, offset)
+                        self.consumed[(topic, partition)] = offset + 1
+                    now = time.monotonic()
+                    for camera, rec in list(self.open.items()):
+                        if now - rec.last_write > self.settings.idle_close_s:
+                            self._close(camera)
+                except RecordingError as exc:
+                    self._pause(str(exc))
+                if self.paused_since is not None:
+                    self._maybe_resume()
+                for (topic, partition), position in self.consumed.items():
                     self._store(topic, partition, committable(position, partition, list(self.open.values())))
+            clean = True
         finally:
-            for camera in list(self.open):
-                self._close(camera)
-            for (topic, partition), position in consumed.items():  # every file is closed now
-                self._store(topic, partition, position)
-            with contextlib.suppress(KafkaException):
-                self.consumer.commit(asynchronous=False)
-            self.consumer.close()
+            self._finish(clean)
         return 0
+
+    def _pause(self, reason: str) -> None:
+        """A file could not be written: drop every open file, rewind each partition to its first frame not on disk,
+        pause consuming (the group membership stays), leave rotation."""
+        for (topic, partition), position in list(self.consumed.items()):
+            rewind = committable(position, partition, list(self.open.values()))
+            self.consumed[(topic, partition)] = rewind
+            with contextlib.suppress(KafkaException):
+                self.consumer.seek(TopicPartition(topic, partition, rewind))
+        for rec in self.open.values():
+            rec.discard()
+        self.open.clear()
+        with contextlib.suppress(KafkaException):
+            self.consumer.pause(self.consumer.assignment())
+        if self.paused_since is None:
+            log.error("recorder paused: a file could not be written; resuming once space is free",
+                      extra={"error": reason, "resume_free_bytes": self.settings.resume_free_bytes})
+        self.paused_since = time.monotonic()
+        metrics.RECORDER_PAUSED.set(1)
+
+    def _maybe_resume(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_space < 2.0:
+            return
+        self._checked_space = now
+        try:
+            if not space_back(self.settings.output_dir, self.settings.resume_free_bytes):
+                return
+            free = free_bytes(self.settings.output_dir)
+        except OSError:
+            return
+        with contextlib.suppress(KafkaException):
+            self.consumer.resume(self.consumer.assignment())
+        log.info("recorder resumed", extra={"free_bytes": free,
+                                            "paused_s": round(now - (self.paused_since or now), 1)})
+        self.paused_since = None
+        metrics.RECORDER_PAUSED.set(0)
+
+    def _finish(self, clean: bool) -> None:
+        """Close every file; offsets move past a file only once it is closed (a failed close holds them)."""
+        for camera in list(self.open):
+            rec = self.open[camera]
+            try:
+                self._close(camera)
+            except RecordingError:
+                rec.discard()
+                key = (self.settings.topic_masked, rec.partition)
+                if key in self.consumed and rec.first_offset >= 0:
+                    self.consumed[key] = min(self.consumed[key], rec.first_offset)
+        for (topic, partition), position in self.consumed.items():
+            self._store(topic, partition, position)
+        with contextlib.suppress(KafkaException):
+            self.consumer.commit(asynchronous=False)
+        self.consumer.close()
+        log.info("recorder stopped", extra={"clean": clean, "closed": len(self.closed)})
 
     def _store(self, topic: str, partition: int, offset: int) -> None:
         with contextlib.suppress(KafkaException):

@@ -39,6 +39,15 @@ def free_bytes(path: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
+def space_back(path: Path, want_bytes: int) -> bool:
+    """Enough free space to resume after a failed write: `want_bytes`, or a quarter of a smaller filesystem."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    stat = os.statvfs(path)
+    total = stat.f_blocks * stat.f_frsize
+    return free_bytes(path) >= min(want_bytes, total // 4)
+
+
 def _failure(kind: str, message: str, path: Path) -> RecordingError:
     metrics.RECORDING_ERRORS.labels(kind).inc()
     try:

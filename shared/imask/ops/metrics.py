@@ -65,6 +65,8 @@ EXPERIMENT_ROLLBACKS = Counter("imask_experiment_rollbacks_total", "Experiments 
                                "router: guardrails failed max_failed_checks times in a row)", ["experiment", "actor"])
 EXPERIMENT_FAILED_CHECKS = Gauge("imask_experiment_failed_checks", "Consecutive guardrail checks an experiment "
                                  "failed (the router rolls back at its max_failed_checks)", ["experiment"])
+RECORDER_PAUSED = Gauge("imask_recorder_paused", "1 while the recorder is paused after a failed write (disk full): "
+                        "not ready, consumer paused, offsets held at the first frame it did not write")
 MODEL_INFO = Gauge("imask_model_info", "1 for the variant and model version this process runs (a registered "
                    "version reads NAME/VERSION)", ["variant", "model_version", "sha256"])
 MODEL_HEALTHY = Gauge("imask_model_healthy", "1 when the detector answers within its timeout; exported only by "

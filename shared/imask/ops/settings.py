@@ -232,6 +232,9 @@ class RecorderSettings(BaseServiceSettings, KafkaSettings):
     segment_s: float = Field(600.0, gt=0, description="Start a new file per camera after this long (bounds what a "
                              "crash makes the recorder re-read: offsets move only past closed files)")
     default_fps: float = Field(25.0, gt=0, description="Fps of recordings when the source does not say")
+    resume_free_bytes: int = Field(64 * 1024 * 1024, ge=0, description="After a write failed (disk full) the "
+                                   "recorder pauses (not ready, offsets held) and resumes once this much is free "
+                                   "(or a quarter of a smaller filesystem)")
 
 
 class MaskApiSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameLimits, GrpcServerSettings):

@@ -144,7 +144,7 @@ def bench(duration: float) -> dict[str, Any]:
     images = load_images([])
     engine = bare_engine(images)
     port = free_port()
-    env = {**os.environ, "IMASK_PORT": str(port), "IMASK_AUTH": "none", "IMASK_PUBLISH_META": "false",
+    env = {**os.environ, "IMASK_MASK_API_PORT": str(port), "IMASK_AUTH": "none", "IMASK_MASK_API_PUBLISH_META": "false",
            "IMASK_LOG_LEVEL": "warning"}
     server = spawn("bench-mask-api", ["mask-api"], OUT / "logs", env)
     try:

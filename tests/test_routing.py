@@ -195,7 +195,7 @@ def test_canary_with_a_bad_challenger_is_rolled_back_by_the_router(store: Experi
     Registry(uri, tmp_path / "reg").register(default_variant().with_overrides(threshold=0.9), model)
     group = f"g-{uuid.uuid4().hex[:6]}"
     env = {**subprocess_env(), "IMASK_ROUTER_REDIS_URL": store.url, "IMASK_ROUTER_FLEET": group,
-           "IMASK_ROUTER_CHANGE_DELAY_S": "1", "IMASK_ROUTER_TICK_S": "0.5"}
+           "IMASK_ROUTER_CHANGE_DELAY_S": "1", "IMASK_ROUTER_TICK_S": "0.5", "IMASK_AUTH": "none"}
     router = spawn_tracked("router", ["router", "--port", "0"], tmp_path / "logs", env)
     router.wait_ready(60)
     port = json.loads(router.get("/readyz")[1])["grpc_port"]
@@ -280,3 +280,47 @@ def test_shadow_mode_records_disagreement_and_serves_control(store: ExperimentSt
     assert fallback.masked is not None and fallback.masked.faces_masked >= 1 and fallback.masked.variant == "default"
     routed.close()
     base.engine.close()
+
+
+@pytest.mark.redis
+@pytest.mark.kafka
+def test_router_refuses_calls_without_a_valid_key(store: ExperimentStore, kafka_settings: object,
+                                                   tmp_path: Path) -> None:
+    """Changing experiments is an operator's act: the router takes the same API keys as mask-api (health stays
+    open); the CLI passes its key."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from test_mask_api import new_key
+
+    from conftest import subprocess_env
+    from imask.v1 import experiment_service_pb2 as epb
+    from imask.v1 import experiment_service_pb2_grpc as epb_grpc
+    from streams import spawn_tracked
+
+    keys = tmp_path / "keys.json"
+    good = new_key(keys, "operator")
+    revoked = new_key(keys, "former")
+    new_key(keys, "former", revoke=True)
+    env = {**subprocess_env(), "IMASK_ROUTER_REDIS_URL": store.url, "IMASK_ROUTER_FLEET": store.fleet,
+           "IMASK_AUTH": "api-key", "IMASK_API_KEYS_FILE": str(keys)}
+    router = spawn_tracked("router", ["router", "--port", "0"], tmp_path / "logs", env)
+    router.wait_ready(60)
+    target = f"127.0.0.1:{json.loads(router.get('/readyz')[1])['grpc_port']}"
+    channel = grpc.insecure_channel(target)
+    stub = epb_grpc.ExperimentServiceStub(channel)  # type: ignore[no-untyped-call]
+    spec = epb.ExperimentSpec(name="keyed", arms=[epb.Arm(name="control", variant="default", weight=1.0),
+                                                  epb.Arm(name="challenger", variant="fast", weight=0.0)])
+    for metadata in ((), (("authorization", "Bearer imk_wrong"),), (("authorization", f"Bearer {revoked}"),)):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Create(spec, metadata=metadata, timeout=10)
+        assert refused.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+    assert store.active() is None  # nothing was written by a refused call
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    cli = [sys.executable, "-m", "imask.cli.main", "experiment", "--router", target]
+    created = subprocess.run([*cli, "--api-key", good, "create", "keyed", "--challenger", "fast", "--weight", "0"],
+                             capture_output=True, text=True)
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["state"] == "EXPERIMENT_STATE_RUNNING"
+    denied = subprocess.run([*cli, "status", "keyed"], capture_output=True, text=True)
+    assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr

@@ -429,3 +429,22 @@ def test_guardrail_validation_and_missing_metric() -> None:
     assert res.status == "inconclusive" and "no data" in res.reason
     with pytest.raises(ValueError):
         recommend({}, [res], 1, 1)
+
+
+def test_a_drifting_metric_still_fails_when_this_look_is_beyond_tolerance() -> None:
+    """A challenger that starts fine and then degrades: the confidence sequence runs empty (not stationary), which
+    must not hide a degradation the current look shows beyond doubt (the canary would never be rolled back)."""
+    rng = np.random.default_rng(7)
+    guard = Guardrail("latency_ms", "lower_is_better", relative=0.2, unit="ms")
+
+    def arms(treatment_ms: float) -> tuple[ArmSample, ArmSample]:
+        frames = rng.integers(80, 120, size=40).astype(float)
+        control = ArmSample(frames * 100.0 * rng.normal(1, 0.02, 40), frames)
+        treatment = ArmSample(frames * treatment_ms * rng.normal(1, 0.02, 40), frames)
+        return control, treatment
+
+    first = evaluate_guardrails([guard], {"latency_ms": arms(90.0)})[0]  # better than control at first
+    assert first.status == "passed"
+    later = evaluate_guardrails([guard], {"latency_ms": arms(300.0)}, {"latency_ms": first.sequential})[0]
+    assert later.status == "failed", later.reason
+    assert "ran empty" in later.reason

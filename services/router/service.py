@@ -8,6 +8,7 @@ not on the frame path, so it being down never stops masking (weights just stay a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from concurrent import futures
@@ -15,6 +16,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from imask.maskapi.auth import ApiKeyInterceptor, api_key_store, server_credentials
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import RouterSettings
 from imask.routing.api import ExperimentServicer
@@ -62,34 +64,40 @@ def _read_meta(settings: RouterSettings, router: Router, runtime: ServiceRuntime
         reader.close()
 
 
-def serve(settings: RouterSettings, runtime: ServiceRuntime) -> int:
+async def serve(settings: RouterSettings, runtime: ServiceRuntime) -> int:
     ensure_topics(settings)
     store = ExperimentStore(settings.redis_url, settings.fleet, settings.change_delay_s)
     router = Router(store, _alias_mover(settings))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    # The same API keys (and TLS) as mask-api: changing experiments is an operator's act. The servicer's methods
+    # are plain functions (Redis calls), run on the migration thread pool.
+    server = grpc.aio.server(interceptors=[ApiKeyInterceptor(api_key_store(settings))],
+                             migration_thread_pool=futures.ThreadPoolExecutor(max_workers=8))
     epb_grpc.add_ExperimentServiceServicer_to_server(ExperimentServicer(router), server)  # type: ignore[no-untyped-call]
-    health_servicer = health.HealthServicer()
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    server.start()
+    creds = server_credentials(settings)
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    await server.start()
     reader = threading.Thread(target=_read_meta, args=(settings, router, runtime), name="meta-reader", daemon=True)
     reader.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    runtime.details.update(grpc_port=port, fleet=settings.fleet)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    runtime.details.update(grpc_port=port, fleet=settings.fleet, auth=settings.auth, tls=creds is not None)
     runtime.ready.set()
-    log.info("router serving", extra={"grpc_port": port, "fleet": settings.fleet})
-    while not runtime.stopping.wait(settings.tick_s):
+    log.info("router serving", extra={"grpc_port": port, "fleet": settings.fleet, "auth": settings.auth})
+    while not runtime.stopping.is_set():
+        await asyncio.sleep(settings.tick_s)
         try:
-            router.tick()
+            await asyncio.to_thread(router.tick)
             runtime.details["experiment"] = store.active() or ""
         except Exception as exc:  # Redis away: try again next tick; workers keep their last weights
             log.warning("experiment check failed", extra={"error": repr(exc)})
-    health_servicer.enter_graceful_shutdown()
-    server.stop(5).wait()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(5)
     reader.join(5)
     log.info("router stopped")
     return 0
 
 
 def run(settings: RouterSettings) -> int:
-    return run_service("router", settings, lambda runtime: serve(settings, runtime))
+    return run_service("router", settings, lambda runtime: asyncio.run(serve(settings, runtime)))

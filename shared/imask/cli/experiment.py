@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         "`promote` switches every camera at one effective time), rolling (a weight schedule). The router judges "
         "guardrails every --interval seconds with always-valid statistics and rolls back on its own after "
         "--max-failed consecutive failed checks.",
-        epilog="The router: IMASK_ROUTER_ADDRESS (default 127.0.0.1:50061).")
-    parser.add_argument("--router", default=os.environ.get("IMASK_ROUTER_ADDRESS", "127.0.0.1:50061"))
+        epilog="The router: IMASK_CLIENT_ROUTER_ADDRESS (default 127.0.0.1:50061).")
+    parser.add_argument("--router", default=os.environ.get("IMASK_CLIENT_ROUTER_ADDRESS", "127.0.0.1:50061"))
+    parser.add_argument("--api-key", default=os.environ.get("IMASK_CLIENT_API_KEY", ""),
+                        help="the router's API key (or IMASK_CLIENT_API_KEY)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("create", help="Start an experiment on the fleet")
     p.add_argument("name")
@@ -78,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _KeyHeader(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or []), ("authorization", f"Bearer {self.key}")]
+        return continuation(details._replace(metadata=metadata), request)
+
+
 def _create_request(args: argparse.Namespace) -> epb.ExperimentSpec:
     return epb.ExperimentSpec(
         name=args.name, salt=args.salt, strategy=STRATEGY[args.strategy],
@@ -91,7 +102,10 @@ def _create_request(args: argparse.Namespace) -> epb.ExperimentSpec:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    stub = epb_grpc.ExperimentServiceStub(grpc.insecure_channel(args.router))  # type: ignore[no-untyped-call]
+    channel = grpc.insecure_channel(args.router)
+    if args.api_key:
+        channel = grpc.intercept_channel(channel, _KeyHeader(args.api_key))
+    stub = epb_grpc.ExperimentServiceStub(channel)  # type: ignore[no-untyped-call]
     calls: dict[str, Any] = {
         "create": lambda: stub.Create(_create_request(args), timeout=10),
         "status": lambda: stub.Status(epb.ExperimentRef(name=args.name), timeout=10),

@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_mask_api)
     p = _service_parser(sub, "router", RouterSettings,
                         ["host", "port", "ops_host", "ops_port", "log_level", "redis_url", "fleet",
-                         "bootstrap_servers", "registry_uri"],
+                         "bootstrap_servers", "registry_uri", "auth", "api_keys_file"],
                         "router: A/B experiments over model variants (ExperimentService over gRPC, experiments in "
                         "Redis, guardrails judged from frames.meta, automated rollback); `imask experiment` is its "
                         "client. Workers route frames in process (IMASK_WORKER_REDIS_URL), so the router is never on "

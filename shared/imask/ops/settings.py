@@ -258,7 +258,7 @@ class MaskApiSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameL
                            description="Name in logs and frames.meta")
 
 
-class RouterSettings(BaseServiceSettings, KafkaSettings):
+class RouterSettings(BaseServiceSettings, KafkaSettings, GrpcServerSettings):
     service: ClassVar[str] = "router"
 
     host: str = Field("127.0.0.1", description="Address the ExperimentService gRPC server binds")

@@ -621,7 +621,10 @@ def _evaluate_one(
     if seq.looks == 0:
         status: Status = "inconclusive"
     elif lo > hi:
-        status = "inconclusive"  # the confidence sequence ran empty: the metric is not stationary
+        # The confidence sequence ran empty: the metric is not stationary, so nothing is promoted on it. For
+        # safety, this look's own always-valid interval still fails the guardrail when it lies wholly beyond it.
+        now_lo = e - msprt_radius(var, tau2, g.alpha) if not few and math.isfinite(var) else math.nan
+        status = "failed" if now_lo > 0.0 else "inconclusive"
     elif lo > 0.0:
         status = "failed"
     elif hi <= 0.0:
@@ -647,6 +650,9 @@ def _evaluate_one(
             f"{head}; not tested yet: {min(control.cameras, treatment.cameras)} cameras in the smaller arm, "
             f"the test starts at {min_cameras}"
         )
+    elif status == "failed" and lo > hi:
+        reason = (f"{head}; the confidence sequence ran empty (the metric drifts), and this look's own always-valid "
+                  f"{level} interval lies wholly beyond the tolerance")
     elif status == "failed":
         reason = f"{head}; always-valid {level} CI of the change {ci_txt} lies wholly beyond the tolerance"
     elif status == "passed":

@@ -324,3 +324,46 @@ def test_router_refuses_calls_without_a_valid_key(store: ExperimentStore, kafka_
     assert json.loads(created.stdout)["state"] == "EXPERIMENT_STATE_RUNNING"
     denied = subprocess.run([*cli, "status", "keyed"], capture_output=True, text=True)
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+    # Sticky across a router restart: assignment is a function of salt and camera, the state lives in Redis.
+    keyed = [("authorization", f"Bearer {good}")]
+    stub.Ramp(epb.RampRequest(name="keyed", weight=0.5), metadata=keyed, timeout=10)
+    cameras = [f"cam-{i}" for i in range(40)]
+    before = dict(stub.Assign(epb.AssignRequest(name="keyed", camera_ids=cameras), metadata=keyed, timeout=10).arms)
+    assert set(before.values()) == {"control", "challenger"}
+    router.proc.terminate()
+    router.proc.wait(30)
+    again = spawn_tracked("router-again", ["router", "--port", "0"], tmp_path / "logs", env)
+    again.wait_ready(60)
+    target = f"127.0.0.1:{json.loads(again.get('/readyz')[1])['grpc_port']}"
+    stub = epb_grpc.ExperimentServiceStub(grpc.insecure_channel(target))  # type: ignore[no-untyped-call]
+    after = stub.Assign(epb.AssignRequest(name="keyed", camera_ids=cameras), metadata=keyed, timeout=10).arms
+    assert dict(after) == before
+
+
+@pytest.mark.redis
+def test_router_steps_the_ramp_and_holds_it_while_a_guardrail_fails(store: ExperimentStore) -> None:
+    """Rolling/canary schedules are stepped by the router's check while nothing fails; promote and rollback are
+    instant (one new config each) and end the experiment."""
+    from imask.routing.router import Router
+    from imask.routing.store import Guardrail
+
+    router = Router(store)
+    spec = ExperimentSpec("rolling", (ArmSpec("control", "default", 1.0), ArmSpec("challenger", "fast", 0.0)),
+                          strategy="rolling", ramp=((0.0, 0.25), (0.0, 0.5)), interval_s=0.0,
+                          guardrails=(Guardrail("faces_per_frame", 0.1),))
+    router.create(spec)
+    router.tick()
+    latest = store.latest("rolling")
+    assert latest.arms[1].weight == 0.5 and latest.version == 2  # the schedule's due step, in one change
+    assert store.events("rolling")[-1]["actor"] == "router"
+    router.tick()
+    assert store.latest("rolling").version == 2  # nothing more is due: no new config
+    promoted = router.promote("rolling", "all guardrails passed")
+    assert (promoted.state, promoted.arms[1].weight) == ("promoted", 1.0)
+    with pytest.raises(ExperimentError, match="promoted"):
+        router.rollback("rolling", "too late")
+    with pytest.raises(ExperimentError, match="two arms"):
+        router.create(ExperimentSpec("three", (ArmSpec("a", "default", 0.5), ArmSpec("b", "fast", 0.25),
+                                                ArmSpec("c", "crowd", 0.25))))
+    with pytest.raises(ValueError, match="unknown guardrail"):
+        router.create(ExperimentSpec("bad-metric", spec.arms, guardrails=(Guardrail("smiles", 0.1),)))

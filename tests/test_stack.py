@@ -157,8 +157,13 @@ def test_three_broker_cluster_keeps_acks_all_through_a_broker_kill(tmp_path: Pat
         kafka = KafkaSettings(bootstrap_servers=settings.bootstrap_servers, replication_factor=3)
         ensure_topics(kafka, [TopicSpec(topic, 4)])  # the services' own path, with IMASK_REPLICATION_FACTOR=3
         admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+        # A broker's metadata can lag the controller's for a moment after creation: wait until it lists them.
+        deadline = time.monotonic() + 30
         partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-        assert {len(p.replicas) for p in partitions.values()} == {3}
+        while len(partitions) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+        assert len(partitions) == 4 and {len(p.replicas) for p in partitions.values()} == {3}
         resource = ConfigResource("topic", topic)
         config = admin.describe_configs([resource])[resource].result(10)
         assert config["min.insync.replicas"].value == "2"  # the brokers' default from three brokers on

@@ -18,7 +18,7 @@ from typing import Any
 from imask.devstack import stack
 from imask.engine import MaskingEngine, default_variant
 from imask.loadtest.replay import ReplayPlan
-from imask.ops.settings import REPO_ROOT
+from imask.ops.settings import REPO_ROOT, FrameLimits
 from imask.pipeline.processor import FrameProcessor, ProcessorOptions
 from imask.pipeline.routed import frame_head
 from imask.pipeline.wire import make_frame
@@ -48,7 +48,7 @@ def decision_cost(frames: int = 300) -> dict[str, Any]:
     routing_us = (time.perf_counter() - t0) / frames * 1e6
     engine = MaskingEngine.load(default_variant(), provider="cpu")
     engine.warm_up()
-    processor = FrameProcessor(engine, ProcessorOptions(worker_id="bench", limits=_limits()))
+    processor = FrameProcessor(engine, ProcessorOptions(worker_id="bench", limits=FrameLimits()))
     t0 = time.perf_counter()
     outcomes = [processor.process([item])[0] for item in inbound[:60]]
     masking_us = (time.perf_counter() - t0) / 60 * 1e6
@@ -56,12 +56,6 @@ def decision_cost(frames: int = 300) -> dict[str, Any]:
     engine.close()
     return {"routing_us_per_frame": round(routing_us, 1), "masking_us_per_frame": round(masking_us, 1),
             "routing_share_of_masking": round(routing_us / masking_us, 5)}
-
-
-def _limits() -> Any:
-    from imask.ops.settings import FrameLimits
-
-    return FrameLimits()
 
 
 def end_to_end(routing: bool, seconds: float, cameras: int = 2) -> dict[str, Any]:

@@ -31,21 +31,23 @@ class RecordingError(OSError):
     on disk and must be read again."""
 
 
-def free_bytes(path: Path) -> int:
-    """Bytes an unprivileged writer may still use on the filesystem holding `path` (its nearest existing parent)."""
+def _statvfs(path: Path) -> os.statvfs_result:
+    """The filesystem holding `path` (its nearest existing parent)."""
     while not path.exists() and path != path.parent:
         path = path.parent
-    stat = os.statvfs(path)
+    return os.statvfs(path)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding `path`."""
+    stat = _statvfs(path)
     return stat.f_bavail * stat.f_frsize
 
 
 def space_back(path: Path, want_bytes: int) -> bool:
     """Enough free space to resume after a failed write: `want_bytes`, or a quarter of a smaller filesystem."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    stat = os.statvfs(path)
-    total = stat.f_blocks * stat.f_frsize
-    return free_bytes(path) >= min(want_bytes, total // 4)
+    stat = _statvfs(path)
+    return stat.f_bavail * stat.f_frsize >= min(want_bytes, stat.f_blocks * stat.f_frsize // 4)
 
 
 def _failure(kind: str, message: str, path: Path) -> RecordingError:

@@ -105,7 +105,7 @@ class Outbox:
                 if not wait:
                     self._release()
                     raise QueueFull(f"producer queue full ({topic})") from None
-                self._serve(0.05)
+                self.poll(0.05)  # with a poll thread: sleeps while it makes room
             except KafkaException as exc:  # refused before it was queued (e.g. larger than message.max.bytes)
                 self._settle(exc.args[0], on_done)
                 return
@@ -149,12 +149,6 @@ class Outbox:
             self.producer.poll(timeout)
         elif timeout:
             time.sleep(timeout)
-
-    def _serve(self, timeout: float) -> None:
-        if self._poller is None:
-            self.producer.poll(timeout)
-        else:
-            time.sleep(timeout)  # the poll thread makes room
 
     def _poll_loop(self) -> None:
         while not self._closing.is_set():

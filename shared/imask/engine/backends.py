@@ -30,6 +30,7 @@ Builder = Callable[["Variant", str, int], BuiltDetector]
 BACKENDS: dict[str, str] = {
     "centerface": "imask.engine.backends:build_centerface",
     "blazeface": "imask.engine.backends:build_blazeface",
+    "centerface-torch": "imask.engine.torch_backend:build_centerface_torch",
 }
 
 
@@ -49,6 +50,7 @@ def build_detector(variant: Variant, provider: str = "auto", intra_op_threads: i
 MODEL_FILES: dict[str, str] = {
     "centerface": "imask.engine.backends:packaged_centerface_file",
     "blazeface": "imask.engine.blazeface:packaged_model_file",
+    "centerface-torch": "imask.engine.backends:packaged_centerface_file",
 }
 
 
@@ -76,7 +78,7 @@ def build_centerface(variant: Variant, provider: str, intra_op_threads: int) -> 
 
     model = load_centerface(Path(variant.model_path) if variant.model_path else None,
                             expected_sha256=variant.model_sha256, provider=provider,
-                            intra_op_threads=intra_op_threads)
+                            intra_op_threads=intra_op_threads, precision=variant.precision)
     return BuiltDetector(CenterFaceDetector(model, variant.geometry), model.execution_provider, model.sha256)
 
 

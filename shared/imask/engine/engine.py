@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from imask.engine.backends import build_detector
+from imask.engine.context import is_crowd
 from imask.engine.detector import BatchTimings, Detections
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
 from imask.engine.tracker import FaceTracker, TrackedFace
@@ -62,6 +63,13 @@ class EngineResult:
     mask_ms: float = 0.0
     batch_size: int = 1
     detected: bool = True  # False: a detect-every-k frame masked from moved tracks alone
+
+
+def _at_least(dets: Detections, score: float) -> Detections:
+    keep = dets.scores >= score
+    if keep.all():
+        return dets
+    return Detections(boxes=dets.boxes[keep], scores=dets.scores[keep], landmarks=dets.landmarks[keep])
 
 
 def _thumbnail(image: Image) -> Image:
@@ -139,23 +147,35 @@ class MaskingEngine:
         timings = BatchTimings()
         threshold = threshold or self.variant.threshold
         track_threshold = min(threshold, self.variant.track_threshold)
+        rule = self.variant.context
+        context_threshold = min(rule.threshold, threshold) if rule.enabled else track_threshold
         trackers = [self._tracker(f.camera_id, f.seq) for f in frames]
         thumbs = [_thumbnail(f.image) for f in frames]
         detect = self._plan_detections(trackers, thumbs)
         detections: dict[int, Detections] = {}
+        in_context: set[int] = set()
         if detect:
+            images = [frames[i].image for i in detect]
             try:
-                found = self._detect([frames[i].image for i in detect], track_threshold, timings)
+                found = self._detect(images, min(track_threshold, context_threshold), timings)
             except FailClosed as exc:
                 return [self._fail_closed(f, exc.reason, len(frames)) for f in frames]
             detections = dict(zip(detect, found, strict=True))
+            if rule.enabled:
+                in_context = {i for i in detect if is_crowd(frames[i].image, detections[i], rule)}
             metrics.BATCH_SIZE.observe(len(detect))
         results = []
         for i, frame in enumerate(frames):
             try:
                 if i in detections:
                     trackers[i].reference = thumbs[i]
-                    result = self._mask_one(frame, trackers[i], detections[i], spec, threshold)
+                    dets = detections[i]
+                    if i in in_context:
+                        metrics.CROWD_CONTEXT_FRAMES.inc()
+                        result = self._mask_one(frame, trackers[i], dets, spec, context_threshold)
+                    else:  # faint boxes read for the context rule count for nothing here
+                        result = self._mask_one(frame, trackers[i], _at_least(dets, track_threshold), spec,
+                                                threshold)
                 else:
                     result = self._mask_tracks(frame, trackers[i].coast(), None, spec)
             except Exception:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from imask.engine.blazeface import BLAZEFACE_FULL_SHA256
+from imask.engine.context import ContextRule
 from imask.engine.detector import DetectorGeometry
 from imask.engine.masks import MaskSpec
 from imask.engine.model import CENTERFACE_SHA256
@@ -23,9 +24,10 @@ class Variant:
     # pixels keeping their aspect; 720p becomes 640x352, a 416x416 photo 480x480.
     input_width: int = 640
     input_height: int = 360
-    # A new face needs this score. 0.1 from the curve on WIDER FACE crowds (docs/EVALUATION.md): recall 0.89 vs
-    # 0.82 at 0.2, with no face-free picture over 1% masked; 0.05 reaches 0.94 but masks textures.
-    threshold: float = 0.1
+    # A new face needs this score in a frame without an anchor face (see context_threshold below for the rest).
+    # With the crowd context on, WIDER FACE recall is the same from 0.1 to 0.2 (docs/EVALUATION.md) and 0.2 keeps
+    # textures clearer (the motorcycle's bolts: 0.9% masked at 0.1).
+    threshold: float = 0.2
     track_threshold: float = 0.05  # a face already tracked stays masked down to this score
     mask: MaskSpec = field(default_factory=MaskSpec)
     # A box this large (longer side over this fraction of the frame's shorter side) needs large_face_threshold to
@@ -33,6 +35,14 @@ class Variant:
     # (the moon at 0.28, a cat at 0.08, each masking a third of the picture). Small faces keep the low threshold.
     large_face_fraction: float = 0.25
     large_face_threshold: float = 0.5
+    # Crowd context (engine/context.py): in a frame with crowd_count small boxes >= crowd_floor, a new small face
+    # needs only context_threshold; 0 turns it off. On WIDER FACE crowds (docs/EVALUATION.md): recall 0.887 ->
+    # 0.96 with no face-free picture over 1% masked.
+    context_threshold: float = 0.03
+    crowd_floor: float = 0.1
+    crowd_count: int = 5
+    # "int8": the graph quantized at load time (engine/quantize.py), ~1.5x faster on CPU; CUDA runs fp32.
+    precision: str = "int8"
     max_missed: int = 5  # frames a lost face stays masked
     # Detect on every k-th frame of a camera and move tracks in between (and at once on a scene cut: the mean
     # absolute difference of 32x18 grey thumbnails above scene_cut).
@@ -48,6 +58,11 @@ class Variant:
     registry_version: str = ""
 
     @property
+    def context(self) -> ContextRule:
+        return ContextRule(threshold=self.context_threshold, crowd_floor=self.crowd_floor, crowd_count=self.crowd_count,
+                           large_face_fraction=self.large_face_fraction)
+
+    @property
     def geometry(self) -> DetectorGeometry:
         return DetectorGeometry(pixel_budget=self.input_width * self.input_height, max_upscale=self.max_upscale,
                                 max_downscale=self.max_downscale, flip=self.flip, tile=self.tile)
@@ -56,8 +71,13 @@ class Variant:
     def model_version(self) -> str:
         if self.registry_version:
             return self.registry_version
-        extras = ("/flip" if self.flip else "") + (f"/tile{self.tile}" if self.tile else "") + (
-            f"/every{self.detect_every}" if self.detect_every > 1 else "")
+        extras = "".join((
+            "/int8" if self.precision == "int8" else "",
+            f"/ctx{self.context_threshold:g}" if self.context_threshold else "",
+            "/flip" if self.flip else "",
+            f"/tile{self.tile}" if self.tile else "",
+            f"/every{self.detect_every}" if self.detect_every > 1 else "",
+        ))
         return (f"{self.detector}@{self.model_sha256[:12]}/{self.input_width}x{self.input_height}"
                 f"/t{self.threshold:g}/k{self.track_threshold:g}{extras}")
 
@@ -77,11 +97,13 @@ REGISTRY: dict[str, Variant] = {
                      tile=640),
     # The second family (MediaPipe's BlazeFace, full-range model, on LiteRT): one 192x192 pass per frame.
     "blazeface": Variant(name="blazeface", version="1", detector="blazeface", model_sha256=BLAZEFACE_FULL_SHA256,
-                         input_width=192, input_height=192, threshold=0.5, track_threshold=0.3),
+                         input_width=192, input_height=192, threshold=0.5, track_threshold=0.3,
+                         context_threshold=0.0, precision="fp32"),
     # BlazeFace with overlapping 256 px tiles at about native resolution besides the whole-frame pass.
     "blazeface-tiled": Variant(name="blazeface-tiled", version="1", detector="blazeface",
                                model_sha256=BLAZEFACE_FULL_SHA256, input_width=192, input_height=192,
-                               threshold=0.5, track_threshold=0.3, tile=256),
+                               threshold=0.5, track_threshold=0.3, tile=256, context_threshold=0.0,
+                               precision="fp32"),
 }
 
 

@@ -39,6 +39,9 @@ FRAMES_UNMASKED = Counter(
     "any non-zero value is a bug to page on",
 )
 FACES_MASKED = Counter("imask_faces_masked_total", "Face regions masked (detected or held by the tracker)", ["held"])
+CROWD_CONTEXT_FRAMES = Counter("imask_crowd_context_frames_total",
+                               "Detected frames seen as a crowd (engine/context.py), so new small faces needed "
+                               "only the variant's context threshold")
 BATCH_SIZE = Histogram("imask_inference_batch_size", "Frames per detector call", buckets=(1, 2, 4, 8, 16, 32))
 EXECUTION_PROVIDER = Gauge("imask_execution_provider_info", "ONNX Runtime provider in use (1 = active)",
                            ["provider"])

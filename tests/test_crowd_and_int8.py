@@ -84,7 +84,7 @@ def test_faint_boxes_do_not_reach_frames_that_are_not_crowds(engine: MaskingEngi
 def _textures() -> Image:
     from skimage import data
 
-    return cv2.cvtColor(data.gravel(), cv2.COLOR_GRAY2BGR)
+    return cv2.cvtColor(data.gravel(), cv2.COLOR_GRAY2BGR)  # type: ignore[no-untyped-call]
 
 
 # --- int8 ------------------------------------------------------------------------------------------------------

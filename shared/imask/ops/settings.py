@@ -117,7 +117,8 @@ class EngineSettings(ImaskSettings):
     mlflow_tracking_uri: str = Field("http://127.0.0.1:5590", description="MLflow tracking server holding the model "
                                      "registry (imask stack up starts one)")
     model_cache_dir: Path | None = Field(None, description="Where registered model files are kept once downloaded "
-                                         "and checked (default: a folder in the temp dir)")
+                                         "and checked, and the int8 CenterFace once made (default: a folder in "
+                                         "the temp dir)")
     provider: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="ONNX Runtime execution provider: auto takes CUDA when present")
     detector_timeout_ms: int = Field(2000, ge=1, description="Detector call timeout; past it the frame fails closed")

@@ -278,3 +278,21 @@ def test_settings_read_only_their_own_variable(monkeypatch: pytest.MonkeyPatch) 
     for name in ("JPEG_QUALITY", "jpeg_quality", "IMASK_JPEG_QUALITY", "imask_worker_jpeg_quality"):
         monkeypatch.setenv(name, "11")
     assert WorkerSettings().jpeg_quality == 85
+
+
+def test_a_shrinking_face_held_for_frames_never_turns_inside_out() -> None:
+    """Corner velocities of a box that shrank used to move its corners past each other while held."""
+    tracker = FaceTracker(max_missed=10)
+    for step in range(4):  # the box shrinks by 8 px a side each frame
+        tracker.update(np.array([[100 + 8 * step, 100 + 8 * step, 200 - 8 * step, 200 - 8 * step]], np.float32),
+                       np.array([0.9], np.float32))
+    widths = []
+    for _ in range(10):
+        held = tracker.update(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32))
+        assert len(held) == 1
+        x1, y1, x2, y2 = held[0].box
+        widths.append(min(x2 - x1, y2 - y1))
+    assert min(widths) >= 52  # the last detection's size: a held face is never masked smaller
+    assert widths == sorted(widths)  # and grows with its uncertainty
+    coasted = tracker.coast()
+    assert all(t.box[2] > t.box[0] and t.box[3] > t.box[1] for t in coasted)

@@ -96,8 +96,8 @@ def apply_masks(image: Image, boxes: Boxes, spec: MaskSpec) -> npt.NDArray[np.in
     """Obscure every box (grown by spec.scale) in place; returns the integer regions that were masked."""
     height, width = image.shape[:2]
     regions = scaled_boxes(boxes, spec.scale, width, height)
-    sides = np.maximum(regions[:, 2] - regions[:, 0], regions[:, 3] - regions[:, 1])
-    shared = (sides <= SHARED_BLUR_MAX_SIDE) & (sides > 0)
+    widths, heights = regions[:, 2] - regions[:, 0], regions[:, 3] - regions[:, 1]
+    shared = (np.maximum(widths, heights) <= SHARED_BLUR_MAX_SIDE) & (widths > 0) & (heights > 0)
     if spec.style is MaskStyle.BLUR and int(shared.sum()) >= SHARED_BLUR_MIN_FACES:
         _blur_small_faces(image, regions[shared], spec.shape)
         rest = regions[~shared]

@@ -70,7 +70,7 @@ class FaceTracker:
         self.coasted = 0
         origins = {t.track_id: t.box.copy() for t in self.tracks}
         for track in self.tracks:
-            track.box = track.box + track.velocity * (steps - 1)  # where it is now, for matching
+            track.box = _moved(track.box, track.velocity, steps - 1)  # where it is now, for matching
         dets = boxes.astype(np.float64)
         track_boxes = np.array([t.box for t in self.tracks]).reshape(-1, 4)
         ious = iou_matrix(track_boxes, dets)
@@ -95,7 +95,7 @@ class FaceTracker:
             if track.missed > self.max_missed:
                 continue
             grow = 1.0 + self.growth_per_miss
-            track.box = _grow(track.box + track.velocity, grow)
+            track.box = _grow(_moved(track.box, track.velocity, 1), grow)
             survivors.append(track)
             out.append(TrackedFace(track.box.astype(np.float32), track.score, track.track_id, True, -1))
         for di in range(dets.shape[0]):
@@ -128,11 +128,18 @@ class FaceTracker:
         n = self.coasted
         out = []
         for track in self.tracks:
-            box = _grow(track.box + track.velocity * n, 1.0 + self.growth_per_miss * n)
+            box = _grow(_moved(track.box, track.velocity, n), 1.0 + self.growth_per_miss * n)
             margin = np.abs(track.velocity).reshape(2, 2).max(axis=0) * n * 0.5  # x and y speed
             box = box + np.concatenate([-margin, margin])
             out.append(TrackedFace(box.astype(np.float32), track.score, track.track_id, True, -1))
         return out
+
+
+def _moved(box: npt.NDArray[np.float64], velocity: npt.NDArray[np.float64], frames: int) -> npt.NDArray[np.float64]:
+    """The box shifted by its centre's velocity for `frames` frames. Only the centre moves: applying each corner's
+    own velocity let a box that was shrinking turn inside out after a few held frames (x2 < x1: nothing masked)."""
+    centre = np.array([(velocity[0] + velocity[2]) / 2, (velocity[1] + velocity[3]) / 2]) * frames
+    return box + np.concatenate([centre, centre])
 
 
 def _grow(box: npt.NDArray[np.float64], factor: float) -> npt.NDArray[np.float64]:

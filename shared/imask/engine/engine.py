@@ -278,7 +278,7 @@ class MaskingEngine:
                 box=(float(t.box[0]), float(t.box[1]), float(t.box[2]), float(t.box[3])),
                 score=t.score,
                 landmarks=[] if t.held or dets is None else [
-                    (float(x), float(y)) for x, y in dets.landmarks[t.detection_index]],
+                    (x, y) for x, y in dets.landmarks[t.detection_index].tolist()],
                 track_id=t.track_id,
                 held=t.held,
             )

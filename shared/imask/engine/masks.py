@@ -116,22 +116,30 @@ def apply_masks(image: Image, boxes: Boxes, spec: MaskSpec) -> npt.NDArray[np.in
 
 
 def _blur_small_faces(image: Image, regions: npt.NDArray[np.int32], shape: MaskShape) -> None:
-    """Many small faces (a crowd: hundreds per frame at low thresholds) at the cost of about one: the whole frame
-    blurred once at 1/8 scale, pasted through one mask holding every region's ellipse (or box). Each pixel becomes
-    an average over ~100 px around it, stronger than the per-face blur for regions up to SHARED_BLUR_MAX_SIDE."""
+    """Many small faces (a crowd: hundreds per frame at low thresholds) at the cost of about one: the part of the
+    frame around them blurred once at 1/8 scale, pasted through one mask holding every region's ellipse (or box).
+    Each pixel becomes an average over ~100 px around it, stronger than the per-face blur for regions up to
+    SHARED_BLUR_MAX_SIDE."""
     height, width = image.shape[:2]
-    small = cv2.resize(image, (max(1, width // SHARED_BLUR_SHRINK), max(1, height // SHARED_BLUR_SHRINK)),
+    # Only the regions' bounding box, with the blur's reach around it, is worked on.
+    reach = SHARED_BLUR_KERNEL * SHARED_BLUR_SHRINK
+    bx1, by1 = (max(0, int(v) - reach) // SHARED_BLUR_SHRINK * SHARED_BLUR_SHRINK for v in regions[:, :2].min(axis=0))
+    bx2, by2 = (min(limit, int(v) + reach) for v, limit in zip(regions[:, 2:].max(axis=0), (width, height),
+                                                                  strict=True))
+    area = image[by1:by2, bx1:bx2]
+    h, w = area.shape[:2]
+    small = cv2.resize(area, (max(1, w // SHARED_BLUR_SHRINK), max(1, h // SHARED_BLUR_SHRINK)),
                        interpolation=cv2.INTER_AREA)
     small = cv2.stackBlur(cv2.stackBlur(small, (SHARED_BLUR_KERNEL, SHARED_BLUR_KERNEL)),
                           (SHARED_BLUR_KERNEL, SHARED_BLUR_KERNEL))
-    blurred = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
-    inside = np.zeros((height, width), np.uint8)
-    for x1, y1, x2, y2 in regions:
+    blurred = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    inside = np.zeros((h, w), np.uint8)
+    for x1, y1, x2, y2 in regions - np.array([bx1, by1, bx1, by1], np.int32):
         if shape is MaskShape.BOX:
             inside[y1:y2, x1:x2] = 255
         else:  # the same ellipse, clipped to its region, as the per-face path and coverage_map draw
             np.bitwise_or(inside[y1:y2, x1:x2], _ellipse(int(y2 - y1), int(x2 - x1)), out=inside[y1:y2, x1:x2])
-    cv2.copyTo(blurred, inside, image)
+    cv2.copyTo(blurred, inside, area)  # writes into the frame through the view
 
 
 @functools.lru_cache(maxsize=4096)
@@ -172,8 +180,11 @@ def masked_regions_changed(original: Image, masked: Image, regions: npt.NDArray[
     regions = regions[((regions[:, 2] - regions[:, 0]) >= 2) & ((regions[:, 3] - regions[:, 1]) >= 2)]
     if regions.shape[0] == 0:
         return True
-    table = cv2.integral(cv2.absdiff(original, masked))  # per-channel sums of the difference
-    x1, y1, x2, y2 = regions[:, 0], regions[:, 1], regions[:, 2], regions[:, 3]
+    # One integral image of the difference over the regions' bounding box answers every region.
+    bx1, by1 = (int(v) for v in regions[:, :2].min(axis=0))
+    bx2, by2 = (int(v) for v in regions[:, 2:].max(axis=0))
+    table = cv2.integral(cv2.absdiff(original[by1:by2, bx1:bx2], masked[by1:by2, bx1:bx2]))
+    x1, y1, x2, y2 = (regions - np.array([bx1, by1, bx1, by1], np.int32)).T
     changes = (table[y2, x2] - table[y1, x2] - table[y2, x1] + table[y1, x1]).reshape(len(regions), -1).sum(axis=1)
     for rx1, ry1, rx2, ry2 in regions[changes == 0]:
         before = original[ry1:ry2, rx1:rx2]

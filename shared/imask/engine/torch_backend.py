@@ -19,7 +19,7 @@ differing by more than `TOLERANCE` refuses the model (ModelError).
 torch and torchvision are not project dependencies (CI has no GPU; the CUDA wheel is 540 MB): they are expected on
 the GPU machine. onnx2torch (pure Python) is the `torch` extra, `pip install '.[torch]'`: it requires torch and
 torchvision, which pip keeps where installed and downloads where not (`pip install --no-deps onnx2torch==1.5.15`
-avoids that); vendor/ has its wheel for machines without a network. All three are imported only when this backend
+avoids that); `python -m load.gpu_bench --kit` fetches its wheel for machines without a network. All three are imported only when this backend
 is built.
 """
 
@@ -64,7 +64,7 @@ def _import_torch() -> tuple[Any, Any]:
         from onnx2torch import convert
     except ImportError as exc:  # onnx2torch itself, or the torchvision it imports
         raise ModelError("detector 'centerface-torch' needs onnx2torch (`pip install '.[torch]'`, or the wheel in "
-                         f"vendor/ on PYTHONPATH) and torchvision: {exc}") from exc
+                         f"out/gpu/vendor's wheel on PYTHONPATH) and torchvision: {exc}") from exc
     return torch, convert
 
 

@@ -96,9 +96,9 @@ def preflight() -> dict[str, str]:
         versions[name] = str(getattr(module, "__version__", "") or _distribution_version(name))
     if missing:
         raise SystemExit("gpu_bench: missing on this machine: " + "; ".join(missing) +
-                         ". torch/torchvision must be installed; onnx2torch comes from out/gpu/vendor/ (make bench-gpu-kit), prometheus_client "
-                         "from out/gpu/site (python -m load.gpu_bench --kit); numpy, cv2, onnx, onnxruntime must be "
-                         "installed (pip install numpy opencv-python-headless onnx onnxruntime)")
+                         ". torch/torchvision must be installed; onnx2torch and prometheus_client come from "
+                         "out/gpu/vendor and out/gpu/site (python -m load.gpu_bench --kit); numpy, cv2, onnx, "
+                         "onnxruntime must be installed (pip install numpy opencv-python-headless onnx onnxruntime)")
     return versions
 
 

@@ -19,8 +19,8 @@ differing by more than `TOLERANCE` refuses the model (ModelError).
 torch and torchvision are not project dependencies (CI has no GPU; the CUDA wheel is 540 MB): they are expected on
 the GPU machine. onnx2torch (pure Python) is the `torch` extra, `pip install '.[torch]'`: it requires torch and
 torchvision, which pip keeps where installed and downloads where not (`pip install --no-deps onnx2torch==1.5.15`
-avoids that); `python -m load.gpu_bench --kit` fetches its wheel for machines without a network. All three are imported only when this backend
-is built.
+avoids that); `python -m load.gpu_bench --kit` fetches its wheel for machines without a network. All three are
+imported only when this backend is built.
 """
 
 from __future__ import annotations

@@ -63,6 +63,11 @@ def test_eval_reports_recall_leaks_and_over_masking(tmp_path: Path, data_dir: Pa
     assert photos["leaks"]["confident_refound"] == 0 and photos["fail_closed"] == 0
     assert 0 < photos["masked_area_fraction"]["mean"] < 0.5
     assert [p["threshold"] for p in photos["threshold_curve"]] == [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
+    # Group photos are crowds: a lower crowd threshold masks more of them, never less.
+    context = photos["context_curve"]
+    assert [p["context_threshold"] for p in context] == [0.02, 0.03, 0.05, 0.07, 0.1]
+    masks = [p["masks_per_image"] for p in context]
+    assert masks == sorted(masks, reverse=True) and masks[0] > masks[-1]
     # The default never masks more than 1% of a picture with no face; the lowest threshold does (the trade-off).
     assert negatives["false_masks"]["over_1pct"] == []
     assert negatives["threshold_curve"][0]["images_over_1pct"] >= 1

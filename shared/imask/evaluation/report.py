@@ -85,7 +85,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
         curve = d["threshold_curve"]
         right.plot([c["threshold"] for c in curve], [c["recall_pixel_test"] for c in curve], marker="o",
                    label=f"{d['name']} recall")
-    right.set_xlabel("detection threshold")
+        context = d.get("context_curve") or []
+        if context:
+            right.plot([c["context_threshold"] for c in context], [c["recall_pixel_test"] for c in context],
+                       marker="s", linestyle=":", label=f"{d['name']} recall against the crowd threshold")
+    right.set_xlabel("detection threshold (base; dotted: in crowds)")
     right.set_ylabel("recall (pixel test)")
     right.set_ylim(0, 1.05)
     if negatives:

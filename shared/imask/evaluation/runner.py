@@ -31,6 +31,7 @@ OVERMASK_LIMIT = 0.01  # a picture with no face may have at most 1% of its area 
 # every 4th) would only ever look at some positions between detections.
 CLIP_LEAK_EVERY = 1
 CURVE_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+CONTEXT_THRESHOLDS = (0.02, 0.03, 0.05, 0.07, 0.1)  # the crowd rule's threshold (engine/context.py)
 SIZE_BUCKETS = ("<32", "32-63", ">=64")
 
 Progress = Callable[[str], None]
@@ -139,6 +140,7 @@ def evaluate_labelled(engine: MaskingEngine, dataset: Dataset, thresholds: tuple
         "fail_closed": fail_closed,
         "cpu_ms_per_frame": _summary(cpu_ms),
         "threshold_curve": [_curve_point(engine, dataset, t) for t in thresholds],
+        "context_curve": _context_curve(engine, dataset) if thresholds else [],
     }
 
 
@@ -161,6 +163,23 @@ def _curve_point(engine: MaskingEngine, dataset: Dataset, threshold: float) -> d
             "masked_area_fraction_mean": round(float(np.mean(areas)), 4) if areas else None,
             "masked_area_fraction_max": round(float(np.max(areas)), 4) if areas else None,
             "images_over_1pct": sum(a > OVERMASK_LIMIT for a in areas)}
+
+
+def _context_curve(engine: MaskingEngine, dataset: Dataset) -> list[dict[str, Any]]:
+    """Recall and over-masking against the crowd rule's threshold (the variant's own threshold otherwise): what
+    the rule buys in crowds, and what it costs there. Empty when the variant has the rule off."""
+    if not engine.variant.context.enabled:
+        return []
+    points = []
+    for value in CONTEXT_THRESHOLDS:
+        probe = MaskingEngine(engine.variant.with_overrides(context_threshold=value), engine.detector,
+                              engine.execution_provider)
+        try:
+            point = _curve_point(probe, dataset, engine.variant.threshold)
+        finally:
+            probe.close()
+        points.append({"context_threshold": value, **{k: v for k, v in point.items() if k != "threshold"}})
+    return points
 
 
 def evaluate_negatives(engine: MaskingEngine, dataset: Dataset, thresholds: tuple[float, ...],

@@ -27,11 +27,12 @@ MIN_MASK_SCALE = 1.0
 MAX_MASK_SCALE = 4.0
 
 
-# Frames with at least this many small mask regions blur them all from one shared copy of the frame (below).
+# Frames with at least this many small mask regions blur them from shared copies of the frame (below), one per
+# size class: (largest region side, shrink factor); the kernel is SHARED_BLUR_KERNEL pixels at that scale, twice:
+# 136 px for regions up to 128, 272 px up to 256, as strong as the per-face blur of a region that size.
 SHARED_BLUR_MIN_FACES = 8
-SHARED_BLUR_MAX_SIDE = 128
-SHARED_BLUR_SHRINK = 8
-SHARED_BLUR_KERNEL = 17  # at 1/8 scale: a 136 px kernel, twice, as strong as the per-face blur up to 128 px
+SHARED_BLUR_LEVELS = ((128, 8), (256, 16))
+SHARED_BLUR_KERNEL = 17
 
 
 class MaskStyle(StrEnum):
@@ -98,12 +99,12 @@ def apply_masks(image: Image, boxes: Boxes, spec: MaskSpec) -> npt.NDArray[np.in
     height, width = image.shape[:2]
     regions = scaled_boxes(boxes, spec.scale, width, height)
     widths, heights = regions[:, 2] - regions[:, 0], regions[:, 3] - regions[:, 1]
-    shared = (np.maximum(widths, heights) <= SHARED_BLUR_MAX_SIDE) & (widths > 0) & (heights > 0)
-    if spec.style is MaskStyle.BLUR and int(shared.sum()) >= SHARED_BLUR_MIN_FACES:
-        _blur_small_faces(image, regions[shared], spec.shape)
-        rest = regions[~shared]
-    else:
-        rest = regions
+    sides = np.where((widths > 0) & (heights > 0), np.maximum(widths, heights), 0)
+    rest = regions
+    if spec.style is MaskStyle.BLUR and int(((sides > 0) & (sides <= SHARED_BLUR_LEVELS[0][0])).sum()) >= (
+            SHARED_BLUR_MIN_FACES):
+        _blur_crowd(image, regions, sides, spec.shape)
+        rest = regions[(sides == 0) | (sides > SHARED_BLUR_LEVELS[-1][0])]
     for x1, y1, x2, y2 in rest:
         if x2 <= x1 or y2 <= y1:
             continue
@@ -116,31 +117,44 @@ def apply_masks(image: Image, boxes: Boxes, spec: MaskSpec) -> npt.NDArray[np.in
     return regions
 
 
-def _blur_small_faces(image: Image, regions: npt.NDArray[np.int32], shape: MaskShape) -> None:
+def _blur_crowd(image: Image, regions: npt.NDArray[np.int32], sides: npt.NDArray[np.int32], shape: MaskShape) -> None:
     """Many small faces (a crowd: hundreds per frame at low thresholds) at the cost of about one: the part of the
-    frame around them blurred once at 1/8 scale, pasted through one mask holding every region's ellipse (or box).
-    Each pixel becomes an average over ~100 px around it, stronger than the per-face blur for regions up to
-    SHARED_BLUR_MAX_SIDE."""
+    frame around them shrunk once per size class of SHARED_BLUR_LEVELS (each from the one before), blurred there
+    with a SHARED_BLUR_KERNEL kernel twice, and pasted back through one mask holding that class's ellipses (or
+    boxes). Regions larger than the last class are left to the per-face blur."""
     height, width = image.shape[:2]
-    # Only the regions' bounding box, with the blur's reach around it, is worked on.
-    reach = SHARED_BLUR_KERNEL * SHARED_BLUR_SHRINK
-    bx1, by1 = (max(0, int(v) - reach) // SHARED_BLUR_SHRINK * SHARED_BLUR_SHRINK for v in regions[:, :2].min(axis=0))
-    bx2, by2 = (min(limit, int(v) + reach) for v, limit in zip(regions[:, 2:].max(axis=0), (width, height),
-                                                                  strict=True))
+    coarsest = SHARED_BLUR_LEVELS[-1][1]
+    shared = regions[(sides > 0) & (sides <= SHARED_BLUR_LEVELS[-1][0])]
+    # The regions' bounding box with the blur's reach around it, cut at multiples of the coarsest shrink from the
+    # frame's origin (INTER_AREA's whole-factor path is twice as fast), padded by edge replication only where the
+    # frame ends first.
+    reach = SHARED_BLUR_KERNEL * coarsest
+    bx1, by1 = (max(0, int(v) - reach) // coarsest * coarsest for v in shared[:, :2].min(axis=0))
+    bx2, by2 = (min(limit, -(-(int(v) + reach) // coarsest) * coarsest)
+                for v, limit in zip(shared[:, 2:].max(axis=0), (width, height), strict=True))
     area = image[by1:by2, bx1:bx2]
     h, w = area.shape[:2]
-    small = cv2.resize(area, (max(1, w // SHARED_BLUR_SHRINK), max(1, h // SHARED_BLUR_SHRINK)),
-                       interpolation=cv2.INTER_AREA)
-    small = cv2.stackBlur(cv2.stackBlur(small, (SHARED_BLUR_KERNEL, SHARED_BLUR_KERNEL)),
-                          (SHARED_BLUR_KERNEL, SHARED_BLUR_KERNEL))
-    blurred = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    inside = np.zeros((h, w), np.uint8)
-    for x1, y1, x2, y2 in regions - np.array([bx1, by1, bx1, by1], np.int32):
-        if shape is MaskShape.BOX:
-            inside[y1:y2, x1:x2] = 255
-        else:  # the same ellipse, clipped to its region, as the per-face path and coverage_map draw
-            np.bitwise_or(inside[y1:y2, x1:x2], _ellipse(int(y2 - y1), int(x2 - x1)), out=inside[y1:y2, x1:x2])
-    cv2.copyTo(blurred, inside, area)  # writes into the frame through the view
+    padded_h, padded_w = -(-h // coarsest) * coarsest, -(-w // coarsest) * coarsest
+    small = area if (padded_h, padded_w) == (h, w) else cv2.copyMakeBorder(
+        area, 0, padded_h - h, 0, padded_w - w, cv2.BORDER_REPLICATE)
+    offset = np.array([bx1, by1, bx1, by1], np.int32)
+    smaller = 0
+    for largest, shrink in SHARED_BLUR_LEVELS:
+        small = cv2.resize(small, (padded_w // shrink, padded_h // shrink), interpolation=cv2.INTER_AREA)
+        level = regions[(sides > smaller) & (sides <= largest)] - offset
+        smaller = largest
+        if len(level) == 0:
+            continue
+        blurred = cv2.stackBlur(cv2.stackBlur(small, (SHARED_BLUR_KERNEL, SHARED_BLUR_KERNEL)),
+                                (SHARED_BLUR_KERNEL, SHARED_BLUR_KERNEL))
+        full = cv2.resize(blurred, (padded_w, padded_h), interpolation=cv2.INTER_LINEAR)[:h, :w]
+        inside = np.zeros((h, w), np.uint8)
+        for x1, y1, x2, y2 in level:
+            if shape is MaskShape.BOX:
+                inside[y1:y2, x1:x2] = 255
+            else:  # the same ellipse, clipped to its region, as the per-face path and coverage_map draw
+                np.bitwise_or(inside[y1:y2, x1:x2], _ellipse(int(y2 - y1), int(x2 - x1)), out=inside[y1:y2, x1:x2])
+        cv2.copyTo(full, inside, area)  # writes into the frame through the view
 
 
 @functools.lru_cache(maxsize=4096)

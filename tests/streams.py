@@ -48,7 +48,9 @@ def assert_in_order(collected: Collected) -> None:
 
 
 def collect(settings: KafkaSettings, cameras: set[str], timeout: float = 120.0) -> Collected:
-    """Read masked, meta and dlq topics from the start until every camera's stream is accounted for."""
+    """Read masked, meta and dlq topics from the start until every camera's stream is accounted for and every
+    masked frame its meta announces has been read too (the topics arrive interleaved: the meta of a stream's last
+    frames can come before their masked frames)."""
     out = Collected()
     out.ledger = StreamLedger(cameras)
     start = {(t, p): 0 for t in (settings.topic_masked, settings.topic_meta, settings.topic_dlq)
@@ -56,7 +58,7 @@ def collect(settings: KafkaSettings, cameras: set[str], timeout: float = 120.0) 
     reader = TopicReader(settings, start)
     deadline = time.monotonic() + timeout
     try:
-        while not out.ledger.complete() and time.monotonic() < deadline:
+        while not _collected(out) and time.monotonic() < deadline:
             msg = reader.poll(0.5)
             if msg is None:
                 continue
@@ -77,6 +79,11 @@ def collect(settings: KafkaSettings, cameras: set[str], timeout: float = 120.0) 
     finally:
         reader.close()
     return out
+
+
+def _collected(out: Collected) -> bool:
+    return out.ledger.complete() and all(key in out.masked for key, meta in out.meta.items()
+                                         if not meta.end_of_stream)
 
 
 def publish(settings: KafkaSettings, streams: dict[str, list[Image]],

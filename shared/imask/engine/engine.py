@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from imask.engine.backends import build_detector
-from imask.engine.context import is_crowd
+from imask.engine.context import is_crowd, small_boxes
 from imask.engine.detector import BatchTimings, Detections
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
 from imask.engine.tracker import FaceTracker, TrackedFace
@@ -297,8 +297,7 @@ class MaskingEngine:
     def _new_track_scores(self, image: Image, dets: Detections, threshold: float) -> npt.NDArray[np.float32]:
         """The score each detection needs to start a track: `threshold`, or the large-face threshold for boxes
         large against the frame (see Variant.large_face_fraction)."""
-        sides = np.maximum(dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1])
-        large = sides > self.variant.large_face_fraction * min(image.shape[:2])
+        large = ~small_boxes(image, dets, self.variant.large_face_fraction)
         return np.where(large, max(threshold, self.variant.large_face_threshold), threshold).astype(np.float32)
 
     def _fail_closed(self, frame: FrameInput, reason: str, batch_size: int) -> EngineResult:

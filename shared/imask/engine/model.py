@@ -59,6 +59,18 @@ def prepare_centerface(model_bytes: bytes) -> bytes:
     return bytes(model.SerializeToString())
 
 
+def read_verified(path: Path, expected_sha256: str | None) -> tuple[bytes, str]:
+    """The model file's bytes and sha256; ModelError when unreadable or not the expected file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model {path}: {exc}") from exc
+    digest = sha256_of(raw)
+    if expected_sha256 and digest != expected_sha256:
+        raise ModelError(f"model {path} has sha256 {digest}, expected {expected_sha256}; refusing to load it")
+    return raw, digest
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     session: ort.InferenceSession
@@ -98,13 +110,7 @@ def load_centerface(
     if precision not in PRECISIONS:
         raise ModelError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     path = path or packaged_centerface_path()
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read model {path}: {exc}") from exc
-    digest = sha256_of(raw)
-    if expected_sha256 and digest != expected_sha256:
-        raise ModelError(f"model {path} has sha256 {digest}, expected {expected_sha256}; refusing to load it")
+    raw, digest = read_verified(path, expected_sha256)
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1

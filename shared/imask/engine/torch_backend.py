@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from imask.engine.model import CENTERFACE_SHA256, LoadedModel, ModelError, packaged_centerface_path, sha256_of
+from imask.engine.model import CENTERFACE_SHA256, LoadedModel, ModelError, packaged_centerface_path
 
 if TYPE_CHECKING:
     from imask.engine.backends import BuiltDetector
@@ -152,18 +152,12 @@ def load_centerface_torch(path: Path | None = None, expected_sha256: str | None 
                           provider: str = "auto", intra_op_threads: int = 1) -> LoadedModel:
     """Verify, convert and check the model; a LoadedModel whose session is a `TorchSession`. On CPU torch runs
     `intra_op_threads` threads (torch's setting is per process)."""
-    from imask.engine.model import prepare_centerface
+    from imask.engine.model import prepare_centerface, read_verified
 
     torch, convert = _import_torch()
     device = choose_device(torch, provider)
     path = path or packaged_centerface_path()
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read model {path}: {exc}") from exc
-    digest = sha256_of(raw)
-    if expected_sha256 and digest != expected_sha256:
-        raise ModelError(f"model {path} has sha256 {digest}, expected {expected_sha256}; refusing to load it")
+    raw, digest = read_verified(path, expected_sha256)
     graph = prepare_centerface(raw)
     try:
         import onnx

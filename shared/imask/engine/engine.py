@@ -19,7 +19,7 @@ from imask.engine.backends import build_detector
 from imask.engine.context import is_crowd, small_boxes
 from imask.engine.detector import BatchTimings, Detections
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
-from imask.engine.tracker import FaceTracker, TrackedFace
+from imask.engine.tracker import FaceTracker, Tracks
 from imask.engine.variants import Variant
 from imask.ops import metrics
 from imask.types import Image
@@ -42,7 +42,7 @@ class FrameInput:
     image: Image  # BGR, HxWx3 uint8; the engine never modifies it
 
 
-@dataclass
+@dataclass(slots=True)
 class MaskedFace:
     box: tuple[float, float, float, float]
     score: float
@@ -73,9 +73,12 @@ def _at_least(dets: Detections, score: float) -> Detections:
 
 
 def _thumbnail(image: Image) -> Image:
-    """32x18 grey: enough to tell a scene cut from motion. Shrunk first, then made grey: 0.7 ms at 720p against
-    1.2 the other way round."""
-    return cv2.cvtColor(cv2.resize(image, (32, 18), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
+    """32x18 grey: enough to tell a scene cut from motion. Every n-th pixel of every n-th row first (at least
+    128x72 of them), then averaged down: INTER_AREA over a whole 720p frame cost 3.5 ms, this ~0.1."""
+    height, width = image.shape[:2]
+    step = max(1, min(width // 128, height // 72))
+    sample = image[::step, ::step] if step > 1 else image
+    return cv2.cvtColor(cv2.resize(sample, (32, 18), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
 
 
 class FailClosed(Exception):
@@ -154,7 +157,8 @@ class MaskingEngine:
         rule = self.variant.context
         context_threshold = min(rule.threshold, threshold) if rule.enabled else track_threshold
         trackers = [self._tracker(f.camera_id, f.seq) for f in frames]
-        thumbs = [_thumbnail(f.image) for f in frames]
+        # Thumbnails tell scene cuts, which only detect-every-k variants look for.
+        thumbs = [_thumbnail(f.image) if self.variant.detect_every > 1 else None for f in frames]
         detect = self._plan_detections(trackers, thumbs)
         detections: dict[int, Detections] = {}
         in_context: set[int] = set()
@@ -193,7 +197,7 @@ class MaskingEngine:
             results.append(result)
         return results
 
-    def _plan_detections(self, trackers: list[FaceTracker], thumbs: list[Image]) -> list[int]:
+    def _plan_detections(self, trackers: list[FaceTracker], thumbs: list[Image | None]) -> list[int]:
         """Which frames of the batch get the detector: every one, unless the variant detects every k-th; then a
         camera's first frame, the frame after k-1 coasted ones, and at once a scene cut (tracks from before it mean
         nothing). Frames of one camera in one batch are planned in order, as they will be processed."""
@@ -204,6 +208,7 @@ class MaskingEngine:
         planned = []
         for i, (tracker, thumb) in enumerate(zip(trackers, thumbs, strict=True)):
             coasted, reference = state.get(id(tracker), (tracker.coasted, tracker.reference))
+            assert thumb is not None  # made for every frame when k > 1
             cut = reference is not None and float(
                 np.abs(thumb.astype(np.int16) - reference.astype(np.int16)).mean()) > self.variant.scene_cut
             if reference is None or coasted + 1 >= k or cut:
@@ -267,30 +272,28 @@ class MaskingEngine:
         return self._mask_tracks(frame, tracker.update(dets.boxes, dets.scores, new_track_score=required), dets,
                                  spec)
 
-    def _mask_tracks(self, frame: FrameInput, tracked: list[TrackedFace], dets: Detections | None,
+    def _mask_tracks(self, frame: FrameInput, tracked: Tracks, dets: Detections | None,
                      spec: MaskSpec) -> EngineResult:
         t0 = time.perf_counter()
-        boxes = np.array([t.box for t in tracked], np.float32).reshape(-1, 4)
         out = frame.image.copy()
-        regions = apply_masks(out, boxes, spec)
+        regions = apply_masks(out, tracked.boxes, spec)
         if not masked_regions_changed(frame.image, out, regions):
             metrics.FRAMES_UNMASKED.inc()
             log.error("mask guard tripped: a face region was left unchanged", extra={"camera": frame.camera_id})
             return self._fail_closed(frame, "mask_guard", 1)
+        # Plain Python values in one conversion per array: per-element numpy scalars cost ~10x more per face.
+        landmarks = dets.landmarks.tolist() if dets is not None else []
         faces = [
-            MaskedFace(
-                box=(float(t.box[0]), float(t.box[1]), float(t.box[2]), float(t.box[3])),
-                score=t.score,
-                landmarks=[] if t.held or dets is None else [
-                    (x, y) for x, y in dets.landmarks[t.detection_index].tolist()],
-                track_id=t.track_id,
-                held=t.held,
-            )
-            for t in tracked
+            MaskedFace(box=(box[0], box[1], box[2], box[3]), score=score,
+                       landmarks=[] if held or dets is None else [(x, y) for x, y in landmarks[index]],
+                       track_id=track_id, held=held)
+            for box, score, track_id, held, index in zip(
+                tracked.boxes.tolist(), tracked.scores.tolist(), tracked.ids.tolist(), tracked.held.tolist(),
+                tracked.detection_index.tolist(), strict=True)
         ]
-        held = sum(f.held for f in faces)
-        metrics.FACES_MASKED.labels("false").inc(len(faces) - held)
-        metrics.FACES_MASKED.labels("true").inc(held)
+        held_count = int(tracked.held.sum())
+        metrics.FACES_MASKED.labels("false").inc(len(faces) - held_count)
+        metrics.FACES_MASKED.labels("true").inc(held_count)
         return EngineResult(image=out, faces=faces, mask_ms=(time.perf_counter() - t0) * 1e3,
                             detected=dets is not None)
 

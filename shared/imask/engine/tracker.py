@@ -8,6 +8,7 @@ track, so smoothing never shrinks what is masked. Tracks are held as arrays (a c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,28 @@ class TrackedFace:
     track_id: int
     held: bool
     detection_index: int  # index into this frame's detections, -1 when held
+
+
+@dataclass(frozen=True)
+class Tracks:
+    """One frame's faces to mask, as arrays (a crowd brings hundreds: objects per face cost ~5 us each here).
+    Indexing gives a TrackedFace."""
+
+    boxes: npt.NDArray[np.float32]  # (N, 4)
+    scores: npt.NDArray[np.float64]
+    ids: npt.NDArray[np.int64]
+    held: npt.NDArray[np.bool_]
+    detection_index: npt.NDArray[np.int64]  # into this frame's detections, -1 when held
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def __getitem__(self, i: int) -> TrackedFace:
+        return TrackedFace(self.boxes[i], float(self.scores[i]), int(self.ids[i]), bool(self.held[i]),
+                           int(self.detection_index[i]))
+
+    def __iter__(self) -> Iterator[TrackedFace]:
+        return (self[i] for i in range(len(self)))
 
 
 def iou_matrix(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -60,7 +83,7 @@ class FaceTracker:
         return int(self.ids.shape[0])
 
     def update(self, boxes: Boxes, scores: npt.NDArray[np.float32],
-               new_track_score: float | npt.NDArray[np.float32] = 0.0) -> list[TrackedFace]:
+               new_track_score: float | npt.NDArray[np.float32] = 0.0) -> Tracks:
         """Match this frame's detections to tracks. Detections scoring under `new_track_score` only continue an
         existing track (hysteresis): a face whose score dips stays masked without low scores creating masks on
         non-faces everywhere else. `new_track_score` is one threshold or one per detection."""
@@ -94,13 +117,14 @@ class FaceTracker:
         det_ids[matched], det_boxes[matched], det_velocities[matched] = self.ids[rows], smoothed, velocities
         det_ids[fresh] = new_ids
 
-        out = [TrackedFace(box.astype(np.float32), float(score), int(tid), True, -1)
-               for box, score, tid in zip(held_boxes, self.scores[held_rows], self.ids[held_rows], strict=True)]
         index = np.nonzero(kept)[0]
         union = np.concatenate([np.minimum(dets[index, :2], det_boxes[index, :2]),
-                                np.maximum(dets[index, 2:], det_boxes[index, 2:])], axis=1).astype(np.float32)
-        out += [TrackedFace(box, float(scores[di]), int(det_ids[di]), False, int(di))
-                for box, di in zip(union, index, strict=True)]
+                                np.maximum(dets[index, 2:], det_boxes[index, 2:])], axis=1)
+        out = Tracks(boxes=np.concatenate([held_boxes, union]).astype(np.float32),
+                     scores=np.concatenate([self.scores[held_rows], scores[index].astype(np.float64)]),
+                     ids=np.concatenate([self.ids[held_rows], det_ids[index]]),
+                     held=np.arange(len(held_rows) + len(index)) < len(held_rows),
+                     detection_index=np.concatenate([np.full(len(held_rows), -1, np.int64), index.astype(np.int64)]))
 
         self.ids = np.concatenate([self.ids[held_rows], det_ids[index]])
         self.boxes = np.concatenate([held_boxes, det_boxes[index]])
@@ -124,7 +148,7 @@ class FaceTracker:
                 track_of[d] = t
         return track_of
 
-    def coast(self) -> list[TrackedFace]:
+    def coast(self) -> Tracks:
         """A frame without detection (detect-every-k): every track moved by its velocity and grown by its
         uncertainty, which rises with the frames since it was seen and with its speed. Tracks do not age here:
         max_missed counts missed detections, not skipped ones."""
@@ -133,8 +157,8 @@ class FaceTracker:
         boxes = _grow(_moved(self.boxes, self.velocities, n), 1.0 + self.growth_per_miss * n)
         margin = np.abs(self.velocities).reshape(-1, 2, 2).max(axis=1) * n * 0.5  # x and y speed
         boxes = boxes + np.concatenate([-margin, margin], axis=1)
-        return [TrackedFace(box.astype(np.float32), float(score), int(tid), True, -1)
-                for box, score, tid in zip(boxes, self.scores, self.ids, strict=True)]
+        return Tracks(boxes=boxes.astype(np.float32), scores=self.scores.copy(), ids=self.ids.copy(),
+                      held=np.ones(len(self), np.bool_), detection_index=np.full(len(self), -1, np.int64))
 
 
 def _moved(boxes: npt.NDArray[np.float64], velocities: npt.NDArray[np.float64],

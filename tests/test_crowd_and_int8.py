@@ -156,6 +156,36 @@ def test_many_small_faces_are_all_obscured_from_one_shared_blur(astronaut_image:
     assert np.array_equal(out[~covered], crowd[~covered])  # nothing outside the masks moves
 
 
+def test_crowd_with_larger_faces_masks_each_size_class_fully(astronaut_image: Image) -> None:
+    """Regions of 129-256 px in a crowd take the coarser blur: every pixel of their ellipse, none outside it, and
+    no more detail left in them than in the small ones."""
+    face = cv2.resize(astronaut_image[40:200, 160:320], (160, 160), interpolation=cv2.INTER_AREA)
+    crowd = np.full((720, 1280, 3), 110, np.uint8)
+    small = [[40 + i * 100, 40, 40 + i * 100 + 40, 80] for i in range(10)]
+    for x1, y1, _, _ in small:
+        crowd[y1:y1 + 40, x1:x1 + 40] = cv2.resize(face, (40, 40), interpolation=cv2.INTER_AREA)
+    large = [[200, 300, 360, 460], [700, 320, 860, 480]]  # 160 px boxes: 240 px regions at scale 1.5
+    for x1, y1, _, _ in large:
+        crowd[y1:y1 + 160, x1:x1 + 160] = face
+    boxes = np.array(small + large, np.float32)
+    spec = MaskSpec(scale=1.5)
+    out = crowd.copy()
+    regions = apply_masks(out, boxes, spec)
+    assert masked_regions_changed(crowd, out, regions)
+    covered = coverage_map(crowd.shape[0], crowd.shape[1], boxes, spec)
+    assert np.array_equal(out[~covered], crowd[~covered])
+    for x1, y1, x2, y2 in regions[-2:]:
+        assert max(x2 - x1, y2 - y1) > 128  # the coarser class
+        inside = covered[y1:y2, x1:x2]
+        before = crowd[y1:y2, x1:x2][inside].astype(np.float64)
+        after = out[y1:y2, x1:x2][inside].astype(np.float64)
+        assert float(after.std()) < 0.25 * float(before.std())
+        # no edge survives: the strongest local gradient left is a fraction of the face's
+        grad_before = np.abs(np.diff(crowd[y1:y2, x1:x2].astype(np.int16), axis=1))[inside[:, 1:]].max()
+        grad_after = np.abs(np.diff(out[y1:y2, x1:x2].astype(np.int16), axis=1))[inside[:, 1:] & inside[:, :-1]].max()
+        assert grad_after < 0.2 * grad_before
+
+
 def test_mask_guard_finds_one_untouched_region_among_hundreds(astronaut_image: Image) -> None:
     crowd = _crowd(astronaut_image, faces=12, side=48)
     boxes = np.array([[x, y, x + 20, y + 20] for y in range(0, 400, 25) for x in range(0, 600, 25)], np.float32)

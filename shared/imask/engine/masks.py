@@ -87,8 +87,10 @@ def _obscured(roi: Image, style: MaskStyle) -> Image:
     # A kernel as large as the region, twice: a half-size kernel still leaves a blob an independent detector
     # (YuNet) takes for a face at 0.6-0.7 confidence; this drops it under 0.45. Blurring that much leaves no
     # detail finer than 1/16 of the face, so it is done on a copy shrunk to ~16 px across: 10x cheaper, same look.
+    # The copy is shrunk by bilinear sampling (INTER_AREA read every pixel: 99 vs 6 us for a 180x150 face here);
+    # the two blurs average all of it anyway.
     shrink = max(1, min(w, h) // 16)
-    small = cv2.resize(roi, (max(1, w // shrink), max(1, h // shrink)), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(roi, (max(1, w // shrink), max(1, h // shrink)), interpolation=cv2.INTER_LINEAR)
     k = max(3, max(small.shape[:2]) | 1)
     small = cv2.stackBlur(cv2.stackBlur(small, (k, k)), (k, k))
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)

@@ -90,7 +90,7 @@ REGISTRY: dict[str, Variant] = {
     # Cheaper input for many-camera CPU deployments; recall drops on small faces.
     "fast": Variant(name="fast", version="1", input_width=320, input_height=192),
     # Real time on CPU: full detection on every 3rd frame of a camera (and on scene cuts), tracks moved between.
-    # Sample clips, every frame checked: referee re-found 85 of 3,990 faces, 0 confidently (every frame: 81, 0);
+    # Sample clips, every frame checked: referee re-found 80 of 3,990 faces, 0 confidently (every frame: 83, 0);
     # every 4th frame left one confident re-find, every 5th two (docs/EVALUATION.md).
     "realtime": Variant(name="realtime", version="1", detect_every=3),
     # Crowds: lower threshold, a mirrored pass, a larger budget and native-resolution tiles on large frames.

@@ -164,7 +164,8 @@ def test_crowd_with_larger_faces_masks_each_size_class_fully(astronaut_image: Im
     small = [[40 + i * 100, 40, 40 + i * 100 + 40, 80] for i in range(10)]
     for x1, y1, _, _ in small:
         crowd[y1:y1 + 40, x1:x1 + 40] = cv2.resize(face, (40, 40), interpolation=cv2.INTER_AREA)
-    large = [[200, 300, 360, 460], [700, 320, 860, 480]]  # 160 px boxes: 240 px regions at scale 1.5
+    # 160 px boxes: 240 px regions at scale 1.5; the second at the frame's corner (clipped, padded area)
+    large = [[200, 300, 360, 460], [1120, 560, 1280, 720]]
     for x1, y1, _, _ in large:
         crowd[y1:y1 + 160, x1:x1 + 160] = face
     boxes = np.array(small + large, np.float32)

@@ -119,6 +119,14 @@ def test_detector_failure_fails_closed(engine: MaskingEngine, astronaut_image: I
     assert metrics.FRAMES_FAIL_CLOSED.labels(reason)._value.get() == before + 2
 
 
+def test_a_frame_that_is_not_bgr_fails_closed(engine: MaskingEngine, astronaut_image: Image) -> None:
+    """A grey (H, W) frame from a library caller must not reach the model as one real plane and two of junk."""
+    grey = cv2.cvtColor(astronaut_image, cv2.COLOR_BGR2GRAY)
+    result = engine.process([FrameInput("grey-cam", 0, grey)])[0]
+    assert result.fail_closed and result.fail_closed_reason == "detector_error"
+    assert near_uniform(result.image) and result.image.shape == grey.shape
+
+
 def test_detector_timeout_fails_closed_then_recovers(astronaut_image: Image) -> None:
     model = load_centerface(provider="cpu")
     # A real timeout: CenterFace on a 1280x736 input takes far longer than 1 ms.

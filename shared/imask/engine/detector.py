@@ -184,6 +184,8 @@ class CenterFaceDetector:
             exact = all(v.pixels.shape[:2] == (tensor_h, tensor_w) for v in group)  # no padding to zero
             blob = (np.empty if exact else np.zeros)((len(group), 3, tensor_h, tensor_w), np.float32)
             for i, view in enumerate(group):
+                if view.pixels.ndim != 3 or view.pixels.shape[2] != 3:  # the planes below would be junk or unset
+                    raise ValueError(f"frames must be BGR (H, W, 3), got shape {view.pixels.shape}")
                 h, w = view.pixels.shape[:2]
                 # BGR -> RGB as the planes are written (split first: half the cost of one strided copy); raw
                 # 0..255 values, no mean or scale.

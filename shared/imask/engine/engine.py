@@ -208,7 +208,8 @@ class MaskingEngine:
         planned = []
         for i, (tracker, thumb) in enumerate(zip(trackers, thumbs, strict=True)):
             coasted, reference = state.get(id(tracker), (tracker.coasted, tracker.reference))
-            assert thumb is not None  # made for every frame when k > 1
+            if thumb is None:  # made for every frame when k > 1
+                raise RuntimeError("detect-every-k planning needs a thumbnail of every frame")
             cut = reference is not None and float(
                 np.abs(thumb.astype(np.int16) - reference.astype(np.int16)).mean()) > self.variant.scene_cut
             if reference is None or coasted + 1 >= k or cut:

@@ -157,24 +157,19 @@ def read_image(path: str | Path, max_side: int = 65535) -> Image:
 
 
 def encode_jpeg(image: Image, quality: int) -> bytes:
-    """Pixels as a baseline 4:2:0 JPEG. 8-bit BGR and grey go through simplejpeg (libjpeg-turbo), with its fast
+    """Pixels as a baseline 4:2:0 JPEG. 8-bit BGR frames go through simplejpeg (libjpeg-turbo), with its fast
     integer DCT up to quality 90 (it loses accuracy above): ~20% less CPU than OpenCV's encoder at q85, sizes within
-    1% (docs/ARCHITECTURE.md). Anything else (BGRA, 16-bit) keeps OpenCV's conversions."""
+    1% (docs/ARCHITECTURE.md). Anything else (grey, BGRA, 16-bit) keeps OpenCV's conversions."""
     import simplejpeg
 
-    channels = 1 if image.ndim == 2 else image.shape[2] if image.ndim == 3 else 0
-    if image.dtype != np.uint8 or channels not in (1, 3):
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise ImageError("JPEG encoding failed")
         return buf.tobytes()
-    pixels = np.ascontiguousarray(image).reshape(image.shape[0], image.shape[1], channels)
     try:
-        if channels == 1:
-            data: bytes = simplejpeg.encode_jpeg(pixels, quality, colorspace="GRAY")
-        else:
-            data = simplejpeg.encode_jpeg(pixels, quality, colorspace="BGR", colorsubsampling="420",
-                                          fastdct=quality <= 90)
+        data: bytes = simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality, colorspace="BGR",
+                                             colorsubsampling="420", fastdct=quality <= 90)
     except (ValueError, TypeError) as exc:
         raise ImageError(f"JPEG encoding failed: {exc}") from None
     return data

@@ -77,8 +77,8 @@ def _thumbnail(image: Image) -> Image:
     128x72 of them), then averaged down: INTER_AREA over a whole 720p frame cost 3.5 ms, this ~0.1."""
     height, width = image.shape[:2]
     step = max(1, min(width // 128, height // 72))
-    sample = image[::step, ::step] if step > 1 else image
-    return cv2.cvtColor(cv2.resize(sample, (32, 18), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
+    return cv2.cvtColor(cv2.resize(image[::step, ::step], (32, 18), interpolation=cv2.INTER_AREA),
+                        cv2.COLOR_BGR2GRAY)
 
 
 class FailClosed(Exception):
@@ -157,9 +157,9 @@ class MaskingEngine:
         rule = self.variant.context
         context_threshold = min(rule.threshold, threshold) if rule.enabled else track_threshold
         trackers = [self._tracker(f.camera_id, f.seq) for f in frames]
-        # Thumbnails tell scene cuts, which only detect-every-k variants look for.
-        thumbs = [_thumbnail(f.image) if self.variant.detect_every > 1 else None for f in frames]
-        detect = self._plan_detections(trackers, thumbs)
+        # Thumbnails tell scene cuts, which only detect-every-k variants look for; the others detect on every frame.
+        thumbs = [_thumbnail(f.image) for f in frames] if self.variant.detect_every > 1 else None
+        detect = self._plan_detections(trackers, thumbs) if thumbs is not None else list(range(len(frames)))
         detections: dict[int, Detections] = {}
         in_context: set[int] = set()
         if detect:
@@ -176,7 +176,7 @@ class MaskingEngine:
         for i, frame in enumerate(frames):
             try:
                 if i in detections:
-                    trackers[i].reference = thumbs[i]
+                    trackers[i].reference = thumbs[i] if thumbs is not None else None
                     dets = detections[i]
                     if i in in_context:
                         metrics.CROWD_CONTEXT_FRAMES.inc()
@@ -197,19 +197,15 @@ class MaskingEngine:
             results.append(result)
         return results
 
-    def _plan_detections(self, trackers: list[FaceTracker], thumbs: list[Image | None]) -> list[int]:
-        """Which frames of the batch get the detector: every one, unless the variant detects every k-th; then a
-        camera's first frame, the frame after k-1 coasted ones, and at once a scene cut (tracks from before it mean
-        nothing). Frames of one camera in one batch are planned in order, as they will be processed."""
+    def _plan_detections(self, trackers: list[FaceTracker], thumbs: list[Image]) -> list[int]:
+        """Which frames of the batch a detect-every-k variant runs the detector on: a camera's first frame, the frame
+        after k-1 coasted ones, and at once a scene cut (tracks from before it mean nothing). Frames of one camera
+        in one batch are planned in order, as they will be processed."""
         k = self.variant.detect_every
-        if k <= 1:
-            return list(range(len(trackers)))
         state: dict[int, tuple[int, Image | None]] = {}  # per tracker: (frames coasted, reference thumbnail)
         planned = []
         for i, (tracker, thumb) in enumerate(zip(trackers, thumbs, strict=True)):
             coasted, reference = state.get(id(tracker), (tracker.coasted, tracker.reference))
-            if thumb is None:  # made for every frame when k > 1
-                raise RuntimeError("detect-every-k planning needs a thumbnail of every frame")
             cut = reference is not None and float(
                 np.abs(thumb.astype(np.int16) - reference.astype(np.int16)).mean()) > self.variant.scene_cut
             if reference is None or coasted + 1 >= k or cut:

@@ -91,9 +91,7 @@ def _obscured(roi: Image, style: MaskStyle) -> Image:
     # the two blurs average all of it anyway.
     shrink = max(1, min(w, h) // 16)
     small = cv2.resize(roi, (max(1, w // shrink), max(1, h // shrink)), interpolation=cv2.INTER_LINEAR)
-    k = max(3, max(small.shape[:2]) | 1)
-    small = cv2.stackBlur(cv2.stackBlur(small, (k, k)), (k, k))
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(_blur_twice(small, max(3, max(small.shape[:2]) | 1)), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def apply_masks(image: Image, boxes: Boxes, spec: MaskSpec) -> npt.NDArray[np.int32]:
@@ -162,9 +160,8 @@ def _blur_crowd(image: Image, regions: npt.NDArray[np.int32], sides: npt.NDArray
     cv2.copyTo(full, inside, area)  # writes into the frame through the view
 
 
-def _blur_twice(small: Image) -> Image:
-    kernel = (SHARED_BLUR_KERNEL, SHARED_BLUR_KERNEL)
-    return cv2.stackBlur(cv2.stackBlur(small, kernel), kernel)
+def _blur_twice(small: Image, kernel: int = SHARED_BLUR_KERNEL) -> Image:
+    return cv2.stackBlur(cv2.stackBlur(small, (kernel, kernel)), (kernel, kernel))
 
 
 def _paint(canvas: npt.NDArray[np.uint8], regions: npt.NDArray[np.int32], shape: MaskShape) -> None:

@@ -205,6 +205,15 @@ def kinds(events: list[alerts_pb2.AlertEvent], camera: str) -> list[str]:
     return [e.kind for e in events if e.camera_id == camera]
 
 
+def assert_sources_released_before_exit(ingest: ServiceProcess, cameras: list[str]) -> None:
+    """Each camera's grabber released its capture before the ingest finished: a grabber still in FFmpeg when
+    the interpreter tears down aborts the process (see Camera.join_grabber)."""
+    lines = [json.loads(line) for line in ingest.log_path.read_text().splitlines() if line.startswith("{")]
+    finished = next(i for i, line in enumerate(lines) if line["msg"] == "ingest finished")
+    released = {line.get("camera") for line in lines[:finished] if line["msg"] == "camera source released"}
+    assert set(cameras) <= released, (cameras, released)
+
+
 def assert_accounted(frames: list[pb.Frame], drops: list[pb.DropRecord], camera: str) -> None:
     """Every seq of the camera's stream ends exactly once: published (in order) or a drop record."""
     eos = [f for f in frames if f.end_of_stream]
@@ -236,6 +245,7 @@ def test_four_rtsp_cameras_flow_at_target_fps_ordered_and_masked(
     statuses = {cam: camera_status(ingest, cam) for cam in clips}
     ingest.proc.terminate()
     assert ingest.proc.wait(WAIT_S) == 0
+    assert_sources_released_before_exit(ingest, list(clips))
 
     raw = raw_frames(kafka_settings, set(clips))
     out = collect(kafka_settings, set(clips), timeout=2 * WAIT_S)
@@ -341,6 +351,25 @@ def test_frozen_server_is_reported_stalled_then_reconnects(
     # the server is stopped, and the thaw came after): a bound from what was observed, not from the clock speed.
     assert events[-1].gap_s >= down["seconds_since_frame"] - 0.01, (events[-1].gap_s, down)
     assert status["counts"].get("reconnects", 0) + status["counts"].get("read_errors", 0) >= 1
+
+
+def test_stopping_while_a_camera_hangs_exits_cleanly(
+        kafka_settings: KafkaSettings, clips: dict[str, Path], servers: Callable[[dict[str, Path]], RtspServer],
+        tmp_path: Path) -> None:
+    """SIGTERM while a grabber sits inside FFmpeg's read of a hung camera: the ingest waits for the read to time
+    out and the capture to be released. Exiting first aborts the process (a thread in native code at interpreter
+    teardown: "FATAL: exception not rethrown", exit -6)."""
+    server = servers({"cam": clips["megamind"]})
+    ingest = start_ingest(tmp_path, ["--source", f"cam={server.url('cam')}", "--stall-after-s", "1.0",
+                                     "--read-timeout-s", "3"])
+    wait_state(ingest, "cam", {"running"})
+    frames_numbered(ingest, "cam", 5)
+    server.freeze()
+    wait_state(ingest, "cam", {"stalled"})  # buffered frames are out: the grabber is blocked in the read
+    ingest.proc.terminate()
+    assert ingest.proc.wait(WAIT_S) == 0
+    assert_sources_released_before_exit(ingest, ["cam"])
+    server.thaw()
 
 
 def test_slow_kafka_realtime_stays_fresh_complete_blocks_and_skips_nothing(

@@ -10,6 +10,7 @@ the producer flushes.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from imask.cameras.admin_policy import check_admin_exposure
@@ -59,6 +60,7 @@ def serve(settings: IngestSettings, runtime: ServiceRuntime) -> int:
     manager.stop_all(timeout=60.0)
     manager.tick()
     undelivered = outbox.close(30.0)
+    stuck = manager.release_sources()
     statuses = {c.id: c.status(0.0) for c in [*manager.cameras.values(), *manager.retired]}
     summary = {cid: {"frames": s["next_seq"], "counts": s["counts"], "ended": s["ended_reason"]}
                for cid, s in statuses.items()}
@@ -66,7 +68,14 @@ def serve(settings: IngestSettings, runtime: ServiceRuntime) -> int:
     unopened = [cid for cid, s in statuses.items() if s["ended_reason"] == "cannot open"]
     if unopened:
         log.error("source failed to open", extra={"cameras": unopened})
-    return 1 if undelivered or outbox.failed or unopened else 0
+    code = 1 if undelivered or outbox.failed or unopened or stuck else 0
+    if stuck:
+        # A grabber still inside FFmpeg would abort the interpreter's teardown (see Camera.join_grabber); the
+        # frames and the Kafka flush are done, so leave without it.
+        runtime.close()
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def run(settings: IngestSettings) -> int:

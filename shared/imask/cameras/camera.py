@@ -216,9 +216,22 @@ class Camera:
     def join(self, timeout: float) -> bool:
         """True when the publisher has finished (end of stream sent). It does not wait for the grabber: that
         may sit in a blocking read of a frozen camera until the read timeout, then finds the slot closed and
-        leaves without numbering another frame."""
+        leaves without numbering another frame (see join_grabber)."""
         self._publisher.join(timeout)
         return not self._publisher.is_alive()
+
+    @property
+    def grabber_bound_s(self) -> float:
+        """How long a stopped grabber can still take to leave: one open plus one read, each bounded by its
+        timeout (streams), and a margin for releasing the capture."""
+        return self.config.open_timeout_s + self.config.read_timeout_s + 2.0
+
+    def join_grabber(self, timeout: float) -> bool:
+        """True when the grabber has left and released its capture. The process must not exit before: a thread
+        still inside FFmpeg when the interpreter finalizes is killed by forced unwinding through OpenCV's C++
+        frames, and the process aborts (SIGABRT, seen on CI when stopping four RTSP cameras at once)."""
+        self._grabber.join(timeout)
+        return not self._grabber.is_alive()
 
     @property
     def finished(self) -> bool:
@@ -279,6 +292,7 @@ class Camera:
                     finished = self._read(cap, info)
                 finally:
                     cap.release()
+                    log.info("camera source released", extra={"camera": self.id})
                 if finished:
                     return
                 metrics.CAMERA_RECONNECTS.labels(self.id).inc()

@@ -154,6 +154,17 @@ class CameraManager:
             if not camera.join(max(0.0, deadline - time.monotonic())):
                 log.error("camera did not finish in time", extra={"camera": camera.id})
 
+    def release_sources(self) -> list[str]:
+        """After stop_all: wait for every grabber to release its source, each within its own bound (a blocked
+        open or read ends at its timeout). Returns the cameras whose grabber is still inside its source."""
+        with self._lock:
+            cameras = list(self.cameras.values()) + self.retired
+        deadline = time.monotonic() + max((c.grabber_bound_s for c in cameras), default=0.0)
+        stuck = [c.id for c in cameras if not c.join_grabber(max(0.0, deadline - time.monotonic()))]
+        if stuck:
+            log.error("camera source not released in time", extra={"cameras": stuck})
+        return stuck
+
     def all_ended(self) -> bool:
         with self._lock:
             return self.ever_added > 0 and all(c.finished for c in [*self.cameras.values(), *self.retired])

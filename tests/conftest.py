@@ -74,6 +74,11 @@ def kafka_settings(stack_up: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     settings = KafkaSettings()
     ensure_topics(settings)
     yield settings
+    # The services this test left running stop first: with their topics gone, a producer's drain would wait out
+    # its flush timeout for messages it can no longer deliver (10 s of teardown per camera test).
+    from streams import stop_leftovers
+
+    stop_leftovers()
     delete_topics(settings, [settings.topic_raw, settings.topic_masked, settings.topic_meta, settings.topic_dlq,
                              settings.topic_alerts])
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SHADOW_MATCH_IOU = 0.3
 RETRY_LOAD_S = 30.0  # an arm engine that failed to load is tried again after this long
+LOADER_JOIN_S = 60.0  # at close: how long a background arm load (int8 quantization: seconds) is waited for
 
 
 def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -77,6 +78,7 @@ class RoutedProcessor:
         self._lock = threading.Lock()
         self._loading: set[str] = set()
         self._failed: dict[str, float] = {}  # arm engines that failed to load, and when
+        self._loaders: list[threading.Thread] = []
 
     @property
     def engine(self) -> MaskingEngine:
@@ -126,10 +128,15 @@ class RoutedProcessor:
                         or (failed_at is not None and time.monotonic() - failed_at < RETRY_LOAD_S)):
                     continue
                 self._loading.add(ref)
-            threading.Thread(target=self._load_quietly, args=(ref,), name=f"load-{ref}", daemon=True).start()
+            loader = threading.Thread(target=self._load_quietly, args=(ref,), name=f"load-{ref}", daemon=True)
+            loader.start()
+            self._loaders = [t for t in self._loaders if t.is_alive()] + [loader]
 
     def close(self) -> None:
-        """Close every arm's engine but the base one (the worker closes that)."""
+        """Close every arm's engine but the base one (the worker closes that). A load still running is waited
+        for first: a thread inside ONNX Runtime when the interpreter tears down aborts the process."""
+        for loader in self._loaders:
+            loader.join(LOADER_JOIN_S)
         with self._lock:
             others = [p for p in self.processors.values() if p is not self.base]
         for processor in others:

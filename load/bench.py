@@ -138,9 +138,11 @@ def engine_child(frames_dir: str, variant_name: str) -> None:
     from imask.engine import FrameInput, MaskingEngine
     from imask.engine.variants import get_variant
     from imask.media import decode_image, encode_jpeg
+    from imask.ops.runtime import freeze_startup_heap
 
     engine = MaskingEngine.load(get_variant(variant_name), provider="cpu")
     engine.warm_up()
+    freeze_startup_heap()  # as the services do once ready
     files = sorted(Path(frames_dir).glob("*.jpg"))
     blobs = [f.read_bytes() for f in files]
     stages: dict[str, list[float]] = {k: [] for k in ("decode", "preprocess", "inference", "postprocess", "mask",

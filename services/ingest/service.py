@@ -49,7 +49,7 @@ def serve(settings: IngestSettings, runtime: ServiceRuntime) -> int:
         runtime.details["publish_port"] = server.port
     if settings.admin_port >= 0:
         runtime.serve_admin(manager.admin, settings.admin_host, settings.admin_port)
-    runtime.ready.set()
+    runtime.mark_ready()
     keep_running = settings.keep_running or publishing
     while not runtime.stopping.is_set() and not (manager.all_ended() and not keep_running):
         time.sleep(0.1)

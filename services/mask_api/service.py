@@ -99,7 +99,7 @@ async def serve(settings: MaskApiSettings, runtime: ServiceRuntime) -> int:
     servicer.attach(executor)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    runtime.ready.set()
+    runtime.mark_ready()
     log.info("mask-api serving", extra={"grpc_port": port, "provider": engine.execution_provider})
     while not runtime.stopping.is_set():
         await asyncio.sleep(0.1)

@@ -101,7 +101,7 @@ class Recorder:
     def run(self) -> int:
         ensure_topics(self.settings)
         self.consumer.subscribe([self.settings.topic_masked])
-        self.runtime.ready.set()
+        self.runtime.mark_ready()
         clean = False
         try:
             while not self.runtime.stopping.is_set():

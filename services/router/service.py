@@ -83,7 +83,7 @@ async def serve(settings: RouterSettings, runtime: ServiceRuntime) -> int:
     reader.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     runtime.details.update(grpc_port=port, fleet=settings.fleet, auth=settings.auth, tls=creds is not None)
-    runtime.ready.set()
+    runtime.mark_ready()
     log.info("router serving", extra={"grpc_port": port, "fleet": settings.fleet, "auth": settings.auth})
     while not runtime.stopping.is_set():
         await asyncio.sleep(settings.tick_s)

@@ -58,7 +58,7 @@ class Worker:
         def started() -> None:
             log.info("worker started", extra=details)
             self.runtime.details.update(details)
-            self.runtime.ready.set()  # model loaded and warm, subscribed; idle workers are ready too
+            self.runtime.mark_ready()  # model loaded and warm, subscribed; idle workers are ready too
 
         try:
             return self.loop.run(on_started=started)

@@ -20,7 +20,7 @@ from imask.engine.masks import (
     masked_regions_changed,
     obscure_frame,
 )
-from imask.engine.tracker import FaceTracker
+from imask.engine.tracker import FaceTracker, iou_matrix, overlapping_pairs
 from imask.media import ImageError, decode_image, encode_jpeg, sniff_size
 from imask.ops.settings import (
     SETTINGS_CLASSES,
@@ -142,6 +142,28 @@ def test_tracker_holds_and_expires() -> None:
     held = [tracker.update(empty, np.zeros(0, np.float32)) for _ in range(3)]
     assert [len(h) for h in held] == [1, 1, 0]
     assert held[0][0].held and held[1][0].box[2] - held[1][0].box[0] > 40  # grows while held
+
+
+def test_overlapping_pairs_are_the_matrix_entries_over_the_threshold() -> None:
+    # The tracker's sparse matching must see exactly what the full IoU matrix shows: same pairs, same order
+    # (row-major, as the greedy match's stable sort relies on), same values. Crowd-like: many small boxes, some
+    # touching, some identical, some degenerate.
+    rng = np.random.default_rng(7)
+    for n, m in ((0, 5), (5, 0), (300, 600), (40, 40)):
+        corners = rng.uniform(0, 1280, (n + m, 2))
+        sizes = rng.choice([0.0, 8.0, 20.0, 60.0], (n + m, 2))
+        boxes = np.concatenate([corners, corners + sizes], axis=1)
+        if n and m:
+            boxes[n] = boxes[0]  # an exact duplicate
+        a, b = boxes[:n], boxes[n:]
+        for threshold in (0.2, 1e-6, 1.0):
+            ti, di, ious = overlapping_pairs(a, b, threshold)
+            full = iou_matrix(a, b)
+            want_t, want_d = np.nonzero(full >= threshold)
+            assert np.array_equal(ti, want_t) and np.array_equal(di, want_d), (n, m, threshold)
+            assert np.array_equal(ious, full[want_t, want_d]), (n, m, threshold)
+    with pytest.raises(ValueError):
+        overlapping_pairs(np.zeros((1, 4)), np.zeros((1, 4)), 0.0)
 
 
 def test_offset_tracker_commits_only_contiguous_prefix() -> None:

@@ -62,6 +62,30 @@ def iou_matrix(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.ND
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
+def overlapping_pairs(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64],
+                      min_iou: float) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """The (row of a, row of b, IoU) pairs with IoU >= min_iou (> 0), in row-major order, with iou_matrix's values.
+    Crowds match hundreds of tracks against hundreds of boxes, and few pairs even overlap in x: the full matrix
+    is only built for that test, the IoU only for the pairs that pass it."""
+    if min_iou <= 0:
+        raise ValueError("min_iou must be > 0: pairs that do not overlap are never returned")
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        empty = np.zeros(0, np.intp)
+        return empty, empty, np.zeros(0)
+    ti, di = np.nonzero(np.minimum(a[:, None, 2], b[None, :, 2]) > np.maximum(a[:, None, 0], b[None, :, 0]))
+    ious = iou_matrix_pairs(a[ti], b[di])
+    keep = ious >= min_iou
+    return ti[keep], di[keep], ious[keep]
+
+
+def iou_matrix_pairs(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """IoU of a[i] with b[i], with the same arithmetic as iou_matrix."""
+    inter = (np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+             * np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None))
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
 class FaceTracker:
     def __init__(self, max_missed: int = 5, match_iou: float = 0.2, smoothing: float = 0.5,
                  growth_per_miss: float = 0.08) -> None:
@@ -95,8 +119,9 @@ class FaceTracker:
         dets = boxes.astype(np.float64).reshape(-1, 4)
         track_of = self._match(current, dets)  # per detection: its track's row, or -1
 
-        matched_rows = track_of[track_of >= 0]
-        held_rows = np.setdiff1d(np.arange(len(self)), matched_rows)
+        unmatched = np.ones(len(self), np.bool_)
+        unmatched[track_of[track_of >= 0]] = False
+        held_rows = np.flatnonzero(unmatched)
         missed = self.missed[held_rows] + 1
         held_rows, missed = held_rows[missed <= self.max_missed], missed[missed <= self.max_missed]
         held_boxes = _grow(_moved(current[held_rows], self.velocities[held_rows], 1), 1.0 + self.growth_per_miss)
@@ -136,11 +161,10 @@ class FaceTracker:
     def _match(self, tracks: npt.NDArray[np.float64], dets: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
         """Greedy: highest-IoU pairs first, each track and detection used once."""
         track_of = np.full(len(dets), -1, np.int64)
-        ious = iou_matrix(tracks, dets)
-        ti, di = np.nonzero(ious >= self.match_iou)
+        ti, di, ious = overlapping_pairs(tracks, dets, self.match_iou)
         if ti.size == 0:
             return track_of
-        order = np.argsort(-ious[ti, di], kind="stable")
+        order = np.argsort(-ious, kind="stable")
         used = np.zeros(len(tracks), np.bool_)
         for t, d in zip(ti[order].tolist(), di[order].tolist(), strict=True):
             if not used[t] and track_of[d] < 0:

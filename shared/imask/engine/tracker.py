@@ -51,39 +51,34 @@ class Tracks:
 def iou_matrix(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     if a.shape[0] == 0 or b.shape[0] == 0:
         return np.zeros((a.shape[0], b.shape[0]))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+    return _iou(a[:, None, :], b[None, :, :])
 
 
 def overlapping_pairs(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64],
                       min_iou: float) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float64]]:
     """The (row of a, row of b, IoU) pairs with IoU >= min_iou (> 0), in row-major order, with iou_matrix's values.
-    Crowds match hundreds of tracks against hundreds of boxes, and few pairs even overlap in x: the full matrix
-    is only built for that test, the IoU only for the pairs that pass it."""
+    Crowds match hundreds of tracks against hundreds of boxes, and few pairs even overlap in x: the full grid is
+    only built for that test, the IoU only for the pairs that pass it."""
     if min_iou <= 0:
         raise ValueError("min_iou must be > 0: pairs that do not overlap are never returned")
     if a.shape[0] == 0 or b.shape[0] == 0:
         empty = np.zeros(0, np.intp)
         return empty, empty, np.zeros(0)
     ti, di = np.nonzero(np.minimum(a[:, None, 2], b[None, :, 2]) > np.maximum(a[:, None, 0], b[None, :, 0]))
-    ious = iou_matrix_pairs(a[ti], b[di])
+    ious = _iou(a[ti], b[di])
     keep = ious >= min_iou
     return ti[keep], di[keep], ious[keep]
 
 
-def iou_matrix_pairs(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """IoU of a[i] with b[i], with the same arithmetic as iou_matrix."""
-    inter = (np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-             * np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None))
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+def _iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """IoU of boxes (x1, y1, x2, y2 on the last axis), broadcast over the others: pairs or a whole grid."""
+    inter = (np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+             * np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None))
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    result: npt.NDArray[np.float64] = np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+    return result
 
 
 class FaceTracker:

@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from imask.ops import metrics
 from imask.ops.settings import KafkaSettings
+from imask.streaming.intake import INTAKE_CONSUMER_CONFIG, OldestFirstIntake
 from imask.streaming.kafka import OffsetTracker, consumer_config, usable
 from imask.streaming.producer import Delivery, Fate, Outbox
 
@@ -84,6 +85,7 @@ class LoopOptions:
     max_inflight: int = 64
     exactly_once: bool = False
     transaction_ms: float = 100.0  # exactly once: outputs and offsets committed together this often
+    intake_depth: int = 0  # > 0: oldest frame first across partitions, pausing one with this many waiting
 
 
 def now_us() -> int:
@@ -108,10 +110,13 @@ class ConsumeProcessProduce:
             # at once.
             producer_extra["transaction.timeout.ms"] = int(max(10_000, 20 * options.transaction_ms))
             consumer_extra.update({"enable.auto.commit": False, "isolation.level": "read_committed"})
+        if options.intake_depth:
+            consumer_extra.update(INTAKE_CONSUMER_CONFIG)
         # Sends chained from acknowledgements must never block inside a callback: room for every output of every
         # input in flight.
         self.outbox = Outbox(settings, max_inflight=max(1000, options.max_inflight * 4), **producer_extra)
         self.consumer = Consumer(consumer_config(settings, options.group_id, **consumer_extra))
+        self.intake = OldestFirstIntake(self.consumer, options.intake_depth) if options.intake_depth else None
         self._owned: set[int] = set()
         self._txn: _Transaction | None = None
         if options.exactly_once:
@@ -156,12 +161,16 @@ class ConsumeProcessProduce:
     def _poll_batch(self) -> list[Inbound]:
         # Acknowledgements are served only when the producer is polled: while outputs are in flight, wait for
         # input in short slices so an ack is seen within ~2 ms, else block longer.
-        first = self.consumer.poll(0.002 if self._inflight() else 0.2)
-        if first is None:
-            return []
-        messages = [first]
-        if self.options.batch_max > 1:  # take whatever else is already waiting, never wait for more
-            messages += self.consumer.consume(self.options.batch_max - 1, timeout=0)
+        timeout = 0.002 if self._inflight() else 0.2
+        if self.intake is not None:
+            messages = self.intake.take(timeout, self.options.batch_max)
+        else:
+            first = self.consumer.poll(timeout)
+            if first is None:
+                return []
+            messages = [first]
+            if self.options.batch_max > 1:  # take whatever else is already waiting, never wait for more
+                messages += self.consumer.consume(self.options.batch_max - 1, timeout=0)
         received = now_us()
         return [Inbound(m.key(), m.value(), m.topic() or "", m.partition() or 0, m.offset() or 0, received)
                 for m in messages if usable(m)]
@@ -222,6 +231,8 @@ class ConsumeProcessProduce:
     # --- rebalances --------------------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
+        if self.intake is not None:
+            self.intake.assigned((p.topic, p.partition) for p in partitions)
         self._owned |= {p.partition for p in partitions}
         self.details["partitions"] = sorted(self._owned)
 
@@ -232,20 +243,23 @@ class ConsumeProcessProduce:
         else:
             self.outbox.flush(30)
             self._commit()
-        for p in partitions:
-            self.offsets.forget(p.topic, p.partition)
-        self._owned -= {p.partition for p in partitions}
-        self.details["partitions"] = sorted(self._owned)
+        self._forget(partitions)
         log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._txn is not None:
             self._txn.abort("partitions lost")
+        self._forget(partitions)
+        log.warning("partitions lost", extra={"partitions": [p.partition for p in partitions]})
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        """Partitions no longer ours: what was buffered or tracked for them is the next owner's to read."""
         for p in partitions:
             self.offsets.forget(p.topic, p.partition)
+        if self.intake is not None:
+            self.intake.forget((p.topic, p.partition) for p in partitions)
         self._owned -= {p.partition for p in partitions}
         self.details["partitions"] = sorted(self._owned)
-        log.warning("partitions lost", extra={"partitions": [p.partition for p in partitions]})
 
     def _drain(self) -> None:
         if self._txn is not None:
@@ -345,6 +359,8 @@ class _Transaction:
                     loop.consumer.seek(TopicPartition(topic, partition, offset))
                 except KafkaException as exc:
                     log.warning("rewind failed", extra={"partition": partition, "error": str(exc)})
+        if loop.intake is not None:  # buffered messages after the rewind point are read again from it
+            loop.intake.forget(self.start)
         self._reset()
 
     def _reset(self) -> None:

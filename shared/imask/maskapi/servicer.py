@@ -24,7 +24,7 @@ from imask.maskapi.ratelimit import RateLimiter
 from imask.media import ImageError, decode_image, encode_jpeg
 from imask.ops import metrics
 from imask.ops.settings import MaskApiSettings
-from imask.pipeline.processor import build_meta, detections_pb
+from imask.pipeline.processor import add_detections, build_meta
 from imask.pipeline.wire import check_camera_id, now_us
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import mask_service_pb2 as mpb
@@ -162,12 +162,14 @@ class MaskServicer(mgrpc.MaskServiceServicer):
             self.meta_sink(camera, build_meta(self.executor.engine, s.server_id, result, image, timings,
                                               camera_id=camera, seq=request.seq,
                                               capture_ts_us=request.capture_ts_us, masked_ts_us=now_us()))
-        return mpb.MaskReply(
-            image=data, detections=detections_pb(result), timings=timings, variant=self.variant.name,
+        reply = mpb.MaskReply(
+            image=data, timings=timings, variant=self.variant.name,
             model_version=self.variant.model_version, fail_closed=result.fail_closed,
             fail_closed_reason=result.fail_closed_reason, seq=request.seq, width=image.shape[1],
             height=image.shape[0],
         )
+        add_detections(reply.detections, result)
+        return reply
 
     def _options(self, options: mpb.MaskOptions) -> tuple[MaskSpec, float | None]:
         assert self.variant is not None

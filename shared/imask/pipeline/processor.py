@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -192,21 +193,28 @@ class FrameProcessor:
         return Outcome(inbound, rejected.camera_id, rejected.seq, drop=record)
 
 
-def detections_pb(result: EngineResult) -> list[pb.Detection]:
-    return [
-        pb.Detection(x1=f.box[0], y1=f.box[1], x2=f.box[2], y2=f.box[3], score=f.score,
-                     landmarks=[pb.Point(x=x, y=y) for x, y in f.landmarks], track_id=f.track_id, held=f.held)
-        for f in result.faces
-    ]
+def add_detections(detections: Any, result: EngineResult) -> None:
+    """Append the result's faces to a repeated `Detection` field, built in place (a crowd's 300 faces: half the
+    time of building each message and then copying it in)."""
+    add = detections.add
+    for face in result.faces:
+        x1, y1, x2, y2 = face.box
+        detection = add(x1=x1, y1=y1, x2=x2, y2=y2, score=face.score, track_id=face.track_id, held=face.held)
+        if face.landmarks:
+            point = detection.landmarks.add
+            for x, y in face.landmarks:
+                point(x=x, y=y)
 
 
 def build_meta(engine: MaskingEngine, worker_id: str, result: EngineResult, image: Image,
                timings: pb.StageTimings, **ids: str | int) -> pb.FrameMeta:
     """The per-frame metadata record (no pixels) of one engine result; the worker and mask-api both emit it."""
-    return pb.FrameMeta(
+    meta = pb.FrameMeta(
         width=image.shape[1], height=image.shape[0], variant=engine.variant.name,
         model_version=engine.variant.model_version, worker_id=worker_id,
-        execution_provider=engine.execution_provider, detections=detections_pb(result), timings=timings,
+        execution_provider=engine.execution_provider, timings=timings,
         fail_closed=result.fail_closed, fail_closed_reason=result.fail_closed_reason,
         faces_masked=len(result.faces), brightness=float(image[::8, ::8].mean()), **ids,  # type: ignore[arg-type]
     )
+    add_detections(meta.detections, result)
+    return meta

@@ -27,19 +27,19 @@ def _backlog(settings: KafkaSettings) -> None:
     assert producer.flush(30) == 0
 
 
-def _serve(settings: KafkaSettings, depth: int) -> tuple[list[Message], int]:
+def _serve(settings: KafkaSettings, budget: int) -> tuple[list[Message], int, int]:
     """Everything served one message at a time, as a worker with batch_max 1 takes it (2 ms of work each); also
-    the most partitions seen paused at once."""
+    the most partitions seen paused at once, and how often a take came back empty with frames still to come."""
     consumer = Consumer(consumer_config(settings, f"intake-{uuid.uuid4().hex[:6]}", **INTAKE_CONSUMER_CONFIG))
     consumer.subscribe([settings.topic_raw])
     served: list[Message] = []
-    most_paused = 0
+    most_paused = idle = 0
     try:
-        if depth:
-            intake = OldestFirstIntake(consumer, depth)
+        if budget:
+            intake = OldestFirstIntake(consumer, budget)
         deadline = time.monotonic() + 60
         while len(served) < BIG + SMALL and time.monotonic() < deadline:
-            if depth:
+            if budget:
                 batch = intake.take(0.2, 1)
                 most_paused = max(most_paused, len(intake.paused))
             else:
@@ -48,11 +48,13 @@ def _serve(settings: KafkaSettings, depth: int) -> tuple[list[Message], int]:
             served += batch
             if batch:
                 time.sleep(0.002)
-        if depth:
+            elif served:  # the backlog is all there: an empty take after the first frame is a worker left idle
+                idle += 1
+        if budget:
             assert not intake.paused and intake.buffered == 0, "drained partitions must be resumed"
     finally:
         consumer.close()
-    return served, most_paused
+    return served, most_paused, idle
 
 
 def _worst_displacement(served: list[Message]) -> int:
@@ -64,8 +66,9 @@ def _worst_displacement(served: list[Message]) -> int:
 
 def test_backlog_is_served_about_oldest_first_without_loss_or_reordering(kafka_settings: KafkaSettings) -> None:
     _backlog(kafka_settings)
-    plain, _ = _serve(kafka_settings, depth=0)
-    fair, most_paused = _serve(kafka_settings, depth=4)
+    plain, _, _ = _serve(kafka_settings, budget=0)
+    # 1.2 MB: the large partition is paused at 8 of its frames (MIN_PAUSE_FRAMES), resumed at 4.
+    fair, most_paused, idle = _serve(kafka_settings, budget=1_200_000)
     for served in (plain, fair):
         for partition, count in ((0, BIG), (1, SMALL)):
             offsets = [m.offset() for m in served if m.partition() == partition]
@@ -73,6 +76,8 @@ def test_backlog_is_served_about_oldest_first_without_loss_or_reordering(kafka_s
     # Kafka's fetch order shares by bytes: the small partition's whole backlog goes before most large frames.
     plain_worst, fair_worst = _worst_displacement(plain), _worst_displacement(fair)
     assert plain_worst > 150, plain_worst
-    # Oldest first, with a partition paused while 4 of its messages wait: within a few fetches of exact order.
+    # Oldest first, with a partition paused while 8 of its large messages wait: within a few fetches of exact
+    # order, and the partition fetched again before what is buffered runs out (no take comes back empty).
     assert most_paused >= 1
     assert fair_worst <= 40, fair_worst
+    assert idle == 0, idle

@@ -45,7 +45,7 @@ class Worker:
             group_id=settings.group_id, topics=[settings.topic_raw], client_id=settings.worker_id,
             batch_max=settings.batch_max, max_inflight=settings.max_inflight,
             exactly_once=settings.exactly_once, transaction_ms=settings.transaction_ms,
-            intake_depth=settings.intake_depth),
+            intake_kbytes=settings.intake_kbytes),
             MaskingHandler(self.processor, settings), runtime.stopping, runtime.details)
         runtime.watch_engine(engine)
 

@@ -148,9 +148,10 @@ class WorkerSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameLi
     jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of masked frames")
     dlq_include_raw: bool = Field(False, description="Copy raw bytes into DLQ records (privacy: off)")
     max_inflight: int = Field(64, ge=1, description="Frames produced but not yet acknowledged before pausing")
-    intake_depth: int = Field(4, ge=0, le=1000, description="Frames are taken oldest first across partitions (so a "
-                              "camera of large frames is not starved under backlog); a partition is paused once "
-                              "this many of its frames wait here (0: off, Kafka's fetch order)")
+    intake_kbytes: int = Field(4096, ge=0, le=1_048_576, description="Frames are taken oldest first across "
+                               "partitions (a camera of large frames is not starved under backlog); a partition "
+                               "is paused once this many KB of its frames wait here, resumed at half (0: off, "
+                               "Kafka's fetch order)")
     exactly_once: bool = Field(False, description="Kafka transactions: outputs and input offsets commit together, "
                                "read_committed readers see each frame once (costs throughput and adds up to "
                                "transaction_ms of latency); off: at least once, duplicates after a crash")

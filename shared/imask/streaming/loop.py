@@ -85,7 +85,7 @@ class LoopOptions:
     max_inflight: int = 64
     exactly_once: bool = False
     transaction_ms: float = 100.0  # exactly once: outputs and offsets committed together this often
-    intake_depth: int = 0  # > 0: oldest frame first across partitions, pausing one with this many waiting
+    intake_kbytes: int = 0  # > 0: oldest frame first across partitions, pausing one with this much waiting
 
 
 def now_us() -> int:
@@ -110,13 +110,13 @@ class ConsumeProcessProduce:
             # at once.
             producer_extra["transaction.timeout.ms"] = int(max(10_000, 20 * options.transaction_ms))
             consumer_extra.update({"enable.auto.commit": False, "isolation.level": "read_committed"})
-        if options.intake_depth:
+        if options.intake_kbytes:
             consumer_extra.update(INTAKE_CONSUMER_CONFIG)
         # Sends chained from acknowledgements must never block inside a callback: room for every output of every
         # input in flight.
         self.outbox = Outbox(settings, max_inflight=max(1000, options.max_inflight * 4), **producer_extra)
         self.consumer = Consumer(consumer_config(settings, options.group_id, **consumer_extra))
-        self.intake = OldestFirstIntake(self.consumer, options.intake_depth) if options.intake_depth else None
+        self.intake = OldestFirstIntake(self.consumer, options.intake_kbytes * 1024) if options.intake_kbytes else None
         self._owned: set[int] = set()
         self._txn: _Transaction | None = None
         if options.exactly_once:

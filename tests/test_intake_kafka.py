@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from imask.ops.settings import KafkaSettings
 from imask.streaming.intake import INTAKE_CONSUMER_CONFIG, OldestFirstIntake
@@ -81,3 +81,30 @@ def test_backlog_is_served_about_oldest_first_without_loss_or_reordering(kafka_s
     assert most_paused >= 1
     assert fair_worst <= 40, fair_worst
     assert idle == 0, idle
+
+
+def test_rewind_of_a_paused_partition_reads_again_from_the_rewind_point(kafka_settings: KafkaSettings) -> None:
+    """An aborted transaction seeks its partitions back and the loop forgets what the intake buffered: the paused
+    partition must come back from the rewind point, not from after what had been buffered."""
+    _backlog(kafka_settings)
+    consumer = Consumer(consumer_config(kafka_settings, f"intake-{uuid.uuid4().hex[:6]}", **INTAKE_CONSUMER_CONFIG))
+    consumer.subscribe([kafka_settings.topic_raw])
+    intake = OldestFirstIntake(consumer, 1_200_000)
+    try:
+        big_served = 0
+        deadline = time.monotonic() + 30
+        while (kafka_settings.topic_raw, 0) not in intake.paused and time.monotonic() < deadline:
+            big_served += sum(m.partition() == 0 for m in intake.take(0.2, 1))
+            time.sleep(0.002)  # a frame's work: the fetcher gets ahead of it
+        assert (kafka_settings.topic_raw, 0) in intake.paused, "the large partition should be paused by now"
+        assert intake.buffered > 0
+        rewind_to = max(0, big_served - 1)  # as a transaction's first offset of its window would be
+        consumer.seek(TopicPartition(kafka_settings.topic_raw, 0, rewind_to))
+        intake.forget([(kafka_settings.topic_raw, 0)])
+        assert (kafka_settings.topic_raw, 0) not in intake.paused
+        again: list[int] = []
+        while len(again) < BIG - rewind_to and time.monotonic() < deadline + 30:
+            again += [m.offset() for m in intake.take(0.2, 8) if m.partition() == 0]
+    finally:
+        consumer.close()
+    assert again == list(range(rewind_to, BIG)), again[:10]

@@ -111,9 +111,14 @@ class OldestFirstIntake:
     def _pause_full(self) -> None:
         full = [k for k, size in self._bytes.items()
                 if size >= self.budget and len(self._buffers[k]) >= MIN_PAUSE_FRAMES and k not in self._paused]
-        if full:
+        if not full:
+            return
+        try:
             self.consumer.pause([TopicPartition(t, p) for t, p in full])
-            self._paused.update(full)
+        except KafkaException as exc:  # revoked meanwhile: its buffer goes with the revocation, nothing to hold
+            log.info("pause refused", extra={"partitions": sorted(p for _, p in full), "error": str(exc)})
+            return
+        self._paused.update(full)
 
     def _resume_drained(self) -> None:
         self._resume({k for k in self._paused if self._bytes.get(k, 0) <= self.budget // 2

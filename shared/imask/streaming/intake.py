@@ -34,8 +34,11 @@ PartitionKey = tuple[str, int]
 
 # A resumed partition is fetched only once the fetch in flight returns: a long poll on partitions with nothing new
 # holds it for the default 500 ms (measured: oldest-first order broke for ~0.5 s after each resume). 50 ms bounds
-# that, for ~20 empty fetches a second while idle.
-INTAKE_CONSUMER_CONFIG: dict[str, Any] = {"fetch.wait.max.ms": 50}
+# that, for ~20 empty fetches a second while idle. And a partition librdkafka once found with its queue full waits
+# fetch.queue.backoff.ms (1 s by default) before it is fetched again: with pauses and resumes that left a worker at
+# 5 ms a frame idle half the time (5.2-5.8 s of 10, 400 frames of 150 KB in two partitions, 4 MB budget); at 10 ms,
+# never (0 of 4.1 s, twice).
+INTAKE_CONSUMER_CONFIG: dict[str, Any] = {"fetch.wait.max.ms": 50, "fetch.queue.backoff.ms": 10}
 # Large frames (4K: ~2 MB) fill a byte budget in a few: a partition keeps at least this many waiting before it is
 # paused, and is resumed when half of them are left, so the refetch is still covered.
 MIN_PAUSE_FRAMES = 8

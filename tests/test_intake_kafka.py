@@ -27,11 +27,17 @@ def _backlog(settings: KafkaSettings) -> None:
     assert producer.flush(30) == 0
 
 
+def _consumer(settings: KafkaSettings) -> Consumer:
+    """A fresh group on the raw topic, configured as the worker's loop configures it when the intake is on."""
+    consumer = Consumer(consumer_config(settings, f"intake-{uuid.uuid4().hex[:6]}", **INTAKE_CONSUMER_CONFIG))
+    consumer.subscribe([settings.topic_raw])
+    return consumer
+
+
 def _serve(settings: KafkaSettings, budget: int) -> tuple[list[Message], int, int]:
     """Everything served one message at a time, as a worker with batch_max 1 takes it (2 ms of work each); also
     the most partitions seen paused at once, and how often a take came back empty with frames still to come."""
-    consumer = Consumer(consumer_config(settings, f"intake-{uuid.uuid4().hex[:6]}", **INTAKE_CONSUMER_CONFIG))
-    consumer.subscribe([settings.topic_raw])
+    consumer = _consumer(settings)
     served: list[Message] = []
     most_paused = idle = 0
     try:
@@ -87,8 +93,7 @@ def test_rewind_of_a_paused_partition_reads_again_from_the_rewind_point(kafka_se
     """An aborted transaction seeks its partitions back and the loop forgets what the intake buffered: the paused
     partition must come back from the rewind point, not from after what had been buffered."""
     _backlog(kafka_settings)
-    consumer = Consumer(consumer_config(kafka_settings, f"intake-{uuid.uuid4().hex[:6]}", **INTAKE_CONSUMER_CONFIG))
-    consumer.subscribe([kafka_settings.topic_raw])
+    consumer = _consumer(kafka_settings)
     intake = OldestFirstIntake(consumer, 1_200_000)
     try:
         big_served = 0
@@ -120,8 +125,7 @@ def test_paused_partitions_come_back_before_the_worker_runs_dry(kafka_settings: 
             producer.produce(kafka_settings.topic_raw, b"f" * 150_000, partition=partition)
         producer.poll(0)
     assert producer.flush(30) == 0
-    consumer = Consumer(consumer_config(kafka_settings, f"intake-{uuid.uuid4().hex[:6]}", **INTAKE_CONSUMER_CONFIG))
-    consumer.subscribe([kafka_settings.topic_raw])
+    consumer = _consumer(kafka_settings)
     intake = OldestFirstIntake(consumer, WorkerSettings.model_fields["intake_kbytes"].default * 1024)
     served = empty = most_paused = 0
     deadline = time.monotonic() + 60

@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from imask.engine import EngineResult, FrameInput, MaskingEngine, MaskSpec
 from imask.media import ImageError, decode_image, encode_jpeg
@@ -193,7 +193,7 @@ class FrameProcessor:
         return Outcome(inbound, rejected.camera_id, rejected.seq, drop=record)
 
 
-def add_detections(detections: Any, result: EngineResult) -> None:
+def add_detections(detections: RepeatedCompositeFieldContainer[pb.Detection], result: EngineResult) -> None:
     """Append the result's faces to a repeated `Detection` field, built in place (a crowd's 300 faces: half the
     time of building each message and then copying it in)."""
     add = detections.add

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, Message, TopicPartition
@@ -44,6 +45,14 @@ INTAKE_CONSUMER_CONFIG: dict[str, Any] = {"fetch.wait.max.ms": 50, "fetch.queue.
 MIN_PAUSE_FRAMES = 8
 
 
+@dataclass
+class _Waiting:
+    """One partition's buffered messages, each with its timestamp, and their bytes."""
+
+    messages: deque[tuple[int, Message]] = field(default_factory=deque)
+    size: int = 0
+
+
 class OldestFirstIntake:
     def __init__(self, consumer: Consumer, budget_bytes: int, drain_max: int = 256) -> None:
         if budget_bytes < 1:
@@ -51,22 +60,22 @@ class OldestFirstIntake:
         self.consumer = consumer
         self.budget = budget_bytes
         self.drain_max = drain_max
-        self._buffers: dict[PartitionKey, deque[tuple[int, Message]]] = {}
-        self._bytes: dict[PartitionKey, int] = {}
+        self._waiting: dict[PartitionKey, _Waiting] = {}
         self._paused: set[PartitionKey] = set()
-        self._buffered = 0
+        self._depth = metrics.QUEUE_DEPTH.labels("intake")
 
     @property
     def buffered(self) -> int:
-        return self._buffered
+        return sum(len(w.messages) for w in self._waiting.values())
 
     @property
     def paused(self) -> frozenset[PartitionKey]:
         return frozenset(self._paused)
 
     def take(self, timeout: float, max_messages: int) -> list[Message]:
-        """Up to `max_messages`, oldest first; waits up to `timeout` only when nothing is buffered."""
-        if not self._buffered:
+        """Up to `max_messages`, oldest first; waits up to `timeout` only when nothing is buffered. Consumer errors
+        are logged and left out."""
+        if not self.buffered:
             first = self.consumer.poll(timeout)
             if not usable(first):
                 return []
@@ -75,45 +84,40 @@ class OldestFirstIntake:
             if usable(message):
                 self._add(message)
         self._pause_full()
-        batch = [self._pop_oldest() for _ in range(min(max_messages, self._buffered))]
+        batch = [self._pop_oldest() for _ in range(min(max_messages, self.buffered))]
         self._resume_drained()
-        metrics.QUEUE_DEPTH.labels("intake").set(self._buffered)
+        self._depth.set(self.buffered)
         return batch
 
     def forget(self, partitions: Iterable[PartitionKey]) -> None:
         """Drop what is buffered for these partitions (revoked, lost or rewound) and let their fetcher run."""
         keys = set(partitions)
         for key in keys:
-            self._buffered -= len(self._buffers.pop(key, ()))
-            self._bytes.pop(key, None)
+            self._waiting.pop(key, None)
         self._resume(keys & self._paused)
-        metrics.QUEUE_DEPTH.labels("intake").set(self._buffered)
+        self._depth.set(self.buffered)
 
     def assigned(self, partitions: Iterable[PartitionKey]) -> None:
         """A partition assigned again may still carry librdkafka's pause from before: start it fetching."""
-        keys = set(partitions)
-        self._paused -= keys
-        self._resume(keys)
+        self._resume(set(partitions))
 
     # --- internals ---------------------------------------------------------------------------------------------
     def _add(self, message: Message) -> None:
         kind, ts_ms = message.timestamp()
-        key = (message.topic() or "", message.partition() or 0)
+        waiting = self._waiting.setdefault((message.topic() or "", message.partition() or 0), _Waiting())
         # Without a timestamp a message counts as oldest: served in arrival order, never held back.
-        self._buffers.setdefault(key, deque()).append((0 if kind == TIMESTAMP_NOT_AVAILABLE else ts_ms, message))
-        self._bytes[key] = self._bytes.get(key, 0) + len(message)
-        self._buffered += 1
+        waiting.messages.append((0 if kind == TIMESTAMP_NOT_AVAILABLE else ts_ms, message))
+        waiting.size += len(message)
 
     def _pop_oldest(self) -> Message:
-        key = min((k for k, buf in self._buffers.items() if buf), key=lambda k: self._buffers[k][0][0])
-        message = self._buffers[key].popleft()[1]
-        self._bytes[key] -= len(message)
-        self._buffered -= 1
+        waiting = min((w for w in self._waiting.values() if w.messages), key=lambda w: w.messages[0][0])
+        message = waiting.messages.popleft()[1]
+        waiting.size -= len(message)
         return message
 
     def _pause_full(self) -> None:
-        full = [k for k, size in self._bytes.items()
-                if size >= self.budget and len(self._buffers[k]) >= MIN_PAUSE_FRAMES and k not in self._paused]
+        full = [k for k, w in self._waiting.items()
+                if w.size >= self.budget and len(w.messages) >= MIN_PAUSE_FRAMES and k not in self._paused]
         if not full:
             return
         try:
@@ -124,8 +128,11 @@ class OldestFirstIntake:
         self._paused.update(full)
 
     def _resume_drained(self) -> None:
-        self._resume({k for k in self._paused if self._bytes.get(k, 0) <= self.budget // 2
-                      or len(self._buffers.get(k, ())) <= MIN_PAUSE_FRAMES // 2})
+        def drained(key: PartitionKey) -> bool:
+            waiting = self._waiting.get(key)
+            return waiting is None or waiting.size <= self.budget // 2 or len(waiting.messages) <= MIN_PAUSE_FRAMES // 2
+
+        self._resume({k for k in self._paused if drained(k)})
 
     def _resume(self, keys: set[PartitionKey]) -> None:
         if not keys:

@@ -171,9 +171,10 @@ class ConsumeProcessProduce:
             messages = [first]
             if self.options.batch_max > 1:  # take whatever else is already waiting, never wait for more
                 messages += self.consumer.consume(self.options.batch_max - 1, timeout=0)
+            messages = [m for m in messages if usable(m)]  # the intake leaves consumer errors out itself
         received = now_us()
         return [Inbound(m.key(), m.value(), m.topic() or "", m.partition() or 0, m.offset() or 0, received)
-                for m in messages if usable(m)]
+                for m in messages]
 
     # --- at least once: chained sends, offsets after the last ack ----------------------------------------------
     def _send_chain(self, emission: Emission, outputs: list[Output]) -> None:

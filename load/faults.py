@@ -46,11 +46,12 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from imask.devstack import stack
 from imask.devstack.procs import ServiceProcess, free_port, spawn, stop_all
+from imask.frames.clock import now_us
+from imask.frames.envelope import end_of_stream, make_frame
 from imask.loadtest.accounting import StreamLedger
 from imask.loadtest.samples import astronaut
 from imask.media import encode_jpeg
 from imask.ops.settings import REPO_ROOT, KafkaSettings
-from imask.pipeline.wire import end_of_stream, make_frame, now_us
 from imask.recording import recording_of
 from imask.streaming.kafka import ensure_topics, producer_config
 from imask.types import Image

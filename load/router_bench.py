@@ -17,11 +17,11 @@ from typing import Any
 
 from imask.devstack import stack
 from imask.engine import MaskingEngine, default_variant
+from imask.frames.envelope import make_frame
 from imask.loadtest.replay import ReplayPlan
 from imask.ops.settings import REPO_ROOT, FrameLimits
 from imask.pipeline.processor import FrameProcessor, ProcessorOptions
 from imask.pipeline.routed import frame_head
-from imask.pipeline.wire import make_frame
 from imask.routing.assign import ArmSpec, ConfigHistory, ExperimentConfig
 from imask.routing.store import ExperimentSpec, ExperimentStore
 from imask.streaming.loop import Inbound

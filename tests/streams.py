@@ -11,11 +11,12 @@ from confluent_kafka import Producer
 
 from conftest import subprocess_env
 from imask.devstack.procs import ServiceProcess, spawn, stop_all
+from imask.frames.clock import now_us
+from imask.frames.envelope import end_of_stream, make_frame
 from imask.loadtest.accounting import StreamLedger
 from imask.loadtest.samples import astronaut
 from imask.media import encode_jpeg
 from imask.ops.settings import KafkaSettings
-from imask.pipeline.wire import end_of_stream, make_frame, now_us
 from imask.streaming.kafka import TopicReader, producer_config
 from imask.types import Image
 from imask.v1 import frames_pb2 as pb

@@ -30,9 +30,9 @@ from imask.devstack import stack
 from imask.devstack.procs import ServiceProcess, free_port
 from imask.devstack.rtsp_server import RtspServer, available
 from imask.evaluation.leakcheck import check_leak
+from imask.frames.clock import now_us
 from imask.media import decode_any, encode_jpeg
 from imask.ops.settings import KafkaSettings
-from imask.pipeline.wire import now_us
 from imask.streaming.kafka import TopicReader, end_offsets
 from imask.v1 import alerts_pb2, ingest_service_pb2_grpc
 from imask.v1 import frames_pb2 as pb

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from imask.engine import EngineResult, FrameInput, MaskingEngine
+from imask.frames.clock import now_us
+from imask.frames.envelope import Rejected, end_of_stream, make_frame, parse_frame
 from imask.maskapi.executor import EngineExecutor, EngineFailed
 from imask.media import encode_jpeg
 from imask.ops.settings import FrameLimits
 from imask.pipeline.processor import FrameProcessor, Inbound, ProcessorOptions
-from imask.pipeline.wire import Rejected, end_of_stream, make_frame, now_us, parse_frame
 from imask.types import Image
 from imask.v1 import frames_pb2 as pb
 

@@ -23,10 +23,10 @@ from conftest import subprocess_env
 from imask.devstack.procs import ServiceProcess, free_port
 from imask.engine import MaskingEngine
 from imask.filemask import mask_files
+from imask.frames.clock import now_us
 from imask.maskapi.client import MaskClient
 from imask.ops.settings import FrameLimits
 from imask.pipeline.processor import FrameProcessor, Inbound, ProcessorOptions
-from imask.pipeline.wire import now_us
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import mask_service_pb2 as mpb
 from streams import spawn_tracked

@@ -16,9 +16,9 @@ from confluent_kafka import Producer
 
 from conftest import subprocess_env
 from imask.devstack.procs import stop_all
+from imask.frames.envelope import end_of_stream, make_frame
 from imask.media import encode_jpeg
 from imask.ops.settings import KafkaSettings
-from imask.pipeline.wire import end_of_stream, make_frame
 from imask.recording import RecordingError, committable, open_recording, recording_of
 from imask.streaming.kafka import producer_config
 from imask.v1 import frames_pb2 as pb

@@ -21,6 +21,7 @@ from imask.engine.masks import (
     obscure_frame,
 )
 from imask.engine.tracker import FaceTracker, iou_matrix, overlapping_pairs
+from imask.frames.envelope import Rejected, make_frame, parse_frame
 from imask.media import ImageError, decode_image, encode_jpeg, sniff_size
 from imask.ops.settings import (
     SETTINGS_CLASSES,
@@ -35,7 +36,6 @@ from imask.ops.settings import (
     known_env_names,
     load_settings,
 )
-from imask.pipeline.wire import Rejected, make_frame, parse_frame
 from imask.streaming.kafka import OffsetTracker
 from imask.types import Image
 from imask.v1 import frames_pb2 as pb

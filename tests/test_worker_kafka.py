@@ -13,9 +13,10 @@ import pytest
 
 from conftest import detail_ratio, near_uniform, similarity
 from imask.devstack.procs import stop_all
+from imask.frames.clock import now_us
+from imask.frames.envelope import make_frame
 from imask.media import encode_jpeg
 from imask.ops.settings import KafkaSettings
-from imask.pipeline.wire import make_frame, now_us
 from imask.v1 import frames_pb2 as pb
 from streams import assert_in_order, collect, moving_face_frames, publish, start_worker
 

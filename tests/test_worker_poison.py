@@ -16,9 +16,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from imask.devstack.procs import stop_all
+from imask.frames.envelope import end_of_stream
 from imask.media import encode_jpeg
 from imask.ops.settings import KafkaSettings
-from imask.pipeline.wire import end_of_stream
 from imask.streaming.kafka import common_config
 from imask.v1 import frames_pb2 as pb
 from streams import collect, moving_face_frames, publish, start_worker

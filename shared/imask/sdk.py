@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from imask.frames.clock import now_us
+from imask.frames.envelope import check_outgoing, end_of_stream, make_frame
+from imask.frames.ids import check_camera_id
 from imask.media import encode_jpeg
 from imask.ops.settings import FrameLimits, KafkaSettings
-from imask.pipeline.wire import check_camera_id, check_outgoing, end_of_stream, make_frame, now_us
 from imask.streaming.producer import Outbox
 from imask.types import Image
 

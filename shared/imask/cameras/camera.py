@@ -23,9 +23,10 @@ import cv2
 
 from imask.cameras.capture import Backoff, SourceError, open_source
 from imask.cameras.config import CameraConfig
+from imask.frames.clock import now_us
+from imask.frames.envelope import make_frame
 from imask.media import VideoInfo, encode_jpeg
 from imask.ops import metrics
-from imask.pipeline.wire import make_frame, now_us
 from imask.types import Image
 from imask.v1 import frames_pb2 as pb
 

@@ -19,8 +19,8 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from imask.frames.ids import CAMERA_ID_PATTERN
 from imask.ops.settings import CameraDefaults, ConfigError
-from imask.pipeline.wire import CAMERA_ID_PATTERN
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 

@@ -16,9 +16,10 @@ from typing import Any
 from imask.cameras.admin_policy import SourceRefused, authorized, check_admin_source
 from imask.cameras.camera import AckCallback, Camera, CameraState
 from imask.cameras.config import CameraConfig, CameraConfigError, camera_config
+from imask.frames.clock import now_us
+from imask.frames.envelope import end_of_stream
 from imask.ops import metrics
 from imask.ops.settings import IngestSettings
-from imask.pipeline.wire import end_of_stream, now_us
 from imask.streaming.producer import Delivery, Outbox
 from imask.v1 import alerts_pb2
 from imask.v1 import frames_pb2 as pb

@@ -97,7 +97,7 @@ def cmd_api_key(args: argparse.Namespace) -> int:
         data["clients"][args.client]["revoked"] = True
         key = None
     else:
-        from imask.pipeline.wire import check_camera_id
+        from imask.frames.ids import check_camera_id
 
         for camera in args.cameras or []:
             try:

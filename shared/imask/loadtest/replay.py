@@ -18,10 +18,11 @@ from pathlib import Path
 
 import cv2
 
+from imask.frames.clock import now_us
+from imask.frames.envelope import end_of_stream, make_frame
 from imask.loadtest.recordfile import read_recording
 from imask.media import encode_jpeg, iter_video, open_video
 from imask.ops.settings import KafkaSettings
-from imask.pipeline.wire import end_of_stream, make_frame, now_us
 from imask.streaming.producer import Outbox
 from imask.v1 import frames_pb2 as pb
 

@@ -18,14 +18,15 @@ import grpc
 from imask.engine import FrameInput, MaskShape, MaskSpec, MaskStyle
 from imask.engine.masks import MAX_MASK_SCALE, MIN_MASK_SCALE
 from imask.engine.variants import Variant
+from imask.frames.clock import now_us
+from imask.frames.ids import check_camera_id
+from imask.frames.meta import add_detections, build_meta
 from imask.maskapi.auth import ApiKeyStore, AuthError, Client
 from imask.maskapi.executor import DeadlineExpired, EngineExecutor, EngineFailed, QueueFull
 from imask.maskapi.ratelimit import RateLimiter
 from imask.media import ImageError, decode_image, encode_jpeg
 from imask.ops import metrics
 from imask.ops.settings import MaskApiSettings
-from imask.pipeline.processor import add_detections, build_meta
-from imask.pipeline.wire import check_camera_id, now_us
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import mask_service_pb2 as mpb
 from imask.v1 import mask_service_pb2_grpc as mgrpc

@@ -12,10 +12,11 @@ import time
 from typing import Protocol
 
 from imask.engine import MaskingEngine
+from imask.frames.clock import now_us
+from imask.frames.envelope import Rejected
 from imask.ops import metrics
 from imask.ops.settings import KafkaSettings
 from imask.pipeline.processor import Outcome
-from imask.pipeline.wire import Rejected, now_us
 from imask.streaming.loop import Emission, Inbound, Output
 from imask.v1 import frames_pb2 as pb
 

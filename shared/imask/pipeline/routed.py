@@ -19,10 +19,10 @@ from collections.abc import Callable
 from google.protobuf.message import DecodeError
 
 from imask.engine import FrameInput, MaskingEngine
+from imask.frames.envelope import Rejected
 from imask.media import ImageError, decode_image
 from imask.ops import metrics
 from imask.pipeline.processor import FrameProcessor, Outcome
-from imask.pipeline.wire import Rejected
 from imask.routing.assign import ArmSpec, ExperimentConfig
 from imask.routing.follower import ExperimentFollower
 from imask.streaming.loop import Inbound

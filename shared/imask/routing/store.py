@@ -13,12 +13,12 @@ read it before the first frame it applies to arrives.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from imask.frames.clock import now_us
 from imask.routing.assign import ArmSpec, ConfigHistory, ExperimentConfig
 
 DEFAULT_DELAY_S = 2.0
@@ -60,9 +60,6 @@ class ExperimentSpec:
                       "guardrails": tuple(Guardrail(**g) for g in raw.get("guardrails", [])),
                       "ramp": tuple((float(t), float(w)) for t, w in raw.get("ramp", []))})
 
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass

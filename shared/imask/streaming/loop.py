@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from imask.frames.clock import now_us
 from imask.ops import metrics
 from imask.ops.settings import KafkaSettings
 from imask.streaming.intake import INTAKE_CONSUMER_CONFIG, OldestFirstIntake
@@ -87,9 +88,6 @@ class LoopOptions:
     transaction_ms: float = 100.0  # exactly once: outputs and offsets committed together this often
     intake_kbytes: int = 0  # > 0: oldest frame first across partitions, pausing one with this much waiting
 
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class ConsumeProcessProduce:

@@ -1,27 +1,19 @@
-"""Frames on the wire: building envelopes and validating what arrives, with a reason for every refusal."""
+"""Frame envelopes on the wire: building them and validating what arrives, with a reason for every refusal."""
 
 from __future__ import annotations
 
-import re
-import time
 import uuid
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from imask.frames.clock import now_us
+from imask.frames.ids import camera_id_error, check_camera_id, is_camera_id
 from imask.media import ImageError, sniff_size
 from imask.ops.settings import FrameLimits
 from imask.v1 import frames_pb2 as pb
 
 SCHEMA_VERSION = 1
-# Ids this project hands out or accepts from producers: safe in URLs (/cameras/ID), file names and labels.
-CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-_CAMERA_ID = re.compile(CAMERA_ID_PATTERN)
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
-
 
 @dataclass
 class Rejected:
@@ -41,11 +33,6 @@ def make_frame(camera_id: str, seq: int, data: bytes, width: int, height: int, c
         ingest_ts_us=now_us(), encoding=encoding, width=width, height=height, data=data,
         trace_id=uuid.uuid4().hex, source_fps=source_fps,
     )
-
-
-def check_camera_id(camera_id: str) -> None:
-    if not _CAMERA_ID.match(camera_id):
-        raise ValueError(f"camera_id {camera_id[:40]!r} is empty or not of [A-Za-z0-9._:-], 1..128 characters")
 
 
 def check_outgoing(camera_id: str, data: bytes, limits: FrameLimits) -> tuple[int, int]:
@@ -83,11 +70,10 @@ def parse_frame(key: bytes | None, value: bytes | None, limits: FrameLimits) -> 
     if frame.schema_version != SCHEMA_VERSION:
         return Rejected(pb.DROP_REASON_SCHEMA_VERSION,
                         f"schema_version {frame.schema_version}, this worker speaks {SCHEMA_VERSION}", camera, seq)
-    if not _CAMERA_ID.match(frame.camera_id):
+    if not is_camera_id(frame.camera_id):
         # One pattern for every id in the system: ids become metric labels, file names and URL paths, so
         # `a/b` and `a_b` must not both exist and label sets must stay bounded in what they can hold.
-        return Rejected(pb.DROP_REASON_INVALID_FIELDS, f"camera_id {frame.camera_id[:40]!r} is empty or not of "
-                        "[A-Za-z0-9._:-], 1..128 characters", camera[:128], seq)
+        return Rejected(pb.DROP_REASON_INVALID_FIELDS, camera_id_error(frame.camera_id), camera[:128], seq)
     if key is not None and key_text != frame.camera_id:
         return Rejected(pb.DROP_REASON_INVALID_FIELDS,
                         f"key {key_text!r} differs from camera_id {frame.camera_id!r}", camera, seq)

@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def headline_figures(r: dict[str, Any]) -> dict[str, Any]:
-    from imask.engine.model import centerface_gflops
+    from imask.engine.detectors.centerface.model import centerface_gflops
 
     e720 = r["engine_720p"]
     h: dict[str, Any] = {"engine_720p_cpu_ms_per_frame": e720["cpu_ms_per_frame"],
@@ -365,7 +365,7 @@ def headline_figures(r: dict[str, Any]) -> dict[str, Any]:
                          "engine_1080p_cpu_ms_per_frame": r["engine_1080p"]["cpu_ms_per_frame"],
                          "engine_720p_fps": e720["fps"]}
     from imask.engine import default_variant
-    from imask.engine.detector import detector_size
+    from imask.engine.detectors.geometry import detector_size
 
     variant = default_variant()  # the work of the tensor 720p frames are actually run at (640x352)
     width, height = detector_size(1280, 720, variant.geometry)

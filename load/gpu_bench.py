@@ -18,7 +18,7 @@ count, IoU > 0.9); a mismatch exits 1. Ends with one JSON line; writes out/bench
 
 Frames: 32 frames of ../shared/data/video/facenet_pytorch_crowd_1080p.mp4 (or --video, or out/gpu/clip.mp4)
 resized to 1280x720, else synthetic 720p frames with drawn shapes. The detector input is 640x352, the default
-variant's size for 720p (imask.engine.detector.detector_size).
+variant's size for 720p (imask.engine.detectors.geometry.detector_size).
 
 On the device machine (no network; only the repo and out/gpu travel, about 12 MB):
 
@@ -113,7 +113,7 @@ def _distribution_version(module: str) -> str:
 
 def make_kit(kit: Path) -> int:
     """Write what the device machine needs besides the repo (see the docstring)."""
-    from imask.engine.model import packaged_centerface_path
+    from imask.engine.detectors.centerface.model import packaged_centerface_path
 
     kit.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(packaged_centerface_path(), kit / "centerface.onnx")
@@ -138,7 +138,8 @@ def make_kit(kit: Path) -> int:
 
 
 def model_path(given: Path | None) -> Path:
-    from imask.engine.model import ModelError, packaged_centerface_path
+    from imask.engine.detectors.base import ModelError
+    from imask.engine.detectors.centerface.model import packaged_centerface_path
 
     if given is not None:
         return given
@@ -203,7 +204,7 @@ def tensor_of(frames: list[Image]) -> Any:
     import cv2
     import numpy as np
 
-    from imask.engine.detector import detector_size
+    from imask.engine.detectors.geometry import detector_size
     from imask.engine.variants import default_variant
 
     w, h = detector_size(FRAME_SIZE[0], FRAME_SIZE[1], default_variant().geometry)
@@ -274,7 +275,7 @@ class Bench:
         return row
 
     def detector_rows(self, backend: str, device: str, detector: Any, sizes: tuple[int, ...]) -> None:
-        from imask.engine.detector import BatchTimings
+        from imask.engine.detectors.base import BatchTimings
         from imask.engine.variants import default_variant
 
         threshold = default_variant().threshold
@@ -302,7 +303,7 @@ class Bench:
             self.row(backend, device, "detector", size, detect, split)
 
     def torch_rows(self, model: Any, sizes: tuple[int, ...]) -> None:
-        from imask.engine.detector import CenterFaceDetector
+        from imask.engine.detectors.centerface.detector import CenterFaceDetector
         from imask.engine.variants import default_variant
 
         session = model.session
@@ -357,9 +358,10 @@ def environment(torch: Any, versions: dict[str, str]) -> dict[str, Any]:
 def run(args: argparse.Namespace, versions: dict[str, str]) -> int:
     import torch
 
-    from imask.engine.detector import CenterFaceDetector
-    from imask.engine.model import ModelError, load_centerface
-    from imask.engine.torch_backend import load_centerface_torch
+    from imask.engine.detectors.base import ModelError
+    from imask.engine.detectors.centerface.detector import CenterFaceDetector
+    from imask.engine.detectors.centerface.model import load_centerface
+    from imask.engine.detectors.centerface.torch_backend import load_centerface_torch
     from imask.engine.variants import default_variant
 
     env = environment(torch, versions)

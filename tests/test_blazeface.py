@@ -12,8 +12,9 @@ import pytest
 
 from conftest import similarity
 from imask.engine import FrameInput, MaskingEngine
-from imask.engine.backends import BACKENDS, build_detector, packaged_model_file
-from imask.engine.blazeface import (
+from imask.engine.detectors import FAMILIES, build_detector, packaged_model_file
+from imask.engine.detectors.base import Detections, DetectorGeometry, DetectorOutputError, ModelError
+from imask.engine.detectors.blazeface import (
     FULL_RANGE,
     SHORT_RANGE,
     BlazeFaceDetector,
@@ -24,8 +25,7 @@ from imask.engine.blazeface import (
     ssd_anchors,
     weighted_nms,
 )
-from imask.engine.detector import CenterFaceDetector, Detections, DetectorGeometry, DetectorOutputError
-from imask.engine.model import ModelError
+from imask.engine.detectors.centerface.detector import CenterFaceDetector
 from imask.engine.tracker import iou_matrix
 from imask.engine.variants import get_variant
 from imask.ops import metrics
@@ -41,14 +41,14 @@ needs_model = pytest.mark.skipif(
 def full() -> BlazeFaceDetector:
     if MISSING:
         pytest.skip(f"BlazeFace needs {MISSING} (make venv installs them)")
-    detector = build_detector(get_variant("blazeface"), "cpu").detector
+    detector = build_detector(get_variant("blazeface").detector_request, "cpu").detector
     assert isinstance(detector, BlazeFaceDetector)
     return detector
 
 
 @pytest.fixture(scope="module")
 def centerface() -> CenterFaceDetector:
-    detector = build_detector(get_variant("default"), "cpu").detector
+    detector = build_detector(get_variant("default").detector_request, "cpu").detector
     assert isinstance(detector, CenterFaceDetector)
     return detector
 
@@ -143,7 +143,7 @@ def test_boxes_map_back_to_frame_pixels(full: BlazeFaceDetector, astronaut_image
 @needs_model
 def test_batch_equals_one_by_one(full: BlazeFaceDetector, photos: dict[str, Image]) -> None:
     images = list(photos.values())
-    tiled = build_detector(get_variant("blazeface-tiled"), "cpu").detector
+    tiled = build_detector(get_variant("blazeface-tiled").detector_request, "cpu").detector
     for detector in (full, tiled):
         batch = detector.detect(images, 0.3)
         for image, many in zip(images, batch, strict=True):
@@ -158,7 +158,7 @@ def test_tiles_find_a_small_face_the_whole_frame_pass_misses(full: BlazeFaceDete
     frame = np.full((720, 1280, 3), 100, np.uint8)
     frame[300:505, 600:805] = small
     face = np.array([[600 + 205 * 180 / 512, 300 + 205 * 60 / 512, 600 + 205 * 275 / 512, 300 + 205 * 175 / 512]])
-    tiled = build_detector(get_variant("blazeface-tiled"), "cpu").detector
+    tiled = build_detector(get_variant("blazeface-tiled").detector_request, "cpu").detector
 
     def hit(dets: Detections) -> bool:
         return bool(len(dets)) and float(iou_matrix(face, dets.boxes.astype(np.float64)).max()) > 0.3
@@ -218,26 +218,27 @@ def test_engine_masks_the_face_with_blazeface(astronaut_image: Image) -> None:
 
 @needs_model
 def test_model_files_are_verified_and_fixed_in_size(tmp_path: Path) -> None:
-    assert "blazeface" in BACKENDS
-    assert packaged_model_file(get_variant("blazeface")) == packaged_blazeface_path(FULL_RANGE)
+    assert "blazeface" in FAMILIES
+    assert packaged_model_file(get_variant("blazeface").detector_request) == packaged_blazeface_path(FULL_RANGE)
     short = get_variant("blazeface").with_overrides(model_sha256=SHORT_RANGE.sha256, input_width=128,
                                                    input_height=128)
-    assert packaged_model_file(short).name == "face_detection_short_range.tflite"
-    assert isinstance(build_detector(short, "cpu").detector, BlazeFaceDetector)
+    assert packaged_model_file(short.detector_request).name == "face_detection_short_range.tflite"
+    assert isinstance(build_detector(short.detector_request, "cpu").detector, BlazeFaceDetector)
     tampered = tmp_path / "model.tflite"
     tampered.write_bytes(packaged_blazeface_path(FULL_RANGE).read_bytes() + b"\0")
     with pytest.raises(ModelError, match="sha256"):
         load_blazeface(FULL_RANGE, tampered)
     with pytest.raises(ModelError, match="no BlazeFace model has sha256"):
-        build_detector(get_variant("blazeface").with_overrides(model_sha256="0" * 64), "cpu")
+        build_detector(get_variant("blazeface").with_overrides(model_sha256="0" * 64).detector_request, "cpu")
     with pytest.raises(ValueError, match="takes 192x192"):
-        build_detector(get_variant("blazeface").with_overrides(input_width=640, input_height=360), "cpu")
+        wrong_size = get_variant("blazeface").with_overrides(input_width=640, input_height=360)
+        build_detector(wrong_size.detector_request, "cpu")
     with pytest.raises(ModelError, match="CPU interpreter only"):
-        build_detector(get_variant("blazeface"), "cuda")
+        build_detector(get_variant("blazeface").detector_request, "cuda")
     # A registry copy of the file (model_path) loads the same model.
     copy = tmp_path / "copy.tflite"
     copy.write_bytes(packaged_blazeface_path(FULL_RANGE).read_bytes())
-    built = build_detector(get_variant("blazeface").with_overrides(model_path=str(copy)), "cpu")
+    built = build_detector(get_variant("blazeface").with_overrides(model_path=str(copy)).detector_request, "cpu")
     assert built.model_sha256 == FULL_RANGE.sha256
 
 
@@ -281,7 +282,8 @@ def test_timeout_fails_closed_and_the_detector_recovers(astronaut_image: Image) 
     """LiteRT cannot stop a running invoke: a timed-out run is abandoned, the engine reports itself unhealthy
     (frames fail closed) until the run ends, then masks again."""
     variant = get_variant("blazeface-tiled")
-    engine = MaskingEngine(variant, build_detector(variant, "cpu").detector, "LiteRT-CPU", detector_timeout_s=0.0005)
+    engine = MaskingEngine(variant, build_detector(variant.detector_request, "cpu").detector, "LiteRT-CPU",
+                           detector_timeout_s=0.0005)
     big = cv2.resize(astronaut_image, (1920, 1080))  # 1 + 60 passes: far longer than 0.5 ms
     result = engine.process([FrameInput("cam", 0, big)])[0]
     assert result.fail_closed and result.fail_closed_reason == "detector_timeout"

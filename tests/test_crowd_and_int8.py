@@ -11,10 +11,10 @@ import pytest
 
 from imask.engine import FrameInput, MaskingEngine, default_variant
 from imask.engine.context import ContextRule, is_crowd
-from imask.engine.detector import Detections
+from imask.engine.detectors.base import Detections
+from imask.engine.detectors.centerface.model import load_centerface, packaged_centerface_path, prepare_centerface
+from imask.engine.detectors.centerface.quantize import cache_key, fp32_nodes, int8_centerface
 from imask.engine.masks import MaskShape, MaskSpec, apply_masks, coverage_map, masked_regions_changed
-from imask.engine.model import load_centerface, packaged_centerface_path, prepare_centerface
-from imask.engine.quantize import cache_key, fp32_nodes, int8_centerface
 from imask.types import Image
 
 RULE = ContextRule(threshold=0.03, crowd_floor=0.1, crowd_count=5, large_face_fraction=0.25)
@@ -125,7 +125,7 @@ def test_int8_finds_what_fp32_finds(astronaut_image: Image) -> None:
 
 
 def test_precision_is_checked() -> None:
-    from imask.engine.model import ModelError
+    from imask.engine.detectors.base import ModelError
 
     with pytest.raises(ModelError, match="precision"):
         load_centerface(provider="cpu", precision="int4")

@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 
 from imask.engine import FrameInput, MaskingEngine, default_variant
-from imask.engine.detector import (
-    CenterFaceDetector,
-    DetectorGeometry,
-    DetectorOutputError,
-    detector_size,
-    tile_grid,
-)
-from imask.engine.model import LoadedModel
+from imask.engine.detectors.base import DetectorGeometry, DetectorOutputError
+from imask.engine.detectors.centerface.detector import CenterFaceDetector
+from imask.engine.detectors.centerface.model import LoadedModel
+from imask.engine.detectors.geometry import detector_size, tile_grid
 from imask.types import Image
 
 

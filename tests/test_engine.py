@@ -12,9 +12,10 @@ import pytest
 
 from conftest import near_uniform, similarity
 from imask.engine import FrameInput, MaskingEngine, default_variant
-from imask.engine.detector import BatchTimings, CenterFaceDetector, Detections, DetectorGeometry
+from imask.engine.detectors.base import BatchTimings, Detections, DetectorGeometry, ModelError
+from imask.engine.detectors.centerface.detector import CenterFaceDetector
+from imask.engine.detectors.centerface.model import load_centerface, packaged_centerface_path
 from imask.engine.masks import scaled_boxes
-from imask.engine.model import ModelError, load_centerface, packaged_centerface_path
 from imask.ops import metrics
 from imask.types import Image
 
@@ -176,7 +177,7 @@ def test_downscaled_detection_maps_boxes_back(engine: MaskingEngine, astronaut_i
 
 
 def test_flop_count_matches_the_published_cost() -> None:
-    from imask.engine.model import centerface_gflops
+    from imask.engine.detectors.centerface.model import centerface_gflops
 
     assert abs(centerface_gflops(640, 384) - 2.96) < 0.01
     assert abs(centerface_gflops(320, 192) - 0.74) < 0.01
@@ -289,11 +290,11 @@ def test_detect_every_k_plans_a_batch_of_one_camera_in_order(engine: MaskingEngi
 
 
 def test_detector_backends_are_chosen_by_name() -> None:
-    from imask.engine.backends import BACKENDS, build_detector
+    from imask.engine.detectors import FAMILIES, build_detector
 
-    assert "centerface" in BACKENDS
-    built = build_detector(default_variant(), "cpu")
+    assert "centerface" in FAMILIES
+    built = build_detector(default_variant().detector_request, "cpu")
     assert isinstance(built.detector, CenterFaceDetector) and built.execution_provider == "CPUExecutionProvider"
     assert built.detector.input_channels == "RGB"
     with pytest.raises(ValueError, match="unknown detector 'yunet'"):
-        build_detector(default_variant().with_overrides(detector="yunet"), "cpu")
+        build_detector(default_variant().with_overrides(detector="yunet").detector_request, "cpu")

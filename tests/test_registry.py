@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from imask.engine.model import CENTERFACE_SHA256, sha256_of
+from imask.engine.detectors.base import sha256_of
+from imask.engine.detectors.centerface.model import CENTERFACE_SHA256
 from imask.engine.variants import default_variant
 from imask.evaluation.run import run_evaluation
 from imask.loadtest.samples import astronaut
@@ -96,7 +97,7 @@ def test_gate_compares_only_the_same_data() -> None:
 
 
 def test_registered_model_is_not_run_with_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    from imask.engine.build import engine_variant
+    from imask.registry.resolve import engine_variant
 
     monkeypatch.setenv("IMASK_MODEL", "imask-masker@champion")
     monkeypatch.setenv("IMASK_THRESHOLD", "0.3")

@@ -242,12 +242,12 @@ def test_canary_with_a_bad_challenger_is_rolled_back_by_the_router(store: Experi
 def test_shadow_mode_records_disagreement_and_serves_control(store: ExperimentStore) -> None:
     """Every control frame also masked by a challenger that finds far fewer faces: the served output is control's,
     the metadata says how the challenger disagreed, and an arm that cannot load falls back to the base engine."""
-    from imask.engine.build import build_engine
     from imask.frames.envelope import make_frame
     from imask.media import encode_jpeg
     from imask.ops.settings import FrameLimits, WorkerSettings
     from imask.pipeline.processor import FrameProcessor, ProcessorOptions
     from imask.pipeline.routed import RoutedProcessor
+    from imask.registry.resolve import build_engine
     from imask.routing.follower import ExperimentFollower
     from imask.streaming.loop import Inbound
     from streams import moving_face_frames

@@ -13,9 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from imask.engine.backends import BACKENDS, MODEL_FILES, build_detector, packaged_model_file
-from imask.engine.detector import CenterFaceDetector, Detections, detector_size
-from imask.engine.model import LoadedModel, ModelError, load_centerface, packaged_centerface_path
+from imask.engine.detectors import FAMILIES, build_detector, packaged_model_file
+from imask.engine.detectors.base import Detections, ModelError
+from imask.engine.detectors.centerface.detector import CenterFaceDetector
+from imask.engine.detectors.centerface.model import LoadedModel, load_centerface, packaged_centerface_path
+from imask.engine.detectors.geometry import detector_size
 from imask.engine.tracker import iou_matrix
 from imask.engine.variants import Variant, default_variant
 from imask.types import Image
@@ -36,7 +38,7 @@ def torch_available() -> None:
 
 @pytest.fixture(scope="module")
 def torch_model(torch_available: None) -> LoadedModel:
-    from imask.engine.torch_backend import load_centerface_torch
+    from imask.engine.detectors.centerface.torch_backend import load_centerface_torch
 
     return load_centerface_torch(provider="auto", intra_op_threads=2)
 
@@ -57,9 +59,8 @@ def blob_of(images: list[Image]) -> np.ndarray:
 
 
 def test_registered_as_a_backend() -> None:
-    assert BACKENDS["centerface-torch"] == "imask.engine.torch_backend:build_centerface_torch"
-    assert MODEL_FILES["centerface-torch"] == MODEL_FILES["centerface"]
-    assert packaged_model_file(torch_variant()) == packaged_centerface_path()
+    assert FAMILIES["centerface-torch"] == "imask.engine.detectors.centerface.torch_backend"
+    assert packaged_model_file(torch_variant().detector_request) == packaged_centerface_path()
 
 
 @pytest.mark.parametrize("missing", ["torch", "onnx2torch"])
@@ -68,12 +69,12 @@ def test_missing_torch_is_a_clear_model_error(missing: str, monkeypatch: pytest.
         pytest.importorskip("torch", reason=NEEDS)  # without torch the error names torch first
     monkeypatch.setitem(sys.modules, missing, None)  # `import <missing>` raises ImportError
     with pytest.raises(ModelError, match="PyTorch" if missing == "torch" else "onnx2torch"):
-        build_detector(torch_variant(), "cpu")
+        build_detector(torch_variant().detector_request, "cpu")
 
 
 def test_module_matches_onnxruntime_on_real_images(torch_model: LoadedModel, onnx_model: LoadedModel,
                                                    astronaut_image: Image) -> None:
-    from imask.engine.torch_backend import TOLERANCE, TorchSession
+    from imask.engine.detectors.centerface.torch_backend import TOLERANCE, TorchSession
 
     session = torch_model.session
     assert isinstance(session, TorchSession)
@@ -115,7 +116,7 @@ def _same_faces(torch_dets: Detections, onnx_dets: Detections) -> None:
 
 def test_detector_finds_the_faces_onnx_finds(torch_available: None, onnx_model: LoadedModel,
                                              astronaut_image: Image) -> None:
-    built = build_detector(torch_variant(), "auto", 2)
+    built = build_detector(torch_variant().detector_request, "auto", 2)
     assert built.execution_provider in ("TorchCUDA", "TorchCPU")
     assert isinstance(built.detector, CenterFaceDetector) and built.detector.input_channels == "RGB"
     reference = CenterFaceDetector(onnx_model, default_variant().geometry)
@@ -128,9 +129,9 @@ def test_detector_finds_the_faces_onnx_finds(torch_available: None, onnx_model: 
 
 def test_detector_finds_the_faces_onnx_finds_in_group_photos(torch_available: None, onnx_model: LoadedModel,
                                                              data_dir: Path) -> None:
-    from imask.engine.torch_backend import build_centerface_torch
+    from imask.engine.detectors.centerface.torch_backend import build
 
-    detector = build_centerface_torch(torch_variant(), "auto", 2).detector
+    detector = build(torch_variant().detector_request, "auto", 2).detector
     reference = CenterFaceDetector(onnx_model, default_variant().geometry)
     for name in ("two_people.jpg", "facenet_multiface.jpg"):
         image = cv2.imread(str(data_dir / "photos" / name))
@@ -150,7 +151,7 @@ def test_load_check_refuses_a_module_that_differs(torch_available: None, monkeyp
 
 
 def test_altered_model_file_is_refused(torch_available: None, tmp_path: Path) -> None:
-    from imask.engine.torch_backend import load_centerface_torch
+    from imask.engine.detectors.centerface.torch_backend import load_centerface_torch
 
     altered = tmp_path / "centerface.onnx"
     data = bytearray(packaged_centerface_path().read_bytes())

@@ -14,7 +14,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from imask.engine.build import build_engine
 from imask.maskapi.auth import ApiKeyInterceptor, api_key_store, server_credentials
 from imask.maskapi.executor import EngineExecutor
 from imask.maskapi.ratelimit import RateLimiter
@@ -22,6 +21,7 @@ from imask.maskapi.servicer import MaskServicer
 from imask.ops import metrics
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import MaskApiSettings
+from imask.registry.resolve import build_engine
 from imask.streaming.kafka import ensure_topics
 from imask.streaming.producer import Delivery, Outbox, QueueFull
 from imask.v1 import frames_pb2 as pb

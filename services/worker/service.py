@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 
 from imask.engine import MaskingEngine
-from imask.engine.build import build_engine
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import WorkerSettings
 from imask.pipeline.handler import MaskingHandler, Processor
 from imask.pipeline.processor import FrameProcessor, ProcessorOptions
 from imask.pipeline.routed import RoutedProcessor
+from imask.registry.resolve import build_engine
 from imask.routing.follower import ExperimentFollower
 from imask.routing.store import ExperimentStore
 from imask.streaming.kafka import ensure_topics

@@ -131,9 +131,9 @@ def _remote_engine(args: argparse.Namespace) -> Any:
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
-    from imask.engine.build import build_engine
     from imask.filemask import mask_files
     from imask.ops.logs import configure_logging
+    from imask.registry.resolve import build_engine
 
     configure_logging("mask", "warning", json_format=False)
     if args.remote:

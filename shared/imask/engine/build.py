@@ -1,4 +1,8 @@
-"""An engine from service settings: the variant with per-deployment overrides, loaded and warmed up."""
+"""An engine for a variant, with a service's per-deployment overrides applied, loaded and warmed up.
+
+Which variant runs (a built-in name or a registered model version) is decided above the engine
+(`imask.registry.resolve`): the registry hands the engine a variant, never the other way round.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from imask.engine.engine import MaskingEngine
 from imask.engine.masks import MaskShape, MaskSpec, MaskStyle
 from imask.engine.variants import Variant, get_variant
 from imask.ops import metrics
-from imask.ops.settings import ConfigError, EngineSettings
+from imask.ops.settings import EngineSettings
 
 # Settings that change a variant; a registered version refuses them.
 OVERRIDES = ("mask_style", "mask_shape", "mask_scale", "threshold", "detector_width", "detector_height")
@@ -16,22 +20,9 @@ OVERRIDES = ("mask_style", "mask_shape", "mask_scale", "threshold", "detector_wi
 log = logging.getLogger(__name__)
 
 
-def engine_variant(settings: EngineSettings) -> Variant:
-    """The built-in variant with any per-deployment overrides, or a registered version exactly as registered."""
-    if settings.model:
-        overrides = [name for name in OVERRIDES if getattr(settings, name) is not None]
-        if overrides:
-            raise ConfigError(f"IMASK_MODEL={settings.model} runs a registered version as registered; "
-                              f"{', '.join('IMASK_' + n.upper() for n in overrides)} would change it (register a "
-                              "new version with `imask model register --set ...` instead)")
-        from imask.registry.refs import ModelRef, RegistryError
-        from imask.registry.store import Registry
-
-        try:
-            return Registry(settings.mlflow_tracking_uri, settings.model_cache_dir).load(ModelRef.parse(settings.model))
-        except RegistryError as exc:
-            raise ConfigError(f"IMASK_MODEL={settings.model}: {exc}") from None
-    variant = get_variant(settings.variant)
+def builtin_variant(settings: EngineSettings, name: str | None = None) -> Variant:
+    """A built-in variant (the settings' own, or `name`) with the settings' per-deployment overrides."""
+    variant = get_variant(name or settings.variant)
     mask = variant.mask
     mask = MaskSpec(
         style=MaskStyle(settings.mask_style) if settings.mask_style else mask.style,
@@ -46,15 +37,8 @@ def engine_variant(settings: EngineSettings) -> Variant:
     return variant
 
 
-def build_engine(settings: EngineSettings, variant_ref: str | None = None) -> MaskingEngine:
-    """The engine for a service's settings, loaded and warmed up; `variant_ref` (an experiment arm's built-in variant
-    name or registry NAME/VERSION) instead of the settings' own variant."""
-    if variant_ref is None:
-        variant = engine_variant(settings)
-    elif "/" in variant_ref or "@" in variant_ref:
-        variant = engine_variant(settings.model_copy(update={"model": variant_ref, **dict.fromkeys(OVERRIDES)}))
-    else:
-        variant = get_variant(variant_ref)
+def load_engine(variant: Variant, settings: EngineSettings) -> MaskingEngine:
+    """The engine for `variant` on the settings' provider and threads, loaded and warmed up."""
     engine = MaskingEngine.load(variant, settings.provider, settings.detector_timeout_ms / 1e3,
                                 settings.intra_op_threads)
     metrics.MODEL_INFO.labels(variant.name, variant.model_version, variant.model_sha256[:12]).set(1)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from imask.engine.detector import Detections
+from imask.engine.detectors.base import Detections
 from imask.types import Image
 
 

@@ -9,15 +9,14 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from imask.engine.backends import build_detector
 from imask.engine.context import is_crowd, small_boxes
-from imask.engine.detector import BatchTimings, Detections
+from imask.engine.detectors import build_detector
+from imask.engine.detectors.base import BatchTimings, Detections, FaceDetector
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
 from imask.engine.tracker import FaceTracker, Tracks
 from imask.engine.variants import Variant
@@ -28,11 +27,6 @@ log = logging.getLogger(__name__)
 
 
 MAX_TRACKED_CAMERAS = 4096
-
-
-class FaceDetector(Protocol):
-    def detect(self, frames: list[Image], threshold: float, timings: BatchTimings | None = None) -> list[
-        Detections]: ...
 
 
 @dataclass
@@ -113,7 +107,7 @@ class MaskingEngine:
         # OpenCV's resizes and blurs get as many threads as inference: on CPU one single-threaded worker per core
         # is the efficient shape, and OpenCV's own thread pool cost 2 ms of CPU per crowd frame in masking alone.
         cv2.setNumThreads(intra_op_threads)
-        built = build_detector(variant, provider, intra_op_threads)
+        built = build_detector(variant.detector_request, provider, intra_op_threads)
         return cls(variant, built.detector, built.execution_provider, detector_timeout_s)
 
     @property

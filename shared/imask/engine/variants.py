@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from imask.engine.blazeface import BLAZEFACE_FULL_SHA256
 from imask.engine.context import ContextRule
-from imask.engine.detector import DetectorGeometry
+from imask.engine.detectors.base import DetectorGeometry, DetectorRequest
+from imask.engine.detectors.blazeface import BLAZEFACE_FULL_SHA256
+from imask.engine.detectors.centerface.model import CENTERFACE_SHA256
 from imask.engine.masks import MaskSpec
-from imask.engine.model import CENTERFACE_SHA256
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Variant:
     context_threshold: float = 0.03
     crowd_floor: float = 0.1
     crowd_count: int = 5
-    # "int8": the graph quantized at load time (engine/quantize.py), ~1.5x faster on CPU; CUDA runs fp32.
+    # "int8": the graph quantized at load time (detectors/centerface/quantize.py), ~1.5x faster on CPU; CUDA runs fp32.
     precision: str = "int8"
     max_missed: int = 5  # frames a lost face stays masked
     # Detect on every k-th frame of a camera and move tracks in between (and at once on a scene cut: the mean
@@ -66,6 +66,12 @@ class Variant:
     def geometry(self) -> DetectorGeometry:
         return DetectorGeometry(pixel_budget=self.input_width * self.input_height, max_upscale=self.max_upscale,
                                 max_downscale=self.max_downscale, flip=self.flip, tile=self.tile)
+
+    @property
+    def detector_request(self) -> DetectorRequest:
+        return DetectorRequest(variant=self.name, family=self.detector, model_sha256=self.model_sha256,
+                               model_path=self.model_path, precision=self.precision, input_width=self.input_width,
+                               input_height=self.input_height, geometry=self.geometry)
 
     @property
     def model_version(self) -> str:

@@ -16,9 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from imask.engine import FrameInput, MaskingEngine
+from imask.engine.tracker import iou_matrix
 from imask.frames.envelope import Rejected
 from imask.media import ImageError, decode_image
 from imask.ops import metrics
@@ -35,25 +37,16 @@ RETRY_LOAD_S = 30.0  # an arm engine that failed to load is tried again after th
 LOADER_JOIN_S = 60.0  # at close: how long a background arm load (int8 quantization: seconds) is waited for
 
 
-def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def disagreement(served: list[tuple[float, float, float, float]],
                  shadow: list[tuple[float, float, float, float]]) -> tuple[int, int, int]:
     """(matched, only served, only shadow) by greedy IoU >= SHADOW_MATCH_IOU matching."""
-    unmatched = list(shadow)
+    ious = iou_matrix(np.asarray(served, np.float64).reshape(-1, 4), np.asarray(shadow, np.float64).reshape(-1, 4))
     matched = 0
-    for box in served:
-        best = max(unmatched, key=lambda s: _iou(box, s), default=None)
-        if best is not None and _iou(box, best) >= SHADOW_MATCH_IOU:
-            unmatched.remove(best)
+    for row in ious:  # each served box takes its best shadow box still free (the first of equals)
+        if row.size and row.max() >= SHADOW_MATCH_IOU:
+            ious[:, int(row.argmax())] = -1.0
             matched += 1
-    return matched, len(served) - matched, len(unmatched)
+    return matched, len(served) - matched, len(shadow) - matched
 
 
 def frame_head(inbound: Inbound) -> tuple[str, int, int] | None:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imask.engine.backends import packaged_model_file
-from imask.engine.model import sha256_of
+from imask.engine.detectors import packaged_model_file
+from imask.engine.detectors.base import sha256_of
 from imask.engine.variants import Variant
 from imask.registry.gate import LEAK_TOLERANCE, RECALL_TOLERANCE, GateDecision, compare, dataset_metrics
 from imask.registry.refs import ModelRef, RegistryError
@@ -79,7 +79,7 @@ class Registry:
     # -- registration ----------------------------------------------------------------------------------------
     def register(self, variant: Variant, name: str = DEFAULT_MODEL_NAME, description: str = "") -> VersionInfo:
         """A new version of NAME holding this variant and its model file (checked against the variant's sha256)."""
-        model_file = Path(variant.model_path) if variant.model_path else packaged_model_file(variant)
+        model_file = Path(variant.model_path) if variant.model_path else packaged_model_file(variant.detector_request)
         digest = sha256_of(model_file.read_bytes())
         if digest != variant.model_sha256:
             raise RegistryError(f"{model_file} has sha256 {digest}, the variant expects {variant.model_sha256}")

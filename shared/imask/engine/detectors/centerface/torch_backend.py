@@ -27,16 +27,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from imask.engine.model import CENTERFACE_SHA256, LoadedModel, ModelError, packaged_centerface_path
-
-if TYPE_CHECKING:
-    from imask.engine.backends import BuiltDetector
-    from imask.engine.variants import Variant
+from imask.engine.detectors.base import BuiltDetector, DetectorRequest, ModelError, read_verified
+from imask.engine.detectors.centerface.model import CENTERFACE_SHA256, LoadedModel, packaged_centerface_path
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +149,7 @@ def load_centerface_torch(path: Path | None = None, expected_sha256: str | None 
                           provider: str = "auto", intra_op_threads: int = 1) -> LoadedModel:
     """Verify, convert and check the model; a LoadedModel whose session is a `TorchSession`. On CPU torch runs
     `intra_op_threads` threads (torch's setting is per process)."""
-    from imask.engine.model import prepare_centerface, read_verified
+    from imask.engine.detectors.centerface.model import prepare_centerface
 
     torch, convert = _import_torch()
     device = choose_device(torch, provider)
@@ -178,12 +175,15 @@ def load_centerface_torch(path: Path | None = None, expected_sha256: str | None 
                        execution_provider=used, sha256=digest)
 
 
-def build_centerface_torch(variant: Variant, provider: str, intra_op_threads: int) -> BuiltDetector:
+def build(request: DetectorRequest, provider: str, intra_op_threads: int) -> BuiltDetector:
     """CenterFace converted to PyTorch (CUDA when torch sees one): takes RGB, like the ONNX backend."""
-    from imask.engine.backends import BuiltDetector
-    from imask.engine.detector import CenterFaceDetector
+    from imask.engine.detectors.centerface.detector import CenterFaceDetector
 
-    model = load_centerface_torch(Path(variant.model_path) if variant.model_path else None,
-                                  expected_sha256=variant.model_sha256, provider=provider,
+    model = load_centerface_torch(Path(request.model_path) if request.model_path else None,
+                                  expected_sha256=request.model_sha256, provider=provider,
                                   intra_op_threads=intra_op_threads)
-    return BuiltDetector(CenterFaceDetector(model, variant.geometry), model.execution_provider, model.sha256)
+    return BuiltDetector(CenterFaceDetector(model, request.geometry), model.execution_provider, model.sha256)
+
+
+def model_file(request: DetectorRequest) -> Path:
+    return packaged_centerface_path()

@@ -25,7 +25,6 @@ left and right mouth corner): BlazeFace has one mouth point, so both mouth entri
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import math
@@ -33,27 +32,24 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from imask.engine.detector import (
+from imask.engine.detectors.base import (
     BatchTimings,
+    BuiltDetector,
     Detections,
     DetectorGeometry,
     DetectorOutputError,
-    _to_frame,
-    _View,
-    merge,
-    tile_grid,
+    DetectorRequest,
+    ModelError,
+    read_verified,
 )
-from imask.engine.model import ModelError
+from imask.engine.detectors.geometry import View, merge, tile_grid, to_frame
 from imask.types import Image
-
-if TYPE_CHECKING:
-    from imask.engine.variants import Variant
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +116,9 @@ def packaged_blazeface_path(spec: BlazeFaceModelSpec = FULL_RANGE) -> Path:
                      f"{list(package.submodule_search_locations)} (mediapipe 0.10.14 ships it; 1.x ships none)")
 
 
-def packaged_model_file(variant: Variant) -> Path:
+def model_file(request: DetectorRequest) -> Path:
     """The packaged file a BlazeFace variant names by its sha256 (for the model registry)."""
-    return packaged_blazeface_path(spec_for(variant.model_sha256))
+    return packaged_blazeface_path(spec_for(request.model_sha256))
 
 
 def ssd_anchors(spec: BlazeFaceModelSpec) -> FloatArray:
@@ -144,10 +140,6 @@ def ssd_anchors(spec: BlazeFaceModelSpec) -> FloatArray:
         grid = np.stack([xs.ravel(), ys.ravel()], axis=1)
         groups.append(np.repeat(grid, per_cell, axis=0))
     return np.concatenate(groups).astype(np.float32)
-
-
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class BlazeFaceModel:
@@ -193,14 +185,7 @@ def load_blazeface(spec: BlazeFaceModelSpec = FULL_RANGE, path: Path | None = No
     if provider == "cuda":
         raise ModelError("execution provider 'cuda' requested, but BlazeFace runs on LiteRT's CPU interpreter only")
     path = path or packaged_blazeface_path(spec)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read model {path}: {exc}") from exc
-    digest = sha256_of(raw)
-    expected = expected_sha256 or spec.sha256
-    if digest != expected:
-        raise ModelError(f"model {path} has sha256 {digest}, expected {expected}; refusing to load it")
+    raw, digest = read_verified(path, expected_sha256 or spec.sha256)
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as exc:
@@ -328,15 +313,15 @@ class BlazeFaceDetector:
         self.geometry = replace(geometry, tile_min_side=geometry.tile + 1) if geometry.tile else geometry
         self.anchors = ssd_anchors(model.spec)
 
-    def _views(self, index: int, frame: Image) -> list[_View]:
+    def _views(self, index: int, frame: Image) -> list[View]:
         height, width = frame.shape[:2]
-        views = [_View(index, frame, 0, 0, 1.0, 1.0)]
+        views = [View(index, frame, 0, 0, 1.0, 1.0)]
         if self.geometry.flip:
-            views.append(_View(index, np.ascontiguousarray(frame[:, ::-1]), 0, 0, 1.0, 1.0, flipped=True))
+            views.append(View(index, np.ascontiguousarray(frame[:, ::-1]), 0, 0, 1.0, 1.0, flipped=True))
         g = self.geometry
         if g.tile and max(width, height) >= g.tile_min_side:
             for x1, y1, x2, y2 in tile_grid(width, height, g.tile, g.tile_overlap):
-                views.append(_View(index, frame[y1:y2, x1:x2], x1, y1, 1.0, 1.0, tiled=True))
+                views.append(View(index, frame[y1:y2, x1:x2], x1, y1, 1.0, 1.0, tiled=True))
         return views
 
     def detect(self, frames: list[Image], threshold: float, timings: BatchTimings | None = None) -> list[Detections]:
@@ -355,7 +340,7 @@ class BlazeFaceDetector:
                 inference, clock = inference + now - clock, now
                 regressors, logits = _checked(raw_regressors, raw_scores, len(self.anchors))
                 h, w = view.pixels.shape[:2]
-                per_frame[i].append(_to_frame(decode(regressors, logits, self.anchors, size, threshold, box, w, h),
+                per_frame[i].append(to_frame(decode(regressors, logits, self.anchors, size, threshold, box, w, h),
                                               view))
                 post += time.perf_counter() - clock
         clock = time.perf_counter()
@@ -364,3 +349,16 @@ class BlazeFaceDetector:
         timings.inference_ms += inference * 1e3
         timings.postprocess_ms += (post + time.perf_counter() - clock) * 1e3
         return out
+
+
+def build(request: DetectorRequest, provider: str, intra_op_threads: int) -> BuiltDetector:
+    """BlazeFace TFLite from the mediapipe wheel (or the registry's copy) on LiteRT (CPU): takes RGB. The model_sha256
+    picks the full-range or short-range model; the input size must be that model's (it is fixed)."""
+    spec = spec_for(request.model_sha256)
+    if (request.input_width, request.input_height) != (spec.input_size, spec.input_size):
+        raise ValueError(f"variant {request.variant!r}: BlazeFace {spec.name} range takes "
+                         f"{spec.input_size}x{spec.input_size}, not {request.input_width}x{request.input_height} "
+                         "(use tile for small faces)")
+    model = load_blazeface(spec, Path(request.model_path) if request.model_path else None,
+                           expected_sha256=request.model_sha256, provider=provider, threads=intra_op_threads)
+    return BuiltDetector(BlazeFaceDetector(model, request.geometry), model.execution_provider, model.sha256)

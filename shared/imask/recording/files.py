@@ -1,10 +1,10 @@
-"""Writing masked frames into one playable MP4 per camera (used by the recorder service).
+"""Writing masked frames into one playable MP4 per camera (used by the recorder, `recording.recorder`).
 
 A file that cannot be written completely (disk full, I/O error) raises `RecordingError` instead of being kept
 broken: OpenCV's writer only *returns* False when FFmpeg fails to write a frame, and an MP4 whose index (written at
 close) did not fit is unplayable as a whole, so every frame of it is lost, not only the ones after the failure. A
 failed recording is never renamed to its final name and its partial is deleted (giving the space back); the
-caller must not move offsets past its first frame (`committable` already holds them there while it is open).
+caller must not move offsets past its first frame (`recorder.committable` holds them there while it is open).
 """
 
 from __future__ import annotations
@@ -177,9 +177,3 @@ def recording_of(stem: str, camera_ids: set[str]) -> bool:
     """Whether a recording's file stem (`cam`, `cam_from120`, `cam-2`, `cam_from120-2`) is one of these cameras'."""
     return any(re.fullmatch(re.escape(safe_name(c)) + r"(_from\d+)?(-\d+)?", stem) for c in camera_ids)
 
-
-def committable(position: int, partition: int, recordings: list[CameraRecording]) -> int:
-    """The offset the recorder may commit on a partition: past what it consumed, but never past the first frame of
-    a file still open there (a crash loses an open file; its frames must be read again)."""
-    held = [r.first_offset for r in recordings if r.partition == partition and r.first_offset >= 0]
-    return min([position, *held])

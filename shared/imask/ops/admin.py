@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
+
+from imask.ops.http import HttpListener, QuietHandler
 
 log = logging.getLogger(__name__)
 
@@ -21,32 +21,22 @@ MAX_ADMIN_BODY = 1 << 20
 AdminRoutes = Callable[[str, str, bytes, Mapping[str, str]], "tuple[int, Any] | None"]
 
 
-class AdminServer:
+class AdminServer(HttpListener):
     """Serves `routes` on host:port (port 0: pick a free one); anything they do not answer is a 404."""
 
     def __init__(self, host: str, port: int, routes: AdminRoutes) -> None:
         self._routes = routes
-        self._server = ThreadingHTTPServer((host, port), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="admin-http", daemon=True)
+        super().__init__(host, port, self._handler(), "admin-http")
 
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> AdminServer:
-        self._thread.start()
-        log.info("admin API listening", extra={"host": self._server.server_address[0], "port": self.port})
+    def start(self) -> Self:
+        super().start()
+        log.info("admin API listening", extra={"host": self.host, "port": self.port})
         return self
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[QuietHandler]:
         routes = self._routes
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 self._route("GET")
 
@@ -62,23 +52,16 @@ class AdminServer:
                 except ValueError:
                     length = -1
                 if not 0 <= length <= MAX_ADMIN_BODY:
-                    self._send(400, b'{"error": "bad or too large Content-Length"}')
+                    self._json(400, b'{"error": "bad or too large Content-Length"}')
                     return
                 body = self.rfile.read(length) if length else b""
                 answer = routes(method, self.path, body, dict(self.headers.items()))
                 if answer is None:
-                    self._send(404, b'{"error": "not found"}')
+                    self._json(404, b'{"error": "not found"}')
                 else:
-                    self._send(answer[0], json.dumps(answer[1], default=str).encode())
+                    self._json(answer[0], json.dumps(answer[1], default=str).encode())
 
-            def _send(self, code: int, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
+            def _json(self, code: int, body: bytes) -> None:
+                self.reply(code, body, "application/json")
 
         return Handler

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from imask.ops.http import HttpListener, QuietHandler
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def observe_stage(stage: str, variant: str, camera: str, ms: float) -> None:
     STAGE_LATENCY.labels(stage, variant, camera).observe(ms / 1e3)
 
 
-class OpsServer:
+class OpsServer(HttpListener):
     """Serves /metrics, /healthz (process alive) and /readyz (able to do its job) on one port, read-only: an admin
     API never shares this listener (ops.admin.AdminServer), so it can be exposed to Prometheus on any address."""
 
@@ -120,50 +121,29 @@ class OpsServer:
         self._ready = ready
         self._alive = alive or (lambda: True)
         self._details = details or (lambda: {})
-        handler = self._handler()
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ops-http", daemon=True)
+        super().__init__(host, port, self._handler(), "ops-http")
 
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> OpsServer:
-        self._thread.start()
+    def start(self) -> Self:
+        super().start()
         log.info("ops endpoints listening", extra={"port": self.port})
         return self
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[QuietHandler]:
         ops = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path.startswith("/metrics"):
-                    self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+                    self.reply(200, generate_latest(), CONTENT_TYPE_LATEST)
                 elif self.path.startswith("/healthz"):  # liveness: failing it gets the process restarted
                     alive = ops._alive()
-                    self._send(200 if alive else 503, b'{"status":"ok"}' if alive else b'{"status":"wedged"}',
+                    self.reply(200 if alive else 503, b'{"status":"ok"}' if alive else b'{"status":"wedged"}',
                                "application/json")
                 elif self.path.startswith("/readyz"):
                     ready = ops._ready()
                     body = json.dumps({"ready": ready, **ops._details()}, default=str).encode()
-                    self._send(200 if ready else 503, body, "application/json")
+                    self.reply(200 if ready else 503, body, "application/json")
                 else:
-                    self._send(404, b"not found\n", "text/plain")
-
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
+                    self.reply(404, b"not found\n", "text/plain")
 
         return Handler

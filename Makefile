@@ -64,8 +64,8 @@ lint: venv  ## ruff + mypy + bandit (medium severity and up fails)
 	.venv/bin/mypy
 	.venv/bin/bandit -q -c pyproject.toml -r shared services load -ll
 
-unit: venv  ## tests that need no broker
-	.venv/bin/pytest -m "not kafka and not redis" $(PYTEST_ARGS)
+unit: venv  ## tests that need no server (no broker, Redis or MLflow)
+	.venv/bin/pytest -m "not kafka and not redis and not mlflow" $(PYTEST_ARGS)
 
 test: up lint  ## everything: lint, unit and integration tests against the real broker and Redis
 	.venv/bin/pytest $(PYTEST_ARGS)

@@ -1,9 +1,12 @@
 """Shared fixtures. Integration tests use the real local Kafka broker and Redis (started here if needed, exactly
-as `make up` does); each test gets its own topics and consumer groups so tests never see each other's frames."""
+as `make up` does); each test gets its own topics and consumer groups so tests never see each other's frames.
+MLflow is the exception: the registry tests get a server of their own, so they leave no model or run in the user's
+(the one `make run` uses)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +14,39 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imask.devstack.settings import StackSettings
 from imask.engine import MaskingEngine, default_variant
 from imask.loadtest.samples import astronaut, shared_data
 from imask.ops.settings import KafkaSettings
 from imask.types import Image
+
+# The session's own MLflow server: its port is chosen at configure time (so the environment can name it), its
+# folder and the server itself come with the first test that asks for it (the `mlflow_uri` fixture).
+_TEST_MLFLOW: StackSettings | None = None
+
+# Fixtures that need a server, and the markers one of which a test using them must carry (`make unit` deselects
+# those tests and must need no server).
+_SERVER_FIXTURES = {"stack_up": ("kafka", "redis", "mlflow"), "kafka_settings": ("kafka",), "mlflow_uri": ("mlflow",)}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _TEST_MLFLOW
+    _TEST_MLFLOW = StackSettings.on_free_ports(Path(tempfile.gettempdir()) / "imask-test-mlflow", mlflow=True)
+    # For this process and every service it spawns: whatever falls back to the default tracking server reaches the
+    # session's own, never the user's.
+    os.environ["IMASK_MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"] = _TEST_MLFLOW.mlflow_uri
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: every collected test is checked
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unmarked = []
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()}
+        for fixture, needed in _SERVER_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()) and not marks & set(needed):
+                unmarked.append(f"{item.nodeid} uses {fixture} but is not marked {' or '.join(needed)}")
+    if unmarked:
+        raise pytest.UsageError("tests that need a server must carry its marker:\n" + "\n".join(unmarked))
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +83,19 @@ def stack_up() -> None:
     from imask.devstack import stack
 
     stack.up()  # idempotent: a no-op when `make up` already ran
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Tracking URI of the session's own MLflow server (its store in the session's temporary folder), started on
+    first use and stopped at the end of the session."""
+    from imask.devstack import mlflow, stack
+
+    assert _TEST_MLFLOW is not None
+    settings = _TEST_MLFLOW.model_copy(update={"state_dir": tmp_path_factory.mktemp("mlflow")})
+    stack.up(settings, servers=[mlflow.SERVER])
+    yield settings.mlflow_uri
+    stack.down(settings, servers=[mlflow.SERVER])
 
 
 @pytest.fixture

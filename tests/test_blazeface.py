@@ -256,16 +256,15 @@ def test_tiles_apply_to_frames_larger_than_one_tile() -> None:
 
 @needs_model
 @pytest.mark.mlflow
-def test_registered_blazeface_version_loads_its_own_file(stack_up: None, tmp_path: Path,
+def test_registered_blazeface_version_loads_its_own_file(mlflow_uri: str, tmp_path: Path,
                                                          astronaut_image: Image) -> None:
     """The registry stores a BlazeFace variant with its .tflite and a worker runs that copy (sha256 checked)."""
     import uuid
 
-    from imask.devstack import stack
     from imask.registry.refs import ModelRef
     from imask.registry.store import Registry
 
-    registry = Registry(stack.StackSettings().mlflow_uri, cache_dir=tmp_path / "cache")
+    registry = Registry(mlflow_uri, cache_dir=tmp_path / "cache")
     name = f"test-blazeface-{uuid.uuid4().hex[:8]}"
     info = registry.register(get_variant("blazeface"), name, "BlazeFace full range")
     assert (info.sha256, info.detector) == (FULL_RANGE.sha256, "blazeface")

@@ -130,7 +130,7 @@ def test_fuzz_worker_frames(engine: MaskingEngine, worker_tally: Tally) -> None:
 
 
 @pytest.fixture(scope="module")
-def fuzz_api(stack_up: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def fuzz_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
     logs = tmp_path_factory.mktemp("fuzz-api")
     svc: ServiceProcess = spawn_tracked("fuzz-api", ["mask-api", "--port", str(port), "--no-publish-meta"], logs,

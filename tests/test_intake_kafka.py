@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from imask.ops.settings import KafkaSettings
 from imask.streaming.intake import INTAKE_CONSUMER_CONFIG, OldestFirstIntake
 from imask.streaming.kafka import consumer_config, producer_config
+
+pytestmark = pytest.mark.kafka
 
 BIG, SMALL = 60, 300  # a 1080p-like camera beside a 480p-like one, over the same 1.2 s of capture
 

@@ -1,10 +1,11 @@
-"""The model registry against the real MLflow server of the local stack: register, load, evaluate, gate, roll back,
-and a worker running a registered version."""
+"""The model registry against a real MLflow server (the test session's own, not the local stack's): register, load,
+evaluate, gate, roll back, and a worker running a registered version."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -27,10 +28,8 @@ ASTRONAUT_FACE = (178, 60, 90, 115)  # x, y, w, h of the face in skimage's 512x5
 
 
 @pytest.fixture(scope="session")
-def tracking_uri(stack_up: None) -> str:
-    from imask.devstack import stack
-
-    return stack.StackSettings().mlflow_uri
+def tracking_uri(mlflow_uri: str) -> str:
+    return mlflow_uri
 
 
 @pytest.fixture
@@ -103,6 +102,17 @@ def test_registered_model_is_not_run_with_overrides(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("IMASK_THRESHOLD", "0.3")
     with pytest.raises(ConfigError, match="IMASK_THRESHOLD"):
         engine_variant(WorkerSettings())
+
+
+@pytest.mark.mlflow
+def test_registry_tests_leave_the_users_mlflow_alone(tracking_uri: str) -> None:
+    """Models and runs of the tests go to the session's own server, and so does anything (a spawned worker, the
+    `imask model` CLI) that falls back to the default one: `make run`'s registry lists none of them."""
+    from imask.devstack.settings import StackSettings
+
+    assert tracking_uri != StackSettings().mlflow_uri
+    assert os.environ["IMASK_MLFLOW_TRACKING_URI"] == os.environ["MLFLOW_TRACKING_URI"] == tracking_uri
+    assert WorkerSettings().mlflow_tracking_uri == tracking_uri
 
 
 @pytest.mark.mlflow

@@ -176,21 +176,20 @@ def cameras_split(config_: ExperimentConfig, per_arm: int) -> dict[str, list[str
 @pytest.mark.redis
 @pytest.mark.mlflow
 def test_canary_with_a_bad_challenger_is_rolled_back_by_the_router(store: ExperimentStore, kafka_settings: object,
-                                                                    tmp_path: Path) -> None:
+                                                                    mlflow_uri: str, tmp_path: Path) -> None:
     """A challenger registered with threshold 0.9 (finds far fewer faces) on half the cameras: the faces-per-frame
     guardrail fails, the router rolls back on its own after max_failed_checks intervals; every frame accounted for,
     none unmasked, per-camera order kept, and the challenger's cameras back on control after the rollback."""
     import grpc
 
     from conftest import subprocess_env
-    from imask.devstack import stack
     from imask.engine.variants import default_variant
     from imask.registry.store import Registry
     from imask.v1 import experiment_service_pb2 as epb
     from imask.v1 import experiment_service_pb2_grpc as epb_grpc
     from streams import assert_in_order, collect, moving_face_frames, publish, spawn_tracked, start_worker
 
-    uri = stack.StackSettings().mlflow_uri
+    uri = mlflow_uri
     model = f"test-canary-{uuid.uuid4().hex[:6]}"
     Registry(uri, tmp_path / "reg").register(default_variant().with_overrides(threshold=0.9), model)
     group = f"g-{uuid.uuid4().hex[:6]}"

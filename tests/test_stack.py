@@ -1,6 +1,6 @@
 """Tests for imask.devstack.stack.
 
-The ``kafka``/``redis`` tests talk to the real local stack and assume it is already up
+The ``kafka``/``redis``/``mlflow`` tests talk to the real local stack and assume it is already up
 (``python -m imask.devstack.stack up``); deselect them with ``-m "not kafka"`` where there is none.
 """
 
@@ -22,7 +22,7 @@ from imask.devstack.stack import StackSettings
 def running_stack() -> Iterator[StackSettings]:
     settings = StackSettings()
     state = stack.status(settings)
-    missing = [name for name, info in state.items() if not info["answering"]]
+    missing = [name for name in ("kafka", "redis") if not state[name]["answering"]]
     if missing:
         pytest.fail(f"local stack not answering ({', '.join(missing)}); run `python -m imask.devstack.stack up` first")
     yield settings
@@ -62,6 +62,7 @@ def test_status_and_down_on_empty_state_dir(tmp_path: Path) -> None:
 
 @pytest.mark.kafka
 @pytest.mark.redis
+@pytest.mark.mlflow
 def test_status_reports_both_answering(running_stack: StackSettings) -> None:
     state = stack.status(running_stack)
     assert state["kafka"]["running"] is True
@@ -132,6 +133,7 @@ def _shared_libs() -> Path | None:
     return libs if libs.is_dir() and any(libs.glob("kafka_2.13-*.jar")) else None
 
 
+@pytest.mark.kafka  # its own brokers, but Kafka all the same: not for `make unit`
 @pytest.mark.timeout(180)
 def test_three_broker_cluster_keeps_acks_all_through_a_broker_kill(tmp_path: Path) -> None:
     """Its own cluster (3 KRaft nodes in one quorum, on free ports, state in tmp_path): topics get replication

@@ -36,6 +36,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 from pydantic import ValidationError
 
@@ -60,15 +61,15 @@ SERVERS: tuple[Server, ...] = (
 )
 
 
-def up(settings: StackSettings | None = None) -> None:
-    """Start every server unless it already runs and answers; return once all answer.
+def up(settings: StackSettings | None = None, servers: Sequence[Server] = SERVERS) -> None:
+    """Start every server (or only ``servers``) unless it already runs and answers; return once all answer.
 
     Idempotent so scripts and ``make`` targets can call it unconditionally.
     """
     s = settings or StackSettings()
     _prepare_state_dir(s)
     with supervisor.locked(s.state_dir):
-        servers = [server for server in SERVERS if server.enabled(s)]
+        servers = [server for server in servers if server.enabled(s)]
         missing = [(server, [d for d in server.daemons(s) if not supervisor.adopt_running(d)]) for server in servers]
         if not any(daemons for _, daemons in missing):
             logger.info("stack already up (%s)", _endpoints(s, servers))
@@ -87,8 +88,8 @@ def up(settings: StackSettings | None = None) -> None:
     logger.info("stack up: %s", _endpoints(s, servers))
 
 
-def down(settings: StackSettings | None = None, wipe: bool = False) -> None:
-    """Stop every server (SIGTERM, then SIGKILL after 30 s); idempotent.
+def down(settings: StackSettings | None = None, wipe: bool = False, servers: Sequence[Server] = SERVERS) -> None:
+    """Stop every server, or only ``servers`` (SIGTERM, then SIGKILL after 30 s); idempotent.
 
     Every broker with a pid file under the state folder is stopped, whatever ``kafka_brokers``
     says now.  Kafka data is kept by default so the next ``up`` skips formatting.  ``wipe=True``
@@ -101,12 +102,12 @@ def down(settings: StackSettings | None = None, wipe: bool = False) -> None:
     with supervisor.locked(s.state_dir):
         # One server at a time, all of its processes at once: brokers stopped one by one would wait on a
         # controller quorum that is already gone.
-        for server in SERVERS:
+        for server in servers:
             supervisor.stop_all(server.leftovers(s))
         if wipe:
-            for server in SERVERS:
+            for server in servers:
                 server.wipe(s)
-            logger.info("wiped Kafka data and Redis folder under %s", s.state_dir)
+            logger.info("wiped the data of %s under %s", ", ".join(server.name for server in servers), s.state_dir)
     logger.info("stack down")
 
 
@@ -122,7 +123,7 @@ def status(settings: StackSettings | None = None) -> dict[str, dict[str, object]
     return {server.name: server.status(s) for server in SERVERS if server.enabled(s)}
 
 
-def _endpoints(s: StackSettings, servers: list[Server]) -> str:
+def _endpoints(s: StackSettings, servers: Sequence[Server]) -> str:
     return ", ".join(f"{server.name} {server.endpoint(s)}" for server in servers)
 
 

@@ -3,7 +3,7 @@
 Frames: the 1080p crowd clip in ../shared/data/video (or a synthetic clip when absent), at 1080p and resized to
 720p. Everything is compared on CPU time per frame (what a 2-core box pays), with wall-clock fps, per-stage
 latency percentiles and peak RSS alongside. Ends with one JSON line of headline figures; the full report goes to
-out/bench/report.json.
+out/bench/report.json, with a dated copy beside it (report-<UTC start>.json).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from imask.loadtest.accounting import summarize
+from imask.loadtest.dated import write_with_dated_copy
 from imask.ops.settings import REPO_ROOT
 
 BENCH_VENV = REPO_ROOT / ".venv-bench"
@@ -316,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         engine_child(args.engine_child, args.variant)
         return 0
 
+    started = time.time()
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="imask-bench-"))
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}}
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                                                              args.loops, work)
     headline = headline_figures(report)
     report["headline"] = headline
-    (OUT / "report.json").write_text(json.dumps(report, indent=2))
+    write_with_dated_copy(OUT / "report.json", json.dumps(report, indent=2), started)
     print_report(report)
     print(json.dumps(headline))
     shutil.rmtree(work, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""`make load`: the standard load scenarios on the local stack, out/load/report.json and plots.
+"""`make load`: the standard load scenarios on the local stack, out/load/report.json and plots, out/load/scenarios.json
+(with a dated copy beside it: scenarios-<UTC start>.json).
 
 1. replay: the sample clips as 4 cameras at 1x (report, plots, leak check on sampled output)
 2. capacity: the most 720p/15 fps cameras one worker, then two, sustain with p99 end-to-end under 250 ms
@@ -19,6 +20,7 @@ from typing import Any
 
 from imask.devstack import stack
 from imask.devstack.procs import ServiceProcess, spawn, stop_all
+from imask.loadtest.dated import write_with_dated_copy
 from imask.loadtest.replay import Replayer, ReplayPlan, Source, load_source
 from imask.loadtest.report import Collector, build_report, write_report
 from imask.loadtest.samples import default_sources, synthetic_clip
@@ -236,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-cameras-realtime", type=int, default=10,
                         help="highest camera count tried with the realtime variant")
     args = parser.parse_args(argv)
+    started = time.time()
     stack.up()
     OUT.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
@@ -277,10 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                 "fairness_common_window_spread": result["fairness"].get("common_window_spread"),
                 "replay_unaccounted": result["replay"]["unaccounted"]}
     result["headline"] = headline
-    (OUT / "scenarios.json").write_text(json.dumps(result, indent=2, default=str))
+    dated = write_with_dated_copy(OUT / "scenarios.json", json.dumps(result, indent=2, default=str), started)
     print(json.dumps(result, indent=2, default=str))
     print(json.dumps(headline))
-    print(f"report: {OUT / 'report.json'}, plots: {OUT / 'report.png'}, scenarios: {OUT / 'scenarios.json'}")
+    print(f"report: {OUT / 'report.json'}, plots: {OUT / 'report.png'}, scenarios: {OUT / 'scenarios.json'} "
+          f"(and {dated.name})")
     return 0
 
 

@@ -1,16 +1,19 @@
-"""`imask eval DATASET... [--variant V] [--set key=value]`: the evaluation, its JSON report and plot."""
+"""`imask eval DATASET... [--variant V] [--set key=value]`: the evaluation, its JSON report (with a dated copy named
+by the run's start in UTC) and plot."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from imask.engine import Variant
 from imask.engine.masks import MaskShape, MaskSpec, MaskStyle
 from imask.engine.variants import get_variant
+from imask.loadtest.dated import keep_dated_copy
 from imask.ops.settings import ConfigError
 
 MASK_KEYS = {"style": MaskStyle, "shape": MaskShape, "scale": float}
@@ -55,8 +58,9 @@ def main(argv: list[str]) -> int:
         description="Evaluate a variant: recall of labelled faces overall, by size and by WIDER attribute (a face "
         "counts as masked when its pixels changed and the independent YuNet referee no longer finds it), leak "
         "rate against YuNet, masked-area fraction, false masks on pictures with no face, CPU ms per frame and "
-        "a threshold curve. Writes report.json (schema imask.eval/1, docs/EVALUATION.md), summary.txt and "
-        "eval.png. Each dataset carries a sha256 digest over its files and labels so runs compare.",
+        "a threshold curve. Writes report.json (schema imask.eval/1, docs/EVALUATION.md) with a dated copy "
+        "(report-<UTC start>.json), summary.txt and eval.png. Each dataset carries a sha256 digest over its files "
+        "and labels so runs compare.",
         epilog="DATASET: a folder with gt.json (or dlib_faces_gt.json), a folder of video clips or one clip "
         "(leak check only), or builtin:no-faces (22 face-free pictures that ship in scikit-image).")
     parser.add_argument("datasets", nargs="+", metavar="DATASET")
@@ -77,8 +81,10 @@ def main(argv: list[str]) -> int:
         variant = apply_overrides(get_variant(args.variant), args.overrides)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    started = time.time()
     report, path = run_evaluation(variant, args.datasets, Path(args.out), curve=not args.no_curve,
                                   plot=not args.no_plot, provider=args.provider)
+    dated = keep_dated_copy(path, started)  # out/eval/<variant>/report-<UTC start>.json: the history of runs
     print("\n".join(rep.summary_lines(report)))
-    print(f"report: {path}")
+    print(f"report: {path} (and {dated.name})")
     return 0

@@ -23,9 +23,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from imask.devstack.settings import REPO_ROOT
 from imask.loadtest.accounting import summarize
 from imask.loadtest.dated import write_with_dated_copy
-from imask.ops.settings import REPO_ROOT
 
 BENCH_VENV = REPO_ROOT / ".venv-bench"
 DEFACE_VERSION = "1.5.0"

@@ -46,12 +46,13 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from imask.devstack import stack
 from imask.devstack.procs import ServiceProcess, free_port, spawn, stop_all
+from imask.devstack.settings import REPO_ROOT
 from imask.frames.clock import now_us
 from imask.frames.envelope import end_of_stream, make_frame
 from imask.loadtest.accounting import StreamLedger
 from imask.loadtest.samples import astronaut
 from imask.media import encode_jpeg
-from imask.ops.settings import REPO_ROOT, KafkaSettings
+from imask.ops.settings import KafkaSettings
 from imask.recording import recording_of
 from imask.streaming.kafka import ensure_topics, producer_config
 from imask.types import Image
@@ -688,7 +689,7 @@ def scenario_redis_down(run: FaultRun) -> ScenarioResult:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMASK_")}
         api = run.spawn("mask-api", ["mask-api", "--port", str(port), "--auth", "none", "--no-publish-meta",
-                                     "--redis-url", settings.redis_url, "--rate-limit-per-s", "5",
+                                     "--redis-url", settings.redis_url, "--rate-limit", "5",
                                      "--bootstrap-servers", settings.bootstrap_servers],
                         {**env, "IMASK_LOG_LEVEL": "info", "IMASK_VARIANT": VARIANT})
         api.wait_ready(120)

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from imask.ops.settings import REPO_ROOT
+from imask.devstack.settings import REPO_ROOT
 from imask.v1 import mask_service_pb2 as mpb
 from imask.v1 import mask_service_pb2_grpc as mgrpc
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from imask.ops.settings import REPO_ROOT
+from imask.devstack.settings import REPO_ROOT
 
 OUT = REPO_ROOT / "out" / "reliability"
 EXAMPLES = 10_000

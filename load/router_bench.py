@@ -16,10 +16,11 @@ import time
 from typing import Any
 
 from imask.devstack import stack
+from imask.devstack.settings import REPO_ROOT
 from imask.engine import MaskingEngine, default_variant
 from imask.frames.envelope import make_frame
 from imask.loadtest.replay import ReplayPlan
-from imask.ops.settings import REPO_ROOT, FrameLimits
+from imask.ops.settings import FrameLimits
 from imask.pipeline.processor import FrameProcessor, ProcessorOptions
 from imask.pipeline.routed import frame_head
 from imask.routing.assign import ArmSpec, ConfigHistory, ExperimentConfig
@@ -68,7 +69,7 @@ def end_to_end(routing: bool, seconds: float, cameras: int = 2) -> dict[str, Any
                 store = ExperimentStore(stack.StackSettings().redis_url, fleet=scenario.group, delay_s=0.5)
                 store.create(ExperimentSpec("bench", (ArmSpec("control", "default", 0.5),
                                                       ArmSpec("challenger", "default", 0.5))))
-                scenario.env["IMASK_WORKER_REDIS_URL"] = store.url
+                scenario.env.update(IMASK_REDIS_URL=store.url, IMASK_WORKER_EXPERIMENTS="true")
                 time.sleep(0.6)
             scenario.add_worker()
             # Real time: one 720p/15 camera, within one worker's capacity (latency without a backlog);

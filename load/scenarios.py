@@ -20,11 +20,12 @@ from typing import Any
 
 from imask.devstack import stack
 from imask.devstack.procs import ServiceProcess, spawn, stop_all
+from imask.devstack.settings import REPO_ROOT
 from imask.loadtest.dated import write_with_dated_copy
 from imask.loadtest.replay import Replayer, ReplayPlan, Source, load_source
 from imask.loadtest.report import Collector, build_report, write_report
 from imask.loadtest.samples import default_sources, synthetic_clip
-from imask.ops.settings import REPO_ROOT, KafkaSettings
+from imask.ops.settings import KafkaSettings
 from imask.streaming.kafka import delete_topics, end_offsets, ensure_topics
 
 OUT = REPO_ROOT / "out" / "load"

@@ -34,7 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _TEST_MLFLOW = StackSettings.on_free_ports(Path(tempfile.gettempdir()) / "imask-test-mlflow", mlflow=True)
     # For this process and every service it spawns: whatever falls back to the default tracking server reaches the
     # session's own, never the user's.
-    os.environ["IMASK_MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"] = _TEST_MLFLOW.mlflow_uri
+    os.environ["IMASK_REGISTRY_URI"] = os.environ["MLFLOW_TRACKING_URI"] = _TEST_MLFLOW.mlflow_uri
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: every collected test is checked

@@ -13,9 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from imask.devstack.settings import REPO_ROOT
 from imask.evaluation.leakcheck import check_leak
 from imask.loadtest.samples import astronaut
-from imask.ops.settings import REPO_ROOT
 from imask.types import Image
 
 # make test runs a few hundred per target; make reliability sets FUZZ_EXAMPLES=10000 (not an IMASK_* name: the

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from imask.cli.main import build_parser
-from imask.ops.settings import REPO_ROOT, check_environment
+from imask.devstack.settings import REPO_ROOT
+from imask.ops.settings import check_environment
 
 SERVICE_COMMANDS = {"worker", "ingest", "recorder", "mask-api", "router"}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from imask.ops.settings import REPO_ROOT
+from imask.devstack.settings import REPO_ROOT
 
 LIBRARY = REPO_ROOT / "shared"
 DEV_ONLY = ("imask.devstack", "imask.loadtest", "imask.cli", "imask.evaluation")

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import subprocess_env
+from imask.devstack.settings import REPO_ROOT
 from imask.loadtest.recordfile import read_recording
 from imask.loadtest.replay import Replayer, ReplayPlan, load_source
 from imask.loadtest.samples import synthetic_clip
-from imask.ops.settings import REPO_ROOT, KafkaSettings
+from imask.ops.settings import KafkaSettings
 from imask.streaming.lag import group_lag
 from imask.v1 import frames_pb2 as pb
 from streams import collect, start_worker

@@ -111,8 +111,8 @@ def test_registry_tests_leave_the_users_mlflow_alone(tracking_uri: str) -> None:
     from imask.devstack.settings import StackSettings
 
     assert tracking_uri != StackSettings().mlflow_uri
-    assert os.environ["IMASK_MLFLOW_TRACKING_URI"] == os.environ["MLFLOW_TRACKING_URI"] == tracking_uri
-    assert WorkerSettings().mlflow_tracking_uri == tracking_uri
+    assert os.environ["IMASK_REGISTRY_URI"] == os.environ["MLFLOW_TRACKING_URI"] == tracking_uri
+    assert WorkerSettings().registry_uri == tracking_uri
 
 
 @pytest.mark.mlflow
@@ -173,7 +173,7 @@ def test_worker_runs_the_champion_and_reports_its_version(registry: Registry, na
     registry.register(default_variant(), name)
     registry.client.set_registered_model_alias(name, "champion", "1")
     worker = start_worker(tmp_path, "registered", f"g-{uuid.uuid4().hex[:6]}", IMASK_MODEL=f"{name}@champion",
-                          IMASK_MLFLOW_TRACKING_URI=tracking_uri, IMASK_MODEL_CACHE_DIR=str(tmp_path / "cache"))
+                          IMASK_REGISTRY_URI=tracking_uri, IMASK_MODEL_CACHE_DIR=str(tmp_path / "cache"))
     publish(kafka_settings, {"cam-r": moving_face_frames(6)})
     got = collect(kafka_settings, {"cam-r"})
     frames = [m for m in got.masked.values() if not m.frame.end_of_stream]

@@ -122,7 +122,7 @@ def test_blue_green_switch_mid_stream_is_atomic_per_camera(store: ExperimentStor
     store.fleet = group
     store.create(ExperimentSpec("bg", (ArmSpec("blue", "default", 1.0), ArmSpec("green", "fast", 0.0)),
                                 strategy="blue_green"))
-    env = {"IMASK_WORKER_REDIS_URL": store.url}
+    env = {"IMASK_REDIS_URL": store.url, "IMASK_WORKER_EXPERIMENTS": "true"}
     workers = [start_worker(tmp_path, f"w{i}", group, **env) for i in range(2)]
     owned = partitions_of(workers)
     cameras = {f"cam-{i}": moving_face_frames(60) for i in range(4)}
@@ -193,7 +193,7 @@ def test_canary_with_a_bad_challenger_is_rolled_back_by_the_router(store: Experi
     model = f"test-canary-{uuid.uuid4().hex[:6]}"
     Registry(uri, tmp_path / "reg").register(default_variant().with_overrides(threshold=0.9), model)
     group = f"g-{uuid.uuid4().hex[:6]}"
-    env = {**subprocess_env(), "IMASK_ROUTER_REDIS_URL": store.url, "IMASK_ROUTER_FLEET": group,
+    env = {**subprocess_env(), "IMASK_REDIS_URL": store.url, "IMASK_ROUTER_FLEET": group,
            "IMASK_ROUTER_CHANGE_DELAY_S": "1", "IMASK_ROUTER_TICK_S": "0.5", "IMASK_AUTH": "none"}
     router = spawn_tracked("router", ["router", "--port", "0"], tmp_path / "logs", env)
     router.wait_ready(60)
@@ -208,7 +208,7 @@ def test_canary_with_a_bad_challenger_is_rolled_back_by_the_router(store: Experi
         interval_s=interval, max_failed_checks=max_failed, min_cameras=3, min_frames=10), timeout=10)
     store.fleet = group
     split = cameras_split(store.latest("canary-bad"), 3)
-    wenv = {"IMASK_WORKER_REDIS_URL": store.url, "IMASK_MLFLOW_TRACKING_URI": uri,
+    wenv = {"IMASK_REDIS_URL": store.url, "IMASK_WORKER_EXPERIMENTS": "true", "IMASK_REGISTRY_URI": uri,
             "IMASK_MODEL_CACHE_DIR": str(tmp_path / "cache")}
     workers = [start_worker(tmp_path, f"w{i}", group, **wenv) for i in range(2)]
     time.sleep(1.5)  # the experiment's first config takes effect (frames are routed by ingest time)
@@ -300,7 +300,7 @@ def test_router_refuses_calls_without_a_valid_key(store: ExperimentStore, kafka_
     good = new_key(keys, "operator")
     revoked = new_key(keys, "former")
     new_key(keys, "former", revoke=True)
-    env = {**subprocess_env(), "IMASK_ROUTER_REDIS_URL": store.url, "IMASK_ROUTER_FLEET": store.fleet,
+    env = {**subprocess_env(), "IMASK_REDIS_URL": store.url, "IMASK_ROUTER_FLEET": store.fleet,
            "IMASK_AUTH": "api-key", "IMASK_API_KEYS_FILE": str(keys)}
     router = spawn_tracked("router", ["router", "--port", "0"], tmp_path / "logs", env)
     router.wait_ready(60)

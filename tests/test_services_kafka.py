@@ -15,8 +15,9 @@ import pytest
 
 from conftest import subprocess_env
 from imask.devstack.procs import stop_all
+from imask.devstack.settings import REPO_ROOT
 from imask.loadtest.samples import synthetic_clip
-from imask.ops.settings import REPO_ROOT, KafkaSettings
+from imask.ops.settings import KafkaSettings
 from streams import collect, spawn_tracked, start_worker
 
 pytestmark = pytest.mark.kafka

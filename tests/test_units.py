@@ -258,7 +258,7 @@ def test_settings_names_follow_the_scheme() -> None:
                 assert name == f"IMASK_{field.upper()}", name
             else:
                 assert name.startswith(prefix), name
-    assert env_name(WorkerSettings, "worker_id") == "IMASK_WORKER_ID"  # not IMASK_WORKER_WORKER_ID
+    assert env_name(WorkerSettings, "instance_id") == "IMASK_WORKER_INSTANCE_ID"
     assert env_name(IngestSettings, "ops_port") == "IMASK_INGEST_OPS_PORT"
     assert env_name(WorkerSettings, "bootstrap_servers") == "IMASK_BOOTSTRAP_SERVERS"
 
@@ -348,3 +348,43 @@ def test_shadow_disagreement_matches_greedily_by_iou() -> None:
     assert disagreement(served, []) == (0, 3, 0)
     # one shadow box is taken once: the second served box over it stays unmatched
     assert disagreement([(0.0, 0.0, 10.0, 10.0), (0.0, 0.0, 10.0, 10.0)], [(0.0, 0.0, 10.0, 10.0)]) == (1, 1, 0)
+
+
+def test_one_name_per_idea_in_settings() -> None:
+    """Every service names itself with instance_id; registry and Redis are shared settings with one default; every
+    port picks a free one at 0, and an optional listener is off at -1; a renamed variable is refused with its new
+    name."""
+    from imask.ops.settings import (
+        SETTINGS_CLASSES,
+        ConfigError,
+        IngestSettings,
+        MaskApiSettings,
+        RecorderSettings,
+        RouterSettings,
+        check_environment,
+    )
+
+    ids = {cls.service: cls().instance_id for cls in SETTINGS_CLASSES}
+    assert all(value.startswith(f"{service}-") for service, value in ids.items()), ids
+    assert {env_name(cls, "instance_id") for cls in SETTINGS_CLASSES} == {
+        "IMASK_WORKER_INSTANCE_ID", "IMASK_INGEST_INSTANCE_ID", "IMASK_RECORDER_INSTANCE_ID",
+        "IMASK_MASK_API_INSTANCE_ID", "IMASK_ROUTER_INSTANCE_ID"}
+    for field in ("registry_uri", "redis_url"):
+        owners = [cls for cls in SETTINGS_CLASSES if field in cls.model_fields]
+        assert {env_name(cls, field) for cls in owners} == {f"IMASK_{field.upper()}"}
+        assert len({cls.model_fields[field].default for cls in owners}) == 1
+    assert {WorkerSettings, MaskApiSettings, RouterSettings} <= {
+        cls for cls in SETTINGS_CLASSES if "redis_url" in cls.model_fields}
+    for cls in SETTINGS_CLASSES:
+        for name, field in cls.model_fields.items():
+            if name.endswith("port"):
+                assert "0: pick a free one" in (field.description or ""), (cls.__name__, name)
+                bounds = {getattr(m, "ge", None) for m in field.metadata} - {None}
+                assert bounds in ({0}, {-1}), (cls.__name__, name, bounds)
+                if bounds == {-1}:
+                    assert "-1: off" in (field.description or ""), (cls.__name__, name)
+    assert IngestSettings().publish_port == -1 and RecorderSettings().output_dir == Path("recordings")
+    for old, new in (("IMASK_WORKER_ID", "IMASK_WORKER_INSTANCE_ID"), ("IMASK_WORKER_REDIS_URL", "IMASK_REDIS_URL"),
+                     ("IMASK_MLFLOW_TRACKING_URI", "IMASK_REGISTRY_URI")):
+        with pytest.raises(ConfigError, match=f"{old} \\(renamed: {new}"):
+            check_environment({old: "x"})

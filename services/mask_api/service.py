@@ -72,7 +72,8 @@ class MetaPublisher:
 
 async def serve(settings: MaskApiSettings, runtime: ServiceRuntime) -> int:
     store = api_key_store(settings)
-    limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_s) if settings.rate_limit_per_s else None
+    limiter = (RateLimiter(settings.redis_url, settings.rate_limit, settings.rate_limit_window_s)
+               if settings.rate_limit else None)
     publisher = None
     if settings.publish_meta:
         publisher = MetaPublisher(settings)

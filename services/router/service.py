@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def _alias_mover(settings: RouterSettings) -> AliasMover | None:
-    if not settings.registry_uri:
+    if not settings.promote_aliases:
         return None
 
     def move(variant_ref: str, force: bool, reason: str) -> str:

@@ -30,11 +30,11 @@ class Worker:
         self.runtime = runtime
         self.engine = engine
         options = ProcessorOptions(
-            worker_id=settings.worker_id, limits=settings, jpeg_quality=settings.jpeg_quality,
+            worker_id=settings.instance_id, limits=settings, jpeg_quality=settings.jpeg_quality,
             dlq_include_raw=settings.dlq_include_raw, max_message_bytes=settings.max_message_bytes)
         self.processor: Processor = FrameProcessor(engine, options)
         self.follower: ExperimentFollower | None = None
-        if settings.redis_url:  # A/B experiments: an engine per arm, routed in process by camera and ingest time
+        if settings.experiments:  # A/B experiments: an engine per arm, routed in process by camera and ingest time
             self.follower = ExperimentFollower(ExperimentStore(
                 settings.redis_url, settings.experiment_fleet or settings.group_id)).start()
             self.processor = RoutedProcessor(
@@ -42,7 +42,7 @@ class Worker:
                 lambda ref: FrameProcessor(build_engine(settings, ref), options))
             self.processor.preload()  # the arms of a running experiment load now, not on their first frame
         self.loop = ConsumeProcessProduce(settings, LoopOptions(
-            group_id=settings.group_id, topics=[settings.topic_raw], client_id=settings.worker_id,
+            group_id=settings.group_id, topics=[settings.topic_raw], client_id=settings.instance_id,
             batch_max=settings.batch_max, max_inflight=settings.max_inflight,
             exactly_once=settings.exactly_once, transaction_ms=settings.transaction_ms,
             intake_kbytes=settings.intake_kbytes),

@@ -21,10 +21,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from imask.devstack.settings import REPO_ROOT
 from imask.loadtest.recordfile import RecordingWriter
 from imask.loadtest.replay import Replayer, ReplayPlan, Source, load_source
 from imask.ops.logs import configure_logging
-from imask.ops.settings import REPO_ROOT, KafkaSettings, load_settings
+from imask.ops.settings import KafkaSettings, load_settings
 from imask.streaming.kafka import TopicReader, end_offsets, ensure_topics
 from imask.v1 import frames_pb2 as pb
 

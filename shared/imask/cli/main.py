@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _service_parser(sub, "worker", WorkerSettings,
-                        [*COMMON_KAFKA, "group_id", "worker_id", "variant", "provider", "batch_max",
+                        [*COMMON_KAFKA, "group_id", "instance_id", "variant", "provider", "batch_max",
                          "detector_timeout_ms", "mask_style", "jpeg_quality"],
                         "Masking worker: consume frames.raw, mask every face, publish frames.masked + frames.meta")
     p.set_defaults(func=cmd_worker)
@@ -232,16 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _service_parser(sub, "mask-api", MaskApiSettings,
                         ["host", "port", "ops_host", "ops_port", "log_level", "auth", "api_keys_file",
-                         "tls_cert_file", "tls_key_file", "tls_client_ca_file", "redis_url", "rate_limit_per_s",
+                         "tls_cert_file", "tls_key_file", "tls_client_ca_file", "redis_url", "rate_limit",
                          "batch_max", "batch_wait_ms", "queue_max", "publish_meta", "bootstrap_servers"],
                         "mask-api: synchronous masking over gRPC (MaskService, health, reflection)")
     p.set_defaults(func=cmd_mask_api)
     p = _service_parser(sub, "router", RouterSettings,
                         ["host", "port", "ops_host", "ops_port", "log_level", "redis_url", "fleet",
-                         "bootstrap_servers", "registry_uri", "auth", "api_keys_file"],
+                         "bootstrap_servers", "registry_uri", "promote_aliases", "auth", "api_keys_file"],
                         "router: A/B experiments over model variants (ExperimentService over gRPC, experiments in "
                         "Redis, guardrails judged from frames.meta, automated rollback); `imask experiment` is its "
-                        "client. Workers route frames in process (IMASK_WORKER_REDIS_URL), so the router is never on "
+                        "client. Workers route frames in process (IMASK_WORKER_EXPERIMENTS), so the router is never on "
                         "the frame path.")
     p.set_defaults(func=cmd_router)
     p = sub.add_parser("api-key", help="Create or revoke a mask-api client key (only its hash is stored)",

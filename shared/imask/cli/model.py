@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         "runs linked to it; aliases (champion, challenger) move only through the promotion gate: a version takes "
         "an alias only if it is no worse than the holder on recall and leaks on the same dataset digest, unless "
         "forced with a recorded reason. Workers and mask-api run a version with IMASK_MODEL=NAME@ALIAS.",
-        epilog="The server: IMASK_MLFLOW_TRACKING_URI (default http://127.0.0.1:5590, started by `imask stack up`).")
-    parser.add_argument("--tracking-uri", default=os.environ.get("IMASK_MLFLOW_TRACKING_URI", DEFAULT_URI))
+        epilog="The server: IMASK_REGISTRY_URI (default http://127.0.0.1:5590, started by `imask stack up`).")
+    parser.add_argument("--tracking-uri", default=os.environ.get("IMASK_REGISTRY_URI", DEFAULT_URI))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("register", help="Register a built-in variant (with --set overrides) as a new version")

@@ -24,10 +24,11 @@ from pathlib import Path
 from imask.devstack import stack
 from imask.devstack.procs import ServiceProcess, spawn, stop_all
 from imask.devstack.rtsp_server import RtspServer
+from imask.devstack.settings import REPO_ROOT
 from imask.loadtest.accounting import StreamLedger
 from imask.loadtest.samples import default_sources, synthetic_clip
 from imask.ops.logs import configure_logging
-from imask.ops.settings import REPO_ROOT, KafkaSettings, load_settings
+from imask.ops.settings import KafkaSettings, load_settings
 from imask.recording import recording_of
 from imask.streaming.kafka import TopicReader, end_offsets, ensure_topics
 from imask.v1 import frames_pb2 as pb

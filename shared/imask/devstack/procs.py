@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from imask.ops.settings import REPO_ROOT
+from imask.devstack.settings import REPO_ROOT
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import importlib.resources
 import sys
 from pathlib import Path
 
-from imask.ops.settings import REPO_ROOT
+from imask.devstack.settings import REPO_ROOT
 
 PROTO_ROOT = REPO_ROOT / "protos"
 PY_ROOT = REPO_ROOT / "shared"

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from imask.ops.settings import REPO_ROOT
+from imask.devstack.settings import REPO_ROOT
 from imask.types import Image
 
 SHARED_DATA = Path(os.environ.get("IMASK_TEST_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

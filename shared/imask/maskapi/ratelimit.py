@@ -1,7 +1,8 @@
 """Per-client request rate limits shared by every mask-api replica through Redis.
 
-Fixed one-second windows counted with INCR (atomic across replicas); a window key expires after 2 s. Simple and
-exact per window; a client can burst up to twice the limit across a window boundary, which is acceptable here.
+Fixed windows (one second by default) counted with INCR (atomic across replicas); a window's key expires after two
+windows. Simple and exact per window; a client can burst up to twice the limit across a window boundary, which is
+acceptable here.
 
 Redis down: fail open, to a limit per replica. Rate limiting is an abuse control, not a privacy control: what a
 request gets back is masked (or refused) by the engine's own fail-closed rules whatever the limiter says, and the
@@ -31,11 +32,11 @@ log = logging.getLogger(__name__)
 
 
 class LocalWindows:
-    """The same fixed one-second windows, counted in this process only (the fallback while Redis is away).
-    Holds one counter per client seen in the current window: bounded by the clients of one second."""
+    """The same fixed windows, counted in this process only (the fallback while Redis is away).
+    Holds one counter per client seen in the current window: bounded by the clients of one window."""
 
-    def __init__(self, per_second: int) -> None:
-        self.per_second = per_second
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self._window = -1
         self._counts: dict[str, int] = {}
 
@@ -44,20 +45,23 @@ class LocalWindows:
             self._window, self._counts = window, {}
         count = self._counts.get(client_id, 0) + 1
         self._counts[client_id] = count
-        return count <= self.per_second
+        return count <= self.limit
 
 
 class RateLimiter:
-    def __init__(self, url: str, per_second: int, prefix: str = "imask:rl", timeout_s: float = 0.5,
+    """At most `limit` calls per client in each fixed window of `window_s` seconds, across every replica."""
+
+    def __init__(self, url: str, limit: int, window_s: int = 1, prefix: str = "imask:rl", timeout_s: float = 0.5,
                  retry_after_s: float = 1.0) -> None:
         # No client-side retries: redis-py's default (10, with backoff) would hold each request for seconds when
         # Redis is away; the limiter decides locally instead and asks Redis again after retry_after_s.
         self.redis = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                              retry=Retry(NoBackoff(), 0))
-        self.per_second = per_second
+        self.limit = limit
+        self.window_s = window_s
         self.prefix = prefix
         self.retry_after_s = retry_after_s
-        self.local = LocalWindows(per_second)
+        self.local = LocalWindows(limit)
         self.redis_up = True
         self._retry_at = 0.0
         # Labelled, so processes without a rate limit export no series (no false "Redis down" alert).
@@ -65,9 +69,9 @@ class RateLimiter:
         self._up_gauge.set(1)
 
     async def allow(self, client_id: str) -> bool:
-        if self.per_second <= 0:
+        if self.limit <= 0:
             return True
-        window = int(time.time())
+        window = self.window_of(time.time())
         if time.monotonic() >= self._retry_at:
             try:
                 count = await self._incr(f"{self.prefix}:{client_id}:{window}")
@@ -78,15 +82,19 @@ class RateLimiter:
                     log.warning("redis answers again: rate limits shared by every replica again")
                     self.redis_up = True
                     self._up_gauge.set(1)
-                return count <= self.per_second
+                return count <= self.limit
         allowed = self.local.allow(client_id, window)
         metrics.RATE_LIMIT_WITHOUT_REDIS.labels("allowed" if allowed else "refused").inc()
         return allowed
 
+    def window_of(self, unix_s: float) -> int:
+        """The number of the window `unix_s` falls in (also the last part of its Redis key)."""
+        return int(unix_s // self.window_s)
+
     async def _incr(self, key: str) -> int:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
-            pipe.expire(key, 2)
+            pipe.expire(key, 2 * self.window_s)
             count, _ = await pipe.execute()
         return int(count)
 

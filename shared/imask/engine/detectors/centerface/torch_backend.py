@@ -9,8 +9,8 @@ Channel order: it takes what the ONNX path takes, the float32 NCHW blob `CenterF
 RGB, raw 0..255, no mean or scale.
 
 Precision: always fp32. PyTorch allows TF32 (a 10-bit mantissa) in cuDNN convolutions by default; it is turned off
-for each call, so CUDA computes in the fp32 that the load-time check compares with ONNX Runtime's (TF32 was not
-measured: no GPU in the session that wrote this). A variant's int8 setting is ONNX Runtime's (CPU) and does not
+for each call, so CUDA computes in the fp32 that the load-time check compares with ONNX Runtime's (TF32 has not
+been measured). A variant's int8 setting is ONNX Runtime's (CPU) and does not
 apply here.
 
 At load one fixed random 1x3x352x640 input goes through ONNX Runtime (CPU) and the torch module; any output

@@ -21,14 +21,17 @@ from imask.devstack.settings import REPO_ROOT
 
 OUT = REPO_ROOT / "out" / "reliability"
 EXAMPLES = 10_000
+# One fuzz target each: the worker's frame processing, mask-api over gRPC, `imask mask` on files (tests/fuzzing.py).
+FUZZ_TESTS = ("tests/unit/pipeline/test_fuzz_worker_frames.py", "tests/unit/maskapi/test_fuzz_mask_api.py",
+              "tests/unit/filemask/test_fuzz_mask_files.py")
 
 
 def run_fuzz() -> tuple[dict[str, Any], list[str]]:
     for stale in OUT.glob("fuzz-*.json"):
         stale.unlink()
     env = {**os.environ, "FUZZ_EXAMPLES": str(EXAMPLES), "FUZZ_RANDOM": "1"}
-    code = subprocess.run([str(Path(sys.executable).parent / "pytest"), "-q", "-p", "no:randomly",
-                           "tests/test_fuzz.py", "-o", "timeout=3600"], cwd=REPO_ROOT, env=env).returncode
+    code = subprocess.run([str(Path(sys.executable).parent / "pytest"), "-q", "-p", "no:randomly", *FUZZ_TESTS,
+                           "-o", "timeout=3600"], cwd=REPO_ROOT, env=env).returncode
     targets = [json.loads(p.read_text()) for p in sorted(OUT.glob("fuzz-*.json"))]
     report = {"fuzz_examples_per_target": EXAMPLES, "tests_passed": code == 0, "targets": targets,
               "totals": {"inputs": sum(t["inputs"] for t in targets), "crashes": 0 if code == 0 else None,

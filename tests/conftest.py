@@ -10,12 +10,13 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from imask.devstack.settings import StackSettings
-from imask.engine import MaskingEngine, default_variant
+from imask.engine import EngineResult, FrameInput, MaskingEngine, default_variant
 from imask.loadtest.samples import astronaut, shared_data
 from imask.ops.settings import KafkaSettings
 from imask.types import Image
@@ -154,3 +155,23 @@ def detail_ratio(masked: Image, original: Image) -> float:
         return float(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.CV_32F).var())
 
     return energy(masked) / max(energy(original), 1e-6)
+
+
+class BrokenEngine:
+    """A real engine whose `process` raises on chosen calls (a bug outside its guards)."""
+
+    def __init__(self, inner: MaskingEngine, fail_calls: set[int]) -> None:
+        self.inner = inner
+        self.fail_calls = fail_calls
+        self.calls = 0
+        self.variant = inner.variant
+        self.execution_provider = inner.execution_provider
+
+    def process(self, frames: list[FrameInput], *args: Any) -> list[EngineResult]:
+        call, self.calls = self.calls, self.calls + 1
+        if call in self.fail_calls:
+            raise RuntimeError("simulated bug")
+        return self.inner.process(frames, *args)
+
+    def forget(self, camera_id: str) -> None:
+        self.inner.forget(camera_id)

@@ -1,5 +1,11 @@
 """Inputs for the fuzz tests: real face pictures in every encoding, channel layout, bit depth and orientation the
-decoders meet, and a tally of what happened to them (written to out/reliability/ for the reliability report)."""
+decoders meet, the hypothesis strategies and settings the targets share, and a tally of what happened to them
+(written to out/reliability/ for the reliability report).
+
+The targets: the worker's frame processing (tests/unit/pipeline/test_fuzz_worker_frames.py), mask-api over real
+gRPC (tests/unit/maskapi/test_fuzz_mask_api.py) and `imask mask` on files (tests/unit/filemask/
+test_fuzz_mask_files.py). `make test` runs FUZZ_EXAMPLES (300) per target; `make reliability` runs 10,000 and
+writes the tallies into out/reliability/ for the report."""
 
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 from imask.devstack.settings import REPO_ROOT
 from imask.evaluation.leakcheck import check_leak
@@ -112,3 +120,37 @@ def assert_no_face_out(tally: Tally, original: Image | None, output: Image, face
     tally.leaks_checked += 1
     leak = check_leak(original, output)
     assert leak.reliable_leaks == [], f"YuNet re-found a face confidently: {leak.reliable_leaks}"
+
+
+POOL = face_pool()
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not RANDOM,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture])
+
+CAMERAS = ["lobby", "cam-1", "site.3:door"]
+camera_ids = st.one_of(st.sampled_from(CAMERAS), st.text(max_size=140))
+
+
+@st.composite
+def image_bytes(draw: st.DrawFn) -> tuple[bytes, Encoded, bool]:
+    """(bytes, the picture they came from, intact?): whole files, truncated, bit-flipped, spliced or garbage."""
+    enc = draw(st.sampled_from(POOL))
+    data = bytearray(enc.data)
+    how = draw(st.sampled_from(["intact"] * 3 + ["truncate", "flip", "flip", "splice", "garbage"]))
+    if how == "truncate":
+        data = data[:draw(st.integers(0, max(0, len(data) - 1)))]
+    elif how == "flip":
+        for _ in range(draw(st.integers(1, 16))):
+            pos = draw(st.integers(0, len(data) - 1))
+            data[pos] = draw(st.integers(0, 255))
+    elif how == "splice":
+        start = draw(st.integers(0, len(data)))
+        data[start:start] = draw(st.binary(max_size=512))
+    elif how == "garbage":
+        data = bytearray(draw(st.binary(max_size=4096)))
+    return bytes(data), enc, how == "intact"
+
+
+def _decoded(data: bytes) -> np.ndarray | None:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    return image

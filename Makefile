@@ -64,10 +64,10 @@ lint: venv  ## ruff + mypy + bandit (medium severity and up fails)
 	.venv/bin/mypy
 	.venv/bin/bandit -q -c pyproject.toml -r shared services load -ll
 
-unit: venv  ## tests that need no server (no broker, Redis or MLflow)
-	.venv/bin/pytest -m "not kafka and not redis and not mlflow" $(PYTEST_ARGS)
+unit: venv  ## tests/unit: the tests that need no server (no broker, Redis or MLflow)
+	.venv/bin/pytest tests/unit $(PYTEST_ARGS)
 
-test: up lint  ## everything: lint, unit and integration tests against the real broker and Redis
+test: up lint  ## everything: lint, tests/unit and tests/integration (the real broker, Redis and MLflow)
 	.venv/bin/pytest $(PYTEST_ARGS)
 
 protos: venv  ## regenerate shared/imask/v1 from protos/

@@ -1,7 +1,12 @@
 """Shared fixtures. Integration tests use the real local Kafka broker and Redis (started here if needed, exactly
 as `make up` does); each test gets its own topics and consumer groups so tests never see each other's frames.
 MLflow is the exception: the registry tests get a server of their own, so they leave no model or run in the user's
-(the one `make run` uses)."""
+(the one `make run` uses).
+
+Layout and markers agree, checked at collection: tests/unit/<package>/ holds the tests that need no server and
+carry no server marker (`make unit` runs that folder); tests/integration/ holds those that do, each marked kafka,
+redis or mlflow; a test that uses a server fixture carries its marker; a test that reads ../shared/data (the
+`data_dir` fixture) is marked shared_data automatically."""
 
 from __future__ import annotations
 
@@ -25,9 +30,10 @@ from imask.types import Image
 # folder and the server itself come with the first test that asks for it (the `mlflow_uri` fixture).
 _TEST_MLFLOW: StackSettings | None = None
 
-# Fixtures that need a server, and the markers one of which a test using them must carry (`make unit` deselects
-# those tests and must need no server).
+# Fixtures that need a server, and the markers one of which a test using them must carry.
 _SERVER_FIXTURES = {"stack_up": ("kafka", "redis", "mlflow"), "kafka_settings": ("kafka",), "mlflow_uri": ("mlflow",)}
+SERVER_MARKERS = {"kafka", "redis", "mlflow"}
+TESTS = Path(__file__).parent
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,16 +44,28 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["IMASK_REGISTRY_URI"] = os.environ["MLFLOW_TRACKING_URI"] = _TEST_MLFLOW.mlflow_uri
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: every collected test is checked
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: every collected test is marked and checked
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    unmarked = []
+    wrong = []
     for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "data_dir" in fixtures:
+            item.add_marker(pytest.mark.shared_data)
         marks = {mark.name for mark in item.iter_markers()}
         for fixture, needed in _SERVER_FIXTURES.items():
-            if fixture in getattr(item, "fixturenames", ()) and not marks & set(needed):
-                unmarked.append(f"{item.nodeid} uses {fixture} but is not marked {' or '.join(needed)}")
-    if unmarked:
-        raise pytest.UsageError("tests that need a server must carry its marker:\n" + "\n".join(unmarked))
+            if fixture in fixtures and not marks & set(needed):
+                wrong.append(f"{item.nodeid} uses {fixture} but is not marked {' or '.join(needed)}")
+        folder = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else None
+        servers = sorted(marks & SERVER_MARKERS)
+        if folder == "integration" and not servers:
+            wrong.append(f"{item.nodeid} is an integration test without a server marker (kafka, redis or mlflow): "
+                         "mark it, or move it to tests/unit/<package>/ if it needs no server")
+        elif folder == "unit" and servers:
+            wrong.append(f"{item.nodeid} is a unit test marked {', '.join(servers)}: move it to tests/integration/")
+        elif folder not in ("unit", "integration"):
+            wrong.append(f"{item.nodeid}: tests live in tests/unit/<package>/ (no server) or tests/integration/")
+    if wrong:
+        raise pytest.UsageError("test markers and folders must agree (see tests/conftest.py):\n" + "\n".join(wrong))
 
 
 @pytest.fixture(autouse=True)

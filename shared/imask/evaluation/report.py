@@ -46,8 +46,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             sizes = " ".join(f"{k} {s['recall']} ({s['faces']})" for k, s in r["by_size"].items())
             lines.append(f"{d['name']}: recall {r['recall']} of {r['faces']} faces; by size {sizes}; "
                          f"leaks {d['leaks']['refound']}/{d['leaks']['referee_faces']} "
-                         f"(confident {d['leaks']['confident_refound']}); masks/image {d['masks_per_image']}; "
-                         f"masked area {d['masked_area_fraction']['mean']}; {cpu} CPU-ms/frame")
+                         f"(confident {d['leaks']['confident_refound']}); masks/image {d['masks_per_image']}, "
+                         f"per labelled face {d['masks_per_labelled_face']}; masked outside faces p50 "
+                         f"{d['masked_outside_faces']['p50']} p90 {d['masked_outside_faces']['p90']} max "
+                         f"{d['masked_outside_faces']['max']}; fail-closed {d['fail_closed']}; {cpu} CPU-ms/frame")
         elif d["kind"] == "negatives":
             f = d["false_masks"]
             lines.append(f"{d['name']}: {f['with_any_mask']} of {f['pictures']} pictures masked at all, "

@@ -9,8 +9,8 @@ from typing import Any
 
 from imask.engine import MaskingEngine, Variant
 from imask.evaluation import report as rep
-from imask.evaluation.datasets import open_dataset
 from imask.evaluation.runner import CURVE_THRESHOLDS, evaluate
+from imask.evaluation.transforms import open_spec
 from imask.ops.settings import ConfigError
 
 
@@ -20,7 +20,7 @@ def run_evaluation(variant: Variant, dataset_specs: list[str], out_dir: Path, cu
     datasets = []
     for spec in dataset_specs:
         try:
-            datasets.append(open_dataset(spec))
+            datasets.append(open_spec(spec))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     engine = MaskingEngine.load(variant, provider=provider, detector_timeout_s=None)

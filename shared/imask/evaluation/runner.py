@@ -33,6 +33,7 @@ CLIP_LEAK_EVERY = 1
 CURVE_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 CONTEXT_THRESHOLDS = (0.02, 0.03, 0.05, 0.07, 0.1)  # the crowd rule's threshold (engine/context.py)
 SIZE_BUCKETS = ("<32", "32-63", ">=64")
+FACE_MARGIN = 0.6  # over-masking in labelled pictures: what is masked beyond each face box grown this much a side
 
 Progress = Callable[[str], None]
 
@@ -85,11 +86,29 @@ def faces_masked(original: Image, masked: Image, faces: list[Face], referee: boo
     return [c and not r for c, r in zip(changed, refound, strict=True)]
 
 
-def _area(result: EngineResult, image: Image, engine: MaskingEngine) -> float:
+def _coverage(result: EngineResult, image: Image, engine: MaskingEngine) -> np.ndarray:
+    """The pixels the result obscured (all of them when it failed closed)."""
     if result.fail_closed:
-        return 1.0
+        return np.ones(image.shape[:2], bool)
     boxes = np.array([f.box for f in result.faces], np.float32).reshape(-1, 4)
-    return float(coverage_map(image.shape[0], image.shape[1], boxes, engine.variant.mask).mean())
+    return coverage_map(image.shape[0], image.shape[1], boxes, engine.variant.mask)
+
+
+def _area(result: EngineResult, image: Image, engine: MaskingEngine) -> float:
+    return float(_coverage(result, image, engine).mean())
+
+
+def outside_faces(covered: np.ndarray, faces: list[Face]) -> float:
+    """The share of the picture obscured outside every labelled face box grown by FACE_MARGIN on each side (room
+    for a mask's scale): what the masks took from the scene besides faces (bodies, signs, objects)."""
+    free = np.ones_like(covered)
+    height, width = covered.shape
+    for face in faces:
+        x, y, w, h = face.box
+        x1, y1 = max(0, int(x - FACE_MARGIN * w)), max(0, int(y - FACE_MARGIN * h))
+        x2, y2 = min(width, int(np.ceil(x + w + FACE_MARGIN * w))), min(height, int(np.ceil(y + h + FACE_MARGIN * h)))
+        free[y1:y2, x1:x2] = False
+    return float((covered & free).mean())
 
 
 def _mask(engine: MaskingEngine, camera: str, seq: int, image: Image, threshold: float | None = None) -> tuple[
@@ -106,14 +125,18 @@ def evaluate_labelled(engine: MaskingEngine, dataset: Dataset, thresholds: tuple
     leak_faces = leaks = confident_leaks = fail_closed = 0
     cpu_ms: list[float] = []
     areas: list[float] = []
-    masks = 0
+    outside: list[float] = []
+    masks = labelled = 0
     for sample, image in iter_images(dataset):
         camera = f"eval:{dataset.name}:{sample.name}"
         result, cost = _mask(engine, camera, 0, image)
         engine.forget(camera)
         cpu_ms.append(cost)
-        areas.append(_area(result, image, engine))
+        covered = _coverage(result, image, engine)
+        areas.append(float(covered.mean()))
+        outside.append(outside_faces(covered, sample.faces or []))
         masks += len(result.faces)
+        labelled += len(sample.faces or [])
         fail_closed += int(result.fail_closed)
         valid = [f for f in sample.faces or [] if f.valid]
         for face, ok in zip(valid, faces_masked(image, result.image, valid), strict=True):
@@ -136,7 +159,9 @@ def evaluate_labelled(engine: MaskingEngine, dataset: Dataset, thresholds: tuple
                    "by_attribute": dict(attributes)},
         "leaks": _leaks(leak_faces, leaks, confident_leaks),
         "masks_per_image": round(masks / max(1, len(dataset.samples)), 2),
+        "masks_per_labelled_face": round(masks / max(1, labelled), 2),
         "masked_area_fraction": _summary(areas),
+        "masked_outside_faces": _summary(outside),
         "fail_closed": fail_closed,
         "cpu_ms_per_frame": _summary(cpu_ms),
         "threshold_curve": [_curve_point(engine, dataset, t) for t in thresholds],
@@ -248,7 +273,8 @@ def _summary(values: list[float]) -> dict[str, float | None]:
         return {"mean": None, "p50": None, "p95": None, "max": None}
     arr = np.asarray(values, np.float64)
     return {"mean": round(float(arr.mean()), 4), "p50": round(float(np.percentile(arr, 50)), 4),
-            "p95": round(float(np.percentile(arr, 95)), 4), "max": round(float(arr.max()), 4)}
+            "p90": round(float(np.percentile(arr, 90)), 4), "p95": round(float(np.percentile(arr, 95)), 4),
+            "max": round(float(arr.max()), 4)}
 
 
 def evaluate(engine: MaskingEngine, dataset: Dataset, thresholds: tuple[float, ...] = CURVE_THRESHOLDS,

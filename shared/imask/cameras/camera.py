@@ -474,8 +474,9 @@ class Camera:
             return
         if not self._room_for(frame):
             return
+        rotation = self.config.rotation if self.config.rotation >= 0 else None
         value = make_frame(self.id, frame.seq, data, image.shape[1], image.shape[0], frame.capture_us,
-                           self.target_fps).SerializeToString()
+                           self.target_fps, rotation=rotation).SerializeToString()
 
         def on_ack(ok: bool, error: str = "", seq: int = frame.seq) -> None:
             self._on_ack(seq, ok, error)

@@ -17,7 +17,9 @@ import numpy.typing as npt
 from imask.engine.context import is_crowd, small_boxes
 from imask.engine.detectors import build_detector
 from imask.engine.detectors.base import BatchTimings, Detections, FaceDetector
+from imask.engine.detectors.geometry import merge
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
+from imask.engine.orientation import choose, turn, turn_back, upright_is_sure
 from imask.engine.tracker import FaceTracker, Tracks
 from imask.engine.variants import Variant
 from imask.ops import metrics
@@ -34,6 +36,9 @@ class FrameInput:
     camera_id: str
     seq: int
     image: Image  # BGR, HxWx3 uint8; the engine never modifies it
+    # Clockwise quarter turns that make the camera's pictures upright, when configured; None: the engine estimates it
+    # (variants with orientation "auto") or takes pictures as upright.
+    rotation: int | None = None
 
 
 @dataclass(slots=True)
@@ -57,6 +62,7 @@ class EngineResult:
     mask_ms: float = 0.0
     batch_size: int = 1
     detected: bool = True  # False: a detect-every-k frame masked from moved tracks alone
+    orientation: int = 0  # clockwise degrees the picture was also turned for detection (0: upright only)
 
 
 def _at_least(dets: Detections, score: float) -> Detections:
@@ -157,9 +163,13 @@ class MaskingEngine:
         detections: dict[int, Detections] = {}
         in_context: set[int] = set()
         if detect:
-            images = [frames[i].image for i in detect]
+            # A configured rotation turns the picture before the one pass; estimated ones add passes (_orient).
+            images = [turn(frames[i].image, (frames[i].rotation or 0) // 90) for i in detect]
+            floor = min(track_threshold, context_threshold)
             try:
-                found = self._detect(images, min(track_threshold, context_threshold), timings)
+                found = self._detect(images, floor, timings)
+                found = self._orient([frames[i] for i in detect], [trackers[i] for i in detect], found, floor,
+                                     timings)
             except FailClosed as exc:
                 return [self._fail_closed(f, exc.reason, len(frames)) for f in frames]
             detections = dict(zip(detect, found, strict=True))
@@ -183,6 +193,7 @@ class MaskingEngine:
             except Exception:
                 log.exception("masking failed", extra={"camera": frame.camera_id, "seq": frame.seq})
                 result = self._fail_closed(frame, "mask_error", len(frames))
+            result.orientation = trackers[i].orientation * 90
             # Detector stage costs are per batch; each frame in it waited for all of them.
             result.preprocess_ms = timings.preprocess_ms
             result.inference_ms = timings.inference_ms
@@ -208,6 +219,49 @@ class MaskingEngine:
             else:
                 state[id(tracker)] = (coasted + 1, reference)
         return planned
+
+    def _orient(self, frames: list[FrameInput], trackers: list[FaceTracker], upright: list[Detections],
+                threshold: float, timings: BatchTimings) -> list[Detections]:
+        """The upright detections plus those of each camera's other orientation (configured, or estimated on its
+        first frame and every `orientation_every` detected frames after), mapped back and merged by NMS."""
+        auto = self.variant.orientation == "auto"
+        estimate = []
+        out = list(upright)
+        for i, (frame, tracker) in enumerate(zip(frames, trackers, strict=True)):
+            if frame.rotation is not None:  # detected turned already: map back, nothing to estimate
+                tracker.orientation, tracker.orientation_age = (frame.rotation // 90) % 4, 0
+                height, width = frame.image.shape[:2]
+                out[i] = turn_back(upright[i], tracker.orientation, height, width)
+            elif auto:
+                age = tracker.orientation_age
+                tracker.orientation_age = None if age is None else age + 1
+                due = age is None or age + 1 >= self.variant.orientation_every
+                if due and not upright_is_sure(upright[i]):
+                    estimate.append(i)
+                elif due:
+                    tracker.orientation, tracker.orientation_age = 0, 0
+        turned: dict[tuple[int, int], Detections] = {}
+        if estimate:
+            # Turns of one picture share a shape two by two: one detector call per shape, not padded together.
+            for group in ((2,), (1, 3)):
+                jobs = [(i, t) for i in estimate for t in group]
+                results = self._detect([turn(frames[i].image, t) for i, t in jobs], threshold, timings)
+                turned.update(zip(jobs, results, strict=True))
+            for i in estimate:
+                passes = {0: upright[i], **{t: turned[(i, t)] for t in (1, 2, 3)}}
+                trackers[i].orientation, trackers[i].orientation_age = choose(passes), 0
+        pending = [i for i, (frame, tracker) in enumerate(zip(frames, trackers, strict=True))
+                   if frame.rotation is None and tracker.orientation and (i, tracker.orientation) not in turned]
+        if pending:
+            results = self._detect([turn(frames[i].image, trackers[i].orientation) for i in pending], threshold,
+                                   timings)
+            turned.update(((i, trackers[i].orientation), r) for i, r in zip(pending, results, strict=True))
+        for i, (frame, tracker) in enumerate(zip(frames, trackers, strict=True)):
+            if frame.rotation is None and tracker.orientation:
+                height, width = frame.image.shape[:2]
+                back = turn_back(turned[(i, tracker.orientation)], tracker.orientation, height, width)
+                out[i] = merge([upright[i], back], threshold)
+        return out
 
     def _detect(self, images: list[Image], threshold: float, timings: BatchTimings) -> list[Detections]:
         with self._lock:

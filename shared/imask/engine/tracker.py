@@ -97,6 +97,10 @@ class FaceTracker:
         self._next_id = 1
         self.coasted = 0  # frames since the last detection (detect-every-k variants)
         self.reference: npt.NDArray[np.uint8] | None = None  # thumbnail of the last detected frame (scene cuts)
+        # The camera's estimated orientation (clockwise quarter turns that make it upright; engine/orientation.py)
+        # and how many detected frames ago it was estimated (None: not yet).
+        self.orientation = 0
+        self.orientation_age: int | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])

@@ -52,6 +52,11 @@ class Variant:
     max_upscale: float = 2.0  # small frames are enlarged to the pixel budget, by at most this factor
     flip: bool = False  # also detect on the mirrored frame (test-time augmentation; doubles inference)
     tile: int = 0  # frames >= 1600 px on a side also get native-resolution tiles of this size (0: off)
+    # "auto": a camera's orientation is estimated on its first frame and every orientation_every detected frames
+    # (engine/orientation.py), and a sideways or upside-down camera's faces are also looked for turned upright;
+    # "upright": pictures are taken as they come. A frame's configured rotation is used either way.
+    orientation: str = "auto"
+    orientation_every: int = 150
     # Set when the variant comes from the model registry: the downloaded (and sha256-checked) model file, and the
     # registered version ("name/3") that frames and metrics then report instead of the settings digest.
     model_path: str = ""
@@ -83,9 +88,17 @@ class Variant:
             "/flip" if self.flip else "",
             f"/tile{self.tile}" if self.tile else "",
             f"/every{self.detect_every}" if self.detect_every > 1 else "",
+            "/orient" if self.orientation == "auto" else "",
         ))
         return (f"{self.detector}@{self.model_sha256[:12]}/{self.input_width}x{self.input_height}"
                 f"/t{self.threshold:g}/k{self.track_threshold:g}{extras}")
+
+    def __post_init__(self) -> None:
+        if self.orientation not in ("auto", "upright"):
+            raise ValueError(f"variant {self.name!r}: orientation must be 'auto' or 'upright', "
+                             f"got {self.orientation!r}")
+        if self.orientation_every < 1:
+            raise ValueError(f"variant {self.name!r}: orientation_every must be >= 1")
 
     def with_overrides(self, **changes: object) -> Variant:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -106,12 +119,12 @@ REGISTRY: dict[str, Variant] = {
     # The second family (MediaPipe's BlazeFace, full-range model, on LiteRT): one 192x192 pass per frame.
     "blazeface": Variant(name="blazeface", version="1", detector="blazeface", model_sha256=BLAZEFACE_FULL_SHA256,
                          input_width=192, input_height=192, threshold=0.5, track_threshold=0.3,
-                         context_threshold=0.0, precision="fp32"),
+                         context_threshold=0.0, precision="fp32", orientation="upright"),
     # BlazeFace with overlapping 256 px tiles at about native resolution besides the whole-frame pass.
     "blazeface-tiled": Variant(name="blazeface-tiled", version="1", detector="blazeface",
                                model_sha256=BLAZEFACE_FULL_SHA256, input_width=192, input_height=192,
                                threshold=0.5, track_threshold=0.3, tile=256, context_threshold=0.0,
-                               precision="fp32"),
+                               precision="fp32", orientation="upright"),
 }
 
 

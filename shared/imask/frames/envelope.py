@@ -26,13 +26,21 @@ class Rejected:
     seq_unknown: bool = False
 
 
+ROTATIONS = (0, 90, 180, 270)
+
+
 def make_frame(camera_id: str, seq: int, data: bytes, width: int, height: int, capture_ts_us: int,
-               source_fps: float = 0.0, encoding: pb.Encoding = pb.ENCODING_JPEG) -> pb.Frame:
-    return pb.Frame(
+               source_fps: float = 0.0, encoding: pb.Encoding = pb.ENCODING_JPEG,
+               rotation: int | None = None) -> pb.Frame:
+    """An envelope; `rotation` (clockwise degrees that turn the camera's pictures upright) only when configured."""
+    frame = pb.Frame(
         schema_version=SCHEMA_VERSION, camera_id=camera_id, seq=seq, capture_ts_us=capture_ts_us,
         ingest_ts_us=now_us(), encoding=encoding, width=width, height=height, data=data,
         trace_id=uuid.uuid4().hex, source_fps=source_fps,
     )
+    if rotation is not None:
+        frame.rotation = rotation
+    return frame
 
 
 def check_outgoing(camera_id: str, data: bytes, limits: FrameLimits) -> tuple[int, int]:
@@ -85,6 +93,9 @@ def parse_frame(key: bytes | None, value: bytes | None, limits: FrameLimits) -> 
         return frame
     if frame.encoding not in (pb.ENCODING_JPEG, pb.ENCODING_PNG):
         return Rejected(pb.DROP_REASON_INVALID_FIELDS, f"unsupported encoding {frame.encoding}", camera, seq)
+    if frame.HasField("rotation") and frame.rotation not in ROTATIONS:
+        return Rejected(pb.DROP_REASON_INVALID_FIELDS, f"rotation {frame.rotation} is not one of {ROTATIONS}",
+                        camera, seq)
     if len(frame.data) > limits.max_frame_bytes:
         return Rejected(pb.DROP_REASON_OVERSIZE,
                         f"{len(frame.data)} image bytes exceed {limits.max_frame_bytes}", camera, seq)

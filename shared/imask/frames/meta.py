@@ -34,7 +34,8 @@ def build_meta(engine: MaskingEngine, worker_id: str, result: EngineResult, imag
         model_version=engine.variant.model_version, worker_id=worker_id,
         execution_provider=engine.execution_provider, timings=timings,
         fail_closed=result.fail_closed, fail_closed_reason=result.fail_closed_reason,
-        faces_masked=len(result.faces), brightness=float(image[::8, ::8].mean()), **ids,  # type: ignore[arg-type]
+        faces_masked=len(result.faces), brightness=float(image[::8, ::8].mean()), orientation=result.orientation,
+        **ids,  # type: ignore[arg-type]
     )
     add_detections(meta.detections, result)
     return meta

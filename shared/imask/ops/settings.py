@@ -217,6 +217,15 @@ class CameraDefaults(ImaskSettings):
     min_fps: float = Field(0.0, ge=0, description="Under this fps (over 5 s) a running camera is stalled (0: off)")
     backoff_initial_s: float = Field(0.5, gt=0, le=60, description="First wait before reconnecting")
     backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between reconnect attempts")
+    rotation: int = Field(-1, description="Clockwise degrees (0, 90, 180, 270) that turn the camera's pictures "
+                          "upright, for cameras known to be mounted so; -1: not configured (the workers estimate it)")
+
+    @field_validator("rotation")
+    @classmethod
+    def _rotation(cls, value: int) -> int:
+        if value not in (-1, 0, 90, 180, 270):
+            raise ValueError(f"must be -1, 0, 90, 180 or 270, got {value}")
+        return value
 
 
 class IngestSettings(BaseServiceSettings, KafkaSettings, FrameLimits, CameraDefaults, GrpcServerSettings):

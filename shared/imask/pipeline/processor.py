@@ -87,7 +87,9 @@ class FrameProcessor:
             results: list[EngineResult] = []
             try:
                 results = self.engine.process(
-                    [FrameInput(frame.camera_id, frame.seq, image) for _, frame, image, _ in to_mask],
+                    [FrameInput(frame.camera_id, frame.seq, image,
+                                frame.rotation if frame.HasField("rotation") else None)
+                     for _, frame, image, _ in to_mask],
                     self.options.spec)
             except Exception as exc:
                 log.exception("engine failed outside its guards")

@@ -16,6 +16,8 @@ from imask.registry.refs import RegistryError
 SPEC_SCHEMA = "imask.variant/1"
 # Where a version's files come from at load time, not what it is.
 LOCAL_FIELDS = ("model_path", "registry_version")
+# Fields added after versions were registered, with the value that reproduces how those versions ran.
+ADDED_FIELDS: dict[str, Any] = {"orientation": "upright", "orientation_every": 150}
 
 
 def variant_to_spec(variant: Variant) -> dict[str, Any]:
@@ -29,6 +31,7 @@ def variant_to_spec(variant: Variant) -> dict[str, Any]:
 def variant_from_spec(spec: dict[str, Any], model_path: str = "", registry_version: str = "") -> Variant:
     if spec.get("schema") != SPEC_SCHEMA:
         raise RegistryError(f"variant spec schema {spec.get('schema')!r}, this release reads {SPEC_SCHEMA!r}")
+    spec = {**ADDED_FIELDS, **spec}
     expected = {f.name for f in dataclasses.fields(Variant)} - set(LOCAL_FIELDS)
     given = set(spec) - {"schema"}
     if given != expected:

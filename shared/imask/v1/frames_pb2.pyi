@@ -38,7 +38,7 @@ DROP_REASON_INGEST_STALE: DropReason
 DROP_REASON_INTERNAL_ERROR: DropReason
 
 class Frame(_message.Message):
-    __slots__ = ("schema_version", "camera_id", "seq", "capture_ts_us", "ingest_ts_us", "encoding", "width", "height", "data", "trace_id", "end_of_stream", "source_fps")
+    __slots__ = ("schema_version", "camera_id", "seq", "capture_ts_us", "ingest_ts_us", "encoding", "width", "height", "data", "trace_id", "end_of_stream", "source_fps", "rotation")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Frame(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FPS_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     camera_id: str
     seq: int
@@ -63,7 +64,8 @@ class Frame(_message.Message):
     trace_id: str
     end_of_stream: bool
     source_fps: float
-    def __init__(self, schema_version: _Optional[int] = ..., camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., capture_ts_us: _Optional[int] = ..., ingest_ts_us: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., trace_id: _Optional[str] = ..., end_of_stream: _Optional[bool] = ..., source_fps: _Optional[float] = ...) -> None: ...
+    rotation: int
+    def __init__(self, schema_version: _Optional[int] = ..., camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., capture_ts_us: _Optional[int] = ..., ingest_ts_us: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., data: _Optional[bytes] = ..., trace_id: _Optional[str] = ..., end_of_stream: _Optional[bool] = ..., source_fps: _Optional[float] = ..., rotation: _Optional[int] = ...) -> None: ...
 
 class Point(_message.Message):
     __slots__ = ("x", "y")
@@ -142,7 +144,7 @@ class MaskedFrame(_message.Message):
     def __init__(self, frame: _Optional[_Union[Frame, _Mapping]] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., faces_masked: _Optional[int] = ..., fail_closed: _Optional[bool] = ..., fail_closed_reason: _Optional[str] = ..., masked_ts_us: _Optional[int] = ..., worker_id: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class FrameMeta(_message.Message):
-    __slots__ = ("camera_id", "seq", "capture_ts_us", "ingest_ts_us", "masked_ts_us", "width", "height", "variant", "model_version", "worker_id", "execution_provider", "detections", "timings", "fail_closed", "fail_closed_reason", "faces_masked", "brightness", "trace_id", "end_of_stream", "experiment", "arm", "shadow")
+    __slots__ = ("camera_id", "seq", "capture_ts_us", "ingest_ts_us", "masked_ts_us", "width", "height", "variant", "model_version", "worker_id", "execution_provider", "detections", "timings", "fail_closed", "fail_closed_reason", "faces_masked", "brightness", "trace_id", "end_of_stream", "experiment", "arm", "shadow", "orientation")
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TS_US_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +167,7 @@ class FrameMeta(_message.Message):
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     ARM_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
+    ORIENTATION_FIELD_NUMBER: _ClassVar[int]
     camera_id: str
     seq: int
     capture_ts_us: int
@@ -187,7 +190,8 @@ class FrameMeta(_message.Message):
     experiment: str
     arm: str
     shadow: ShadowResult
-    def __init__(self, camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., capture_ts_us: _Optional[int] = ..., ingest_ts_us: _Optional[int] = ..., masked_ts_us: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., worker_id: _Optional[str] = ..., execution_provider: _Optional[str] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., fail_closed: _Optional[bool] = ..., fail_closed_reason: _Optional[str] = ..., faces_masked: _Optional[int] = ..., brightness: _Optional[float] = ..., trace_id: _Optional[str] = ..., end_of_stream: _Optional[bool] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., shadow: _Optional[_Union[ShadowResult, _Mapping]] = ...) -> None: ...
+    orientation: int
+    def __init__(self, camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., capture_ts_us: _Optional[int] = ..., ingest_ts_us: _Optional[int] = ..., masked_ts_us: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., worker_id: _Optional[str] = ..., execution_provider: _Optional[str] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., fail_closed: _Optional[bool] = ..., fail_closed_reason: _Optional[str] = ..., faces_masked: _Optional[int] = ..., brightness: _Optional[float] = ..., trace_id: _Optional[str] = ..., end_of_stream: _Optional[bool] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., shadow: _Optional[_Union[ShadowResult, _Mapping]] = ..., orientation: _Optional[int] = ...) -> None: ...
 
 class ShadowResult(_message.Message):
     __slots__ = ("arm", "model_version", "faces", "matched", "only_served", "only_shadow", "inference_ms")

@@ -46,7 +46,7 @@ class FixedDetections:
 def test_a_faint_face_is_masked_in_a_crowd_only(confident: int, expected: int) -> None:
     frame = np.random.default_rng(1).integers(0, 255, (400, 640, 3), np.uint8)
     detector = FixedDetections(_dets([0.6] * confident + [0.04]))
-    engine = MaskingEngine(default_variant(), detector)
+    engine = MaskingEngine(default_variant().with_overrides(orientation="upright"), detector)
     result = engine.process([FrameInput("cam", 0, frame)])[0]
     assert detector.asked == [0.03]  # read down to the context threshold, once
     assert len(result.faces) == expected

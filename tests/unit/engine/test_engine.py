@@ -79,7 +79,7 @@ class DroppingDetector:
 def test_face_stays_masked_through_missed_detections(engine: MaskingEngine, astronaut_image: Image) -> None:
     assert isinstance(engine.detector, CenterFaceDetector)
     dropping = DroppingDetector(engine.detector, drop_calls={3, 4, 5})
-    eng = MaskingEngine(engine.variant, dropping)
+    eng = MaskingEngine(engine.variant.with_overrides(orientation="upright"), dropping)  # counts detector calls
     face = (slice(90, 150), slice(200, 280))
     for seq in range(8):
         shifted = np.roll(astronaut_image, seq * 2, axis=1)  # the face moves a little every frame
@@ -89,7 +89,8 @@ def test_face_stays_masked_through_missed_detections(engine: MaskingEngine, astr
             assert all(f.held for f in result.faces)
         assert similarity(result.image[face], shifted[face]) < 0.9, f"frame {seq}: face visible"
     # Past the hold limit the track is gone (nothing is masked forever on stale evidence).
-    eng2 = MaskingEngine(engine.variant, DroppingDetector(engine.detector, drop_calls=set(range(1, 20))))
+    eng2 = MaskingEngine(engine.variant.with_overrides(orientation="upright"),
+                         DroppingDetector(engine.detector, drop_calls=set(range(1, 20))))
     counts = [len(eng2.process([FrameInput("c", s, astronaut_image)])[0].faces) for s in range(10)]
     assert counts[0] == 1 and counts[1:6] == [1] * 5 and counts[7:] == [0, 0, 0]
 
@@ -199,7 +200,7 @@ def test_moving_face_stays_covered_between_detections(engine: MaskingEngine, ast
     # with their uncertainty. The face moves 9 px a frame and must be masked on every frame.
     assert isinstance(engine.detector, CenterFaceDetector)
     counting = CountingDetector(engine.detector)
-    eng = MaskingEngine(engine.variant.with_overrides(detect_every=3), counting)
+    eng = MaskingEngine(engine.variant.with_overrides(detect_every=3, orientation="upright"), counting)
     canvas = np.full((512, 900, 3), 120, np.uint8)
     for seq in range(15):
         frame = canvas.copy()
@@ -217,7 +218,7 @@ def test_moving_face_stays_covered_between_detections(engine: MaskingEngine, ast
 def test_scene_cut_triggers_detection_at_once(engine: MaskingEngine, astronaut_image: Image) -> None:
     assert isinstance(engine.detector, CenterFaceDetector)
     counting = CountingDetector(engine.detector)
-    eng = MaskingEngine(engine.variant.with_overrides(detect_every=10), counting)
+    eng = MaskingEngine(engine.variant.with_overrides(detect_every=10, orientation="upright"), counting)
     other = np.ascontiguousarray(np.flipud(astronaut_image))  # a different picture: a cut
     flags = [eng.process([FrameInput("cut", s, img)])[0].detected
              for s, img in enumerate([astronaut_image, astronaut_image, other, other])]
@@ -282,7 +283,8 @@ def test_wedged_detector_fails_readiness_then_liveness(engine: MaskingEngine, as
 
 def test_detect_every_k_plans_a_batch_of_one_camera_in_order(engine: MaskingEngine, astronaut_image: Image) -> None:
     assert isinstance(engine.detector, CenterFaceDetector)
-    eng = MaskingEngine(engine.variant.with_overrides(detect_every=3), CountingDetector(engine.detector))
+    eng = MaskingEngine(engine.variant.with_overrides(detect_every=3, orientation="upright"),
+                        CountingDetector(engine.detector))
     batch = [FrameInput("batched", s, astronaut_image) for s in range(7)]
     assert [r.detected for r in eng.process(batch)] == [True, False, False, True, False, False, True]
     assert all(r.faces for r in eng.process([FrameInput("batched", 7 + s, astronaut_image) for s in range(3)]))

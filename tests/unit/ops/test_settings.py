@@ -158,3 +158,12 @@ def test_one_name_per_idea_in_settings() -> None:
                      ("IMASK_MLFLOW_TRACKING_URI", "IMASK_REGISTRY_URI")):
         with pytest.raises(ConfigError, match=f"{old} \\(renamed: {new}"):
             check_environment({old: "x"})
+
+
+def test_a_camera_rotation_is_a_quarter_turn_or_unset() -> None:
+    from imask.cameras.config import CameraConfig
+
+    assert CameraConfig(camera_id="c", url="rtsp://cam.example/1").rotation == -1  # the workers estimate it
+    assert CameraConfig(camera_id="c", url="rtsp://cam.example/1", rotation=270).rotation == 270
+    with pytest.raises(ValueError, match="90, 180 or 270"):
+        CameraConfig(camera_id="c", url="rtsp://cam.example/1", rotation=45)

@@ -70,3 +70,24 @@ def test_any_bytes_end_as_one_outcome(engine: MaskingEngine, value: bytes) -> No
     [outcome] = FrameProcessor(engine, ProcessorOptions("w", LIMITS)).process(
         [Inbound(b"cam", value, "raw", 0, 0, now_us())])
     assert outcome.drop is not None and outcome.masked is None
+
+
+def test_a_configured_rotation_reaches_the_engine_and_frames_meta(engine: MaskingEngine,
+                                                                   astronaut_image: Image) -> None:
+    upside_down = np.ascontiguousarray(astronaut_image[::-1, ::-1])
+    frame = make_frame("ceiling", 0, encode_jpeg(upside_down, 90), 512, 512, now_us(), rotation=180)
+    [outcome] = FrameProcessor(engine, ProcessorOptions("w", LIMITS)).process([_inbound(frame)])
+    assert outcome.meta is not None and outcome.masked is not None
+    assert outcome.meta.orientation == 180 and outcome.masked.faces_masked == 1
+    (face,) = outcome.meta.detections
+    assert face.score > 0.85  # found upright (upside down it scores 0.7)
+    assert 512 - 270 - 5 < face.x1 < 512 - 178 + 5 and 512 - 177 - 5 < face.y1 < 512 - 57 + 5  # where it is
+
+
+@pytest.mark.parametrize("rotation", [45, 360, 1])
+def test_a_rotation_that_is_not_a_quarter_turn_is_dead_lettered(engine: MaskingEngine, astronaut_image: Image,
+                                                                rotation: int) -> None:
+    frame = make_frame("cam", 0, encode_jpeg(astronaut_image, 90), 512, 512, now_us(), rotation=rotation)
+    [outcome] = FrameProcessor(engine, ProcessorOptions("w", LIMITS)).process([_inbound(frame)])
+    assert outcome.drop is not None and outcome.drop.reason == pb.DROP_REASON_INVALID_FIELDS
+    assert "rotation" in outcome.drop.detail

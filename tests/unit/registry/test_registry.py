@@ -52,3 +52,11 @@ def test_registered_model_is_not_run_with_overrides(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("IMASK_THRESHOLD", "0.3")
     with pytest.raises(ConfigError, match="IMASK_THRESHOLD"):
         engine_variant(WorkerSettings())
+
+
+def test_a_version_registered_before_orientation_runs_as_it_did() -> None:
+    """Fields added to Variant later are filled with the value that reproduces how older versions ran."""
+    spec = variant_to_spec(default_variant())
+    older = {k: v for k, v in spec.items() if k not in ("orientation", "orientation_every")}
+    assert variant_from_spec(older).orientation == "upright"
+    assert variant_from_spec(spec).orientation == "auto"

@@ -1,0 +1,213 @@
+"""Second look (imask.engine.second_look): a faint candidate in a crowd is kept only when a second CenterFace pass
+at 1.5x finds it too and its landmarks are in face order; kept ones are masked at a smaller scale."""
+
+from __future__ import annotations
+
+import importlib.resources
+
+import cv2
+import numpy as np
+import pytest
+
+from imask.engine import MaskingEngine
+from imask.engine.detectors.base import Detections, DetectorGeometry
+from imask.engine.detectors.centerface.detector import CenterFaceDetector
+from imask.engine.detectors.geometry import detector_size
+from imask.engine.masks import scaled_boxes
+from imask.engine.second_look import (
+    FAINT_MASK_SCALE,
+    RESCAN_FACTOR,
+    RESCAN_SCORE,
+    candidates,
+    confirmed,
+    landmarks_in_face_order,
+    mask_boxes,
+    rescan_geometry,
+    second_look,
+)
+from imask.engine.tracker import iou_matrix
+from imask.types import Image
+
+# Landmarks of an upright face in a unit box: left eye, right eye, nose, left and right mouth corner.
+FACE_ORDER = np.array([[0.33, 0.38], [0.72, 0.38], [0.52, 0.56], [0.38, 0.76], [0.68, 0.76]], np.float32)
+CANDIDATE_SCORE = 0.45
+THRESHOLD = 0.5  # the band under test: what a large box needs (the crowd rule's small boxes use 0.2)
+
+
+def _dets(boxes: list[list[float]], scores: list[float], unit_landmarks: np.ndarray | None = None) -> Detections:
+    b = np.array(boxes, np.float32).reshape(-1, 4)
+    unit = FACE_ORDER if unit_landmarks is None else unit_landmarks
+    size = (b[:, 2:] - b[:, :2])[:, None, :]
+    landmarks = (b[:, None, :2] + unit[None] * size).astype(np.float32)
+    return Detections(boxes=b, scores=np.array(scores, np.float32), landmarks=landmarks)
+
+
+def _with_score(dets: Detections, index: int, score: float) -> Detections:
+    return Detections(boxes=dets.boxes[index:index + 1], scores=np.array([score], np.float32),
+                      landmarks=dets.landmarks[index:index + 1])
+
+
+@pytest.fixture(scope="module")
+def rescan(engine: MaskingEngine) -> CenterFaceDetector:
+    """The second pass as the engine builds it: the main detector's model, rescan_geometry's sizing."""
+    assert isinstance(engine.detector, CenterFaceDetector)
+    return CenterFaceDetector(engine.detector.model, rescan_geometry(engine.detector.geometry))
+
+
+def _skimage_picture(name: str) -> Image:
+    """A picture that ships in scikit-image's wheel, as BGR (gray ones become 3 channels)."""
+    data = (importlib.resources.files("skimage") / "data" / name).read_bytes()
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
+    return image
+
+
+# --- the decision on real pixels -----------------------------------------------------------------------------------
+
+def test_a_face_candidate_is_kept(engine: MaskingEngine, rescan: CenterFaceDetector, astronaut_image: Image) -> None:
+    found = engine.detector.detect([astronaut_image], 0.3)[0]
+    assert len(found) >= 1
+    face = _with_score(found, int(np.argmax(found.scores)), CANDIDATE_SCORE)
+    look = second_look(face, 0.03, THRESHOLD, rescan.detect([astronaut_image], RESCAN_SCORE)[0])
+    assert look.candidates.tolist() == [True]
+    assert look.keep.tolist() == [True]
+    assert look.mask_scale.tolist() == [FAINT_MASK_SCALE]
+
+
+def test_coins_are_refused(engine: MaskingEngine, rescan: CenterFaceDetector) -> None:
+    """CenterFace fires faintly on scikit-image's coins; a coin raised to a face-like score is still refused: the
+    1.5x pass does not find it."""
+    coins = _skimage_picture("coins.png")
+    found = engine.detector.detect([coins], 0.03)[0]
+    assert len(found) >= 1
+    second = rescan.detect([coins], RESCAN_SCORE)[0]
+    for index in range(len(found)):
+        look = second_look(_with_score(found, index, CANDIDATE_SCORE), 0.03, THRESHOLD, second)
+        assert look.candidates.tolist() == [True]
+        assert look.keep.tolist() == [False]
+        assert np.isnan(look.mask_scale).all()
+
+
+def test_a_drawn_ball_is_refused_even_with_face_ordered_landmarks(rescan: CenterFaceDetector) -> None:
+    frame = np.full((360, 640, 3), 200, np.uint8)
+    cv2.circle(frame, (320, 180), 40, (40, 80, 200), -1)
+    cv2.circle(frame, (306, 166), 10, (180, 200, 255), -1)  # a highlight
+    ball = _dets([[280, 140, 360, 220]], [CANDIDATE_SCORE])
+    assert landmarks_in_face_order(ball).tolist() == [True]
+    look = second_look(ball, 0.03, THRESHOLD, rescan.detect([frame], RESCAN_SCORE)[0])
+    assert look.refused.tolist() == [True]
+
+
+# --- landmark order on synthetic boxes ------------------------------------------------------------------------------
+
+def test_landmarks_in_face_order_accepts_an_upright_face() -> None:
+    assert landmarks_in_face_order(_dets([[10, 10, 50, 60], [100, 20, 112, 36]], [0.1, 0.1])).tolist() == [True, True]
+
+
+@pytest.mark.parametrize("name, unit", [
+    ("eyes swapped left/right", FACE_ORDER[[1, 0, 2, 3, 4]]),
+    ("mouth corners swapped", FACE_ORDER[[0, 1, 2, 4, 3]]),
+    ("upside down", np.column_stack([FACE_ORDER[:, 0], 1 - FACE_ORDER[:, 1]])),
+    ("nose above the eyes", np.vstack([FACE_ORDER[:2], [[0.52, 0.2]], FACE_ORDER[3:]])),
+    ("nose below the mouth", np.vstack([FACE_ORDER[:2], [[0.52, 0.9]], FACE_ORDER[3:]])),
+    ("a mouth corner above an eye", np.vstack([FACE_ORDER[:3], [[0.38, 0.3]], FACE_ORDER[4:]])),
+    ("a point far outside the box", np.vstack([FACE_ORDER[:4], [[1.5, 0.76]]])),
+])
+def test_landmarks_out_of_face_order_are_refused(name: str, unit: np.ndarray) -> None:
+    dets = _dets([[10, 10, 50, 60]], [0.1], unit.astype(np.float32))
+    assert landmarks_in_face_order(dets).tolist() == [False], name
+
+
+def test_landmarks_may_lie_just_outside_the_box() -> None:
+    unit = FACE_ORDER.copy()
+    unit[3, 0] = -0.05  # a mouth corner 5% of the width left of the box (a turned face)
+    assert landmarks_in_face_order(_dets([[10, 10, 50, 60]], [0.1], unit)).tolist() == [True]
+    unit[3, 0] = -0.2
+    assert landmarks_in_face_order(_dets([[10, 10, 50, 60]], [0.1], unit)).tolist() == [False]
+
+
+def test_landmark_order_of_no_boxes_is_empty() -> None:
+    assert landmarks_in_face_order(Detections()).shape == (0,)
+
+
+# --- candidates, confirmation, the verdict --------------------------------------------------------------------------
+
+def test_candidates_are_the_band_between_the_new_track_score_and_the_threshold() -> None:
+    dets = _dets([[0, 0, 10, 10]] * 5, [0.02, 0.03, 0.1, 0.2, 0.6])
+    assert candidates(dets, 0.03, 0.2).tolist() == [False, True, True, False, False]
+    # Per-box requirements: a large box needs 0.5 and so is never a candidate under 0.2.
+    required = np.array([0.03, 0.03, 0.5, 0.03, 0.5], np.float32)
+    assert candidates(dets, required, 0.2).tolist() == [False, True, False, False, False]
+
+
+def test_confirmed_needs_overlap_and_score() -> None:
+    mine = np.array([[0, 0, 10, 10], [100, 100, 110, 110], [200, 0, 220, 20]], np.float32)
+    second = _dets([[1, 1, 11, 11], [104, 104, 114, 114], [200, 0, 220, 20]], [0.5, 0.5, RESCAN_SCORE - 0.01])
+    # IoU 0.68, 0.22 (< 0.3) and a perfect overlap too faint.
+    assert confirmed(mine, second).tolist() == [True, False, False]
+    assert confirmed(mine, second, min_score=0.01, min_iou=0.2).tolist() == [True, True, True]
+    assert confirmed(mine, Detections()).tolist() == [False, False, False]
+    assert confirmed(np.zeros((0, 4), np.float32), second).shape == (0,)
+
+
+def test_confirmed_is_the_full_iou_grid_answer() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        def boxes(n: int) -> np.ndarray:
+            xy = rng.uniform(0, 400, (n, 2))
+            wh = rng.uniform(4, 80, (n, 2)) * np.array([1.0, rng.uniform(0.5, 2.0)])
+            return np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+
+        mine, other = boxes(int(rng.integers(0, 300))), boxes(int(rng.integers(0, 300)))
+        scores = rng.uniform(0, 0.3, len(other)).astype(np.float32)
+        second = Detections(boxes=other, scores=scores, landmarks=np.zeros((len(other), 5, 2), np.float32))
+        for min_iou in (0.1, 0.3, 0.6):
+            grid = iou_matrix(mine.astype(np.float64), other[scores >= RESCAN_SCORE].astype(np.float64))
+            expected = (grid >= min_iou).any(axis=1) if grid.size else np.zeros(len(mine), bool)
+            assert confirmed(mine, second, RESCAN_SCORE, min_iou).tolist() == expected.tolist()
+
+
+def test_second_look_leaves_everything_but_candidates_alone() -> None:
+    dets = _dets([[0, 0, 20, 20], [50, 0, 70, 20], [100, 0, 120, 20], [150, 0, 170, 20]], [0.9, 0.1, 0.1, 0.01])
+    second = _dets([[51, 1, 71, 21]], [0.3])  # confirms the second box only
+    look = second_look(dets, 0.03, 0.2, second)
+    assert look.candidates.tolist() == [False, True, True, False]
+    assert look.keep.tolist() == [True, True, False, True]  # below the floor is the tracker's business, not ours
+    assert look.refused.tolist() == [False, False, True, False]
+    assert np.isnan(look.mask_scale[[0, 2, 3]]).all() and look.mask_scale[1] == FAINT_MASK_SCALE
+    nothing = second_look(dets, 0.03, 0.2, Detections())
+    assert nothing.keep.tolist() == [True, False, False, True]
+
+
+def test_candidates_with_garbled_landmarks_are_refused_even_when_confirmed() -> None:
+    upside_down = np.column_stack([FACE_ORDER[:, 0], 1 - FACE_ORDER[:, 1]]).astype(np.float32)
+    dets = _dets([[50, 0, 70, 20]], [0.1], upside_down)
+    assert second_look(dets, 0.03, 0.2, _dets([[50, 0, 70, 20]], [0.9])).refused.tolist() == [True]
+
+
+def test_mask_boxes_masks_faint_boxes_at_their_own_scale() -> None:
+    boxes = np.array([[100, 100, 140, 150], [200, 50, 230, 90]], np.float32)
+    scale = np.array([FAINT_MASK_SCALE, np.nan], np.float32)
+    shrunk = mask_boxes(boxes, scale, 1.5)
+    np.testing.assert_allclose((shrunk[:, :2] + shrunk[:, 2:]) / 2, (boxes[:, :2] + boxes[:, 2:]) / 2)
+    np.testing.assert_array_equal(shrunk[1], boxes[1])
+    masked = scaled_boxes(shrunk, 1.5, 640, 360)
+    wanted = scaled_boxes(boxes, FAINT_MASK_SCALE, 640, 360)
+    assert np.abs(masked[0] - wanted[0]).max() <= 1
+    np.testing.assert_array_equal(masked[1], scaled_boxes(boxes[1:], 1.5, 640, 360)[0])
+
+
+@pytest.mark.parametrize("width, height", [(416, 416), (1280, 720), (500, 375)])
+def test_the_second_pass_reads_frames_at_one_and_a_half_times_the_scale(width: int, height: int) -> None:
+    main = DetectorGeometry(pixel_budget=640 * 360, max_upscale=2.0, max_downscale=2.0, flip=True, tile=640)
+    second = rescan_geometry(main)
+    assert not second.flip and second.tile == 0
+    w0, _ = detector_size(width, height, main)
+    w1, _ = detector_size(width, height, second)
+    assert w1 / w0 == pytest.approx(RESCAN_FACTOR, rel=0.06)  # sides snap to multiples of 32 within 5%
+
+
+def test_the_second_pass_of_1080p_stops_at_the_detectors_cap() -> None:
+    main = DetectorGeometry(pixel_budget=640 * 360, max_upscale=2.0, max_downscale=2.0)
+    assert detector_size(1920, 1080, main)[0] == 960
+    assert detector_size(1920, 1080, rescan_geometry(main))[0] == 1280

@@ -161,16 +161,19 @@ def confirmed(boxes: FloatArray, rescan: Detections, min_score: float = RESCAN_S
 
 
 def second_look(dets: Detections, required: npt.NDArray[np.floating] | float, threshold: float,
-                rescan: Detections) -> SecondLook:
-    """The verdict on one crowd frame's detections: candidates (see `candidates`) are kept when their landmarks are
-    in face order and the second pass (`rescan`, in frame pixels, at RESCAN_FACTOR) confirms them; every other
-    detection is left as it is."""
+                rescan: Detections, upright: bool = True) -> SecondLook:
+    """The verdict on one crowd frame's detections: candidates (see `candidates`) are kept when the second pass
+    (`rescan`, in frame pixels, at RESCAN_FACTOR) confirms them and, for an `upright` picture, their landmarks are in
+    face order (a camera detected turned, engine/orientation.py, has its faces' landmarks turned in frame pixels:
+    pass upright=False); every other detection is left as it is."""
     cand = candidates(dets, required, threshold)
     keep = np.ones(len(dets), np.bool_)
     if cand.any():
         index = np.flatnonzero(cand)
         sub = Detections(boxes=dets.boxes[index], scores=dets.scores[index], landmarks=dets.landmarks[index])
-        keep[index] = landmarks_in_face_order(sub) & confirmed(sub.boxes, rescan)
+        keep[index] = confirmed(sub.boxes, rescan)
+        if upright:
+            keep[index] &= landmarks_in_face_order(sub)
     scale = np.where(cand & keep, np.float32(FAINT_MASK_SCALE), np.float32(np.nan)).astype(np.float32)
     return SecondLook(candidates=cand, keep=keep, mask_scale=scale)
 

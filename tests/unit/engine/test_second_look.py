@@ -183,6 +183,8 @@ def test_candidates_with_garbled_landmarks_are_refused_even_when_confirmed() -> 
     upside_down = np.column_stack([FACE_ORDER[:, 0], 1 - FACE_ORDER[:, 1]]).astype(np.float32)
     dets = _dets([[50, 0, 70, 20]], [0.1], upside_down)
     assert second_look(dets, 0.03, 0.2, _dets([[50, 0, 70, 20]], [0.9])).refused.tolist() == [True]
+    # A camera detected turned has its faces' landmarks turned in frame pixels: the pass alone decides.
+    assert second_look(dets, 0.03, 0.2, _dets([[50, 0, 70, 20]], [0.9]), upright=False).keep.tolist() == [True]
 
 
 def test_mask_boxes_masks_faint_boxes_at_their_own_scale() -> None:

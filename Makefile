@@ -75,9 +75,13 @@ protos: venv  ## regenerate shared/imask/v1 from protos/
 
 SHARED_DATA ?= ../shared/data
 EVAL_VARIANT ?= default
-eval: venv  ## recall, leaks, over-masking and cost of a variant on the shared datasets (EVAL_VARIANT=crowd)
-	$(IMASK) eval $(SHARED_DATA)/wider_dev $(SHARED_DATA)/photos_gt builtin:no-faces $(SHARED_DATA)/video \
-	  --variant $(EVAL_VARIANT) --out out/eval/$(EVAL_VARIANT)
+# The shared sets as they are, and as turned, dithered, close-up and partly covered cameras send them.
+EVAL_SETS = $(SHARED_DATA)/wider_dev $(SHARED_DATA)/photos_gt builtin:no-faces $(SHARED_DATA)/video \
+  $(SHARED_DATA)/wider_dev@rot90 $(SHARED_DATA)/wider_dev@rot180 $(SHARED_DATA)/wider_dev@rot270 \
+  $(SHARED_DATA)/wider_dev@dither $(SHARED_DATA)/photos_gt@closeup $(SHARED_DATA)/photos_gt@closeup@rot180 \
+  $(SHARED_DATA)/wider_dev@closeup $(SHARED_DATA)/photos_gt@occluded $(SHARED_DATA)/wider_dev@occluded
+eval: venv  ## recall, leaks, over-masking and cost of a variant on the shared datasets, also turned, dithered, close-up and covered (EVAL_VARIANT=crowd)
+	$(IMASK) eval $(EVAL_SETS) --variant $(EVAL_VARIANT) --out out/eval/$(EVAL_VARIANT)
 
 reliability: up  ## fuzz (10,000 inputs each: worker, mask-api, imask mask), then the fault scenarios on throwaway stacks (load/faults.py); out/reliability/report.json
 	$(PY) -m load.reliability

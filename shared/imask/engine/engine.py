@@ -20,6 +20,7 @@ from imask.engine.detectors.base import BatchTimings, Detections, FaceDetector
 from imask.engine.detectors.geometry import merge
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
 from imask.engine.orientation import choose, turn, turn_back, upright_is_sure
+from imask.engine.second_look import RESCAN_SCORE, SecondLook, candidates, mask_boxes, rescan_geometry, second_look
 from imask.engine.tracker import FaceTracker, Tracks
 from imask.engine.variants import Variant
 from imask.ops import metrics
@@ -106,6 +107,11 @@ class MaskingEngine:
         self._health_gauge = metrics.MODEL_HEALTHY.labels(variant.name)
         self._health_gauge.set(1)
         self._unhealthy_since: float | None = None
+        # The second look's larger pass shares the loaded model (families that can re-read at another geometry).
+        rescaled = getattr(detector, "with_geometry", None)
+        geometry = getattr(detector, "geometry", None)
+        self._rescan: FaceDetector | None = (rescaled(rescan_geometry(geometry))
+                                             if variant.second_look and rescaled and geometry else None)
 
     @classmethod
     def load(cls, variant: Variant, provider: str = "auto", detector_timeout_s: float | None = 2.0,
@@ -162,6 +168,7 @@ class MaskingEngine:
         detect = self._plan_detections(trackers, thumbs) if thumbs is not None else list(range(len(frames)))
         detections: dict[int, Detections] = {}
         in_context: set[int] = set()
+        looks: dict[int, SecondLook] = {}
         if detect:
             # A configured rotation turns the picture before the one pass; estimated ones add passes (_orient).
             images = [turn(frames[i].image, (frames[i].rotation or 0) // 90) for i in detect]
@@ -175,6 +182,11 @@ class MaskingEngine:
             detections = dict(zip(detect, found, strict=True))
             if rule.enabled:
                 in_context = {i for i in detect if is_crowd(frames[i].image, detections[i], rule)}
+            try:
+                looks = self._second_looks(frames, trackers, detections, in_context, context_threshold, threshold,
+                                           timings)
+            except FailClosed as exc:
+                return [self._fail_closed(f, exc.reason, len(frames)) for f in frames]
             metrics.BATCH_SIZE.observe(len(detect))
         results = []
         for i, frame in enumerate(frames):
@@ -184,7 +196,7 @@ class MaskingEngine:
                     dets = detections[i]
                     if i in in_context:
                         metrics.CROWD_CONTEXT_FRAMES.inc()
-                        result = self._mask_one(frame, trackers[i], dets, spec, context_threshold)
+                        result = self._mask_one(frame, trackers[i], dets, spec, context_threshold, looks.get(i))
                     else:  # faint boxes read for the context rule count for nothing here
                         result = self._mask_one(frame, trackers[i], _at_least(dets, track_threshold), spec,
                                                 threshold)
@@ -263,11 +275,30 @@ class MaskingEngine:
                 out[i] = merge([upright[i], back], threshold)
         return out
 
-    def _detect(self, images: list[Image], threshold: float, timings: BatchTimings) -> list[Detections]:
+    def _second_looks(self, frames: list[FrameInput], trackers: list[FaceTracker], detections: dict[int, Detections],
+                      in_context: set[int], context_threshold: float, threshold: float,
+                      timings: BatchTimings) -> dict[int, SecondLook]:
+        """The second look's verdicts on the crowd frames that have faint candidates (upright cameras: a turned
+        camera's candidates are all kept, the safe side). One batched pass of the larger-scale detector."""
+        if self._rescan is None:
+            return {}
+        due = {}
+        for i in sorted(in_context):
+            required = self._new_track_scores(frames[i].image, detections[i], context_threshold)
+            if trackers[i].orientation == 0 and candidates(detections[i], required, threshold).any():
+                due[i] = required
+        if not due:
+            return {}
+        rescans = self._detect([frames[i].image for i in due], RESCAN_SCORE, timings, self._rescan)
+        return {i: second_look(detections[i], required, threshold, rescan)
+                for (i, required), rescan in zip(due.items(), rescans, strict=True)}
+
+    def _detect(self, images: list[Image], threshold: float, timings: BatchTimings,
+                detector: FaceDetector | None = None) -> list[Detections]:
         with self._lock:
             if not self.healthy:
                 raise FailClosed("detector_unhealthy", "a timed-out inference is still running")
-            future = self._executor.submit(self.detector.detect, images, threshold, timings)
+            future = self._executor.submit((detector or self.detector).detect, images, threshold, timings)
             self._inflight = future
         try:
             detections = future.result(timeout=self.detector_timeout_s)
@@ -312,10 +343,18 @@ class MaskingEngine:
         return tracker
 
     def _mask_one(self, frame: FrameInput, tracker: FaceTracker, dets: Detections, spec: MaskSpec,
-                  threshold: float) -> EngineResult:
+                  threshold: float, look: SecondLook | None = None) -> EngineResult:
         required = self._new_track_scores(frame.image, dets, threshold)
-        return self._mask_tracks(frame, tracker.update(dets.boxes, dets.scores, new_track_score=required), dets,
-                                 spec)
+        boxes = dets.boxes
+        if look is not None:
+            # A refused candidate may still continue a track a sure detection started; it cannot start one. Kept
+            # ones are masked at their own size: their boxes shrink so the mask's scale covers just the box.
+            refused = look.refused
+            metrics.SECOND_LOOK_REFUSED.inc(int(refused.sum()))
+            metrics.SECOND_LOOK_KEPT.inc(int((look.candidates & look.keep).sum()))
+            required = np.where(refused, np.float32(np.inf), required).astype(np.float32)
+            boxes = mask_boxes(dets.boxes, look.mask_scale, spec.scale)
+        return self._mask_tracks(frame, tracker.update(boxes, dets.scores, new_track_score=required), dets, spec)
 
     def _mask_tracks(self, frame: FrameInput, tracked: Tracks, dets: Detections | None,
                      spec: MaskSpec) -> EngineResult:

@@ -57,6 +57,10 @@ class Variant:
     # "upright": pictures are taken as they come. A frame's configured rotation is used either way.
     orientation: str = "auto"
     orientation_every: int = 150
+    # In a crowd frame, a faint box (under threshold) starts a mask only when a second pass at 1.5x the scale finds
+    # it and its landmarks are in face order, and it is masked at its own size (engine/second_look.py): a sixth of
+    # the area masked outside faces for 1.5 points of recall and about 3x the CPU of a crowd frame.
+    second_look: bool = False
     # Set when the variant comes from the model registry: the downloaded (and sha256-checked) model file, and the
     # registered version ("name/3") that frames and metrics then report instead of the settings digest.
     model_path: str = ""
@@ -89,6 +93,7 @@ class Variant:
             f"/tile{self.tile}" if self.tile else "",
             f"/every{self.detect_every}" if self.detect_every > 1 else "",
             "/orient" if self.orientation == "auto" else "",
+            "/look2" if self.second_look else "",
         ))
         return (f"{self.detector}@{self.model_sha256[:12]}/{self.input_width}x{self.input_height}"
                 f"/t{self.threshold:g}/k{self.track_threshold:g}{extras}")
@@ -112,6 +117,9 @@ REGISTRY: dict[str, Variant] = {
     # Sample clips, every frame checked: referee re-found 80 of 3,990 faces, 0 confidently (every frame: 83, 0);
     # every 4th frame left one confident re-find, every 5th two (docs/EVALUATION.md).
     "realtime": Variant(name="realtime", version="1", detect_every=3),
+    # Crowds masked where the faces are: the default with the second look on faint crowd boxes (less of the scene
+    # masked, a little less recall, more CPU in crowds).
+    "precise": Variant(name="precise", version="1", second_look=True),
     # Crowds: lower threshold, a mirrored pass, a larger budget and native-resolution tiles on large frames.
     # Recall 0.96 on WIDER crowds for about 3x the default's cost; fires on some textures (docs/EVALUATION.md).
     "crowd": Variant(name="crowd", version="1", threshold=0.05, flip=True, input_width=768, input_height=432,

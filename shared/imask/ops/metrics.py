@@ -43,6 +43,10 @@ FACES_MASKED = Counter("imask_faces_masked_total", "Face regions masked (detecte
 CROWD_CONTEXT_FRAMES = Counter("imask_crowd_context_frames_total",
                                "Detected frames seen as a crowd (engine/context.py), so new small faces needed "
                                "only the variant's context threshold")
+SECOND_LOOK_REFUSED = Counter("imask_second_look_refused_total",
+                              "Faint crowd boxes the second look refused (not confirmed at 1.5x, or landmarks out of "
+                              "face order): not masked unless they continue a track")
+SECOND_LOOK_KEPT = Counter("imask_second_look_kept_total", "Faint crowd boxes the second look confirmed")
 BATCH_SIZE = Histogram("imask_inference_batch_size", "Frames per detector call", buckets=(1, 2, 4, 8, 16, 32))
 EXECUTION_PROVIDER = Gauge("imask_execution_provider_info", "ONNX Runtime provider in use (1 = active)",
                            ["provider"])

@@ -213,3 +213,52 @@ def test_the_second_pass_of_1080p_stops_at_the_detectors_cap() -> None:
     main = DetectorGeometry(pixel_budget=640 * 360, max_upscale=2.0, max_downscale=2.0)
     assert detector_size(1920, 1080, main)[0] == 960
     assert detector_size(1920, 1080, rescan_geometry(main))[0] == 1280
+
+
+class _Fixed:
+    """A detector returning the same boxes for any frame; re-read at another geometry, it returns `rescan`'s."""
+
+    def __init__(self, dets: Detections, rescan: Detections | None = None) -> None:
+        self.dets, self.rescan = dets, rescan if rescan is not None else dets
+        self.geometry = DetectorGeometry()
+
+    def detect(self, frames: list[Image], threshold: float, timings: object = None) -> list[Detections]:
+        keep = self.dets.scores >= threshold
+        return [Detections(self.dets.boxes[keep], self.dets.scores[keep], self.dets.landmarks[keep]) for _ in frames]
+
+    def with_geometry(self, geometry: DetectorGeometry) -> _Fixed:
+        return _Fixed(self.rescan)
+
+
+def _crowd_with_a_faint_box() -> Detections:
+    """Six sure small faces and one faint box (0.05) at the end, all with face-ordered landmarks."""
+    boxes = [[40.0 + 90 * k, 50.0, 80.0 + 90 * k, 100.0] for k in range(6)] + [[300.0, 250.0, 340.0, 300.0]]
+    return _dets(boxes, [0.9] * 6 + [0.05])
+
+
+def test_the_engine_masks_a_confirmed_faint_box_at_its_own_size_and_counts_a_refused_one() -> None:
+    from imask.engine import FrameInput
+    from imask.engine.variants import get_variant
+    from imask.ops import metrics
+
+    frame = np.random.default_rng(3).integers(0, 255, (400, 640, 3), np.uint8)
+    crowd = _crowd_with_a_faint_box()
+    variant = get_variant("precise").with_overrides(orientation="upright")
+    refused_before = metrics.SECOND_LOOK_REFUSED._value.get()
+    refusing = MaskingEngine(variant, _Fixed(crowd, rescan=_dets([], [])))
+    surer = Detections(crowd.boxes, np.where(crowd.scores < 0.1, 0.3, crowd.scores).astype(np.float32),
+                       crowd.landmarks)  # the faint box, seen larger, scores 0.3
+    confirming = MaskingEngine(variant, _Fixed(crowd, rescan=surer))
+    plain = MaskingEngine(variant.with_overrides(second_look=False), _Fixed(crowd))
+    try:
+        refused = refusing.process([FrameInput("a", 0, frame)])[0]
+        kept = confirming.process([FrameInput("b", 0, frame)])[0]
+        before = plain.process([FrameInput("c", 0, frame)])[0]
+    finally:
+        for eng in (refusing, confirming, plain):
+            eng.close()
+    assert len(before.faces) == 7 and len(kept.faces) == 7 and len(refused.faces) == 6
+    assert metrics.SECOND_LOOK_REFUSED._value.get() == refused_before + 1
+    faint = next(f for f in kept.faces if f.box[1] >= 240)
+    assert faint.box[2] - faint.box[0] < 40  # shrunk so the mask's scale covers the box itself
+    assert np.array_equal(refused.image[250:300, 300:340], frame[250:300, 300:340])  # the refused box is not masked

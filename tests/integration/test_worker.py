@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import detail_ratio, near_uniform, similarity
-from imask.devstack.procs import stop_all
+from imask.devstack.procs import ServiceProcess, stop_all
 from imask.frames.clock import now_us
 from imask.frames.envelope import make_frame
 from imask.media import encode_jpeg
@@ -91,18 +91,22 @@ def test_fail_closed_when_detector_times_out(kafka_settings: KafkaSettings, tmp_
     stop_all([worker])
 
 
+def _kill_once_working(victim: ServiceProcess) -> None:
+    """SIGKILL a worker once it has really been working, so it dies holding uncommitted frames."""
+    deadline = time.monotonic() + 60
+    while victim.metric("imask_frames_out_total") < 15 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait()
+
+
 def test_sigkill_mid_stream_another_worker_takes_over(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     group = f"g-{uuid.uuid4().hex[:6]}"
     cameras = {f"cam-{i}": moving_face_frames(40) for i in range(4)}
     victim = start_worker(tmp_path, "victim", group)
     survivor = start_worker(tmp_path, "survivor", group, IMASK_WORKER_BATCH_MAX="4")  # also exercises batching
     publish(kafka_settings, cameras, pace_s=0.03)
-    # Kill once the victim has really been working, so it dies holding uncommitted frames.
-    deadline = time.monotonic() + 60
-    while victim.metric("imask_frames_out_total") < 15 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    victim.proc.send_signal(signal.SIGKILL)
-    victim.proc.wait()
+    _kill_once_working(victim)
     got = collect(kafka_settings, set(cameras), timeout=120)
     summary = got.ledger.summary()
     assert summary["unaccounted"] == 0, summary
@@ -140,11 +144,7 @@ def test_exactly_once_worker_killed_leaves_no_duplicates(kafka_settings: KafkaSe
     victim = start_worker(tmp_path, "victim", group, **eos)
     survivor = start_worker(tmp_path, "survivor", group, **eos)
     publish(kafka_settings, cameras, pace_s=0.03)
-    deadline = time.monotonic() + 60
-    while victim.metric("imask_frames_out_total") < 15 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    victim.proc.send_signal(signal.SIGKILL)
-    victim.proc.wait()
+    _kill_once_working(victim)
     got = collect(kafka_settings, set(cameras), timeout=120)
     summary = got.ledger.summary()
     assert summary["unaccounted"] == 0, summary

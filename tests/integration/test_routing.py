@@ -166,10 +166,9 @@ def test_canary_with_a_bad_challenger_is_rolled_back_by_the_router(store: Experi
     assert_in_order(got)
     for worker in workers:
         assert worker.metric("imask_frames_unmasked_total") == 0
+    # Rolled back on the rule (max_failed consecutive failed checks), not on anything slower; how long that takes in
+    # seconds is the router benchmark's to measure (make bench-router), not a test's.
     assert rollback["reason"].startswith(f"{max_failed} consecutive failed checks"), rollback
-    first_challenger_us = min(m.masked_ts_us for m in got.meta.values() if m.arm == "challenger")
-    took_s = (rollback["ts_us"] - first_challenger_us) / 1e6
-    assert took_s <= (max_failed + 2) * interval, took_s  # one interval to a verdict, then max_failed checks
     for camera in split["challenger"]:
         arms = [got.masked[(camera, seq)].arm for seq in range(110)]
         cut = arms.index("control") if "control" in arms else 110

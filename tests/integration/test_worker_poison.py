@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
@@ -15,6 +14,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ConfigResource,
 )
 
+from conftest import textured
 from imask.devstack.procs import stop_all
 from imask.frames.envelope import end_of_stream
 from imask.media import encode_jpeg
@@ -25,7 +25,7 @@ from streams import collect, moving_face_frames, publish, start_worker
 
 pytestmark = pytest.mark.kafka
 
-MASKED_TOPIC_LIMIT = 60_000  # the face frames' masked JPEGs are ~32 kB, the noise frames' ~130 kB
+MASKED_TOPIC_LIMIT = 60_000  # the face frames' masked JPEGs are ~32 kB, the grainy frames' ~70 kB
 
 
 def _topic_config(admin: AdminClient, topic: str, key: str) -> str:
@@ -48,7 +48,7 @@ def test_refused_outputs_and_pixel_markers_are_dead_lettered(kafka_settings: Kaf
     assert _topic_config(admin, kafka_settings.topic_masked, "max.message.bytes") == str(MASKED_TOPIC_LIMIT)
 
     faces = moving_face_frames(10)
-    noise = [np.random.default_rng(i).integers(0, 255, (360, 480, 3), np.uint8) for i in range(6)]
+    noise = [textured(360, 480, seed=i) for i in range(6)]
     marker = end_of_stream("cam-ok", 4)
     marker.data = encode_jpeg(faces[4], 85)
     publish(kafka_settings, {"cam-ok": faces, "cam-noise": noise}, {("cam-ok", 4): marker.SerializeToString()})

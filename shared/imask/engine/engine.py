@@ -20,6 +20,7 @@ from imask.engine.detectors.base import BatchTimings, Detections, FaceDetector
 from imask.engine.detectors.geometry import merge
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
 from imask.engine.orientation import choose, turn, turn_back, upright_is_sure
+from imask.engine.picture_range import detector_input
 from imask.engine.second_look import RESCAN_SCORE, SecondLook, candidates, mask_boxes, rescan_geometry, second_look
 from imask.engine.tracker import FaceTracker, Tracks
 from imask.engine.variants import Variant
@@ -169,13 +170,26 @@ class MaskingEngine:
         detections: dict[int, Detections] = {}
         in_context: set[int] = set()
         looks: dict[int, SecondLook] = {}
+        # What the detector reads: the frame, or the frame brought back into range (dithered, halftone, noisy);
+        # a frame that cannot be is obscured whole. Masks always go on the frame itself.
+        readable: dict[int, FrameInput] = {}
+        unreadable: dict[int, str] = {}
+        for i in detect:
+            picture, reason = detector_input(frames[i].image)
+            if picture is None:
+                unreadable[i] = reason
+                continue
+            if reason:
+                metrics.FRAMES_RESTORED.labels(reason).inc()
+            readable[i] = FrameInput(frames[i].camera_id, frames[i].seq, picture, frames[i].rotation)
+        detect = list(readable)
         if detect:
             # A configured rotation turns the picture before the one pass; estimated ones add passes (_orient).
-            images = [turn(frames[i].image, (frames[i].rotation or 0) // 90) for i in detect]
+            images = [turn(readable[i].image, (readable[i].rotation or 0) // 90) for i in detect]
             floor = min(track_threshold, context_threshold)
             try:
                 found = self._detect(images, floor, timings)
-                found = self._orient([frames[i] for i in detect], [trackers[i] for i in detect], found, floor,
+                found = self._orient([readable[i] for i in detect], [trackers[i] for i in detect], found, floor,
                                      timings)
             except FailClosed as exc:
                 return [self._fail_closed(f, exc.reason, len(frames)) for f in frames]
@@ -183,7 +197,7 @@ class MaskingEngine:
             if rule.enabled:
                 in_context = {i for i in detect if is_crowd(frames[i].image, detections[i], rule)}
             try:
-                looks = self._second_looks(frames, trackers, detections, in_context, context_threshold, threshold,
+                looks = self._second_looks(readable, trackers, detections, in_context, context_threshold, threshold,
                                            timings)
             except FailClosed as exc:
                 return [self._fail_closed(f, exc.reason, len(frames)) for f in frames]
@@ -191,7 +205,9 @@ class MaskingEngine:
         results = []
         for i, frame in enumerate(frames):
             try:
-                if i in detections:
+                if i in unreadable:
+                    result = self._fail_closed(frame, unreadable[i], len(frames))
+                elif i in detections:
                     trackers[i].reference = thumbs[i] if thumbs is not None else None
                     dets = detections[i]
                     if i in in_context:
@@ -275,7 +291,8 @@ class MaskingEngine:
                 out[i] = merge([upright[i], back], threshold)
         return out
 
-    def _second_looks(self, frames: list[FrameInput], trackers: list[FaceTracker], detections: dict[int, Detections],
+    def _second_looks(self, frames: dict[int, FrameInput], trackers: list[FaceTracker],
+                      detections: dict[int, Detections],
                       in_context: set[int], context_threshold: float, threshold: float,
                       timings: BatchTimings) -> dict[int, SecondLook]:
         """The second look's verdicts on the crowd frames that have faint candidates (upright cameras: a turned

@@ -43,6 +43,9 @@ FACES_MASKED = Counter("imask_faces_masked_total", "Face regions masked (detecte
 CROWD_CONTEXT_FRAMES = Counter("imask_crowd_context_frames_total",
                                "Detected frames seen as a crowd (engine/context.py), so new small faces needed "
                                "only the variant's context threshold")
+FRAMES_RESTORED = Counter("imask_frames_restored_total", "Frames the detector read smoothed because they were out "
+                          "of its range (dithered or halftone dots, noise); masks still go on the frame itself",
+                          ["reason"])
 SECOND_LOOK_REFUSED = Counter("imask_second_look_refused_total",
                               "Faint crowd boxes the second look refused (not confirmed at 1.5x, or landmarks out of "
                               "face order): not masked unless they continue a track")

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import textured
 from imask.engine import FrameInput, MaskingEngine, default_variant
 from imask.engine.context import ContextRule, is_crowd
 from imask.engine.detectors.base import Detections
@@ -44,7 +45,7 @@ class FixedDetections:
 
 @pytest.mark.parametrize(("confident", "expected"), [(5, 6), (4, 4)])
 def test_a_faint_face_is_masked_in_a_crowd_only(confident: int, expected: int) -> None:
-    frame = np.random.default_rng(1).integers(0, 255, (400, 640, 3), np.uint8)
+    frame = textured(400, 640, seed=1)
     detector = FixedDetections(_dets([0.6] * confident + [0.04]))
     engine = MaskingEngine(default_variant().with_overrides(orientation="upright"), detector)
     result = engine.process([FrameInput("cam", 0, frame)])[0]

@@ -136,3 +136,22 @@ def test_the_check_and_the_smoothing_are_deterministic(astronaut_image: Image) -
         assert first[0] is not None and second[0] is not None
         assert np.array_equal(first[0], second[0])
         assert measure(picture) == measure(picture.copy())
+
+
+def test_the_engine_masks_a_dithered_face_and_obscures_a_picture_it_cannot_read(engine: MaskingEngine,
+                                                                                 astronaut_image: Image) -> None:
+    from conftest import similarity
+    from imask.engine import FrameInput
+    from imask.ops import metrics
+
+    restored = metrics.FRAMES_RESTORED.labels("dots_pitch1")
+    before = restored._value.get()
+    dithered = _one_bit(astronaut_image)
+    result = engine.process([FrameInput("dithered", 0, dithered)])[0]
+    assert not result.fail_closed and len(result.faces) == 1  # read smoothed; unread, it scored under the threshold
+    face = (slice(95, 155), slice(205, 270))
+    assert similarity(result.image[face], dithered[face]) < 0.9  # the mask went on the frame itself
+    assert restored._value.get() == before + 1
+    noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)  # snow: no picture at all
+    obscured = engine.process([FrameInput("snow", 0, noise)])[0]
+    assert obscured.fail_closed and obscured.fail_closed_reason == UNREADABLE

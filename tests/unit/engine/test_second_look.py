@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import textured
 from imask.engine import MaskingEngine
 from imask.engine.detectors.base import Detections, DetectorGeometry
 from imask.engine.detectors.centerface.detector import CenterFaceDetector
@@ -241,7 +242,7 @@ def test_the_engine_masks_a_confirmed_faint_box_at_its_own_size_and_counts_a_ref
     from imask.engine.variants import get_variant
     from imask.ops import metrics
 
-    frame = np.random.default_rng(3).integers(0, 255, (400, 640, 3), np.uint8)
+    frame = textured(400, 640, seed=3)
     crowd = _crowd_with_a_faint_box()
     variant = get_variant("precise").with_overrides(orientation="upright")
     refused_before = metrics.SECOND_LOOK_REFUSED._value.get()

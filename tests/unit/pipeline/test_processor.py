@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import BrokenEngine
+from conftest import BrokenEngine, textured
 from imask.engine import MaskingEngine
 from imask.frames.clock import now_us
 from imask.frames.envelope import end_of_stream, make_frame
@@ -58,7 +58,7 @@ def test_engine_exception_becomes_internal_error_drops(engine: MaskingEngine, as
 
 
 def test_masked_frame_over_the_message_size_is_dropped(engine: MaskingEngine) -> None:
-    noise = np.random.default_rng(1).integers(0, 255, (480, 640, 3), np.uint8)
+    noise = textured(480, 640, seed=1)
     options = ProcessorOptions("w", LIMITS, max_message_bytes=60_000)
     [outcome] = FrameProcessor(engine, options).process([_inbound(_frame(noise))])
     assert outcome.drop is not None and outcome.drop.reason == pb.DROP_REASON_OVERSIZE

@@ -11,7 +11,6 @@ redis or mlflow; a test that uses a server fixture carries its marker; a test th
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from imask.devstack.procs import free_port
 from imask.devstack.settings import StackSettings
 from imask.engine import EngineResult, FrameInput, MaskingEngine, default_variant
 from imask.loadtest.samples import astronaut, shared_data
@@ -38,7 +38,7 @@ TESTS = Path(__file__).parent
 
 def pytest_configure(config: pytest.Config) -> None:
     global _TEST_MLFLOW
-    _TEST_MLFLOW = StackSettings.on_free_ports(Path(tempfile.gettempdir()) / "imask-test-mlflow", mlflow=True)
+    _TEST_MLFLOW = StackSettings(mlflow_port=free_port(), mlflow=True)  # state_dir: the fixture's temp folder
     # For this process and every service it spawns: whatever falls back to the default tracking server reaches the
     # session's own, never the user's.
     os.environ["IMASK_REGISTRY_URI"] = os.environ["MLFLOW_TRACKING_URI"] = _TEST_MLFLOW.mlflow_uri

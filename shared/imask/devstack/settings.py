@@ -64,9 +64,9 @@ class StackSettings(BaseSettings):
     def on_free_ports(cls, state_dir: Path, brokers: int = 1, **fields: object) -> StackSettings:
         """Settings of a throwaway stack (tests, fault scenarios) in ``state_dir`` on ports nobody uses now: never
         the shared default stack's."""
+        fields.setdefault("mlflow", False)
         for _ in range(200):
             base = secrets.randbelow(20000) + 30000
-            fields.setdefault("mlflow", False)
             candidate = cls(state_dir=state_dir, kafka_brokers=brokers, kafka_port=base,
                             kafka_controller_port=base + 1, redis_port=base + 2 * brokers,
                             mlflow_port=base + 2 * brokers + 1, **fields)  # type: ignore[arg-type]
@@ -143,15 +143,6 @@ class StackSettings(BaseSettings):
             raise StackError(f"no broker {index}: this stack has {self.kafka_brokers} (0..{self.kafka_brokers - 1})")
         node_dir = self.kafka_dir if self.kafka_brokers == 1 else self.cluster_dir / f"node-{index + 1}"
         return BrokerNode(index, index + 1, self.broker_ports[index], self.controller_ports[index], node_dir)
-
-    @property
-    def kafka_data_dir(self) -> Path:
-        """Data folder of the first broker (the only one by default)."""
-        return self.broker(0).data_dir
-
-    @property
-    def kafka_logs_dir(self) -> Path:
-        return self.broker(0).logs_dir
 
     @property
     def redis_dir(self) -> Path:

@@ -41,15 +41,15 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from imask.devstack import kafka, mlflow, redis, supervisor
-from imask.devstack.kafka import KAFKA_POM, kill_broker, start_broker
+from imask.devstack.kafka import kill_broker, start_broker
 from imask.devstack.kafka_admin import create_topics, set_client_quota
 from imask.devstack.redis import REDIS_SERVER
 from imask.devstack.server import Server
-from imask.devstack.settings import REPO_ROOT, BrokerNode, StackSettings
+from imask.devstack.settings import StackSettings
 from imask.devstack.supervisor import StackError
 
-__all__ = ["KAFKA_POM", "REDIS_SERVER", "REPO_ROOT", "SERVERS", "BrokerNode", "StackError", "StackSettings",
-           "create_topics", "down", "kill_broker", "main", "set_client_quota", "start_broker", "status", "up"]
+__all__ = ["REDIS_SERVER", "SERVERS", "StackError", "StackSettings", "create_topics", "down", "kill_broker", "main",
+           "set_client_quota", "start_broker", "status", "up"]
 
 logger = logging.getLogger(__name__)
 

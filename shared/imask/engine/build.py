@@ -14,15 +14,12 @@ from imask.engine.variants import Variant, get_variant
 from imask.ops import metrics
 from imask.ops.settings import EngineSettings
 
-# Settings that change a variant; a registered version refuses them.
-OVERRIDES = ("mask_style", "mask_shape", "mask_scale", "threshold", "detector_width", "detector_height")
-
 log = logging.getLogger(__name__)
 
 
-def builtin_variant(settings: EngineSettings, name: str | None = None) -> Variant:
-    """A built-in variant (the settings' own, or `name`) with the settings' per-deployment overrides."""
-    variant = get_variant(name or settings.variant)
+def builtin_variant(settings: EngineSettings) -> Variant:
+    """The settings' built-in variant with their per-deployment overrides."""
+    variant = get_variant(settings.variant)
     mask = variant.mask
     mask = MaskSpec(
         style=MaskStyle(settings.mask_style) if settings.mask_style else mask.style,

@@ -253,6 +253,8 @@ class MaskingEngine:
         """The upright detections plus those of each camera's other orientation (configured, or estimated on its
         first frame and every `orientation_every` detected frames after), mapped back and merged by NMS."""
         auto = self.variant.orientation == "auto"
+        if not auto and all(frame.rotation is None for frame in frames):
+            return upright
         estimate = []
         out = list(upright)
         for i, (frame, tracker) in enumerate(zip(frames, trackers, strict=True)):
@@ -361,7 +363,7 @@ class MaskingEngine:
 
     def _mask_one(self, frame: FrameInput, tracker: FaceTracker, dets: Detections, spec: MaskSpec,
                   threshold: float, look: SecondLook | None = None) -> EngineResult:
-        required = self._new_track_scores(frame.image, dets, threshold)
+        required = look.required if look is not None else self._new_track_scores(frame.image, dets, threshold)
         boxes = dets.boxes
         if look is not None:
             # A refused candidate may still continue a track a sure detection started; it cannot start one. Kept

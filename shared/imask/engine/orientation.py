@@ -22,7 +22,6 @@ import numpy as np
 from imask.engine.detectors.base import Detections
 from imask.types import Image
 
-TURNS = (0, 1, 2, 3)  # clockwise quarter turns
 EVIDENCE_SCORE = 0.3  # detections counted as evidence of faces
 WIN_RATIO = 1.2  # a turn other than upright must have this much more evidence
 WIN_TOP_SCORE = 0.4  # and one face at least this sure

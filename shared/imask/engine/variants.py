@@ -104,6 +104,9 @@ class Variant:
                              f"got {self.orientation!r}")
         if self.orientation_every < 1:
             raise ValueError(f"variant {self.name!r}: orientation_every must be >= 1")
+        if self.second_look and self.detector not in ("centerface", "centerface-torch"):
+            raise ValueError(f"variant {self.name!r}: the second look re-reads frames with CenterFace at 1.5x; "
+                             f"detector {self.detector!r} has no second look")
 
     def with_overrides(self, **changes: object) -> Variant:
         return replace(self, **changes)  # type: ignore[arg-type]

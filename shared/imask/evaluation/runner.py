@@ -33,6 +33,7 @@ CLIP_LEAK_EVERY = 1
 CURVE_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 CONTEXT_THRESHOLDS = (0.02, 0.03, 0.05, 0.07, 0.1)  # the crowd rule's threshold (engine/context.py)
 SIZE_BUCKETS = ("<32", "32-63", ">=64")
+SUMMARY_PERCENTILES = (50, 90, 95)
 FACE_MARGIN = 0.6  # over-masking in labelled pictures: what is masked beyond each face box grown this much a side
 
 Progress = Callable[[str], None]
@@ -269,11 +270,12 @@ def _leaks(faces: int, refound: int, confident: int) -> dict[str, Any]:
 
 
 def _summary(values: list[float]) -> dict[str, float | None]:
+    """mean, p50, p90, p95 and max; every key None for no values."""
     if not values:
-        return {"mean": None, "p50": None, "p95": None, "max": None}
+        return {"mean": None, **{f"p{q}": None for q in SUMMARY_PERCENTILES}, "max": None}
     arr = np.asarray(values, np.float64)
-    return {"mean": round(float(arr.mean()), 4), "p50": round(float(np.percentile(arr, 50)), 4),
-            "p90": round(float(np.percentile(arr, 90)), 4), "p95": round(float(np.percentile(arr, 95)), 4),
+    return {"mean": round(float(arr.mean()), 4),
+            **{f"p{q}": round(float(np.percentile(arr, q)), 4) for q in SUMMARY_PERCENTILES},
             "max": round(float(arr.max()), 4)}
 
 

@@ -11,7 +11,7 @@ import re
 # Anchored for pydantic (its Rust regex reads `$` as the end of the text). Python's `$` also matches before a
 # final newline, so Python code checks with fullmatch: "cam\n" is not an id.
 CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-_CAMERA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_CAMERA_ID = re.compile(CAMERA_ID_PATTERN)
 
 
 def is_camera_id(text: str) -> bool:

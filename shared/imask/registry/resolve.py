@@ -4,11 +4,14 @@ registered, or a built-in variant with the deployment's overrides; then the engi
 from __future__ import annotations
 
 from imask.engine import MaskingEngine, Variant
-from imask.engine.build import OVERRIDES, builtin_variant, load_engine
+from imask.engine.build import builtin_variant, load_engine
 from imask.engine.variants import get_variant
 from imask.ops.settings import ConfigError, EngineSettings
 from imask.registry.refs import ModelRef, RegistryError
 from imask.registry.store import Registry
+
+# Settings that change a variant; a registered version refuses them.
+OVERRIDES = ("mask_style", "mask_shape", "mask_scale", "threshold", "detector_width", "detector_height")
 
 
 def engine_variant(settings: EngineSettings) -> Variant:

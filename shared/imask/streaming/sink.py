@@ -110,18 +110,19 @@ class SinkConsumer:
 
     # Rebalances: librdkafka (un)assigns after each callback; the sink decides its offsets either way.
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
-        self._owned |= {p.partition for p in partitions}
-        self.details["partitions"] = sorted(self._owned)
+        self._rebalanced("partitions assigned", partitions, added=True)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("partitions revoked", extra={"partitions": [p.partition for p in partitions]})
-        self._owned -= {p.partition for p in partitions}
-        self.details["partitions"] = sorted(self._owned)
+        self._rebalanced("partitions revoked", partitions, added=False)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.warning("partitions lost", extra={"partitions": [p.partition for p in partitions]})
-        self._owned -= {p.partition for p in partitions}
+        self._rebalanced("partitions lost", partitions, added=False, level=logging.WARNING)
+
+    def _rebalanced(self, what: str, partitions: list[TopicPartition], added: bool, level: int = logging.INFO) -> None:
+        """Log a rebalance step and show the partitions held after it in /readyz."""
+        numbers = {p.partition for p in partitions}
+        log.log(level, what, extra={"partitions": sorted(numbers)})
+        self._owned = self._owned | numbers if added else self._owned - numbers
         self.details["partitions"] = sorted(self._owned)
 
 

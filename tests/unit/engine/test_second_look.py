@@ -263,3 +263,10 @@ def test_the_engine_masks_a_confirmed_faint_box_at_its_own_size_and_counts_a_ref
     faint = next(f for f in kept.faces if f.box[1] >= 240)
     assert faint.box[2] - faint.box[0] < 40  # shrunk so the mask's scale covers the box itself
     assert np.array_equal(refused.image[250:300, 300:340], frame[250:300, 300:340])  # the refused box is not masked
+
+
+def test_a_family_without_a_second_look_refuses_it() -> None:
+    from imask.engine.variants import get_variant
+
+    with pytest.raises(ValueError, match="no second look"):
+        get_variant("blazeface").with_overrides(second_look=True)

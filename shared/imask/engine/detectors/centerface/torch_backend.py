@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from imask.engine.detectors.base import BuiltDetector, DetectorRequest, ModelError, read_verified
+from imask.engine.detectors.centerface import model_file as model_file  # the same packaged file as the ONNX path
 from imask.engine.detectors.centerface.model import CENTERFACE_SHA256, LoadedModel, packaged_centerface_path
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,3 @@ def build(request: DetectorRequest, provider: str, intra_op_threads: int) -> Bui
                                   intra_op_threads=intra_op_threads)
     return BuiltDetector(CenterFaceDetector(model, request.geometry), model.execution_provider, model.sha256)
 
-
-def model_file(request: DetectorRequest) -> Path:
-    return packaged_centerface_path()

@@ -21,6 +21,7 @@ from imask.engine.detectors.geometry import merge
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
 from imask.engine.orientation import choose, turn, turn_back, upright_is_sure
 from imask.engine.picture_range import detector_input
+from imask.engine.picture_stats import PictureStats, grey_sample, picture_stats, thumbnail, thumbnail_change
 from imask.engine.second_look import RESCAN_SCORE, SecondLook, candidates, mask_boxes, rescan_geometry, second_look
 from imask.engine.tracker import FaceTracker, Tracks
 from imask.engine.variants import Variant
@@ -65,6 +66,7 @@ class EngineResult:
     batch_size: int = 1
     detected: bool = True  # False: a detect-every-k frame masked from moved tracks alone
     orientation: int = 0  # clockwise degrees the picture was also turned for detection (0: upright only)
+    picture: PictureStats | None = None  # frames the detector was run on (or refused as unreadable)
 
 
 def _at_least(dets: Detections, score: float) -> Detections:
@@ -72,15 +74,6 @@ def _at_least(dets: Detections, score: float) -> Detections:
     if keep.all():
         return dets
     return Detections(boxes=dets.boxes[keep], scores=dets.scores[keep], landmarks=dets.landmarks[keep])
-
-
-def _thumbnail(image: Image) -> Image:
-    """32x18 grey: enough to tell a scene cut from motion. Every n-th pixel of every n-th row first (at least
-    128x72 of them), then averaged down: INTER_AREA over a whole 720p frame cost 3.5 ms, this ~0.1."""
-    height, width = image.shape[:2]
-    step = max(1, min(width // 128, height // 72))
-    return cv2.cvtColor(cv2.resize(image[::step, ::step], (32, 18), interpolation=cv2.INTER_AREA),
-                        cv2.COLOR_BGR2GRAY)
 
 
 class FailClosed(Exception):
@@ -164,9 +157,15 @@ class MaskingEngine:
         rule = self.variant.context
         context_threshold = min(rule.threshold, threshold) if rule.enabled else track_threshold
         trackers = [self._tracker(f.camera_id, f.seq) for f in frames]
-        # Thumbnails tell scene cuts, which only detect-every-k variants look for; the others detect on every frame.
-        thumbs = [_thumbnail(f.image) for f in frames] if self.variant.detect_every > 1 else None
-        detect = self._plan_detections(trackers, thumbs) if thumbs is not None else list(range(len(frames)))
+        # Thumbnails tell scene cuts, which only detect-every-k variants plan by; every detected frame's picture
+        # statistics take the grey sample and thumbnail too.
+        greys: dict[int, Image] = {}
+        if self.variant.detect_every > 1:
+            greys = {i: grey_sample(f.image) for i, f in enumerate(frames)}
+            detect = self._plan_detections(trackers, [thumbnail(greys[i]) for i in range(len(frames))])
+        else:
+            detect = list(range(len(frames)))
+        pictures = {i: self._picture(trackers[i], greys.get(i, frames[i].image)) for i in detect}
         detections: dict[int, Detections] = {}
         in_context: set[int] = set()
         looks: dict[int, SecondLook] = {}
@@ -208,7 +207,6 @@ class MaskingEngine:
                 if i in unreadable:
                     result = self._fail_closed(frame, unreadable[i], len(frames))
                 elif i in detections:
-                    trackers[i].reference = thumbs[i] if thumbs is not None else None
                     dets = detections[i]
                     if i in in_context:
                         metrics.CROWD_CONTEXT_FRAMES.inc()
@@ -222,6 +220,7 @@ class MaskingEngine:
                 log.exception("masking failed", extra={"camera": frame.camera_id, "seq": frame.seq})
                 result = self._fail_closed(frame, "mask_error", len(frames))
             result.orientation = trackers[i].orientation * 90
+            result.picture = pictures.get(i)
             # Detector stage costs are per batch; each frame in it waited for all of them.
             result.preprocess_ms = timings.preprocess_ms
             result.inference_ms = timings.inference_ms
@@ -229,6 +228,15 @@ class MaskingEngine:
             result.batch_size = len(frames)
             results.append(result)
         return results
+
+    @staticmethod
+    def _picture(tracker: FaceTracker, image: Image) -> PictureStats:
+        """A detected frame's picture statistics; its thumbnail becomes the camera's reference for the next."""
+        grey = image if image.ndim == 2 else grey_sample(image)
+        thumb = thumbnail(grey)
+        stats = picture_stats(grey, thumbnail_change(thumb, tracker.reference))
+        tracker.reference = thumb
+        return stats
 
     def _plan_detections(self, trackers: list[FaceTracker], thumbs: list[Image]) -> list[int]:
         """Which frames of the batch a detect-every-k variant runs the detector on: a camera's first frame, the frame
@@ -239,8 +247,7 @@ class MaskingEngine:
         planned = []
         for i, (tracker, thumb) in enumerate(zip(trackers, thumbs, strict=True)):
             coasted, reference = state.get(id(tracker), (tracker.coasted, tracker.reference))
-            cut = reference is not None and float(
-                np.abs(thumb.astype(np.int16) - reference.astype(np.int16)).mean()) > self.variant.scene_cut
+            cut = reference is not None and thumbnail_change(thumb, reference) > self.variant.scene_cut
             if reference is None or coasted + 1 >= k or cut:
                 planned.append(i)
                 state[id(tracker)] = (0, thumb)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -34,8 +35,11 @@ def build_meta(engine: MaskingEngine, worker_id: str, result: EngineResult, imag
         model_version=engine.variant.model_version, worker_id=worker_id,
         execution_provider=engine.execution_provider, timings=timings,
         fail_closed=result.fail_closed, fail_closed_reason=result.fail_closed_reason,
-        faces_masked=len(result.faces), brightness=float(image[::8, ::8].mean()), orientation=result.orientation,
+        faces_masked=len(result.faces), orientation=result.orientation,
+        brightness=result.picture.luma_mean if result.picture else float(image[::8, ::8].mean()),
         **ids,  # type: ignore[arg-type]
     )
+    if result.picture is not None:
+        meta.picture.CopyFrom(pb.PictureStats(**asdict(result.picture)))
     add_detections(meta.detections, result)
     return meta

@@ -303,11 +303,42 @@ class RouterSettings(BaseServiceSettings, KafkaSettings, GrpcServerSettings, Reg
                                   "alias in the model registry, through the registry's gate (off: aliases untouched)")
 
 
+
+class FeaturesStreamSettings(BaseServiceSettings, KafkaSettings, RedisSettings):
+    service: ClassVar[str] = "features-stream"
+
+    group_id: str = Field("imask-features", description="Consumer group (its state changelog topics carry the name)")
+    state_dir: Path = Field(Path("features-state"), description="Local window state (RocksDB); rebuilt from the "
+                            "changelog topics when lost")
+    feast_dir: Path = Field(Path(".stack/feast"), description="The Feast registry file and offline parquet files "
+                            "(imask stack up applies the repository there)")
+    feast_project: str = Field("imask", pattern=r"^[A-Za-z0-9_]+$", description="Feast project (Redis keys carry it)")
+    window_s: int = Field(10, ge=1, le=3600, description="Tumbling window, and the step of the hopping window")
+    hop_s: int = Field(60, ge=1, le=86400, description="Hopping window (a multiple of window_s, every window_s)")
+    grace_ms: int = Field(2000, ge=0, le=600_000, description="Records this late (event time: capture time) still "
+                          "count in their window; later ones are counted as late_frames")
+    max_future_ms: int = Field(5000, ge=0, description="Event times further ahead of the wall clock are clamped to it "
+                               "(one future timestamp would hold a partition's windows open)")
+    idle_tick_s: float = Field(5.0, ge=0, description="A partition with no record for this long gets ticks that move "
+                               "its clock on with the wall clock, so a quiet camera's last window closes (0: off)")
+    ticks_topic: str = Field("features.ticks", description="Topic of those ticks (this service's own)")
+    commit_interval_s: float = Field(1.0, gt=0, le=60, description="How often state, offsets and Feast pushes are "
+                                     "committed (what a crash redoes)")
+    auto_offset_reset: Literal["latest", "earliest"] = Field("latest", description="Where a new consumer group "
+                                                             "starts reading")
+
+    @model_validator(mode="after")
+    def _hop_of_windows(self) -> FeaturesStreamSettings:
+        if self.hop_s % self.window_s:
+            raise ValueError(f"hop_s ({self.hop_s}) must be a multiple of window_s ({self.window_s})")
+        return self
+
+
 # Settings every service that has them shares, with one meaning: IMASK_<FIELD>. Anything else is one service's.
 SHARED_GROUPS: tuple[type[ImaskSettings], ...] = (LoggingSettings, KafkaSettings, EngineSettings, FrameLimits,
                                                   GrpcServerSettings, RegistrySettings, RedisSettings)
 SETTINGS_CLASSES: tuple[type[ImaskSettings], ...] = (WorkerSettings, IngestSettings, RecorderSettings,
-                                                     MaskApiSettings, RouterSettings)
+                                                     MaskApiSettings, RouterSettings, FeaturesStreamSettings)
 OTHER_KNOWN_PREFIXES = ("IMASK_STACK_", "IMASK_RUN_", "IMASK_TEST_", "IMASK_CLIENT_")
 
 

@@ -1,0 +1,148 @@
+"""The Feast repository of camera statistics, as objects: entity `camera`, per view a parquet file source, a push
+source and a feature view, and one FeatureService per consumer (router, drift, operators).
+
+`deploy/feast/` holds the same repository for the `feast` command (feature_store.yaml for the local stack,
+definitions.py importing `objects()`); services and tests build their `RepoConfig` here (`repo_config`), so a
+test's store differs only by project name, registry and parquet folder. Redis keys carry the project name: a
+project's rows never mix with another's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from imask.features.schema import (
+    CREATED,
+    ENTITY,
+    EVENT_TIMESTAMP,
+    FEATURES,
+    JOIN_KEY,
+    SERVICES,
+    VIEWS,
+    Kind,
+    View,
+)
+
+if TYPE_CHECKING:
+    from feast import FeatureStore, RepoConfig
+
+DEFAULT_PROJECT = "imask"
+KEY_TTL_S = 86_400  # a camera's Redis hash expires a day after its last write (removed cameras go)
+
+
+@dataclass(frozen=True)
+class FeastSettings:
+    """Where the repository's pieces live: project (Redis keys carry it), registry file, parquet folder, Redis."""
+
+    project: str
+    data_dir: Path  # registry.db and one parquet file per view
+    redis_url: str
+    registry_ttl_s: int = 5
+
+
+def redis_connection_string(redis_url: str) -> str:
+    """Feast's form of a redis:// URL: host:port,db=N[,password=...]."""
+    url = urlparse(redis_url)
+    if url.scheme not in ("redis", "rediss"):
+        raise ValueError(f"expected a redis:// URL, got {redis_url!r}")
+    parts = [f"{url.hostname or '127.0.0.1'}:{url.port or 6379}", f"db={(url.path or '/0').lstrip('/') or '0'}"]
+    if url.password:
+        parts.append(f"password={url.password}")
+    if url.scheme == "rediss":
+        parts.append("ssl=true")
+    return ",".join(parts)
+
+
+def repo_config(settings: FeastSettings) -> RepoConfig:
+    from feast import RepoConfig
+    from feast.repo_config import RegistryConfig
+
+    return RepoConfig(
+        project=settings.project, provider="local", repo_path=settings.data_dir,
+        registry=RegistryConfig(path=str(settings.data_dir / "registry.db"), cache_ttl_seconds=settings.registry_ttl_s),
+        online_store={"type": "redis", "connection_string": redis_connection_string(settings.redis_url),
+                      "key_ttl_seconds": KEY_TTL_S},
+        offline_store={"type": "file"}, entity_key_serialization_version=3)
+
+
+def parquet_path(data_dir: Path, view: View) -> Path:
+    return data_dir / f"{view.name}.parquet"
+
+
+def _feast_type(kind: Kind) -> Any:
+    from feast.types import Array, Float64, Int64, String
+
+    return {"int": Int64, "float": Float64, "str": String, "int_list": Array(Int64)}[kind]
+
+
+def _arrow_type(kind: Kind) -> Any:
+    import pyarrow as pa
+
+    return {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "int_list": pa.list_(pa.int64())}[kind]
+
+
+def arrow_schema() -> Any:
+    """Columns of a view's parquet file, in the order pushed rows have (schema.feast_row)."""
+    import pyarrow as pa
+
+    return pa.schema([(JOIN_KEY, pa.string()), (EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC")),
+                      (CREATED, pa.timestamp("us", tz="UTC")),
+                      *((f.name, _arrow_type(f.kind)) for f in FEATURES)])
+
+
+def objects(data_dir: Path) -> list[Any]:
+    """Every Feast object of the repository; the file sources point into data_dir."""
+    from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource
+    from feast.value_type import ValueType
+
+    camera = Entity(name=ENTITY, join_keys=[JOIN_KEY], value_type=ValueType.STRING,
+                    description="A camera (frames.raw key)")
+    out: list[Any] = [camera]
+    views: dict[str, Any] = {}
+    for view in VIEWS:
+        batch = FileSource(name=f"{view.name}_file", path=str(parquet_path(data_dir, view)),
+                           timestamp_field=EVENT_TIMESTAMP, created_timestamp_column=CREATED)
+        push = PushSource(name=view.push_source, batch_source=batch)
+        fv = FeatureView(name=view.name, entities=[camera], ttl=timedelta(seconds=view.ttl_s), source=push,
+                         online=True, schema=[Field(name=f.name, dtype=_feast_type(f.kind), description=f.doc)
+                                              for f in FEATURES],
+                         description=f"per-camera statistics of frames.meta and frames.dlq, {view.size_s} s windows "
+                         f"every {view.step_s} s (event time)")
+        views[view.name] = fv
+        out += [batch, push, fv]
+    for service, parts in SERVICES.items():
+        out.append(FeatureService(name=service, features=[views[view.name][list(names)] for view, names in parts]))
+    return out
+
+
+def ensure_parquet(data_dir: Path) -> None:
+    """An empty parquet file per view: Feast's file offline store appends pushed rows to an existing file."""
+    import pyarrow.parquet as pq
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    schema = arrow_schema()
+    for view in VIEWS:
+        path = parquet_path(data_dir, view)
+        if not path.exists():
+            pq.write_table(schema.empty_table(), path)
+
+
+def apply(settings: FeastSettings) -> FeatureStore:
+    """`feast apply` of the repository under these settings (idempotent); returns the store."""
+    from feast import FeatureStore
+
+    ensure_parquet(settings.data_dir)
+    store = FeatureStore(config=repo_config(settings))
+    store.apply(objects(settings.data_dir))
+    return store
+
+
+def teardown(settings: FeastSettings) -> None:
+    """`feast teardown`: the project's Redis keys and registry go (a test's store leaves no trace)."""
+    from feast import FeatureStore
+
+    FeatureStore(config=repo_config(settings)).teardown()

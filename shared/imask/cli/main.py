@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings
 from imask.ops.settings import (
     ConfigError,
     EngineSettings,
+    FeaturesStreamSettings,
     IngestSettings,
     MaskApiSettings,
     RecorderSettings,
@@ -72,6 +73,12 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     from services.recorder.service import run
 
     return run(settings_from(RecorderSettings, args))
+
+
+def cmd_features_stream(args: argparse.Namespace) -> int:
+    from services.features_stream.service import run
+
+    return run(settings_from(FeaturesStreamSettings, args))
 
 
 def cmd_mask_api(args: argparse.Namespace) -> int:
@@ -204,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
                         [*COMMON_KAFKA, "group_id", "output_dir", "snapshot_every", "idle_close_s"],
                         "Recorder: write frames.masked into one MP4 per camera")
     p.set_defaults(func=cmd_recorder)
+    p = _service_parser(sub, "features-stream", FeaturesStreamSettings,
+                        [*COMMON_KAFKA, "group_id", "instance_id", "redis_url", "state_dir", "feast_dir",
+                         "feast_project", "window_s", "hop_s", "grace_ms", "auto_offset_reset"],
+                        "Features stream: frames.meta + frames.dlq -> per-camera windows (10 s, and 60 s every "
+                        "10 s) -> Feast (Redis online, parquet offline)")
+    p.set_defaults(func=cmd_features_stream)
 
     p = sub.add_parser(
         "mask", help="Mask faces in image and video files",

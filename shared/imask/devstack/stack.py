@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             up(settings)
             create_topics(settings)
+            from imask.devstack import feast
+
+            feast.apply_repo(settings)
         elif args.command == "down":
             down(settings, wipe=args.wipe)
         else:

@@ -1,0 +1,309 @@
+"""The features stream against the real broker, Redis and Feast: exact windows online and offline, lateness, bad
+input, kill -9 and a Redis restart.
+
+Feast's pieces are started once per session (`feast_repo`: a project of the session's own on the stack's Redis,
+registry and parquet in a temporary folder, torn down at the end); each test has its own topics, consumer group,
+state folder and camera ids. Records carry synthetic capture times a few minutes in the past, so a test produces
+minutes of event time in a second and windows close as the records' clock moves, not the wall clock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from confluent_kafka import Producer
+
+from conftest import subprocess_env
+from imask.devstack import redis as redis_server
+from imask.devstack import stack
+from imask.devstack.settings import StackSettings
+from imask.features import repo
+from imask.features.repo import FeastSettings
+from imask.features.schema import FEATURE_NAMES, VIEW_10S, VIEW_60S, View
+from imask.features.store import FeatureReader
+from imask.loadtest.features import Record, drop_record, meta_record, reference_row
+from imask.ops.settings import KafkaSettings
+from imask.streaming.kafka import delete_topics, producer_config
+from streams import spawn_tracked
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+GRACE_MS = 2000
+CHECKED = [name for name in FEATURE_NAMES if name not in ("window_start_ms", "window_end_ms", "late_frames",
+                                                           "variant", "arm")]
+
+
+@pytest.fixture(scope="session")
+def feast_repo(stack_up: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeastSettings]:
+    """The session's Feast project on the stack's Redis (its keys carry the project name), applied once."""
+    settings = FeastSettings(project=f"imask_test_{uuid.uuid4().hex[:8]}", data_dir=tmp_path_factory.mktemp("feast"),
+                             redis_url=StackSettings().redis_url)
+    repo.apply(settings)
+    yield settings
+    repo.teardown(settings)
+
+
+@pytest.fixture(scope="session")
+def reader(feast_repo: FeastSettings) -> FeatureReader:
+    return FeatureReader(feast_repo, "operators")
+
+
+class StreamRun:
+    """One test's features stream: its env, topics and group; started and killed as the test says."""
+
+    def __init__(self, kafka: KafkaSettings, feast: FeastSettings, tmp_path: Path) -> None:
+        self.kafka = kafka
+        self.feast = feast
+        self.tmp_path = tmp_path
+        suffix = kafka.topic_meta.split(".")[0]
+        self.group = f"{suffix}-features"
+        self.ticks = f"{suffix}.ticks"
+        self.env = {**subprocess_env(), "IMASK_FEATURES_STREAM_GROUP_ID": self.group,
+                    "IMASK_FEATURES_STREAM_TICKS_TOPIC": self.ticks,
+                    "IMASK_FEATURES_STREAM_STATE_DIR": str(tmp_path / "state"),
+                    "IMASK_FEATURES_STREAM_FEAST_DIR": str(feast.data_dir),
+                    "IMASK_FEATURES_STREAM_FEAST_PROJECT": feast.project,
+                    "IMASK_FEATURES_STREAM_AUTO_OFFSET_RESET": "earliest",
+                    "IMASK_FEATURES_STREAM_IDLE_TICK_S": "2", "IMASK_FEATURES_STREAM_GRACE_MS": str(GRACE_MS),
+                    "IMASK_REDIS_URL": feast.redis_url}
+        self.producer = Producer(producer_config(kafka))
+        self.runs = 0
+
+    def start(self) -> Any:
+        self.runs += 1
+        svc = spawn_tracked(f"features-{self.runs}", ["features-stream"], self.tmp_path / "logs", self.env)
+        svc.wait_ready(120)
+        return svc
+
+    def produce(self, records: list[Record], key: Callable[[Record], bytes | None] | None = None) -> None:
+        for record in records:
+            topic = self.kafka.topic_meta if record.topic == "meta" else self.kafka.topic_dlq
+            # Stamped as a worker stamps them: when the frame was done, a little after its capture.
+            self.producer.produce(topic, key=key(record) if key else record.camera_id.encode(), value=record.value,
+                                  timestamp=record.capture_ms + 50)
+            self.producer.poll(0)
+        assert self.producer.flush(30) == 0
+
+    def produce_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self.producer.produce(topic, key=key, value=value)
+        assert self.producer.flush(30) == 0
+
+    def cleanup(self) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        names = [t for t in AdminClient({"bootstrap.servers": self.kafka.bootstrap_servers}).list_topics(
+            timeout=10).topics if self.group in t or t == self.ticks]
+        if names:
+            delete_topics(self.kafka, names)
+
+
+@pytest.fixture
+def run(kafka_settings: KafkaSettings, feast_repo: FeastSettings, tmp_path: Path) -> Iterator[StreamRun]:
+    runner = StreamRun(kafka_settings, feast_repo, tmp_path)
+    yield runner
+    from streams import stop_leftovers
+
+    stop_leftovers()
+    runner.cleanup()
+
+
+def base_ms(minutes_back: int = 4) -> int:
+    """A minute boundary some minutes ago: synthetic capture times start here."""
+    return (int(time.time()) // 60 - minutes_back) * 60_000
+
+
+def frames(cameras: list[str], start_s: float, end_s: float, base: int, fps: float = 5.0,
+           drop_every: int = 0) -> list[Record]:
+    """Every camera's records in [start_s, end_s) after base, in capture order; with drop_every, every n-th frame
+    is a frames.dlq record (reasons in turn) instead."""
+    out = []
+    n0, n1 = round(start_s * fps), round(end_s * fps)
+    for n in range(n0, n1):
+        for i, camera in enumerate(cameras):
+            ts = base + round(n * 1000 / fps) + i
+            if drop_every and n % drop_every == drop_every - 1:
+                out.append(drop_record(camera, n, ts, 1 + n % 8))
+            else:
+                out.append(meta_record(camera, n, ts))
+    return out
+
+
+def in_window(records: list[Record], camera: str, start: int, end: int) -> list[Record]:
+    return [r for r in records if r.camera_id == camera and start <= r.capture_ms < end]
+
+
+def offline(feast: FeastSettings, view: View, cameras: list[str]) -> tuple[pd.DataFrame, int]:
+    """A view's offline rows of these cameras, newest push per (camera, window), and how many pushes repeated one."""
+    df = pd.read_parquet(repo.parquet_path(feast.data_dir, view))
+    df = df[df["camera_id"].isin(cameras)]
+    newest = df.sort_values("created").drop_duplicates(["camera_id", "window_end_ms"], keep="last")
+    return newest.set_index(["camera_id", "window_end_ms"]), len(df) - len(newest)
+
+
+def assert_row(got: Any, expected: dict[str, Any], where: str) -> None:
+    for name in CHECKED:
+        value = got[name]
+        value = list(value) if name.endswith("_hist") else value
+        assert value == pytest.approx(expected[name], rel=1e-9, abs=1e-12), f"{where}: {name}"
+
+
+def wait_for(reader: FeatureReader, cameras: list[str], end_ms: int, timeout: float = 90.0) -> dict[str, Any]:
+    """Online features once every camera's newest 10 s and 60 s windows end at end_ms."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = reader.read(cameras)
+        if all(all(v.get("window_end_ms") == end_ms for v in got[c].values.values()) for c in cameras):
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"windows ending {end_ms} not online: "
+                                 f"{ {c: [v.get('window_end_ms') for v in f.values.values()] for c, f in got.items()} }")
+        time.sleep(0.5)
+
+
+def test_windows_exact_online_and_offline_with_late_and_bad_records(run: StreamRun, reader: FeatureReader) -> None:
+    cameras = [f"{run.group}-cam{i}" for i in range(3)]
+    base = base_ms()
+    main = frames(cameras, 0, 60, base, drop_every=23)
+    inside_grace = meta_record(cameras[0], 9000, base + 55_000)  # after 59.8 s was seen; [50, 60) still open
+    closers = [meta_record(c, 9001, base + 63_000) for c in cameras]  # the clock passes 60 s + grace
+    too_late = [meta_record(cameras[0], 9002, base + 45_000),  # [40, 50) closed long ago: late
+                meta_record(cameras[0], 9003, base + 58_500)]  # [50, 60) has just closed: late too
+    closers2 = [meta_record(c, 9004, base + 75_000) for c in cameras]
+    run.produce(main)
+    # Bad input among good records: not a protobuf (both topics), a key that is no camera id, no key, a key
+    # naming another camera than the record.
+    run.produce_raw(run.kafka.topic_meta, cameras[1].encode(), b"\xff\x00 not a protobuf")
+    run.produce_raw(run.kafka.topic_dlq, cameras[1].encode(), b"\xff\x00 not a protobuf either")
+    run.produce([meta_record("bad/cam", 1, base + 56_000)], key=lambda r: b"bad/cam")
+    run.produce([meta_record(cameras[2], 1, base + 56_000)], key=lambda r: None)
+    run.produce([meta_record(cameras[2], 2, base + 56_000)], key=lambda r: cameras[1].encode())
+    run.produce([inside_grace, *closers])
+    svc = run.start()
+    # The late ones only after the clock has moved past 60 s + grace (time order across topics is Kafka's).
+    deadline = time.monotonic() + 60
+    while svc.metric("imask_features_rows_pushed_total", 'view="camera_stats_10s"') < 6 * len(cameras):
+        assert time.monotonic() < deadline, "the first six windows were not pushed"
+        time.sleep(0.3)
+    run.produce(too_late)
+    run.produce(closers2)
+    got = wait_for(reader, cameras, base + 80_000)  # [70, 80) closes by ticks once the stream is idle
+
+    every = [*main, inside_grace, *closers, *closers2]
+    for camera in cameras:
+        newest = got[camera]
+        assert newest.values[VIEW_10S.name]["window_start_ms"] == base + 70_000
+        assert_row(newest.values[VIEW_10S.name], reference_row(in_window(every, camera, base + 70_000,
+                                                                         base + 80_000), 10), f"{camera} online 10s")
+        assert_row(newest.values[VIEW_60S.name], reference_row(in_window(every, camera, base + 20_000,
+                                                                         base + 80_000), 60), f"{camera} online 60s")
+    rows10, repeated10 = offline(run.feast, VIEW_10S, cameras)
+    rows60, repeated60 = offline(run.feast, VIEW_60S, cameras)
+    assert repeated10 == repeated60 == 0
+    for camera in cameras:
+        for k in range(8):
+            start, end = base + k * 10_000, base + (k + 1) * 10_000
+            assert_row(rows10.loc[(camera, end)], reference_row(in_window(every, camera, start, end), 10),
+                       f"{camera} offline 10s window {k}")
+            assert_row(rows60.loc[(camera, end)], reference_row(in_window(every, camera, end - 60_000, end), 60),
+                       f"{camera} offline 60s window ending {k}")
+    late = {(c, int(end)): int(rows10.loc[(c, end), "late_frames"]) for c in cameras for end in
+            rows10.loc[c].index}
+    assert late[(cameras[0], base + 70_000)] == 2  # the two late records, in the window being filled
+    assert sum(late.values()) == 2
+    assert svc.metric("imask_features_records_skipped_total", 'reason="undecodable"') == 2
+    assert svc.metric("imask_features_records_skipped_total", 'reason="unknown_camera"') == 2  # bad/cam, no key
+    assert svc.metric("imask_features_records_skipped_total", 'reason="key_mismatch"') == 1
+    assert svc.proc.poll() is None  # bad input never stops it
+
+
+def test_kill_9_mid_stream_loses_no_window(run: StreamRun, reader: FeatureReader) -> None:
+    cameras = [f"{run.group}-cam{i}" for i in range(4)]
+    base = base_ms(6)
+    chunks = [frames(cameras, s, s + 10, base, fps=6, drop_every=31) for s in range(0, 180, 10)]
+    svc = run.start()
+    killed_after = None
+    for i, chunk in enumerate(chunks):
+        run.produce(chunk)
+        time.sleep(0.4)
+        if killed_after is None and svc.metric("imask_features_rows_pushed_total") >= 3 * len(cameras):
+            os.kill(svc.proc.pid, signal.SIGKILL)  # mid-stream, pushes and commits in flight
+            svc.proc.wait()
+            killed_after = i
+            svc = run.start()
+    assert killed_after is not None and killed_after < len(chunks) - 3
+    closers = [meta_record(c, 99_999, base + 185_000) for c in cameras]
+    run.produce(closers)
+    wait_for(reader, cameras, base + 190_000)
+    every = [r for chunk in chunks for r in chunk] + closers
+    rows10, repeated10 = offline(run.feast, VIEW_10S, cameras)
+    rows60, repeated60 = offline(run.feast, VIEW_60S, cameras)
+    windows = 0
+    for camera in cameras:
+        for k in range(19):
+            start, end = base + k * 10_000, base + (k + 1) * 10_000
+            assert_row(rows10.loc[(camera, end)], reference_row(in_window(every, camera, start, end), 10),
+                       f"{camera} 10s window {k}")
+            assert_row(rows60.loc[(camera, end)], reference_row(in_window(every, camera, end - 60_000, end), 60),
+                       f"{camera} 60s window ending {k}")
+            windows += 1
+    # Double counting: every pushed row, repeated pushes included, holds exactly its window's records (state and
+    # offsets commit together); what a crash repeats is pushes of windows already pushed (online: skipped, the
+    # timestamp is not newer; offline: a second row), at most those of the last commit interval.
+    df = pd.read_parquet(repo.parquet_path(run.feast.data_dir, VIEW_10S))
+    df = df[df["camera_id"].isin(cameras)]
+    for _, row in df.iterrows():
+        start = int(row["window_start_ms"])
+        assert row["frames_in"] == len(in_window(every, row["camera_id"], start, start + 10_000))
+    print(f"kill -9 after chunk {killed_after}: {windows} windows per view exact; repeated pushes 10 s: "
+          f"{repeated10}, 60 s: {repeated60} rows ({repeated10 / windows:.1%})")
+    assert repeated10 <= 2 * len(cameras) and repeated60 <= 2 * len(cameras)
+
+
+def test_redis_restart_features_return_and_stale_is_reported(run: StreamRun, tmp_path: Path) -> None:
+    """A Redis of the test's own (restarting the stack's would disturb other tests)."""
+    private = StackSettings.on_free_ports(tmp_path / "stack")
+    stack.up(private, servers=[redis_server.SERVER])
+    try:
+        feast = FeastSettings(project=f"imask_test_{uuid.uuid4().hex[:8]}", data_dir=tmp_path / "feast",
+                              redis_url=private.redis_url)
+        repo.apply(feast)
+        run.feast = feast
+        run.env.update(IMASK_REDIS_URL=private.redis_url, IMASK_FEATURES_STREAM_FEAST_DIR=str(feast.data_dir),
+                       IMASK_FEATURES_STREAM_FEAST_PROJECT=feast.project)
+        reader = FeatureReader(feast, "operators", stale_after_s=35)
+        cameras = [f"{run.group}-cam{i}" for i in range(2)]
+        base = base_ms(5)
+        first = frames(cameras, 0, 30, base)
+        run.produce([*first, *(meta_record(c, 9000, base + 33_000) for c in cameras)])
+        svc = run.start()
+        got = wait_for(reader, cameras, base + 30_000)
+        end = base + 30_000
+        assert not got[cameras[0]].fresh  # windows of minutes ago: reported stale, values still there
+        assert reader.read(cameras, now=end / 1000 + 5)[cameras[0]].fresh
+
+        stack.down(private, servers=[redis_server.SERVER])
+        second = frames(cameras, 40, 70, base)
+        run.produce([*second, *(meta_record(c, 9001, base + 73_000) for c in cameras)])
+        deadline = time.monotonic() + 30
+        while svc.metric("imask_features_pushes_total", 'result="failed"') == 0 or svc.ready():
+            assert time.monotonic() < deadline, "pushes to a stopped Redis did not fail, or it stayed ready"
+            time.sleep(0.3)
+        stack.up(private, servers=[redis_server.SERVER])  # empty: an in-memory Redis lost everything
+        got = wait_for(reader, cameras, base + 70_000)
+        every = [*first, *second]
+        for camera in cameras:
+            assert_row(got[camera].values[VIEW_10S.name],
+                       reference_row(in_window(every, camera, base + 60_000, base + 70_000), 10), camera)
+            assert_row(got[camera].values[VIEW_60S.name],
+                       reference_row(in_window(every, camera, base + 10_000, base + 70_000), 60), camera)
+        svc.wait_ready(30)
+        repo.teardown(feast)
+    finally:
+        stack.down(private, servers=[redis_server.SERVER])

@@ -228,16 +228,23 @@ def test_kill_9_mid_stream_loses_no_window(run: StreamRun, reader: FeatureReader
     base = base_ms(6)
     chunks = [frames(cameras, s, s + 10, base, fps=6, drop_every=31) for s in range(0, 180, 10)]
     svc = run.start()
-    killed_after = None
-    for i, chunk in enumerate(chunks):
+    for chunk in chunks[:6]:
         run.produce(chunk)
-        time.sleep(0.4)
-        if killed_after is None and svc.metric("imask_features_rows_pushed_total") >= 3 * len(cameras):
-            os.kill(svc.proc.pid, signal.SIGKILL)  # mid-stream, pushes and commits in flight
-            svc.proc.wait()
-            killed_after = i
-            svc = run.start()
-    assert killed_after is not None and killed_after < len(chunks) - 3
+        time.sleep(0.3)
+    deadline = time.monotonic() + 60
+    while svc.metric("imask_features_rows_pushed_total") < 3 * len(cameras):
+        assert time.monotonic() < deadline, "no window pushed before the kill"
+        time.sleep(0.2)
+    run.produce(chunks[6])
+    run.produce(chunks[7])
+    time.sleep(0.5)  # mid-stream: windows closing, pushes and commits in flight
+    os.kill(svc.proc.pid, signal.SIGKILL)
+    svc.proc.wait()
+    killed_after = 7
+    svc = run.start()
+    for chunk in chunks[8:]:
+        run.produce(chunk)
+        time.sleep(0.3)
     closers = [meta_record(c, 99_999, base + 185_000) for c in cameras]
     run.produce(closers)
     wait_for(reader, cameras, base + 190_000)
@@ -280,8 +287,8 @@ def test_redis_restart_features_return_and_stale_is_reported(run: StreamRun, tmp
         reader = FeatureReader(feast, "operators", stale_after_s=35)
         cameras = [f"{run.group}-cam{i}" for i in range(2)]
         base = base_ms(5)
-        first = frames(cameras, 0, 30, base)
-        run.produce([*first, *(meta_record(c, 9000, base + 33_000) for c in cameras)])
+        first = [*frames(cameras, 0, 30, base), *(meta_record(c, 9000, base + 33_000) for c in cameras)]
+        run.produce(first)
         svc = run.start()
         got = wait_for(reader, cameras, base + 30_000)
         end = base + 30_000

@@ -808,7 +808,7 @@ def scenario_cluster_broker_kill(run: FaultRun) -> ScenarioResult:
 
 
 def _replication(kafka: KafkaSettings) -> dict[str, Any]:
-    from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
+    from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined,unused-ignore]
 
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers, "log_level": 0})
     topic = admin.list_topics(kafka.topic_raw, timeout=10).topics[kafka.topic_raw]

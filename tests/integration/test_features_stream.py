@@ -162,8 +162,8 @@ def wait_for(reader: FeatureReader, cameras: list[str], end_ms: int, timeout: fl
         if all(all(v.get("window_end_ms") == end_ms for v in got[c].values.values()) for c in cameras):
             return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"windows ending {end_ms} not online: "
-                                 f"{ {c: [v.get('window_end_ms') for v in f.values.values()] for c, f in got.items()} }")
+            ends = {c: [v.get("window_end_ms") for v in f.values.values()] for c, f in got.items()}
+            raise AssertionError(f"windows ending {end_ms} not online: {ends}")
         time.sleep(0.5)
 
 

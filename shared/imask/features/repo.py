@@ -145,4 +145,4 @@ def teardown(settings: FeastSettings) -> None:
     """`feast teardown`: the project's Redis keys and registry go (a test's store leaves no trace)."""
     from feast import FeatureStore
 
-    FeatureStore(config=repo_config(settings)).teardown()
+    FeatureStore(config=repo_config(settings)).teardown()  # type: ignore[no-untyped-call]

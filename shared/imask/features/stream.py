@@ -91,7 +91,7 @@ class _RecordDeserializer(Deserializer):
     """Bytes -> Parsed; never raises (a record that does not parse is counted and skipped, the app goes on)."""
 
     def __init__(self, topic: str, kind: str) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.topic = topic
         self.kind = kind
 
@@ -308,7 +308,7 @@ def build(settings: FeaturesStreamSettings, sink: FeastSink | None = None) -> Fe
         """End of the newest window the partition has closed (Quix's own record of it, restored after a restart)."""
         transaction = source.processing_context.checkpoint.get_store_transaction(
             stream_id=source.stream_id, partition=partition, store_name=store_name[0])
-        return int(transaction.get_latest_expired(prefix=b""))  # type: ignore[attr-defined]
+        return int(transaction.get_latest_expired(prefix=b""))
 
     def on_late(value: Parsed, key: Any, timestamp_ms: int, late_by_ms: int, start: int, end: int, name: str,
                 topic: str, partition: int, offset: int) -> bool:

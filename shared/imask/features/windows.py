@@ -59,7 +59,7 @@ def latency_value(bin_index: int) -> float:
     """The value a latency bin reports: its geometric centre (0 for bin -1)."""
     if bin_index < 0:
         return 0.0
-    return LATENCY_MIN_MS * LATENCY_RATIO ** (bin_index + 0.5)
+    return float(LATENCY_MIN_MS * LATENCY_RATIO ** (bin_index + 0.5))
 
 
 def fixed_bin(value: float, edges: Sequence[float]) -> int:
@@ -272,5 +272,5 @@ class HopWindows:
         end = start + self.step_ms
         inside = [item for item in kept if end - self.size_ms <= item[0] < start]
         merged = merge([*(item[1] for item in inside), acc])
-        keep = [*inside, [start, acc]][-(self.size_ms // self.step_ms - 1):] if self.size_ms > self.step_ms else []
+        keep = [item for item in [*inside, [start, acc]] if item[0] >= end + self.step_ms - self.size_ms]
         return merged, keep

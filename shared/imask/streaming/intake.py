@@ -79,7 +79,7 @@ class OldestFirstIntake:
             first = self.consumer.poll(timeout)
             if not usable(first):
                 return []
-            self._add(first)  # type: ignore[arg-type]
+            self._add(first)  # type: ignore[arg-type,unused-ignore]
         for message in self.consumer.consume(self.drain_max, timeout=0):
             if usable(message):
                 self._add(message)

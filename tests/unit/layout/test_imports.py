@@ -15,7 +15,8 @@ from imask.devstack.settings import REPO_ROOT
 LIBRARY = REPO_ROOT / "shared"
 DEV_ONLY = ("imask.devstack", "imask.loadtest", "imask.cli", "imask.evaluation")
 RUNTIME_PACKAGES = ("imask.engine", "imask.streaming", "imask.pipeline", "imask.ops", "imask.cameras", "imask.registry",
-                    "imask.maskapi", "imask.media", "imask.sdk", "imask.recording", "imask.frames", "imask.routing")
+                    "imask.maskapi", "imask.media", "imask.sdk", "imask.recording", "imask.frames", "imask.routing",
+                    "imask.features")
 
 
 def module_file(name: str) -> Path | None:
@@ -158,7 +159,9 @@ def test_only_the_worker_imports_pipeline() -> None:
 
 
 def test_no_service_imports_a_kafka_client() -> None:
-    """Consumers, producers and their offsets live in imask.streaming; a service wires them."""
+    """Consumers, producers and their offsets live in imask.streaming (the features stream's Quix application in
+    imask.features); a service wires them."""
+    kafka_clients = ("confluent_kafka", "kafka", "quixstreams")
     for path in sorted((REPO_ROOT / "services").glob("*/*.py")):
-        clients = {name for name in all_imports_of(path) if name.split(".")[0] in ("confluent_kafka", "kafka")}
+        clients = {name for name in all_imports_of(path) if name.split(".")[0] in kafka_clients}
         assert clients == set(), path

@@ -1,5 +1,6 @@
-"""The Feast repository of camera statistics, as objects: entity `camera`, per view a parquet file source, a push
-source and a feature view, and one FeatureService per consumer (router, drift, operators).
+"""The Feast repository of camera statistics, as objects: entity `camera`, per view a parquet source (a folder, one
+file per window close), a push source and a feature view, and one FeatureService per consumer (router, drift,
+operators).
 
 `deploy/feast/` holds the same repository for the `feast` command (feature_store.yaml for the local stack,
 definitions.py importing `objects()`); services and tests build their `RepoConfig` here (`repo_config`), so a
@@ -70,7 +71,8 @@ def repo_config(settings: FeastSettings) -> RepoConfig:
 
 
 def parquet_path(data_dir: Path, view: View) -> Path:
-    return data_dir / f"{view.name}.parquet"
+    """A view's offline store: a folder of parquet files, one per window close (see `append_offline`)."""
+    return data_dir / view.name
 
 
 def _feast_type(kind: Kind) -> Any:
@@ -120,15 +122,34 @@ def objects(data_dir: Path) -> list[Any]:
 
 
 def ensure_parquet(data_dir: Path) -> None:
-    """An empty parquet file per view: Feast's file offline store appends pushed rows to an existing file."""
+    """Each view's parquet folder, holding at least an empty file with the columns (readers need one)."""
     import pyarrow.parquet as pq
 
-    data_dir.mkdir(parents=True, exist_ok=True)
     schema = arrow_schema()
     for view in VIEWS:
-        path = parquet_path(data_dir, view)
-        if not path.exists():
-            pq.write_table(schema.empty_table(), path)
+        folder = parquet_path(data_dir, view)
+        folder.mkdir(parents=True, exist_ok=True)
+        empty = folder / "part-0000000000000-schema.parquet"
+        if not empty.exists():
+            pq.write_table(schema.empty_table(), empty)
+
+
+def append_offline(data_dir: Path, view: View, rows: list[dict[str, Any]], end_ms: int) -> Path:
+    """The offline half of a push: the rows as one new parquet file in the view's folder (written under a hidden
+    name, then renamed, so a reader never sees half a file). Feast's own file offline store rewrites its whole
+    file on every push (O(history): 0.2 s a push at 100,000 rows, growing all day); a file per push costs only
+    its rows, and Feast reads the folder as one source."""
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = parquet_path(data_dir, view)
+    name = f"part-{end_ms:013d}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = folder / f".{name}"
+    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), tmp)
+    tmp.rename(folder / name)
+    return folder / name
 
 
 def apply(settings: FeastSettings) -> FeatureStore:

@@ -12,9 +12,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imask.features.repo import FeastSettings, repo_config
+from imask.features.repo import FeastSettings, append_offline, repo_config
 from imask.features.schema import JOIN_KEY, SERVICES, VIEWS, View
 
 if TYPE_CHECKING:
@@ -27,14 +28,17 @@ def open_store(settings: FeastSettings) -> FeatureStore:
     return FeatureStore(config=repo_config(settings))
 
 
-def push_rows(store: FeatureStore, view: View, rows: Sequence[dict[str, Any]]) -> None:
-    """One push of every camera's row of one window close: online (Redis) and offline (parquet). Online, Feast
-    skips a row whose event timestamp is not newer than the stored one, so pushing a window again is harmless."""
+def push_rows(store: FeatureStore, data_dir: Path, view: View, rows: Sequence[dict[str, Any]]) -> None:
+    """One push of every camera's row of one window close: online (Redis, through the view's push source), then
+    offline (one parquet file in the view's folder, `append_offline`). Online, Feast skips a row whose event
+    timestamp is not newer than the stored one, so pushing a window again is harmless there; offline it is a second
+    row with a later `created` (readers keep the newest per camera and window)."""
     import pandas as pd
     from feast.data_source import PushMode
 
     if rows:
-        store.push(view.push_source, pd.DataFrame(list(rows)), to=PushMode.ONLINE_AND_OFFLINE)
+        store.push(view.push_source, pd.DataFrame(list(rows)), to=PushMode.ONLINE)
+        append_offline(data_dir, view, list(rows), int(rows[0]["window_end_ms"]))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ Event time is the frame's capture time (a drop record's time for frames.dlq), cl
 camera's partition passes the window's end plus `grace_ms`. Records later than that go to `on_late` and are
 counted as `late_frames` in the camera's next window. A closed window and the camera's earlier closed windows
 within the hop make the hopping window (`HopWindows`), kept in a state store. Both rows go to `FeastSink`, which
-pushes every camera's rows of a window end in one push per view when Quix commits its checkpoint.
+pushes every camera's rows of a window end in one push per view when Quix commits its checkpoint: online to
+Redis through the view's push source, offline as one parquet file in the view's folder.
 
 A partition with no record for `idle_tick_s` gets ticks on `ticks_topic`, timestamped with its last event time
 plus the wall time since: its clock moves on and its cameras' last windows close.
@@ -15,7 +16,7 @@ plus the wall time since: its clock moves on and its cameras' last windows close
 Delivery: at least once. State (changelog topics), offsets and pushes commit together every
 `commit_interval_s`; a failed push (Redis away) rewinds to the last commit and retries (Quix's sink backpressure),
 so no window is lost; a crash redoes at most one commit interval, and the re-pushed windows are skipped online
-(Feast keeps a row only if its event timestamp is newer) and duplicated offline (readers keep the newest
+(Feast keeps a row only if its event timestamp is newer) and written again offline (readers keep the newest
 `created` per camera and window).
 """
 
@@ -174,7 +175,7 @@ class FeastSink(BaseSink):
         for (view_name, end_ms), rows in sorted(self.rows.items(), key=lambda item: item[0][1]):
             t0 = time.perf_counter()
             try:
-                feature_store.push_rows(self.store, views[view_name], rows)
+                feature_store.push_rows(self.store, self.feast.data_dir, views[view_name], rows)
             except Exception as exc:  # Redis away, a write refused: redo from the last checkpoint
                 PUSHES.labels("failed").inc()
                 if self.healthy:

@@ -35,13 +35,25 @@ def test_repository_objects(tmp_path: Path) -> None:
     assert "Entity:camera" in objs
 
 
-def test_parquet_files_have_the_pushed_columns(tmp_path: Path) -> None:
+def test_offline_folders_take_one_file_per_push(tmp_path: Path) -> None:
+    import pandas as pd
     import pyarrow.parquet as pq
 
+    from imask.features.schema import VIEW_10S, feast_row
+    from imask.features.store import utcnow
+    from imask.features.windows import feature_row, new_accumulator
+
     repo.ensure_parquet(tmp_path)
+    repo.ensure_parquet(tmp_path)  # idempotent
     for view in VIEWS:
-        schema = pq.read_schema(repo.parquet_path(tmp_path, view))
-        assert schema.names == ["camera_id", "event_timestamp", "created", *FEATURE_NAMES]
+        [empty] = repo.parquet_path(tmp_path, view).iterdir()
+        assert pq.read_schema(empty).names == ["camera_id", "event_timestamp", "created", *FEATURE_NAMES]
+    rows = [feast_row(f"cam-{i}", 0, 10_000, feature_row(new_accumulator(), 10), utcnow()) for i in range(3)]
+    repo.append_offline(tmp_path, VIEW_10S, rows, 10_000)
+    repo.append_offline(tmp_path, VIEW_10S, rows[:1], 10_000)
+    df = pd.read_parquet(repo.parquet_path(tmp_path, VIEW_10S))
+    assert len(df) == 4 and sorted(df["camera_id"]) == ["cam-0", "cam-0", "cam-1", "cam-2"]
+    assert not [p for p in repo.parquet_path(tmp_path, VIEW_10S).iterdir() if p.name.startswith(".")]
 
 
 def test_records_that_do_not_parse_are_marked_not_raised() -> None:

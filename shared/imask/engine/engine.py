@@ -14,10 +14,11 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from imask.engine.close_up import CLOSE_UP_SCORE, close_up_faces, close_up_geometry, wants_close_up
 from imask.engine.context import is_crowd, small_boxes
 from imask.engine.detectors import build_detector
 from imask.engine.detectors.base import BatchTimings, Detections, FaceDetector
-from imask.engine.detectors.geometry import merge
+from imask.engine.detectors.geometry import concat, merge
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
 from imask.engine.orientation import choose, turn, turn_back, upright_is_sure
 from imask.engine.picture_range import detector_input
@@ -106,6 +107,8 @@ class MaskingEngine:
         geometry = getattr(detector, "geometry", None)
         self._rescan: FaceDetector | None = (rescaled(rescan_geometry(geometry))
                                              if variant.second_look and rescaled and geometry else None)
+        self._close_up: FaceDetector | None = (rescaled(close_up_geometry(geometry))
+                                               if variant.close_up and rescaled and geometry else None)
 
     @classmethod
     def load(cls, variant: Variant, provider: str = "auto", detector_timeout_s: float | None = 2.0,
@@ -190,6 +193,8 @@ class MaskingEngine:
                 found = self._detect(images, floor, timings)
                 found = self._orient([readable[i] for i in detect], [trackers[i] for i in detect], found, floor,
                                      timings)
+                found = self._close_ups([readable[i] for i in detect], [trackers[i] for i in detect], found, floor,
+                                        threshold, timings)
             except FailClosed as exc:
                 return [self._fail_closed(f, exc.reason, len(frames)) for f in frames]
             detections = dict(zip(detect, found, strict=True))
@@ -284,8 +289,10 @@ class MaskingEngine:
                 jobs = [(i, t) for i in estimate for t in group]
                 results = self._detect([turn(frames[i].image, t) for i, t in jobs], threshold, timings)
                 turned.update(zip(jobs, results, strict=True))
+            close = self._close_up_evidence(frames, estimate, timings)
             for i in estimate:
                 passes = {0: upright[i], **{t: turned[(i, t)] for t in (1, 2, 3)}}
+                passes = {t: concat(dets, close.get((i, t))) for t, dets in passes.items()}
                 trackers[i].orientation, trackers[i].orientation_age = choose(passes), 0
         pending = [i for i, (frame, tracker) in enumerate(zip(frames, trackers, strict=True))
                    if frame.rotation is None and tracker.orientation and (i, tracker.orientation) not in turned]
@@ -298,6 +305,45 @@ class MaskingEngine:
                 height, width = frame.image.shape[:2]
                 back = turn_back(turned[(i, tracker.orientation)], tracker.orientation, height, width)
                 out[i] = merge([upright[i], back], threshold)
+        return out
+
+    def _close_up_evidence(self, frames: list[FrameInput], estimate: list[int],
+                           timings: BatchTimings) -> dict[tuple[int, int], Detections]:
+        """For an orientation estimate: the close-up pass's faces at each of the four turns (in the turned
+        picture's pixels), so that a face filling the frame upside down counts as evidence of its turn."""
+        if self._close_up is None:
+            return {}
+        found: dict[tuple[int, int], Detections] = {}
+        for group in ((0, 2), (1, 3)):
+            jobs = [(i, t) for i in estimate for t in group]
+            pictures = [turn(frames[i].image, t) for i, t in jobs]
+            passes = self._detect(pictures, CLOSE_UP_SCORE, timings, self._close_up)
+            for job, picture, close in zip(jobs, pictures, passes, strict=True):
+                found[job] = close_up_faces(picture, close, self.variant.large_face_fraction)
+        return found
+
+    def _close_ups(self, frames: list[FrameInput], trackers: list[FaceTracker], found: list[Detections],
+                   floor: float, threshold: float, timings: BatchTimings) -> list[Detections]:
+        """Frames unsure of their large faces read once more at a small input (engine/close_up.py), turned as their
+        camera's orientation says; the large faces that pass is sure of join the frame's detections."""
+        if self._close_up is None:
+            return found
+        variant = self.variant
+        due = [k for k, frame in enumerate(frames)
+               if wants_close_up(frame.image, found[k], threshold, variant.large_face_fraction,
+                                 variant.large_face_threshold)]
+        if not due:
+            return found
+        pictures = [turn(frames[k].image, trackers[k].orientation) for k in due]
+        passes = self._detect(pictures, CLOSE_UP_SCORE, timings, self._close_up)
+        out = list(found)
+        for k, picture, close in zip(due, pictures, passes, strict=True):
+            faces = close_up_faces(picture, close, variant.large_face_fraction)
+            if len(faces):
+                metrics.CLOSE_UP_FACES.inc(len(faces))
+                height, width = frames[k].image.shape[:2]
+                out[k] = merge([found[k], turn_back(faces, trackers[k].orientation, height, width)], floor)
+        metrics.CLOSE_UP_PASSES.inc(len(due))
         return out
 
     def _second_looks(self, frames: dict[int, FrameInput], trackers: list[FaceTracker],

@@ -61,6 +61,9 @@ class Variant:
     # it and its landmarks are in face order, and it is masked at its own size (engine/second_look.py): a sixth of
     # the area masked outside faces for 1.5 points of recall and about 3x the CPU of a crowd frame.
     second_look: bool = False
+    # Frames unsure of their large faces (nothing at the threshold, or a large box under large_face_threshold) are
+    # read again at 192x192, where a face filling the frame is of a size the detector knows (engine/close_up.py).
+    close_up: bool = True
     # Set when the variant comes from the model registry: the downloaded (and sha256-checked) model file, and the
     # registered version ("name/3") that frames and metrics then report instead of the settings digest.
     model_path: str = ""
@@ -94,6 +97,7 @@ class Variant:
             f"/every{self.detect_every}" if self.detect_every > 1 else "",
             "/orient" if self.orientation == "auto" else "",
             "/look2" if self.second_look else "",
+            "/closeup" if self.close_up else "",
         ))
         return (f"{self.detector}@{self.model_sha256[:12]}/{self.input_width}x{self.input_height}"
                 f"/t{self.threshold:g}/k{self.track_threshold:g}{extras}")
@@ -107,6 +111,9 @@ class Variant:
         if self.second_look and self.detector not in ("centerface", "centerface-torch"):
             raise ValueError(f"variant {self.name!r}: the second look re-reads frames with CenterFace at 1.5x; "
                              f"detector {self.detector!r} has no second look")
+        if self.close_up and self.detector not in ("centerface", "centerface-torch"):
+            raise ValueError(f"variant {self.name!r}: the close-up pass re-reads frames with CenterFace at 192x192; "
+                             f"detector {self.detector!r} has no close-up pass (close_up=False)")
 
     def with_overrides(self, **changes: object) -> Variant:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -130,12 +137,12 @@ REGISTRY: dict[str, Variant] = {
     # The second family (MediaPipe's BlazeFace, full-range model, on LiteRT): one 192x192 pass per frame.
     "blazeface": Variant(name="blazeface", version="1", detector="blazeface", model_sha256=BLAZEFACE_FULL_SHA256,
                          input_width=192, input_height=192, threshold=0.5, track_threshold=0.3,
-                         context_threshold=0.0, precision="fp32", orientation="upright"),
+                         context_threshold=0.0, precision="fp32", orientation="upright", close_up=False),
     # BlazeFace with overlapping 256 px tiles at about native resolution besides the whole-frame pass.
     "blazeface-tiled": Variant(name="blazeface-tiled", version="1", detector="blazeface",
                                model_sha256=BLAZEFACE_FULL_SHA256, input_width=192, input_height=192,
                                threshold=0.5, track_threshold=0.3, tile=256, context_threshold=0.0,
-                               precision="fp32", orientation="upright"),
+                               precision="fp32", orientation="upright", close_up=False),
 }
 
 

@@ -26,6 +26,17 @@ NO_FACE_PICTURES = (
     "motorcycle_left.png", "page.png", "phantom.png", "text.png", "hubble_deep_field.jpg", "retina.jpg",
     "rocket.jpg",
 )
+# Round things and animals as a doorbell or kiosk camera sees them close, filling the frame (what the close-up pass
+# must not take for a face): squares cut from the pictures above (x, y, side in their pixels) and enlarged to
+# CLOSE_NON_FACE_SIZE, besides three drawn ones: a ball, a wall clock and the full moon.
+CLOSE_NON_FACES = {
+    "chelsea.png": (20, 0, 300),  # the cat's head
+    "coffee.png": (160, 13, 240),  # the cup seen from above
+    "clock_motion.png": (128, 128, 256),
+    "horse.png": (280, 0, 120),  # the head, in silhouette
+    "phantom.png": (100, 100, 200),  # a head phantom: two dark ellipses in a round outline
+}
+CLOSE_NON_FACE_SIZE = 416
 WIDER_ATTRIBUTES = {
     "blur": ("clear", "normal", "heavy"),
     "occlusion": ("none", "partial", "heavy"),
@@ -124,7 +135,65 @@ def _no_faces() -> Dataset:
             raise ValueError(f"scikit-image's {name} did not decode")
         samples.append(Sample(name, [], pixels=decoded))
         parts.append((name, data))
-    return Dataset("no-faces", "negatives", NO_FACES, _digest(parts, b""), samples)
+        if name in CLOSE_NON_FACES:
+            samples.append(Sample(f"{name}@close", [], pixels=_close_up(decoded, *CLOSE_NON_FACES[name])))
+        if name == "moon.png":
+            samples.append(Sample("full-moon", [], pixels=_full_moon(decoded)))
+    for name, drawn in (("ball", _ball()), ("wall-clock", _wall_clock())):
+        samples.append(Sample(name, [], pixels=drawn))
+    return Dataset("no-faces", "negatives", NO_FACES, _digest(parts, b"close-ups/v1"), samples)
+
+
+def _close_up(image: Image, x: int, y: int, side: int) -> Image:
+    return cv2.resize(image[y:y + side, x:x + side], (CLOSE_NON_FACE_SIZE, CLOSE_NON_FACE_SIZE),
+                      interpolation=cv2.INTER_CUBIC)
+
+
+def _full_moon(surface: Image) -> Image:
+    """The moon's disk, textured with the lunar surface picture, on a black sky."""
+    size = CLOSE_NON_FACE_SIZE
+    texture = cv2.resize(surface, (size, size), interpolation=cv2.INTER_AREA)
+    picture = np.zeros_like(texture)
+    disk = np.zeros((size, size), np.uint8)
+    cv2.circle(disk, (size // 2, size // 2), int(size * 0.4), 255, -1)
+    picture[disk > 0] = texture[disk > 0]
+    return picture
+
+
+def _ball() -> Image:
+    """A shaded orange ball with a seam, filling most of a grass-green frame."""
+    size = CLOSE_NON_FACE_SIZE
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    centre, radius = size / 2, size * 0.4
+    r2 = ((xx - centre) ** 2 + (yy - centre) ** 2) / radius ** 2
+    inside = r2 <= 1
+    normal_z = np.sqrt(np.clip(1 - r2, 0, 1))
+    light = 0.25 + 0.75 * np.clip((-(xx - centre) - (yy - centre)) / radius * 0.5 + normal_z * 0.7, 0, 1)
+    out = np.empty((size, size, 3), np.float32)
+    out[:] = (40, 140, 60)
+    for channel, value in enumerate((30, 120, 235)):
+        out[..., channel] = np.where(inside, value * light, out[..., channel])
+    picture = np.clip(out, 0, 255).astype(np.uint8)
+    cv2.ellipse(picture, (int(centre), int(centre)), (int(radius * 0.35), int(radius)), 0, 0, 360, (20, 40, 60), 4)
+    return picture
+
+
+def _wall_clock() -> Image:
+    """A round wall clock seen straight on: rim, twelve ticks, two hands, on a beige wall."""
+    size = CLOSE_NON_FACE_SIZE
+    picture = np.full((size, size, 3), (170, 200, 215), np.uint8)
+    centre, radius = (size // 2, size // 2), int(size * 0.42)
+    cv2.circle(picture, centre, radius, (245, 245, 245), -1)
+    cv2.circle(picture, centre, radius, (30, 30, 30), 10)
+    for hour in range(12):
+        angle = hour * np.pi / 6
+        outer = (centre[0] + np.sin(angle) * radius * 0.88, centre[1] - np.cos(angle) * radius * 0.88)
+        inner = (centre[0] + np.sin(angle) * radius * 0.75, centre[1] - np.cos(angle) * radius * 0.75)
+        cv2.line(picture, (int(inner[0]), int(inner[1])), (int(outer[0]), int(outer[1])), (20, 20, 20), 6)
+    cv2.line(picture, centre, (centre[0] + int(radius * 0.45), centre[1] - int(radius * 0.2)), (20, 20, 20), 9)
+    cv2.line(picture, centre, (centre[0] - int(radius * 0.1), centre[1] - int(radius * 0.7)), (20, 20, 20), 6)
+    cv2.circle(picture, centre, 10, (20, 20, 20), -1)
+    return picture
 
 
 def _clips(name: str, clips: list[Path], spec: str) -> Dataset:

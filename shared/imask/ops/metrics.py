@@ -50,6 +50,9 @@ SECOND_LOOK_REFUSED = Counter("imask_second_look_refused_total",
                               "Faint crowd boxes the second look refused (not confirmed at 1.5x, or landmarks out of "
                               "face order): not masked unless they continue a track")
 SECOND_LOOK_KEPT = Counter("imask_second_look_kept_total", "Faint crowd boxes the second look confirmed")
+CLOSE_UP_PASSES = Counter("imask_close_up_passes_total",
+                          "Frames unsure of their large faces, read again at a small input (the close-up pass)")
+CLOSE_UP_FACES = Counter("imask_close_up_faces_total", "Large faces the close-up pass added to a frame's detections")
 BATCH_SIZE = Histogram("imask_inference_batch_size", "Frames per detector call", buckets=(1, 2, 4, 8, 16, 32))
 EXECUTION_PROVIDER = Gauge("imask_execution_provider_info", "ONNX Runtime provider in use (1 = active)",
                            ["provider"])

@@ -17,7 +17,8 @@ SPEC_SCHEMA = "imask.variant/1"
 # Where a version's files come from at load time, not what it is.
 LOCAL_FIELDS = ("model_path", "registry_version")
 # Fields added after versions were registered, with the value that reproduces how those versions ran.
-ADDED_FIELDS: dict[str, Any] = {"orientation": "upright", "orientation_every": 150, "second_look": False}
+ADDED_FIELDS: dict[str, Any] = {"orientation": "upright", "orientation_every": 150, "second_look": False,
+                               "close_up": False}
 
 
 def variant_to_spec(variant: Variant) -> dict[str, Any]:

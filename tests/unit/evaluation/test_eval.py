@@ -35,8 +35,12 @@ def test_digest_follows_files_and_labels(tmp_path: Path, astronaut_image: Image)
 
 def test_builtin_no_faces_set() -> None:
     dataset = open_dataset(NO_FACES)
-    assert dataset.kind == "negatives" and len(dataset.samples) == 22
+    # scikit-image's 22 pictures, 5 of them also seen close (filling a 416 px frame), and three drawn round things.
+    assert dataset.kind == "negatives" and len(dataset.samples) == 22 + 5 + 3
     assert all(s.image().ndim == 3 and s.faces == [] for s in dataset.samples)
+    close = [s for s in dataset.samples if s.name.endswith("@close") or s.name in ("ball", "wall-clock", "full-moon")]
+    assert len(close) == 8 and all(s.image().shape == (416, 416, 3) for s in close)
+    assert open_dataset(NO_FACES).digest == dataset.digest  # drawn pictures are the same every time
 
 
 def test_bad_dataset_is_named(tmp_path: Path) -> None:

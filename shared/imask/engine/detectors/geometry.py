@@ -83,6 +83,14 @@ def to_frame(dets: Detections, view: View) -> Detections:
                       scores=dets.scores, landmarks=(lms / scale + offset).astype(np.float32))
 
 
+def concat(dets: Detections, more: Detections | None) -> Detections:
+    """Two sets of detections as one, without suppression (where only their scores are weighed)."""
+    if more is None or len(more) == 0:
+        return dets
+    return Detections(boxes=np.concatenate([dets.boxes, more.boxes]), scores=np.concatenate([dets.scores, more.scores]),
+                      landmarks=np.concatenate([dets.landmarks, more.landmarks]))
+
+
 def merge(parts: list[Detections], threshold: float) -> Detections:
     """Several passes over one frame (flip, tiles) as one set of detections: NMS over their union."""
     boxes = np.concatenate([p.boxes for p in parts])

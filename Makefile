@@ -79,8 +79,16 @@ EVAL_VARIANT ?= default
 EVAL_SETS = $(SHARED_DATA)/wider_dev $(SHARED_DATA)/photos_gt builtin:no-faces $(SHARED_DATA)/video \
   $(SHARED_DATA)/wider_dev@rot90 $(SHARED_DATA)/wider_dev@rot180 $(SHARED_DATA)/wider_dev@rot270 \
   $(SHARED_DATA)/wider_dev@dither $(SHARED_DATA)/photos_gt@closeup $(SHARED_DATA)/photos_gt@closeup@rot180 \
-  $(SHARED_DATA)/wider_dev@closeup $(SHARED_DATA)/photos_gt@occluded $(SHARED_DATA)/wider_dev@occluded
-eval: venv  ## recall, leaks, over-masking and cost of a variant on the shared datasets, also turned, dithered, close-up and covered (EVAL_VARIANT=crowd)
+  $(SHARED_DATA)/wider_dev@closeup $(SHARED_DATA)/photos_gt@occluded $(SHARED_DATA)/wider_dev@occluded \
+  $(PEDESTRIAN_CLIP)
+# A low-resolution surveillance clip (768x576 at 10 fps, heads of 7-15 px): OpenCV's vtest.avi, which Debian ships in
+# opencv-doc; the package is downloaded (no root needed, not installed) and the one file taken from it.
+PEDESTRIAN_CLIP := .cache/imask/vtest.avi
+$(PEDESTRIAN_CLIP):
+	mkdir -p $(@D)/deb && cd $(@D)/deb && apt-get download -q opencv-doc
+	dpkg-deb --fsys-tarfile $(@D)/deb/opencv-doc_*.deb | tar -xO ./usr/share/doc/opencv-doc/examples/data/vtest.avi > $@.part
+	mv $@.part $@ && rm -rf $(@D)/deb
+eval: venv $(PEDESTRIAN_CLIP)  ## recall, leaks, over-masking and cost of a variant on the shared datasets, also turned, dithered, close-up and covered (EVAL_VARIANT=crowd)
 	$(IMASK) eval $(EVAL_SETS) --variant $(EVAL_VARIANT) --out out/eval/$(EVAL_VARIANT)
 
 reliability: up  ## fuzz (10,000 inputs each: worker, mask-api, imask mask), then the fault scenarios on throwaway stacks (load/faults.py); out/reliability/report.json

@@ -23,13 +23,18 @@ MAX_SIDE = 960  # YuNet's wrapper is unreliable on larger images
 RELIABLE_CONFIDENCE = 0.85
 
 
-def yunet_faces(image: Image, confidence: float = 0.5) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """(confidences 0..1, boxes x1,y1,x2,y2 in the image's pixels)."""
+def yunet_faces(image: Image, confidence: float = 0.5,
+                enlarge: bool = False) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(confidences 0..1, boxes x1,y1,x2,y2 in the image's pixels). Images larger than MAX_SIDE are shrunk to it;
+    with `enlarge`, smaller ones are enlarged to it (the 8-15 px heads of 576p surveillance video are under the
+    sizes YuNet finds at their own scale)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import yuface
 
-    scale = min(1.0, MAX_SIDE / max(image.shape[:2]))
-    small = image if scale == 1.0 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    scale = MAX_SIDE / max(image.shape[:2])
+    scale = scale if enlarge else min(1.0, scale)
+    small = image if scale == 1.0 else cv2.resize(image, None, fx=scale, fy=scale,
+                                                  interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
     confs, boxes, _ = yuface.detect(np.ascontiguousarray(small), conf=confidence)
     xywh = np.asarray(boxes, np.float64).reshape(-1, 4)
     xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1) / scale
@@ -51,12 +56,13 @@ class LeakResult:
         return [leak for leak in self.leaked if min(leak[0], leak[1]) >= RELIABLE_CONFIDENCE]
 
 
-def check_leak(original: Image, masked: Image, confidence: float = 0.5, match_iou: float = 0.5) -> LeakResult:
-    confs, before = yunet_faces(original, confidence)
+def check_leak(original: Image, masked: Image, confidence: float = 0.5, match_iou: float = 0.5,
+               enlarge: bool = False) -> LeakResult:
+    confs, before = yunet_faces(original, confidence, enlarge)
     result = LeakResult(original_confidences=[float(c) for c in confs])
     if len(before) == 0:
         return result
-    after_confs, after = yunet_faces(masked, confidence)
+    after_confs, after = yunet_faces(masked, confidence, enlarge)
     if len(after) == 0:
         return result
     ious = iou_matrix(before, after)

@@ -20,9 +20,10 @@ from imask.features.schema import (
     CREATED,
     ENTITY,
     EVENT_TIMESTAMP,
-    FEATURES,
     JOIN_KEY,
     SERVICES,
+    VARIANT_ENTITY,
+    VARIANT_KEY,
     VIEWS,
     Kind,
     View,
@@ -87,13 +88,12 @@ def _arrow_type(kind: Kind) -> Any:
     return {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "int_list": pa.list_(pa.int64())}[kind]
 
 
-def arrow_schema() -> Any:
-    """Columns of a view's parquet file, in the order pushed rows have (schema.feast_row)."""
+def arrow_schema(view: View) -> Any:
+    """Columns of a view's parquet files, in the order pushed rows have (schema.feast_row)."""
     import pyarrow as pa
 
-    return pa.schema([(JOIN_KEY, pa.string()), (EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC")),
-                      (CREATED, pa.timestamp("us", tz="UTC")),
-                      *((f.name, _arrow_type(f.kind)) for f in FEATURES)])
+    return pa.schema([*((key, pa.string()) for key in view.keys), (EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC")),
+                      (CREATED, pa.timestamp("us", tz="UTC")), *((f.name, _arrow_type(f.kind)) for f in view.features)])
 
 
 def objects(data_dir: Path) -> list[Any]:
@@ -103,16 +103,20 @@ def objects(data_dir: Path) -> list[Any]:
 
     camera = Entity(name=ENTITY, join_keys=[JOIN_KEY], value_type=ValueType.STRING,
                     description="A camera (frames.raw key)")
-    out: list[Any] = [camera]
+    variant = Entity(name=VARIANT_ENTITY, join_keys=[VARIANT_KEY], value_type=ValueType.STRING,
+                     description="A model variant or registered version (FrameMeta.variant)")
+    out: list[Any] = [camera, variant]
     views: dict[str, Any] = {}
     for view in VIEWS:
         batch = FileSource(name=f"{view.name}_file", path=str(parquet_path(data_dir, view)),
                            timestamp_field=EVENT_TIMESTAMP, created_timestamp_column=CREATED)
         push = PushSource(name=view.push_source, batch_source=batch)
-        fv = FeatureView(name=view.name, entities=[camera], ttl=timedelta(seconds=view.ttl_s), source=push,
-                         online=True, schema=[Field(name=f.name, dtype=_feast_type(f.kind), description=f.doc)
-                                              for f in FEATURES],
-                         description=f"per-camera statistics of frames.meta and frames.dlq, {view.size_s} s windows "
+        whose = "camera and variant" if view.by_variant else "camera"
+        fv = FeatureView(name=view.name, entities=[camera, variant] if view.by_variant else [camera],
+                         ttl=timedelta(seconds=view.ttl_s), source=push, online=True,
+                         schema=[Field(name=f.name, dtype=_feast_type(f.kind), description=f.doc)
+                                 for f in view.features],
+                         description=f"per-{whose} statistics of frames.meta and frames.dlq, {view.size_s} s windows "
                          f"every {view.step_s} s (event time)")
         views[view.name] = fv
         out += [batch, push, fv]
@@ -125,13 +129,12 @@ def ensure_parquet(data_dir: Path) -> None:
     """Each view's parquet folder, holding at least an empty file with the columns (readers need one)."""
     import pyarrow.parquet as pq
 
-    schema = arrow_schema()
     for view in VIEWS:
         folder = parquet_path(data_dir, view)
         folder.mkdir(parents=True, exist_ok=True)
         empty = folder / "part-0000000000000-schema.parquet"
         if not empty.exists():
-            pq.write_table(schema.empty_table(), empty)
+            pq.write_table(arrow_schema(view).empty_table(), empty)
 
 
 def append_offline(data_dir: Path, view: View, rows: list[dict[str, Any]], end_ms: int) -> Path:
@@ -147,7 +150,7 @@ def append_offline(data_dir: Path, view: View, rows: list[dict[str, Any]], end_m
     folder = parquet_path(data_dir, view)
     name = f"part-{end_ms:013d}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = folder / f".{name}"
-    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), tmp)
+    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema(view)), tmp)
     tmp.rename(folder / name)
     return folder / name
 

@@ -1,8 +1,11 @@
 """The features of a camera's window: names and types, one list for the Feast definitions (repo.py), the rows the
 stream pushes (windows.feature_row) and the readers. No Feast import here (it takes seconds).
 
-Views: `camera_stats_10s` (tumbling 10 s) and `camera_stats_60s` (60 s hopping every 10 s), both keyed by the
-entity `camera` (join key `camera_id`), with the same features. Each row's event timestamp is its window's end.
+Views: `camera_stats_10s` (tumbling 10 s) and `camera_stats_60s` (60 s hopping every 10 s), keyed by the entity
+`camera` (join key `camera_id`): every record of the camera. `camera_variant_stats_10s` and `_60s`, keyed by
+`camera` and `variant` (join keys `camera_id`, `variant`): the camera's frames masked by that variant (drop records
+name no variant: they count in the camera's rows only). Same features, but the variant views have no `variant`
+feature (it is their key). Each row's event timestamp is its window's end.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from imask.features.windows import DROP_REASONS, PERCENTILES, PICTURE_FIELDS, ST
 Kind = Literal["int", "float", "str", "int_list"]
 ENTITY = "camera"
 JOIN_KEY = "camera_id"
+VARIANT_ENTITY = "variant"
+VARIANT_KEY = "variant"
 EVENT_TIMESTAMP = "event_timestamp"
 CREATED = "created"
 
@@ -63,24 +68,36 @@ class View:
     name: str
     size_s: int
     step_s: int
-    ttl_s: int  # Feast's TTL: past it a read gets no value
+    ttl_s: int  # Feast's TTL (not enforced on online reads: readers judge freshness from window_end_ms)
+    by_variant: bool = False
 
     @property
     def push_source(self) -> str:
         return f"{self.name}_push"
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (JOIN_KEY, VARIANT_KEY) if self.by_variant else (JOIN_KEY,)
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        return tuple(f for f in FEATURES if f.name not in self.keys)
+
 
 VIEW_10S = View("camera_stats_10s", 10, 10, ttl_s=300)
 VIEW_60S = View("camera_stats_60s", 60, 10, ttl_s=900)
-VIEWS: tuple[View, ...] = (VIEW_10S, VIEW_60S)
+VARIANT_VIEW_10S = View("camera_variant_stats_10s", 10, 10, ttl_s=300, by_variant=True)
+VARIANT_VIEW_60S = View("camera_variant_stats_60s", 60, 10, ttl_s=900, by_variant=True)
+VIEWS: tuple[View, ...] = (VIEW_10S, VIEW_60S, VARIANT_VIEW_10S, VARIANT_VIEW_60S)
 
-# One FeatureService per consumer: the features it reads.
+# One FeatureService per consumer: the features it reads. The router compares arms: its rows are per camera and
+# variant (entity rows name both); drift and operators read per camera.
 ROUTER_FEATURES = ("window_end_ms", "frames_out", "fps_in", "fail_closed_rate", "held_track_rate", "faces_mean",
-                   "drop_rate", "inference_ms_p95", "end_to_end_ms_p95", "end_to_end_ms_p99")
+                   "inference_ms_p95", "end_to_end_ms_p95", "end_to_end_ms_p99", "arm")
 DRIFT_FEATURES = ("window_end_ms", "frames_out", "faces_mean", "faces_p95", "score_hist", "face_size_hist",
                   "picture_frames", *PICTURE_FIELDS, "scene_change_max")
 SERVICES: dict[str, tuple[tuple[View, tuple[str, ...]], ...]] = {
-    "router": ((VIEW_60S, ROUTER_FEATURES),),
+    "router": ((VARIANT_VIEW_60S, ROUTER_FEATURES),),
     "drift": ((VIEW_60S, DRIFT_FEATURES),),
     "operators": ((VIEW_10S, FEATURE_NAMES), (VIEW_60S, FEATURE_NAMES)),
 }
@@ -90,11 +107,16 @@ def ms_to_datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-def feast_row(camera_id: str, start_ms: int, end_ms: int, features: dict[str, Any], created: datetime
-              ) -> dict[str, Any]:
-    """A row to push: join key, timestamps, then every feature in FEATURES order."""
-    row: dict[str, Any] = {JOIN_KEY: camera_id, EVENT_TIMESTAMP: ms_to_datetime(end_ms), CREATED: created,
-                           "window_start_ms": start_ms, "window_end_ms": end_ms}
+def feast_row(camera_id: str, start_ms: int, end_ms: int, features: dict[str, Any], created: datetime,
+              variant: str | None = None) -> dict[str, Any]:
+    """A row to push: join key(s) (`variant` given: a row of a variant view), timestamps, then the view's features
+    in FEATURES order."""
+    row: dict[str, Any] = {JOIN_KEY: camera_id}
+    if variant is not None:
+        row[VARIANT_KEY] = variant
+    row.update({EVENT_TIMESTAMP: ms_to_datetime(end_ms), CREATED: created, "window_start_ms": start_ms,
+                "window_end_ms": end_ms})
     for name in FEATURE_NAMES[2:]:
-        row[name] = features[name]
+        if variant is None or name != VARIANT_KEY:
+            row[name] = features[name]
     return row

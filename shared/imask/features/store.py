@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imask.features.repo import FeastSettings, append_offline, repo_config
-from imask.features.schema import JOIN_KEY, SERVICES, VIEWS, View
+from imask.features.schema import JOIN_KEY, SERVICES, VARIANT_KEY, View
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -44,14 +44,21 @@ def push_rows(store: FeatureStore, data_dir: Path, view: View, rows: Sequence[di
 @dataclass(frozen=True)
 class CameraFeatures:
     camera_id: str
+    variant: str | None  # set for services keyed by camera and variant (router)
     values: dict[str, dict[str, Any]]  # view name -> feature -> value (None where the view has no row)
     window_end_ms: int | None  # end of the newest window of any view read; None: no row at all
     age_s: float | None  # now - window_end_ms
     fresh: bool  # a row exists and age_s <= stale_after_s
 
 
+Key = str | tuple[str, str]  # a camera id, or (camera id, variant) for services keyed by both
+
+
 class FeatureReader:
-    """Reads one FeatureService (router, drift, operators) for many cameras; open once, read often."""
+    """Reads one FeatureService (router, drift, operators) for many cameras; open once, read often.
+
+    Services keyed by camera (drift, operators) take camera ids; the router's, keyed by camera and variant, takes
+    (camera, variant) pairs. The answer is keyed as asked."""
 
     def __init__(self, settings: FeastSettings, service: str = "operators", stale_after_s: float = 35.0,
                  store: FeatureStore | None = None) -> None:
@@ -59,16 +66,21 @@ class FeatureReader:
             raise ValueError(f"no feature service {service!r}; there are {sorted(SERVICES)}")
         self.store = store or open_store(settings)
         self.service = self.store.get_feature_service(service)
-        self.views = [view for view in VIEWS if any(view is v for v, _ in SERVICES[service])]
+        self.views = [view for view, _ in SERVICES[service]]
+        self.by_variant = self.views[0].by_variant
+        if any(view.by_variant != self.by_variant for view in self.views):
+            raise ValueError(f"feature service {service!r} mixes views keyed by camera and by camera and variant")
         self.stale_after_s = stale_after_s
 
-    def read(self, cameras: Sequence[str], now: float | None = None) -> dict[str, CameraFeatures]:
-        response = self.store.get_online_features(features=self.service,
-                                                  entity_rows=[{JOIN_KEY: camera} for camera in cameras],
+    def read(self, keys: Sequence[Key], now: float | None = None) -> dict[Key, CameraFeatures]:
+        pairs = [self._pair(key) for key in keys]
+        rows = [{JOIN_KEY: camera, VARIANT_KEY: variant} if self.by_variant else {JOIN_KEY: camera}
+                for camera, variant in pairs]
+        response = self.store.get_online_features(features=self.service, entity_rows=rows,
                                                   full_feature_names=True).to_dict()
         now = time.time() if now is None else now
-        out = {}
-        for i, camera in enumerate(cameras):
+        out: dict[Key, CameraFeatures] = {}
+        for i, (key, (camera, variant)) in enumerate(zip(keys, pairs, strict=True)):
             values: dict[str, dict[str, Any]] = {view.name: {} for view in self.views}
             for column, column_values in response.items():
                 view_name, sep, feature = column.partition("__")
@@ -77,8 +89,15 @@ class FeatureReader:
             ends = [v["window_end_ms"] for v in values.values() if v.get("window_end_ms") is not None]
             end = max(ends) if ends else None
             age = None if end is None else now - end / 1000
-            out[camera] = CameraFeatures(camera, values, end, age, age is not None and age <= self.stale_after_s)
+            out[key] = CameraFeatures(camera, variant, values, end, age,
+                                      age is not None and age <= self.stale_after_s)
         return out
+
+    def _pair(self, key: Key) -> tuple[str, str | None]:
+        if isinstance(key, tuple) != self.by_variant:
+            wanted = "(camera, variant) pairs" if self.by_variant else "camera ids"
+            raise ValueError(f"{self.service.name!r} is read with {wanted}, got {key!r}")
+        return key if isinstance(key, tuple) else (key, None)
 
 
 def utcnow() -> datetime:

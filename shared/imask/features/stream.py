@@ -2,13 +2,14 @@
 
 Records of both topics (and this app's ticks) are one stream keyed by camera id (the topics are co-partitioned).
 Event time is the frame's capture time (a drop record's time for frames.dlq), clamped to the wall clock plus
-`max_future_ms`. A tumbling window of `window_s` per camera folds records into a mergeable accumulator
-(windows.py); windows close by partition (`closing_strategy="partition"`): once the largest event time seen on the
-camera's partition passes the window's end plus `grace_ms`. Records later than that go to `on_late` and are
-counted as `late_frames` in the camera's next window. A closed window and the camera's earlier closed windows
-within the hop make the hopping window (`HopWindows`), kept in a state store. Both rows go to `FeastSink`, which
-pushes every camera's rows of a window end in one push per view when Quix commits its checkpoint: online to
-Redis through the view's push source, offline as one parquet file in the view's folder.
+`max_future_ms`. A tumbling window of `window_s` per camera folds records into mergeable accumulators, one per
+variant (windows.py). Windows close by partition (`closing_strategy="partition"`): once the largest event time seen
+on the camera's partition passes the window's end plus `grace_ms`. A record whose window has closed is counted as
+`late_frames` in the camera's next window (checked in `keep`, before the window). A closed window and the camera's
+earlier closed windows within the hop make the hopping window (`HopWindows`, in a state store). The camera's rows
+(all its records) and one row per variant, for each of the two windows, go to `FeastSink`, which pushes every
+camera's rows of a window end in one push per view when Quix commits its checkpoint: online to Redis through the
+view's push source, offline as one parquet file in the view's folder.
 
 A partition with no record for `idle_tick_s` gets ticks on `ticks_topic`, timestamped with its last event time
 plus the wall time since: its clock moves on and its cameras' last windows close.
@@ -39,15 +40,15 @@ from quixstreams.sinks import BaseSink, SinkBackpressureError
 
 from imask.features import store as feature_store
 from imask.features.repo import FeastSettings
-from imask.features.schema import VIEWS, View, feast_row
+from imask.features.schema import VARIANT_VIEW_10S, VARIANT_VIEW_60S, VIEW_10S, VIEW_60S, VIEWS, feast_row
 from imask.features.windows import (
-    Accumulator,
     HopWindows,
     Observation,
-    add,
+    Parts,
+    add_part,
     clamp_event_ms,
     feature_row,
-    new_accumulator,
+    merge,
     observe_drop,
     observe_meta,
     window_start,
@@ -113,19 +114,19 @@ class _RecordDeserializer(Deserializer):
 
 
 class WindowAggregator(Aggregator):
-    """Quix aggregation over windows.add (the accumulator is JSON in the state store)."""
+    """Quix aggregation over windows.add_part: per variant, an accumulator (JSON in the state store)."""
 
     @property
     def state_suffix(self) -> str:
-        return "imask-window-v1"
+        return "imask-window-v2"
 
-    def initialize(self) -> Accumulator:
-        return new_accumulator()
+    def initialize(self) -> Parts:
+        return {}
 
-    def agg(self, old: Accumulator, new: Parsed, timestamp: int) -> Accumulator:
-        return old if new.obs is None else add(old, new.obs)
+    def agg(self, old: Parts, new: Parsed, timestamp: int) -> Parts:
+        return old if new.obs is None else add_part(old, new.obs)
 
-    def result(self, value: Accumulator) -> Accumulator:
+    def result(self, value: Parts) -> Parts:
         return value
 
 
@@ -165,6 +166,8 @@ class FeastSink(BaseSink):
 
     def setup(self) -> None:
         self.store = feature_store.open_store(self.feast)
+        # Feast re-reads its file registry on every push and says so at info level: twice a window, every window.
+        logging.getLogger("feast.infra.registry.registry").setLevel(logging.WARNING)
 
     def add(self, value: Any, key: Any, timestamp: int, headers: Any, topic: str, partition: int,
             offset: int) -> None:
@@ -322,31 +325,35 @@ def build(settings: FeaturesStreamSettings, sink: FeastSink | None = None) -> Fe
         return False  # counted, not logged one by one
 
     hops = HopWindows(hop_ms, window_ms)
-    views: dict[int, View] = {view.size_s: view for view in VIEWS}
-    view_10, view_hop = views.get(settings.window_s, VIEWS[0]), views.get(settings.hop_s, VIEWS[1])
 
     def emit(window: dict[str, Any], key: bytes, timestamp: int, headers: Any, state: Any) -> list[dict[str, Any]]:
         camera = key.decode()
-        start, end, acc = window["start"], window["end"], window["value"]
+        start, end, parts = window["start"], window["end"], window["value"]
+        total = merge(parts.values())
         if end <= state.get("last_end", 0):
             # A window that had closed, opened again by records within the grace period of the partition's
-            # newest closed window (Quix's partition closing judges lateness from that window's end): its
-            # records came after it closed, so they are late, and it is never pushed twice.
-            frames = acc["frames"] + sum(acc["drops"])
+            # newest closed window (the check in `keep` prevents it; kept as a guard): its records came after
+            # it closed, so they are late, and it is never pushed twice.
+            frames = total["frames"] + sum(total["drops"])
             late[camera] = late.get(camera, 0) + frames
             LATE.inc(frames)
             return []
         state.set("last_end", end)
         created = feature_store.utcnow()
-        late_frames = late.pop(camera, 0)
-        merged, keep_windows = hops.close(state.get("hop", []), start, acc)
+        hop_parts, keep_windows = hops.close(state.get("hop", []), start, parts)
         state.set("hop", keep_windows)
-        return [
-            {"view": view_10.name, "row": feast_row(camera, start, end, feature_row(acc, settings.window_s,
-                                                                                    late_frames), created)},
-            {"view": view_hop.name, "row": feast_row(camera, end - hop_ms, end, feature_row(merged, settings.hop_s),
-                                                     created)},
+        rows = [
+            (VIEW_10S, feast_row(camera, start, end, feature_row(total, settings.window_s, late.pop(camera, 0)),
+                                 created)),
+            (VIEW_60S, feast_row(camera, end - hop_ms, end, feature_row(merge(hop_parts.values()), settings.hop_s),
+                                 created)),
+            *((VARIANT_VIEW_10S, feast_row(camera, start, end, feature_row(acc, settings.window_s), created, variant))
+              for variant, acc in sorted(parts.items()) if variant),
+            *((VARIANT_VIEW_60S, feast_row(camera, end - hop_ms, end, feature_row(acc, settings.hop_s), created,
+                                           variant))
+              for variant, acc in sorted(hop_parts.items()) if variant),
         ]
+        return [{"view": view.name, "row": row} for view, row in rows]
 
     sdf = sdf.filter(keep, metadata=True)
     assert sdf.stream_id == source.stream_id  # closed_until reads the window's store of this stream

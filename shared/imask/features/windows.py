@@ -4,6 +4,9 @@ A record becomes an observation (a small tuple: what it contributes to a window)
 accumulator (a JSON-able dict, kept in the stream app's state store and changelog); accumulators merge (six closed
 10 s windows make one 60 s window); a closed window's accumulator becomes one feature row.
 
+A window keeps one accumulator per variant (`Parts`, variant -> accumulator; drop records name no variant and go
+under ""): the camera's row is their merge, and each named variant gets a row of its own.
+
 Every statistic is mergeable, so a 60 s window is exactly the merge of its six 10 s windows:
 - counts and sums (frames, drops by reason, fail-closed frames, faces, held faces, picture statistics);
 - fixed-bin histograms: detection scores (`SCORE_EDGES`), face sizes (`FACE_SIZE_EDGES`), faces per frame
@@ -43,6 +46,7 @@ META, DROP = 0, 1
 # score_bins, size_bins, latency_bins, picture or None). Drop: (DROP, event_ms, reason index).
 Observation = tuple[Any, ...]
 Accumulator = dict[str, Any]
+Parts = dict[str, Accumulator]  # variant -> accumulator ("": records that name no variant)
 
 
 def latency_bin(ms: float) -> int:
@@ -199,6 +203,25 @@ def merge(accs: Iterable[Accumulator]) -> Accumulator:
     return out
 
 
+def add_part(parts: Parts, obs: Observation) -> Parts:
+    """Fold an observation into its variant's accumulator (in place)."""
+    variant = obs[2] if obs[0] == META else ""
+    acc = parts.get(variant)
+    if acc is None:
+        acc = parts[variant] = new_accumulator()
+    add(acc, obs)
+    return parts
+
+
+def merge_parts(windows: Iterable[Parts]) -> Parts:
+    """Per variant, the merge of its accumulators in the given windows."""
+    grouped: dict[str, list[Accumulator]] = {}
+    for parts in windows:
+        for variant, acc in parts.items():
+            grouped.setdefault(variant, []).append(acc)
+    return {variant: merge(accs) for variant, accs in grouped.items()}
+
+
 def nearest_rank(hist: dict[str, int], q: float) -> int | None:
     """The nearest-rank q-th percentile (0 < q <= 100) of a histogram {str(bin): count}: the smallest bin whose
     cumulative count reaches ceil(q/100 * n). None for an empty histogram."""
@@ -258,8 +281,8 @@ def feature_row(acc: Accumulator, window_s: float, late_frames: int = 0) -> dict
 class HopWindows:
     """Hopping windows (size, step) from the tumbling windows of size `step` of one camera: each closed step
     window, merged with the camera's earlier closed ones still inside the hop, is the hop window ending with it.
-    The state is a list [[start, accumulator], ...] of the last size/step - 1 closed step windows (JSON-able, for a
-    state store)."""
+    The state is a list [[start, parts], ...] of the closed step windows the next hop window still holds
+    (JSON-able, for a state store)."""
 
     def __init__(self, size_ms: int, step_ms: int) -> None:
         if size_ms % step_ms:
@@ -267,10 +290,10 @@ class HopWindows:
         self.size_ms = size_ms
         self.step_ms = step_ms
 
-    def close(self, kept: list[list[Any]], start: int, acc: Accumulator) -> tuple[Accumulator, list[list[Any]]]:
+    def close(self, kept: list[list[Any]], start: int, parts: Parts) -> tuple[Parts, list[list[Any]]]:
         """The hop window [start + step - size, start + step) and the state to keep after it."""
         end = start + self.step_ms
         inside = [item for item in kept if end - self.size_ms <= item[0] < start]
-        merged = merge([*(item[1] for item in inside), acc])
-        keep = [item for item in [*inside, [start, acc]] if item[0] >= end + self.step_ms - self.size_ms]
+        merged = merge_parts([*(item[1] for item in inside), parts])
+        keep = [item for item in [*inside, [start, parts]] if item[0] >= end + self.step_ms - self.size_ms]
         return merged, keep

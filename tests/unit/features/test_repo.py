@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imask.features import repo
-from imask.features.schema import FEATURE_NAMES, SERVICES, VIEWS
+from imask.features.schema import SERVICES, VIEWS
 from imask.features.stream import Parsed, PartitionClocks, _RecordDeserializer
 from imask.ops.settings import ConfigError, FeaturesStreamSettings, load_settings
 from imask.v1 import frames_pb2 as pb
@@ -25,14 +25,15 @@ def test_repository_objects(tmp_path: Path) -> None:
     objs = {type(o).__name__ + ":" + o.name: o for o in repo.objects(tmp_path)}
     for view in VIEWS:
         fv = objs[f"FeatureView:{view.name}"]
-        assert [f.name for f in fv.features] == list(FEATURE_NAMES)
+        assert [f.name for f in fv.features] == [f.name for f in view.features]
+        assert list(fv.entities) == (["camera", "variant"] if view.by_variant else ["camera"])
         assert fv.ttl.total_seconds() == view.ttl_s
         assert f"PushSource:{view.push_source}" in objs
     for service, parts in SERVICES.items():
         projections = objs[f"FeatureService:{service}"].feature_view_projections
         assert [(p.name, [f.name for f in p.features]) for p in projections] == \
             [(view.name, list(names)) for view, names in parts]
-    assert "Entity:camera" in objs
+    assert "Entity:camera" in objs and "Entity:variant" in objs
 
 
 def test_offline_folders_take_one_file_per_push(tmp_path: Path) -> None:
@@ -47,7 +48,8 @@ def test_offline_folders_take_one_file_per_push(tmp_path: Path) -> None:
     repo.ensure_parquet(tmp_path)  # idempotent
     for view in VIEWS:
         [empty] = repo.parquet_path(tmp_path, view).iterdir()
-        assert pq.read_schema(empty).names == ["camera_id", "event_timestamp", "created", *FEATURE_NAMES]
+        assert pq.read_schema(empty).names == [*view.keys, "event_timestamp", "created",
+                                               *(f.name for f in view.features)]
     rows = [feast_row(f"cam-{i}", 0, 10_000, feature_row(new_accumulator(), 10), utcnow()) for i in range(3)]
     repo.append_offline(tmp_path, VIEW_10S, rows, 10_000)
     repo.append_offline(tmp_path, VIEW_10S, rows[:1], 10_000)

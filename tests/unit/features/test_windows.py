@@ -132,6 +132,30 @@ def test_accumulator_survives_a_json_round_trip() -> None:
     assert w.feature_row(json.loads(json.dumps(acc)), 10.0) == w.feature_row(acc, 10.0)
 
 
+def parts_of(records: list[Record]) -> w.Parts:
+    parts: w.Parts = {}
+    for r in records:
+        if r.topic == "meta":
+            w.add_part(parts, w.observe_meta(pb.FrameMeta.FromString(r.value), r.capture_ms))
+        else:
+            w.add_part(parts, w.observe_drop(pb.DropRecord.FromString(r.value), r.capture_ms))
+    return parts
+
+
+def test_parts_per_variant_merge_into_the_camera() -> None:
+    recs = [meta_record("c", i, i, variant="default" if i % 3 else "precise") for i in range(60)]
+    recs += [drop_record("c", 100 + i, i, 7) for i in range(5)]
+    parts = parts_of(recs)
+    assert sorted(parts) == ["", "default", "precise"]
+    assert parts[""]["frames"] == 0 and sum(parts[""]["drops"]) == 5
+    assert_matches(w.feature_row(w.merge(parts.values()), 10.0), reference_row(recs, 10.0))
+    assert_matches(w.feature_row(parts["precise"], 10.0), reference_row(
+        [r for r in recs if r.topic == "meta" and pb.FrameMeta.FromString(r.value).variant == "precise"], 10.0))
+    again = w.merge_parts([parts_of(recs[:30]), parts_of(recs[30:])])
+    assert {v: w.feature_row(a, 10.0) for v, a in again.items()} == {v: w.feature_row(a, 10.0)
+                                                                    for v, a in parts.items()}
+
+
 def test_hop_windows_from_closed_step_windows() -> None:
     hops = w.HopWindows(60_000, 10_000)
     kept: list[list[object]] = []
@@ -139,17 +163,25 @@ def test_hop_windows_from_closed_step_windows() -> None:
     for start, recs in per_window.items():
         if start == 30_000:
             continue  # a window without records: never closed, never kept
-        merged, kept = hops.close(kept, start, accumulate(recs))
+        merged, kept = hops.close(kept, start, parts_of(recs))
         inside = [r for s, rs in per_window.items() if start + 10_000 - 60_000 <= s <= start and s != 30_000
                   for r in rs]
-        assert w.feature_row(merged, 60.0)["frames_in"] == len(inside), start
+        assert w.feature_row(w.merge(merged.values()), 60.0)["frames_in"] == len(inside), start
+        assert_matches(w.feature_row(w.merge(merged.values()), 60.0), reference_row(inside, 60.0))
         assert len(kept) <= 5 and all(item[0] > start + 10_000 - 60_000 for item in kept)
     with pytest.raises(ValueError, match="multiple"):
         w.HopWindows(45_000, 10_000)
 
 
 def test_feast_row_has_every_feature_in_order() -> None:
-    row = feast_row("cam-1", 0, 10_000, w.feature_row(accumulate(records(5)), 10.0), utcnow())
+    from imask.features.schema import VARIANT_VIEW_10S, VIEW_10S
+
+    features = w.feature_row(accumulate(records(5)), 10.0)
+    row = feast_row("cam-1", 0, 10_000, features, utcnow())
     assert list(row)[:3] == ["camera_id", "event_timestamp", "created"]
-    assert tuple(list(row)[3:]) == FEATURE_NAMES
+    assert tuple(list(row)[3:]) == FEATURE_NAMES == tuple(f.name for f in VIEW_10S.features)
     assert row["event_timestamp"].timestamp() == 10.0
+    row = feast_row("cam-1", 0, 10_000, features, utcnow(), variant="precise")
+    assert list(row)[:4] == ["camera_id", "variant", "event_timestamp", "created"]
+    assert row["variant"] == "precise"
+    assert tuple(list(row)[4:]) == tuple(f.name for f in VARIANT_VIEW_10S.features)

@@ -14,6 +14,7 @@ from typing import Any, get_origin
 from pydantic_settings import BaseSettings
 
 from imask.ops.settings import (
+    AlertingSettings,
     ConfigError,
     EngineSettings,
     FeaturesStreamSettings,
@@ -79,6 +80,12 @@ def cmd_features_stream(args: argparse.Namespace) -> int:
     from services.features_stream.service import run
 
     return run(settings_from(FeaturesStreamSettings, args))
+
+
+def cmd_alerting(args: argparse.Namespace) -> int:
+    from services.alerting.service import run
+
+    return run(settings_from(AlertingSettings, args))
 
 
 def cmd_mask_api(args: argparse.Namespace) -> int:
@@ -217,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "Features stream: frames.meta + frames.dlq -> per-camera windows (10 s, and 60 s every "
                         "10 s) -> Feast (Redis online, parquet offline)")
     p.set_defaults(func=cmd_features_stream)
+    p = _service_parser(sub, "alerting", AlertingSettings,
+                        [*COMMON_KAFKA, "group_id", "instance_id", "alertmanager_url", "resend_s", "runbook_base"],
+                        "Alerting: events on the alerts topic (cameras, drift, tamper, experiments) -> Alertmanager "
+                        "alerts with labels, runbook links and endsAt when resolved; at least once, retried while "
+                        "Alertmanager is away")
+    p.set_defaults(func=cmd_alerting)
 
     p = sub.add_parser(
         "mask", help="Mask faces in image and video files",

@@ -334,11 +334,36 @@ class FeaturesStreamSettings(BaseServiceSettings, KafkaSettings, RedisSettings):
         return self
 
 
+class AlertingSettings(BaseServiceSettings, KafkaSettings):
+    service: ClassVar[str] = "alerting"
+
+    group_id: str = Field("imask-alerting", description="Consumer group of the alerts topic reader")
+    alertmanager_url: str = Field("http://127.0.0.1:9493", description="Alertmanager receiving the alerts (API v2; "
+                                  "imask stack up runs one on this port)")
+    timeout_s: float = Field(5.0, gt=0, le=60, description="Timeout of one POST to Alertmanager")
+    resend_s: float = Field(60.0, gt=0, le=3600, description="Firing alerts are posted again this often (they end "
+                            "4 resends after the last post unless posted again)")
+    oneshot_hold_s: float = Field(3600.0, gt=0, description="How long a one-off event's alert stays firing")
+    episode_max_age_s: float = Field(86400.0, gt=0, description="An episode no event ends is resolved after this "
+                                     "long (its emitter may have restarted)")
+    retry_max_s: float = Field(30.0, gt=0, le=600, description="Longest wait between retries while Alertmanager "
+                               "does not take alerts")
+    max_pending: int = Field(10_000, ge=1, description="Events waiting for Alertmanager before the consumer pauses")
+    runbook_base: str = Field("docs/OPERATIONS.md", description="Runbook the alerts' runbook_url annotations link "
+                              "into (a URL of docs/OPERATIONS.md as your team reads it)")
+    lag_groups: dict[str, str] = Field(default_factory=lambda: {"imask-workers": "frames.raw",
+                                                                "imask-recorder": "frames.masked"},
+                                       description="Consumer groups (and their topic) whose lag in seconds is "
+                                       "exported as imask_consumer_lag_seconds, as JSON; {} for none")
+    lag_interval_s: float = Field(15.0, ge=0, description="How often that lag is sampled (0: never)")
+
+
 # Settings every service that has them shares, with one meaning: IMASK_<FIELD>. Anything else is one service's.
 SHARED_GROUPS: tuple[type[ImaskSettings], ...] = (LoggingSettings, KafkaSettings, EngineSettings, FrameLimits,
                                                   GrpcServerSettings, RegistrySettings, RedisSettings)
 SETTINGS_CLASSES: tuple[type[ImaskSettings], ...] = (WorkerSettings, IngestSettings, RecorderSettings,
-                                                     MaskApiSettings, RouterSettings, FeaturesStreamSettings)
+                                                     MaskApiSettings, RouterSettings, FeaturesStreamSettings,
+                                                     AlertingSettings)
 OTHER_KNOWN_PREFIXES = ("IMASK_STACK_", "IMASK_RUN_", "IMASK_TEST_", "IMASK_CLIENT_")
 
 

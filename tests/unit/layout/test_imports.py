@@ -16,7 +16,7 @@ LIBRARY = REPO_ROOT / "shared"
 DEV_ONLY = ("imask.devstack", "imask.loadtest", "imask.cli", "imask.evaluation")
 RUNTIME_PACKAGES = ("imask.engine", "imask.streaming", "imask.pipeline", "imask.ops", "imask.cameras", "imask.registry",
                     "imask.maskapi", "imask.media", "imask.sdk", "imask.recording", "imask.frames", "imask.routing",
-                    "imask.features")
+                    "imask.features", "imask.alerting")
 
 
 def module_file(name: str) -> Path | None:

@@ -104,6 +104,18 @@ class StreamRun:
         self.producer.produce(topic, key=key, value=value)
         assert self.producer.flush(30) == 0
 
+    def committed(self) -> int:
+        """Offsets of frames.meta the stream's group has committed, summed over partitions."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.kafka.bootstrap_servers, "group.id": self.group})
+        try:
+            parts = consumer.committed([TopicPartition(self.kafka.topic_meta, p) for p in range(self.kafka.partitions)],
+                                       timeout=10)
+            return sum(max(tp.offset, 0) for tp in parts)
+        finally:
+            consumer.close()
+
     def cleanup(self) -> None:
         from confluent_kafka.admin import AdminClient
 
@@ -273,9 +285,12 @@ def test_kill_9_mid_stream_loses_no_window(run: StreamRun, reader: FeatureReader
     for chunk in chunks[:6]:
         run.produce(chunk)
         time.sleep(0.3)
+    # The kill comes after a commit (chunks 0-4 committed: their windows pushed and their offsets stored), while
+    # two more chunks close windows, push them and commit.
+    committed_meta = sum(1 for chunk in chunks[:5] for r in chunk if r.topic == "meta")
     deadline = time.monotonic() + 60
-    while svc.metric("imask_features_rows_pushed_total") < 3 * len(cameras):
-        assert time.monotonic() < deadline, "no window pushed before the kill"
+    while svc.metric("imask_features_rows_pushed_total") < 3 * len(cameras) or run.committed() < committed_meta:
+        assert time.monotonic() < deadline, "no window pushed and committed before the kill"
         time.sleep(0.2)
     run.produce(chunks[6])
     run.produce(chunks[7])
@@ -284,6 +299,8 @@ def test_kill_9_mid_stream_loses_no_window(run: StreamRun, reader: FeatureReader
     os.kill(svc.proc.pid, signal.SIGKILL)
     svc.proc.wait()
     killed_after = 7
+    # Restarted as on another host: no local state, all of it comes back from the changelog topics.
+    run.env["IMASK_FEATURES_STREAM_STATE_DIR"] = str(run.tmp_path / "state-after-kill")
     svc = run.start()
     for chunk in chunks[8:]:
         run.produce(chunk)

@@ -1,0 +1,87 @@
+"""The Alertmanager configuration (deploy/alertmanager/alertmanager.yml) as a stack or a test runs it: the same
+routes and inhibitions, with the receivers' addresses and secrets of that place.
+
+`render` rewrites the local inbox addresses the file names (http://127.0.0.1:9495, 127.0.0.1:9525) to the given
+ones and `write_secrets` puts the secret files beside the rendered config. `inhibited` evaluates the inhibit rules
+for a pair of label sets, so routing and inhibition can be asserted without a server (amtool tests routes only).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_HTTP = "http://127.0.0.1:9495"
+DEFAULT_SMTP = "127.0.0.1:9525"
+SECRETS = ("slack_api_url", "webhook_token")
+
+
+@dataclass(frozen=True)
+class Receivers:
+    """Where notifications go: the webhooks' base URL (paths /webhook and /watchdog kept), the Slack incoming
+    webhook, the mail host, and the webhook's bearer token."""
+
+    http_base: str = DEFAULT_HTTP
+    slack_url: str = DEFAULT_HTTP + "/slack"
+    smarthost: str = DEFAULT_SMTP
+    webhook_token: str = "local"
+
+
+def load(path: Path) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(path.read_text())
+    return config
+
+
+def render(base: dict[str, Any], receivers: Receivers) -> dict[str, Any]:
+    config = copy.deepcopy(base)
+    config.setdefault("global", {})["smtp_smarthost"] = receivers.smarthost
+    for receiver in config.get("receivers", []):
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = hook["url"].replace(DEFAULT_HTTP, receivers.http_base.rstrip("/"))
+    return config
+
+
+def write(config: dict[str, Any], folder: Path, receivers: Receivers) -> Path:
+    """The config and its secrets (mode 600) in `folder`; returns the config's path."""
+    secrets = folder / "secrets"
+    secrets.mkdir(parents=True, exist_ok=True)
+    for name, value in (("slack_api_url", receivers.slack_url), ("webhook_token", receivers.webhook_token)):
+        path = secrets / name
+        path.write_text(value)
+        path.chmod(0o600)
+    path = folder / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+_MATCHER = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"(.*)"\s*$')
+
+
+def matches(matcher: str, labels: dict[str, str]) -> bool:
+    """One Alertmanager matcher (`name="v"`, `name=~"re"`, `!=`, `!~`; regexes anchored) against a label set."""
+    found = _MATCHER.match(matcher)
+    if found is None:
+        raise ValueError(f"unsupported matcher {matcher!r}")
+    name, op, value = found.groups()
+    actual = labels.get(name, "")
+    if op == "=":
+        return actual == value
+    if op == "!=":
+        return actual != value
+    hit = re.fullmatch(value, actual) is not None
+    return hit if op == "=~" else not hit
+
+
+def inhibited(config: dict[str, Any], source: dict[str, str], target: dict[str, str]) -> bool:
+    """Whether firing `source` mutes `target` under the config's inhibit rules."""
+    for rule in config.get("inhibit_rules", []):
+        if (all(matches(m, source) for m in rule.get("source_matchers", []))
+                and all(matches(m, target) for m in rule.get("target_matchers", []))
+                and all(source.get(k, "") == target.get(k, "") for k in rule.get("equal", []))):
+            return True
+    return False

@@ -32,17 +32,22 @@ venv: $(VENV_STAMP)  ## create .venv with the project and its tools
 GST_PACKAGES := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base \
   gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 
-system-deps:  ## Java 17, Maven, redis-server and GStreamer (RTSP cameras) from Debian when missing (needs root)
+system-deps:  ## Java 17, Maven, redis-server, GStreamer (RTSP cameras), Prometheus and Alertmanager from Debian when missing (needs root; their systemd units are disabled: the stack runs its own)
 	@missing=""; command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	/usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null \
 	  || missing="$$missing $(GST_PACKAGES)"; \
 	gst-inspect-1.0 x264enc >/dev/null 2>&1 && gst-inspect-1.0 avdec_h264 >/dev/null 2>&1 \
 	  || missing="$$missing $(GST_PACKAGES)"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "please install:$$missing" >&2; exit 1; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  for unit in prometheus prometheus-alertmanager; do \
+	    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl disable --now $$unit 2>/dev/null; fi; done; \
+	fi
 
 up: venv system-deps  ## start local Kafka (KRaft) and Redis; safe to repeat
 	$(IMASK) stack up

@@ -43,6 +43,16 @@ class StackSettings(BaseSettings):
     mlflow_port: _Port = 5590
     mlflow: bool = Field(True, description="Also run the MLflow tracking server (model registry); throwaway "
                          "stacks for broker faults leave it out")
+    alerting: bool = Field(True, description="Also run Prometheus, Alertmanager and the alert inbox; throwaway "
+                           "stacks leave them out")
+    prometheus_port: _Port = 9490
+    alertmanager_port: _Port = 9493
+    alert_inbox_port: _Port = 9495
+    alert_smtp_port: _Port = 9525
+    alert_http_base: str = Field("", description="Base URL of the webhook receivers (default: the alert inbox)")
+    alert_slack_url: str = Field("", description="Slack incoming-webhook URL (default: the alert inbox's /slack)")
+    alert_smarthost: str = Field("", description="SMTP host:port of the mail receivers (default: the alert inbox)")
+    alert_webhook_token: str = Field("local", description="Bearer token the webhook receivers get")
     kafka_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+$")] = "4.1.1"
     kafka_heap: Annotated[str, Field(pattern=r"^\d+[kKmMgG]$")] = "512m"
     start_timeout_s: Annotated[float, Field(gt=0)] = 90.0
@@ -65,6 +75,7 @@ class StackSettings(BaseSettings):
         """Settings of a throwaway stack (tests, fault scenarios) in ``state_dir`` on ports nobody uses now: never
         the shared default stack's."""
         fields.setdefault("mlflow", False)
+        fields.setdefault("alerting", False)
         for _ in range(200):
             base = secrets.randbelow(20000) + 30000
             candidate = cls(state_dir=state_dir, kafka_brokers=brokers, kafka_port=base,
@@ -77,7 +88,33 @@ class StackSettings(BaseSettings):
     @property
     def ports(self) -> list[int]:
         """Every port this stack listens on (a new server adds its own here)."""
-        return [*self.broker_ports, *self.controller_ports, self.redis_port, *self.mlflow_ports]
+        return [*self.broker_ports, *self.controller_ports, self.redis_port, *self.mlflow_ports, *self.alerting_ports]
+
+    @property
+    def alerting_ports(self) -> list[int]:
+        return [self.prometheus_port, self.alertmanager_port, self.alert_inbox_port, self.alert_smtp_port] \
+            if self.alerting else []
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://127.0.0.1:{self.alertmanager_port}"
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.state_dir / "prometheus"
+
+    @property
+    def prometheus_targets_dir(self) -> Path:
+        """File service discovery: one JSON file per running service (`imask run`, `imask scale`)."""
+        return self.prometheus_dir / "targets"
+
+    @property
+    def alertmanager_dir(self) -> Path:
+        return self.state_dir / "alertmanager"
+
+    @property
+    def alert_inbox_dir(self) -> Path:
+        return self.state_dir / "alert-inbox"
 
     @property
     def mlflow_ports(self) -> list[int]:

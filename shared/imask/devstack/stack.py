@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from imask.devstack import kafka, mlflow, redis, supervisor
+from imask.devstack import alertmanager, kafka, mlflow, prometheus, redis, supervisor
 from imask.devstack.kafka import kill_broker, start_broker
 from imask.devstack.kafka_admin import create_topics, set_client_quota
 from imask.devstack.redis import REDIS_SERVER
@@ -58,6 +58,9 @@ SERVERS: tuple[Server, ...] = (
     kafka.SERVER,
     redis.SERVER,
     mlflow.SERVER,
+    alertmanager.INBOX,
+    alertmanager.SERVER,
+    prometheus.SERVER,
 )
 
 

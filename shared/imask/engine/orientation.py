@@ -25,6 +25,13 @@ from imask.types import Image
 EVIDENCE_SCORE = 0.3  # detections counted as evidence of faces
 WIN_RATIO = 1.2  # a turn other than upright must have this much more evidence
 WIN_TOP_SCORE = 0.4  # and one face at least this sure
+# A crowd of faint faces (every box under EVIDENCE_SCORE at every turn) is told by its faint boxes instead: a turn
+# where FAINT_COUNT or more reach FAINT_SCORE (the crowd rule's anchors, engine/context.py) with FAINT_RATIO times
+# upright's faint evidence. On wider_dev turned 90 and 180 degrees it brings back a marching band of 35 faces that
+# scores 0.22 at best; no upright picture, close-up or face-free picture turns by it.
+FAINT_SCORE = 0.1
+FAINT_COUNT = 5
+FAINT_RATIO = 2.0
 SURE_SCORE = 0.7
 SURE_FACES = 3  # upright with this many faces at SURE_SCORE: no estimate needed (28 of 103 upright crowds)
 
@@ -72,8 +79,18 @@ def upright_is_sure(dets: Detections) -> bool:
 
 def choose(by_turn: dict[int, Detections]) -> int:
     """The winning quarter turn: upright unless another has more than WIN_RATIO times its evidence and a face of
-    at least WIN_TOP_SCORE."""
+    at least WIN_TOP_SCORE; where no turn has any evidence, the faint-crowd rule (FAINT_*) decides."""
     scores = {t: evidence(dets) for t, dets in by_turn.items()}
     best = max(scores, key=lambda t: (scores[t], -t))
+    if scores[best] == 0.0:
+        return _faint_crowd_turn(by_turn)
     top = float(by_turn[best].scores.max()) if len(by_turn[best]) else 0.0
     return best if best != 0 and scores[best] > WIN_RATIO * scores.get(0, 0.0) and top >= WIN_TOP_SCORE else 0
+
+
+def _faint_crowd_turn(by_turn: dict[int, Detections]) -> int:
+    faint = {t: dets.scores[dets.scores >= FAINT_SCORE] for t, dets in by_turn.items()}
+    best = max(faint, key=lambda t: (float(faint[t].sum()), -t))
+    upright = float(faint[0].sum()) if 0 in faint else 0.0
+    wins = len(faint[best]) >= FAINT_COUNT and float(faint[best].sum()) > FAINT_RATIO * upright
+    return best if best != 0 and wins else 0

@@ -44,6 +44,11 @@ def test_a_turn_wins_only_with_clearly_more_evidence() -> None:
     assert choose(passes([0.5], [0.35], [0.9, 0.6], [])) == 2
     assert choose(passes([], [0.37], [], [])) == 0  # one box under 0.4: no turn on so little
     assert choose({t: none for t in range(4)}) == 0
+    # A crowd of faint faces: no box at 0.3 anywhere, so the turn where 5+ boxes reach 0.1 with twice upright's sum.
+    assert choose(passes([0.12, 0.12], [0.15] * 6, [], [0.11])) == 1
+    assert choose(passes([0.12] * 5, [0.15] * 6, [], [])) == 0  # 0.9 is not twice 0.6
+    assert choose(passes([], [0.25] * 4, [], [])) == 0  # too few to be a crowd
+    assert choose(passes([0.31], [0.15] * 20, [], [])) == 0  # evidence elsewhere: the faint rule does not apply
     assert upright_is_sure(_dets([[0, 0, 1, 1]] * SURE_FACES, [0.8] * SURE_FACES))
     assert not upright_is_sure(_dets([[0, 0, 1, 1]] * SURE_FACES, [0.8] * (SURE_FACES - 1) + [0.5]))
 

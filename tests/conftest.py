@@ -5,7 +5,8 @@ MLflow is the exception: the registry tests get a server of their own, so they l
 
 Layout and markers agree, checked at collection: tests/unit/<package>/ holds the tests that need no server and
 carry no server marker (`make unit` runs that folder); tests/integration/ holds those that do, each marked kafka,
-redis or mlflow; a test that uses a server fixture carries its marker; a test that reads ../shared/data (the
+redis, mlflow or alertmanager (an Alertmanager of the test's own); a test that uses a server fixture carries its
+marker; a test that reads ../shared/data (the
 `data_dir` fixture) is marked shared_data automatically."""
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _TEST_MLFLOW: StackSettings | None = None
 
 # Fixtures that need a server, and the markers one of which a test using them must carry.
 _SERVER_FIXTURES = {"stack_up": ("kafka", "redis", "mlflow"), "kafka_settings": ("kafka",), "mlflow_uri": ("mlflow",)}
-SERVER_MARKERS = {"kafka", "redis", "mlflow"}
+SERVER_MARKERS = {"kafka", "redis", "mlflow", "alertmanager"}
 TESTS = Path(__file__).parent
 
 
@@ -58,7 +59,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         folder = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else None
         servers = sorted(marks & SERVER_MARKERS)
         if folder == "integration" and not servers:
-            wrong.append(f"{item.nodeid} is an integration test without a server marker (kafka, redis or mlflow): "
+            wrong.append(f"{item.nodeid} is an integration test without a server marker (kafka, redis, mlflow or "
+                         "alertmanager): "
                          "mark it, or move it to tests/unit/<package>/ if it needs no server")
         elif folder == "unit" and servers:
             wrong.append(f"{item.nodeid} is a unit test marked {', '.join(servers)}: move it to tests/integration/")

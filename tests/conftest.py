@@ -6,8 +6,7 @@ MLflow is the exception: the registry tests get a server of their own, so they l
 Layout and markers agree, checked at collection: tests/unit/<package>/ holds the tests that need no server and
 carry no server marker (`make unit` runs that folder); tests/integration/ holds those that do, each marked kafka,
 redis, mlflow or alertmanager (an Alertmanager of the test's own); a test that uses a server fixture carries its
-marker; a test that reads ../shared/data (the
-`data_dir` fixture) is marked shared_data automatically."""
+marker; a test that reads ../shared/data (the `data_dir` fixture) is marked shared_data automatically."""
 
 from __future__ import annotations
 
@@ -60,8 +59,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         servers = sorted(marks & SERVER_MARKERS)
         if folder == "integration" and not servers:
             wrong.append(f"{item.nodeid} is an integration test without a server marker (kafka, redis, mlflow or "
-                         "alertmanager): "
-                         "mark it, or move it to tests/unit/<package>/ if it needs no server")
+                         "alertmanager): mark it, or move it to tests/unit/<package>/ if it needs no server")
         elif folder == "unit" and servers:
             wrong.append(f"{item.nodeid} is a unit test marked {', '.join(servers)}: move it to tests/integration/")
         elif folder not in ("unit", "integration"):

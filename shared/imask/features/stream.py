@@ -144,11 +144,18 @@ class PartitionClocks:
             self.event_ms[partition] = max(self.event_ms.get(partition, 0), event_ms)
             self.wall[partition] = now
 
-    def idle(self, idle_s: float, now: float) -> dict[int, int]:
-        """Partitions idle for idle_s, each with its clock moved on by the wall time since its last record."""
+    def idle(self, idle_s: float, now: float, until_s: float = float("inf")) -> dict[int, int]:
+        """Partitions idle for idle_s (and not longer than until_s: by then every window has closed), each with its
+        clock moved on by the wall time since its last record."""
         with self.lock:
             return {p: self.event_ms[p] + int((now - wall) * 1000) for p, wall in self.wall.items()
-                    if now - wall >= idle_s}
+                    if idle_s <= now - wall <= until_s}
+
+    def forget(self, partitions: list[int]) -> None:
+        with self.lock:
+            for partition in partitions:
+                self.event_ms.pop(partition, None)
+                self.wall.pop(partition, None)
 
 
 class FeastSink(BaseSink):
@@ -202,8 +209,15 @@ class FeastSink(BaseSink):
 
 
 class _App(Application):
+    partitions_gone: Callable[[list[int]], None] = staticmethod(lambda partitions: None)
+
     def _setup_signal_handlers(self) -> None:
         """The service runtime owns SIGTERM/SIGINT (drain, second signal exits) and stops the app itself."""
+
+    def _revoke_state_partitions(self, topic_partitions: list[Any]) -> None:
+        """Partitions revoked or lost: this instance stops ticking them (their new owner keeps their clock)."""
+        super()._revoke_state_partitions(topic_partitions=topic_partitions)
+        self.partitions_gone(sorted({tp.partition for tp in topic_partitions}))
 
 
 @dataclass
@@ -232,10 +246,13 @@ class FeaturesStream:
 
     def _tick(self, stopping: threading.Event) -> None:
         producer = self.app.get_producer()
-        interval = max(self.settings.idle_tick_s / 2, 0.2)
+        idle_s = self.settings.idle_tick_s
+        interval = max(idle_s / 2, 0.2)
+        # Ticks stop once the moved clock has passed the last window's end and grace: nothing is left to close.
+        until_s = 2 * idle_s + (self.settings.window_s * 1000 + self.settings.grace_ms) / 1000
         with producer:
             while not stopping.wait(interval):
-                for partition, clock_ms in self.clocks.idle(self.settings.idle_tick_s, time.time()).items():
+                for partition, clock_ms in self.clocks.idle(idle_s, time.time(), until_s).items():
                     producer.produce(self.settings.ticks_topic, value=str(clock_ms).encode(), key=TICK_KEY,
                                      partition=partition, timestamp=clock_ms)
                     TICKS.inc()
@@ -269,6 +286,7 @@ def build(settings: FeaturesStreamSettings, sink: FeastSink | None = None) -> Fe
                state_dir=str(settings.state_dir), loglevel=None,
                consumer_extra_config=consumer_extra, producer_extra_config=extra,
                auto_create_topics=True, use_changelog_topics=True)
+    app.partitions_gone = clocks.forget
 
     def topic_frame(name: str, kind: str) -> Any:
         topic = app.topic(name, key_deserializer="bytes", value_deserializer=_RecordDeserializer(name, kind),

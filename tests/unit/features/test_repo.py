@@ -78,6 +78,9 @@ def test_idle_partitions_get_their_clock_moved_on() -> None:
     clocks.seen(0, 40_000, now=101.0)  # an older record does not move a clock back
     assert clocks.idle(5.0, now=106.0) == {0: 55_000}
     assert clocks.idle(5.0, now=110.0) == {0: 59_000, 1: 76_000}
+    assert clocks.idle(5.0, now=110.0, until_s=8.0) == {1: 76_000}  # partition 0's windows have all closed
+    clocks.forget([1])  # revoked: its new owner ticks it
+    assert clocks.idle(5.0, now=110.0) == {0: 59_000}
 
 
 def test_hop_must_be_a_multiple_of_the_window(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,7 +31,8 @@ from imask.types import Image
 _TEST_MLFLOW: StackSettings | None = None
 
 # Fixtures that need a server, and the markers one of which a test using them must carry.
-_SERVER_FIXTURES = {"stack_up": ("kafka", "redis", "mlflow"), "kafka_settings": ("kafka",), "mlflow_uri": ("mlflow",)}
+_SERVER_FIXTURES = {"stack_up": ("kafka", "redis", "mlflow"), "kafka_settings": ("kafka",), "mlflow_uri": ("mlflow",),
+                    "feast_repo": ("redis",)}
 SERVER_MARKERS = {"kafka", "redis", "mlflow", "alertmanager"}
 TESTS = Path(__file__).parent
 
@@ -115,6 +116,21 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stack.up(settings, servers=[mlflow.SERVER])
     yield settings.mlflow_uri
     stack.down(settings, servers=[mlflow.SERVER])
+
+
+@pytest.fixture(scope="session")
+def feast_repo(stack_up: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The session's Feast repository (imask.features.repo.FeastSettings): a project of its own on the stack's Redis
+    (Redis keys carry the project name, so the user's `imask` project is never touched), registry and parquet in the
+    session's temporary folder; applied once, torn down (`feast teardown`) at the end of the session."""
+    from imask.devstack import stack
+    from imask.features import repo
+
+    settings = repo.FeastSettings(project=f"imask_test_{uuid.uuid4().hex[:8]}",
+                                  data_dir=tmp_path_factory.mktemp("feast"), redis_url=stack.StackSettings().redis_url)
+    repo.apply(settings)
+    yield settings
+    repo.teardown(settings)
 
 
 @pytest.fixture

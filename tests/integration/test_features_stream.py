@@ -1,8 +1,8 @@
 """The features stream against the real broker, Redis and Feast: exact windows online and offline, lateness, bad
 input, kill -9 and a Redis restart.
 
-Feast's pieces are started once per session (`feast_repo`: a project of the session's own on the stack's Redis,
-registry and parquet in a temporary folder, torn down at the end); each test has its own topics, consumer group,
+Feast's pieces are started once per session (conftest's `feast_repo`: a project of the session's own on the stack's
+Redis, registry and parquet in a temporary folder, torn down at the end); each test has its own topics, consumer group,
 state folder and camera ids. Records carry synthetic capture times a few minutes in the past, so a test produces
 minutes of event time in a second and windows close as the records' clock moves, not the wall clock."""
 
@@ -47,16 +47,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 GRACE_MS = 2000
 CHECKED = [name for name in FEATURE_NAMES if name not in ("window_start_ms", "window_end_ms", "late_frames",
                                                            "variant", "arm")]
-
-
-@pytest.fixture(scope="session")
-def feast_repo(stack_up: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeastSettings]:
-    """The session's Feast project on the stack's Redis (its keys carry the project name), applied once."""
-    settings = FeastSettings(project=f"imask_test_{uuid.uuid4().hex[:8]}", data_dir=tmp_path_factory.mktemp("feast"),
-                             redis_url=StackSettings().redis_url)
-    repo.apply(settings)
-    yield settings
-    repo.teardown(settings)
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("drop_rate", "float", "drops / frames_in"),
     *(Feature(f"drop_rate_{reason}", "float", f"drops for reason {reason} / frames_in") for reason in DROP_REASONS),
     Feature("late_frames", "int", "records of this camera that came after their window had closed (past the grace "
-            "period), counted in the window being filled when they came"),
+            "period), counted in the camera's next 10 s window (0 in 60 s and per-variant rows)"),
     Feature("score_hist", "int_list", "detection scores (held tracks excluded), counts in windows.SCORE_EDGES bins"),
     Feature("face_size_hist", "int_list", "sqrt(box area) in pixels of detected faces, counts in "
             "windows.FACE_SIZE_EDGES bins"),

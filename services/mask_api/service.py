@@ -14,11 +14,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from imask.maskapi.auth import ApiKeyInterceptor, api_key_store, server_credentials
 from imask.maskapi.executor import EngineExecutor
 from imask.maskapi.ratelimit import RateLimiter
 from imask.maskapi.servicer import MaskServicer
 from imask.ops import metrics
+from imask.ops.grpc_auth import ApiKeyInterceptor, api_key_store, server_credentials
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import MaskApiSettings
 from imask.registry.resolve import build_engine

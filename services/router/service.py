@@ -16,7 +16,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from imask.maskapi.auth import ApiKeyInterceptor, api_key_store, server_credentials
+from imask.ops.grpc_auth import ApiKeyInterceptor, api_key_store, server_credentials
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import RouterSettings
 from imask.routing.api import ExperimentServicer

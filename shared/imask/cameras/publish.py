@@ -21,8 +21,8 @@ from imask.cameras.manager import KafkaOutbox
 from imask.frames.clock import now_us
 from imask.frames.envelope import check_outgoing, make_frame
 from imask.frames.ids import check_camera_id
-from imask.maskapi.auth import ApiKeyInterceptor, ApiKeyStore, AuthError, Client, api_key_store, server_credentials
 from imask.ops import metrics
+from imask.ops.grpc_auth import ApiKeyInterceptor, ApiKeyStore, AuthError, Client, api_key_store, server_credentials
 from imask.ops.settings import IngestSettings
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import ingest_service_pb2 as ipb

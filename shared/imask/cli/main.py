@@ -101,7 +101,7 @@ def cmd_router(args: argparse.Namespace) -> int:
 
 
 def cmd_api_key(args: argparse.Namespace) -> int:
-    from imask.maskapi.auth import hash_key, new_key
+    from imask.ops.grpc_auth import hash_key, new_key
 
     path = Path(args.file)
     data = json.loads(path.read_text()) if path.exists() else {"clients": {}}

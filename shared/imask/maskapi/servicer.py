@@ -21,11 +21,11 @@ from imask.engine.variants import Variant
 from imask.frames.clock import now_us
 from imask.frames.ids import check_camera_id
 from imask.frames.meta import add_detections, build_meta
-from imask.maskapi.auth import ApiKeyStore, AuthError, Client
 from imask.maskapi.executor import DeadlineExpired, EngineExecutor, EngineFailed, QueueFull
 from imask.maskapi.ratelimit import RateLimiter
 from imask.media import ImageError, decode_image, encode_jpeg
 from imask.ops import metrics
+from imask.ops.grpc_auth import ApiKeyStore, AuthError, Client
 from imask.ops.settings import MaskApiSettings
 from imask.v1 import frames_pb2 as pb
 from imask.v1 import mask_service_pb2 as mpb

@@ -1,10 +1,13 @@
-"""Per-client API keys, stored hashed. A key travels as `authorization: Bearer <key>` or `x-api-key: <key>`.
+"""Per-client API keys, stored hashed, and TLS, for every gRPC server (mask-api, ingest's Publish stream, router,
+features). A key travels as `authorization: Bearer <key>` or `x-api-key: <key>`.
 
 The keys file is JSON: {"clients": {"alice": {"sha256": "<hex of the key>", "revoked": false,
 "cameras": ["lobby", "dock"]}}}. `imask api-key new CLIENT` makes a key and prints the entry; the key itself is
 shown once and stored nowhere. A key may only publish (mask-api's frames.meta, ingest's Publish stream) under the
 camera ids its entry lists: features and drift read those records per camera, so one client must not be able to
-write another's. The file is re-read when it changes: a revocation takes effect within a second, no restart.
+write another's. A key listing cameras also reads only their features (FeatureService); a key listing none reads
+every camera's (operators, the router). The file is re-read when it changes: a revocation takes effect within a
+second, no restart.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class Client:
 
     def may_publish(self, camera_id: str) -> bool:
         return camera_id in self.cameras
+
+    def may_read(self, camera_id: str) -> bool:
+        """Features of a camera: a key bound to cameras reads only theirs; an unbound key reads every camera's."""
+        return not self.cameras or camera_id in self.cameras
 
 
 class AuthError(Exception):

@@ -2,8 +2,9 @@
 routes and inhibitions, with the receivers' addresses and secrets of that place.
 
 `render` rewrites the local inbox addresses the file names (http://127.0.0.1:9495, 127.0.0.1:9525) to the given
-ones and `write_secrets` puts the secret files beside the rendered config. `inhibited` evaluates the inhibit rules
-for a pair of label sets, so routing and inhibition can be asserted without a server (amtool tests routes only).
+ones, `timed` shortens the grouping timings (tests), `write` puts the config and its secret files in a folder.
+`inhibited` evaluates the inhibit rules for a pair of label sets, so routing and inhibition can be asserted without
+a server (amtool tests routes only).
 """
 
 from __future__ import annotations
@@ -46,14 +47,33 @@ def render(base: dict[str, Any], receivers: Receivers) -> dict[str, Any]:
     return config
 
 
+def timed(config: dict[str, Any], group_wait: str, group_interval: str,
+          repeat_interval: str | None = None) -> dict[str, Any]:
+    """The config with the top route's group timings replaced (a test's Alertmanager notifies within seconds, not
+    the 30 s group wait of the file); routes that set their own timings keep them."""
+    config = copy.deepcopy(config)
+    route = config.setdefault("route", {})
+    route.update(group_wait=group_wait, group_interval=group_interval)
+    if repeat_interval is not None:
+        route["repeat_interval"] = repeat_interval
+    return config
+
+
 def write(config: dict[str, Any], folder: Path, receivers: Receivers) -> Path:
-    """The config and its secrets (mode 600) in `folder`; returns the config's path."""
+    """The config and its secrets (mode 600) in `folder`, whatever the working directory Alertmanager runs in;
+    returns the config's path."""
     secrets = folder / "secrets"
     secrets.mkdir(parents=True, exist_ok=True)
     for name, value in (("slack_api_url", receivers.slack_url), ("webhook_token", receivers.webhook_token)):
         path = secrets / name
         path.write_text(value)
         path.chmod(0o600)
+    # Alertmanager resolves the receivers' file paths against the config's folder but reads the global ones
+    # (slack_api_url_file) from its working directory: those are made absolute here.
+    config = copy.deepcopy(config)
+    for key, value in config.get("global", {}).items():
+        if key.endswith("_file") and isinstance(value, str) and not Path(value).is_absolute():
+            config["global"][key] = str((folder / value).absolute())
     path = folder / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -3,7 +3,8 @@ takes the webhooks (/webhook, /watchdog: Alertmanager's JSON, version 4) and Sla
 (/slack), one SMTP listener (aiosmtpd) takes the mail. Every notification becomes one JSON line in `inbox.jsonl`
 (kind, path or recipients, time received, the payload or the mail's subject and body) and stays in memory.
 
-`slow_paths` makes chosen paths answer only after a delay (a receiver that times out, for tests).
+`slow_paths` makes chosen paths answer only after a delay (a receiver that times out, for tests); a request whose
+sender gave up waiting is kept with `"caller_left": true` and counts as no notification (`notifications`).
 Run as a server: `python -m imask.devstack.alert_inbox --http-port 9495 --smtp-port 9525 --dir .stack/alert-inbox`.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import select
 import signal
+import socket
 import threading
 import time
 from email import message_from_bytes, policy
@@ -27,6 +30,7 @@ class Inbox:
         self.smtp_port = smtp_port
         self.slow_paths = dict(slow_paths or {})
         self.received: list[dict[str, Any]] = []
+        self.delayed = 0  # requests that met a slow path (counted as they start waiting)
         self._lock = threading.Lock()
         self._http: ThreadingHTTPServer | None = None
         self._smtp: Any = None
@@ -53,13 +57,19 @@ class Inbox:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 delay = inbox.slow_paths.get(self.path, 0.0)
                 if delay:
+                    inbox.delayed += 1
                     time.sleep(delay)
                 try:
                     payload = json.loads(body or b"null")
                 except ValueError:
                     payload = body.decode(errors="replace")
-                inbox.record({"kind": "slack" if self.path.startswith("/slack") else "webhook", "path": self.path,
-                              "authorization": self.headers.get("Authorization", ""), "payload": payload})
+                entry = {"kind": "slack" if self.path.startswith("/slack") else "webhook", "path": self.path,
+                         "authorization": self.headers.get("Authorization", ""), "payload": payload}
+                if delay and _closed(self.connection):
+                    inbox.record({**entry, "caller_left": True})  # it timed out: nobody hears the answer
+                    self.close_connection = True
+                    return
+                inbox.record(entry)
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -91,8 +101,18 @@ class Inbox:
             self._smtp.stop()
 
     def notifications(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """What was delivered (requests whose sender gave up are left out)."""
         with self._lock:
-            return [e for e in self.received if kind is None or e["kind"] == kind]
+            return [e for e in self.received if (kind is None or e["kind"] == kind) and not e.get("caller_left")]
+
+
+def _closed(conn: socket.socket) -> bool:
+    """Whether the peer closed the connection (readable with nothing to read)."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def read(folder: Path, since: float = 0.0) -> list[dict[str, Any]]:
@@ -101,7 +121,7 @@ def read(folder: Path, since: float = 0.0) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [e for e in entries if e.get("received", 0) >= since]
+    return [e for e in entries if e.get("received", 0) >= since and not e.get("caller_left")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,7 +76,20 @@ def test_amtool_accepts_the_config_as_shipped_and_as_rendered(tmp_path: Path) ->
     path = amconfig.write(amconfig.render(amconfig.load(ALERTMANAGER), receivers), tmp_path, receivers)
     run(amtool, "check-config", str(path))
     assert (tmp_path / "secrets" / "slack_api_url").read_text() == "http://127.0.0.1:1234/slack"
+    # Alertmanager reads the global slack_api_url_file from its working directory, not the config's folder.
+    assert amconfig.load(path)["global"]["slack_api_url_file"] == str(tmp_path / "secrets" / "slack_api_url")
     assert "secrets" not in ALERTMANAGER.read_text().split("receivers:")[1].split("credentials_file")[0]
+
+
+def test_a_test_alertmanager_notifies_within_seconds(tmp_path: Path) -> None:
+    base = amconfig.load(ALERTMANAGER)
+    config = amconfig.timed(base, "1s", "2s", "1h")
+    assert (config["route"]["group_wait"], config["route"]["group_interval"]) == ("1s", "2s")
+    assert config["route"]["repeat_interval"] == "1h" and base["route"]["group_wait"] == "30s"  # a copy
+    watchdog = next(r for r in config["route"]["routes"] if r["receiver"] == "watchdog")
+    assert watchdog["group_wait"] == "0s"  # a route's own timings kept
+    receivers = amconfig.Receivers()
+    run(tool("amtool"), "check-config", str(amconfig.write(config, tmp_path, receivers)))
 
 
 @pytest.mark.parametrize("labels,receiver", [

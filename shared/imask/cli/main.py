@@ -17,6 +17,7 @@ from imask.ops.settings import (
     AlertingSettings,
     ConfigError,
     EngineSettings,
+    FeaturesSettings,
     FeaturesStreamSettings,
     IngestSettings,
     MaskApiSettings,
@@ -80,6 +81,12 @@ def cmd_features_stream(args: argparse.Namespace) -> int:
     from services.features_stream.service import run
 
     return run(settings_from(FeaturesStreamSettings, args))
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from services.features.service import run
+
+    return run(settings_from(FeaturesSettings, args))
 
 
 def cmd_alerting(args: argparse.Namespace) -> int:
@@ -224,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "Features stream: frames.meta + frames.dlq -> per-camera windows (10 s, and 60 s every "
                         "10 s) -> Feast (Redis online, parquet offline)")
     p.set_defaults(func=cmd_features_stream)
+    p = _service_parser(sub, "features", FeaturesSettings,
+                        ["host", "port", "ops_host", "ops_port", "log_level", "redis_url", "feast_dir",
+                         "feast_project", "stale_after_s", "auth", "api_keys_file", "tls_cert_file", "tls_key_file",
+                         "tls_client_ca_file"],
+                        "features: the gRPC FeatureService (per-camera features from Feast's online store, with "
+                        "freshness and feature view versions; health, reflection, the same API keys and TLS as "
+                        "mask-api). `imask features show CAMERA` reads one camera through it.")
+    p.set_defaults(func=cmd_features)
     p = _service_parser(sub, "alerting", AlertingSettings,
                         [*COMMON_KAFKA, "group_id", "instance_id", "alertmanager_url", "resend_s", "runbook_base"],
                         "Alerting: events on the alerts topic (cameras, drift, tamper, experiments) -> Alertmanager "
@@ -305,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED = {"stack": "imask.devstack.stack", "run": "imask.devstack.localrun", "eval": "imask.cli.eval",
              "load": "imask.cli.load", "rtsp-server": "imask.devstack.rtsp_server", "cameras": "imask.cli.cameras",
              "model": "imask.cli.model",
-             "experiment": "imask.cli.experiment"}
+             "experiment": "imask.cli.experiment", "features-show": "imask.cli.features"}
 # Shortcuts for the load/SRE commands: `imask lag` is `imask load lag`.
 LOAD_SHORTCUTS = {"record", "replay", "lag", "scale"}
 
@@ -314,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LOAD_SHORTCUTS:
         argv = ["load", *argv]
+    if argv[:2] == ["features", "show"]:  # the client; `imask features` alone is the server
+        argv = ["features-show", *argv[2:]]
     if argv and argv[0] in DELEGATED:
         module = importlib.import_module(DELEGATED[argv[0]])
         try:

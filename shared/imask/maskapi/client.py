@@ -13,6 +13,7 @@ import numpy as np
 from imask.engine import EngineResult, FrameInput
 from imask.engine.engine import MaskedFace
 from imask.media import decode_any, encode_jpeg
+from imask.ops.grpc_auth import client_channel
 from imask.v1 import mask_service_pb2 as mpb
 from imask.v1 import mask_service_pb2_grpc as mgrpc
 
@@ -22,13 +23,7 @@ MAX_MESSAGE = 16 * 1024 * 1024
 def channel(target: str, tls_ca: Path | None = None, client_cert: Path | None = None,
             client_key: Path | None = None) -> grpc.Channel:
     options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
-    if tls_ca is None:
-        return grpc.insecure_channel(target, options=options)
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=tls_ca.read_bytes(),
-        private_key=client_key.read_bytes() if client_key else None,
-        certificate_chain=client_cert.read_bytes() if client_cert else None)
-    return grpc.secure_channel(target, creds, options=options)
+    return client_channel(target, tls_ca, client_cert, client_key, options)
 
 
 class MaskClient:

@@ -184,3 +184,15 @@ def server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials |
     return grpc.ssl_server_credentials(
         [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
         root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+def client_channel(target: str, tls_ca: Path | None = None, client_cert: Path | None = None,
+                   client_key: Path | None = None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+    """A client's channel to one of these servers: plaintext, TLS with `tls_ca`, mTLS with a client certificate."""
+    if tls_ca is None:
+        return grpc.insecure_channel(target, options=list(options))
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=tls_ca.read_bytes(),
+        private_key=client_key.read_bytes() if client_key else None,
+        certificate_chain=client_cert.read_bytes() if client_cert else None)
+    return grpc.secure_channel(target, creds, options=list(options))

@@ -334,6 +334,22 @@ class FeaturesStreamSettings(BaseServiceSettings, KafkaSettings, RedisSettings):
         return self
 
 
+class FeaturesSettings(BaseServiceSettings, GrpcServerSettings, RedisSettings):
+    service: ClassVar[str] = "features"
+
+    host: str = Field("127.0.0.1", description="Address the FeatureService gRPC server binds")
+    port: int = Field(50071, ge=0, le=65535, description="gRPC port (0: pick a free one)")
+    feast_dir: Path = Field(Path(".stack/feast"), description="The Feast registry file (imask stack up applies the "
+                            "repository there; the features stream writes the same project)")
+    feast_project: str = Field("imask", pattern=r"^[A-Za-z0-9_]+$", description="Feast project (Redis keys carry it)")
+    stale_after_s: float = Field(35.0, gt=0, le=86400, description="A camera whose newest window ended longer ago "
+                                 "is reported stale (fresh=false; its values still returned, marked so)")
+    max_cameras: int = Field(1000, ge=1, le=100_000, description="Most cameras one GetFeatures call may ask for")
+    workers: int = Field(4, ge=1, le=64, description="Threads reading Feast (calls in parallel)")
+    grace_s: float = Field(5.0, ge=0, description="On SIGTERM, time in-flight calls get to finish")
+    drain_delay_s: float = Field(1.0, ge=0, description="On SIGTERM, time serving NOT_SERVING before refusing calls")
+
+
 class AlertingSettings(BaseServiceSettings, KafkaSettings):
     service: ClassVar[str] = "alerting"
 
@@ -363,7 +379,7 @@ SHARED_GROUPS: tuple[type[ImaskSettings], ...] = (LoggingSettings, KafkaSettings
                                                   GrpcServerSettings, RegistrySettings, RedisSettings)
 SETTINGS_CLASSES: tuple[type[ImaskSettings], ...] = (WorkerSettings, IngestSettings, RecorderSettings,
                                                      MaskApiSettings, RouterSettings, FeaturesStreamSettings,
-                                                     AlertingSettings)
+                                                     FeaturesSettings, AlertingSettings)
 OTHER_KNOWN_PREFIXES = ("IMASK_STACK_", "IMASK_RUN_", "IMASK_TEST_", "IMASK_CLIENT_")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import subprocess_env
-from imask.devstack.settings import REPO_ROOT
+from imask.devstack.settings import REPO_ROOT, StackSettings
 from imask.loadtest.samples import synthetic_clip
 from imask.ops.settings import KafkaSettings
 
@@ -23,7 +23,10 @@ pytestmark = pytest.mark.kafka
 def test_imask_run_end_to_end(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     clip = synthetic_clip(tmp_path / "clip.mp4", frames=40, fps=20)
     env = {**subprocess_env(), "IMASK_WORKER_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}",
-           "IMASK_RECORDER_GROUP_ID": f"r-{uuid.uuid4().hex[:6]}"}
+           "IMASK_RECORDER_GROUP_ID": f"r-{uuid.uuid4().hex[:6]}",
+           "IMASK_ALERTING_GROUP_ID": f"a-{uuid.uuid4().hex[:6]}"}
+    targets = StackSettings().prometheus_targets_dir
+    before = set(targets.glob("*.json"))
     out = subprocess.run([sys.executable, "-m", "imask.cli.main", "run", "--source", f"cam1={clip}", "--source",
                           f"cam2={clip}", "--workers", "1", "--out", str(tmp_path / "run")],
                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO_ROOT)
@@ -35,12 +38,20 @@ def test_imask_run_end_to_end(kafka_settings: KafkaSettings, tmp_path: Path) -> 
     assert summary["metrics"]["imask_frames_unmasked_total"] == 0
     assert {Path(p).name for p in summary["recordings"]} == {"cam1.mp4", "cam2.mp4"}
     assert set(summary["latency_ms"]) >= {"decode", "inference", "mask", "encode", "publish", "end_to_end"}
+    # Every service it started was a target of the stack's Prometheus, and is no longer; a clean run raises no
+    # alert, and the summary ends saying so.
+    assert set(summary["prometheus_targets"]) == {"alerting", "worker-0", "recorder", "ingest"}
+    assert set(targets.glob("*.json")) <= before
+    assert summary["exit_codes"]["alerting"] == 0
+    assert summary["alerts"] == [], summary["alerts"]
+    assert out.stdout.rstrip().splitlines()[-2].split() == ["alerts", "none", "raised"], out.stdout
 
 
 def test_imask_run_ctrl_c_drains_every_process(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     clip = synthetic_clip(tmp_path / "clip.mp4", frames=200, fps=20)  # 10 s at source pace
     env = {**subprocess_env(), "IMASK_WORKER_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}",
-           "IMASK_RECORDER_GROUP_ID": f"r-{uuid.uuid4().hex[:6]}"}
+           "IMASK_RECORDER_GROUP_ID": f"r-{uuid.uuid4().hex[:6]}",
+           "IMASK_ALERTING_GROUP_ID": f"a-{uuid.uuid4().hex[:6]}"}
     out_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "imask.cli.main", "run", "--source", f"cam={clip}", "--workers", "1",
                              "--out", str(out_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -60,5 +71,5 @@ def test_imask_run_ctrl_c_drains_every_process(kafka_settings: KafkaSettings, tm
     assert '"ingest finished"' in logs["ingest"] and '"recording closed"' in logs["recorder"]
     assert (out_dir / "recordings" / "cam.mp4").exists() and not partial.exists()
     summary = json.loads((out_dir / "summary.json").read_text())
-    assert summary["exit_codes"] == {"ingest": 0, "worker-0": 0, "recorder": 0}
+    assert summary["exit_codes"] == {"ingest": 0, "worker-0": 0, "recorder": 0, "alerting": 0}
     assert 0 < summary["frames_masked"] < 200

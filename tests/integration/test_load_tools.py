@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import subprocess_env
-from imask.devstack.settings import REPO_ROOT
+from imask.devstack.settings import REPO_ROOT, StackSettings
 from imask.loadtest.recordfile import read_recording
 from imask.loadtest.replay import Replayer, ReplayPlan, load_source
 from imask.loadtest.samples import synthetic_clip
@@ -88,8 +88,13 @@ def test_scale_starts_and_drains_local_workers(kafka_settings: KafkaSettings) ->
     group = f"scale-{uuid.uuid4().hex[:6]}"
     out = imask("scale", "2", "--group", group)
     assert out.returncode == 0 and json.loads(out.stdout.splitlines()[-1]) == {"group": group, "workers": 2}
+    # Each started worker is a target of the stack's Prometheus (file service discovery) until it is drained.
+    started = [json.loads(line)["started"] for line in out.stdout.splitlines() if '"started"' in line]
+    targets = StackSettings().prometheus_targets_dir
+    assert len(started) == 2 and all((targets / f"{name}.json").exists() for name in started)
     out = imask("scale", "0", "--group", group)
     assert out.returncode == 0 and json.loads(out.stdout.splitlines()[-1]) == {"group": group, "workers": 0}
+    assert not any((targets / f"{name}.json").exists() for name in started)
     logs = list((REPO_ROOT / ".stack" / "workers" / group).glob("*.log"))
     assert len(logs) == 2 and all('"worker stopped", "fatal": null' in log.read_text() for log in logs)
 

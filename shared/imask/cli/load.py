@@ -169,11 +169,21 @@ def local_workers(group: str) -> list[tuple[Path, int]]:
             found.append((pid_file, pid))
         else:
             pid_file.unlink()
+            _unregister(pid_file.stem)
     return found
+
+
+def _unregister(name: str) -> None:
+    from imask.devstack.prometheus import unregister_target
+    from imask.devstack.settings import StackSettings
+
+    unregister_target(StackSettings(), name)
 
 
 def cmd_scale(args: argparse.Namespace, settings: KafkaSettings) -> int:
     from imask.devstack.procs import spawn
+    from imask.devstack.prometheus import register_target
+    from imask.devstack.settings import StackSettings
 
     folder = WORKERS_DIR / args.group
     folder.mkdir(parents=True, exist_ok=True)
@@ -184,6 +194,7 @@ def cmd_scale(args: argparse.Namespace, settings: KafkaSettings) -> int:
         env = {**os.environ, "IMASK_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
         svc = spawn(name, ["worker", "--group-id", args.group, "--instance-id", name], folder, env)
         (folder / f"{name}.pid").write_text(str(svc.proc.pid))
+        register_target(StackSettings(), name, svc.ops_port, "worker")  # the stack's Prometheus scrapes it
         workers.append((folder / f"{name}.pid", svc.proc.pid))
         started.append(svc)
     for svc in started:  # scale-up returns when the new workers are in the group and ready
@@ -198,6 +209,7 @@ def cmd_scale(args: argparse.Namespace, settings: KafkaSettings) -> int:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
         pid_file.unlink(missing_ok=True)
+        _unregister(pid_file.stem)
         print(json.dumps({"stopped": pid_file.stem, "pid": pid}))
     print(json.dumps({"group": args.group, "workers": len(local_workers(args.group))}))
     return 0

@@ -5,6 +5,10 @@ processes, follows frames.meta and frames.dlq until every frame of every camera 
 everything and prints frames in / masked / dropped / fail-closed, fps and per-stage latency percentiles.
 Ctrl-C drains all processes in order (ingest first, recorder last) and still prints what was seen.
 
+With the stack's Alertmanager (the default) it also runs `imask alerting` on the alerts topic, lets the stack's
+Prometheus scrape every service it starts (file service discovery, removed at the end), and the summary ends with
+the alerts raised during the run and where each was delivered (Alertmanager's list and the alert inbox).
+
 With --live SECONDS the clips are served as live RTSP cameras (the project's GStreamer camera simulator) and
 ingested like real cameras (real-time drop policy) for that long; then the cameras end their streams and the
 run is accounted for the same way.
@@ -21,10 +25,14 @@ import threading
 import time
 from pathlib import Path
 
+from imask.alerting.client import AlertmanagerClient, Unavailable
 from imask.devstack import stack
+from imask.devstack.alert_inbox import read as read_inbox
+from imask.devstack.alert_report import describe, report
 from imask.devstack.procs import ServiceProcess, spawn, stop_all
+from imask.devstack.prometheus import register_target, target_health, unregister_target
 from imask.devstack.rtsp_server import RtspServer
-from imask.devstack.settings import REPO_ROOT
+from imask.devstack.settings import REPO_ROOT, StackSettings
 from imask.loadtest.accounting import StreamLedger
 from imask.loadtest.samples import default_sources, synthetic_clip
 from imask.ops.logs import configure_logging
@@ -59,6 +67,20 @@ def print_summary(summary: dict[str, object]) -> None:
               "   (* start-up excluded: frames captured 3 s or more after the first)")
     for path in summary.get("recordings", []):  # type: ignore[attr-defined]
         print(f"  recording        {path}")
+    targets = summary.get("prometheus_targets") or {}
+    assert isinstance(targets, dict)
+    if targets:
+        print(f"  prometheus       {', '.join(f'{k} {v}' for k, v in targets.items())}")
+    alerts = summary.get("alerts")
+    if alerts is None:
+        print(f"  alerts           not checked: {summary.get('alerts_error', 'no Alertmanager in the stack')}")
+    elif not alerts:
+        print("  alerts           none raised")
+    else:
+        assert isinstance(alerts, list)
+        print(f"  alerts           {len(alerts)} raised (Alertmanager state -> where delivered):")
+        for row in alerts:
+            print(f"    {describe(row)}")
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -90,6 +112,36 @@ def follow(settings: KafkaSettings, start: dict[tuple[str, int], int], ledger: S
         reader.close()
 
 
+def start_alerting(s: StackSettings, settings: KafkaSettings, logs: Path, env: dict[str, str]) -> ServiceProcess:
+    """`imask alerting` on the run's alerts topic, posting to the stack's Alertmanager; lag sampled for the run's
+    worker and recorder groups."""
+    groups = {os.environ.get("IMASK_WORKER_GROUP_ID", "imask-workers"): settings.topic_raw,
+              os.environ.get("IMASK_RECORDER_GROUP_ID", "imask-recorder"): settings.topic_masked}
+    return spawn("alerting", ["alerting"], logs, {**env, "IMASK_ALERTING_ALERTMANAGER_URL": s.alertmanager_url,
+                                                  "IMASK_ALERTING_LAG_GROUPS": json.dumps(groups)})
+
+
+def settle_alerting(alerting: ServiceProcess, timeout: float = 5.0) -> None:
+    """Give the alerting service a moment to read and post the last events (the ingest's, as it stopped)."""
+    deadline, last = time.monotonic() + timeout, -1.0
+    while time.monotonic() < deadline and alerting.proc.poll() is None:
+        try:
+            read = alerting.metric("imask_alerting_events_total")
+            waiting = alerting.metric("imask_alerting_pending_events")
+        except OSError:
+            return
+        if read == last and waiting == 0:
+            return
+        last = read
+        time.sleep(1.0)
+
+
+def raised_alerts(s: StackSettings, since: float) -> list[dict[str, object]]:
+    """The alerts raised since `since` and where each was delivered (raises Unavailable without Alertmanager)."""
+    return report(AlertmanagerClient(s.alertmanager_url, timeout_s=3.0).alerts(), read_inbox(s.alert_inbox_dir, since),
+                  since)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imask run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_started = time.time()
     stack.up()
+    stack_settings = StackSettings()
     settings = load_settings(KafkaSettings)
     ensure_topics(settings)
     if args.source:
@@ -135,13 +188,25 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     rtsp: RtspServer | None = None
     fail_closed = unmasked = 0.0
+    alerting: ServiceProcess | None = None
+    targets: dict[str, str] = {}  # Prometheus file-SD target name -> the service's name
+    run_id = f"run{os.getpid()}"
+
+    def watched(svc: ServiceProcess) -> ServiceProcess:
+        name = f"{run_id}-{svc.name}"  # unique among concurrent runs sharing the stack's Prometheus
+        register_target(stack_settings, name, svc.ops_port, svc.name.split("-")[0])
+        targets[name] = svc.name
+        return svc
+
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a supervisor's SIGTERM drains like Ctrl-C
     try:
-        workers = [spawn(f"worker-{i}", ["worker", "--instance-id", f"worker-{i}"], logs, worker_env)
+        if stack_settings.alerting:
+            alerting = watched(start_alerting(stack_settings, settings, logs, env))
+        workers = [watched(spawn(f"worker-{i}", ["worker", "--instance-id", f"worker-{i}"], logs, worker_env))
                    for i in range(args.workers)]
-        recorder = spawn("recorder", ["recorder", "--output-dir", str(recordings)], logs, env)
+        recorder = watched(spawn("recorder", ["recorder", "--output-dir", str(recordings)], logs, env))
         services = [*workers, recorder]
-        for svc in services:
+        for svc in [*services, *([alerting] if alerting else [])]:
             svc.wait_ready(120)  # model loaded and warm: frames published now do not wait on start-up
         if args.live:
             rtsp = RtspServer(sources, width=1280, log_path=logs / "rtsp-server.log").start()
@@ -151,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             ingest_args = ["ingest", "--pace", args.pace, "--drop-policy", "complete", "--fps", str(args.fps),
                            "--cap-width", str(args.cap_width)]
             ingest_args += [a for camera, path in sources.items() for a in ("--source", f"{camera}={path}")]
-        ingest = spawn("ingest", ingest_args, logs, env)
+        ingest = watched(spawn("ingest", ingest_args, logs, env))
         services.insert(0, ingest)
         if args.live:
             # Live cameras never end by themselves: after --live seconds ingest is asked to stop, and each
@@ -169,11 +234,27 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         log.warning("interrupted: draining all processes")
     finally:
+        health = target_health(stack_settings) if targets else {}
         codes = stop_all(services)
         if rtsp is not None:
             rtsp.kill()
+        alerts: list[dict[str, object]] | None = None
+        alerts_error = ""
+        if alerting is not None:
+            settle_alerting(alerting)  # the last events (ingest's, as it stopped) posted before the report
+            try:
+                alerts = raised_alerts(stack_settings, run_started)
+            except (Unavailable, ValueError, KeyError) as exc:
+                alerts_error = f"Alertmanager at {stack_settings.alertmanager_url}: {exc}"
+            codes.update(stop_all([alerting]))
+        for name in targets:
+            unregister_target(stack_settings, name)
     summary = ledger.summary()
     summary["exit_codes"] = codes
+    summary["prometheus_targets"] = {svc: health.get(name, "not scraped") for name, svc in targets.items()}
+    summary["alerts"] = alerts
+    if alerts_error:
+        summary["alerts_error"] = alerts_error
     summary["metrics"] = {"imask_frames_fail_closed_total": fail_closed, "imask_frames_unmasked_total": unmasked}
     # This run's cameras only: the folder may also hold earlier runs' files, or ones the recorder wrote for
     # frames another run left behind in the topic.

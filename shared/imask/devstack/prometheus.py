@@ -51,6 +51,19 @@ def unregister_target(s: StackSettings, name: str) -> None:
     (s.prometheus_targets_dir / f"{name}.json").unlink(missing_ok=True)
 
 
+def target_health(s: StackSettings, timeout: float = 2.0) -> dict[str, str]:
+    """Health of the services Prometheus scrapes by instance (up, down, unknown: not scraped yet); {} when
+    Prometheus does not answer."""
+    url = f"http://127.0.0.1:{s.prometheus_port}/api/v1/targets?state=active"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:  # nosec B310: http to loopback
+            targets = json.loads(reply.read())["data"]["activeTargets"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {str(t["labels"].get("instance", "")): str(t.get("health", "")) for t in targets
+            if t.get("labels", {}).get("job") == "imask"}
+
+
 class Prometheus(OneProcessServer):
     name: ClassVar[str] = "prometheus"
     marker: ClassVar[str] = "prometheus.yml"

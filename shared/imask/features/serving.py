@@ -105,6 +105,19 @@ def camera_reply(features: CameraFeatures, versions: dict[str, str]) -> fpb.Came
     return out
 
 
+def fail_fast(store: FeatureStore) -> None:
+    """Feast's Redis client retries a failed command 3 times with backoff up to 10 s (redis-py's default): with
+    Redis away a read would hang for seconds. One immediate retry instead (a connection Redis dropped on restart is
+    reopened), then the error."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    online = store._get_provider().online_store  # Feast has no public handle on its Redis client
+    get_client = getattr(online, "_get_client", None)
+    if get_client is not None:
+        get_client(store.config.online_store).set_retry(Retry(NoBackoff(), 1))
+
+
 class FeatureQuery:
     """Answers GetFeatures: one FeatureReader per feature service over one Feast store (opened once)."""
 
@@ -114,6 +127,7 @@ class FeatureQuery:
         self.stale_after_s = stale_after_s
         self.max_cameras = max_cameras
         self.store = store or open_store(settings)
+        fail_fast(self.store)
         self.versions = {view.name: view_version(view) for parts in SERVICES.values() for view, _ in parts}
         self._readers: dict[str, FeatureReader] = {}
         self._lock = threading.Lock()

@@ -130,6 +130,11 @@ REGISTRY: dict[str, Variant] = {
     # Crowds masked where the faces are: the default with the second look on faint crowd boxes (less of the scene
     # masked, a little less recall, more CPU in crowds).
     "precise": Variant(name="precise", version="1", second_look=True),
+    # Low-resolution surveillance (PAL/SD frames, heads of 7-15 px): read at their own size (a 768x576 budget; the
+    # default shrinks 576p to 0.72x, heads to 5-11 px, under what CenterFace finds) with the crowd rule at 0.1 (at
+    # 0.03 the native scale's textures became 228 masks a frame). OpenCV's vtest.avi (docs/BENCHMARKS.md): the
+    # referee re-finds 3 of 170 heads after masking, against the default's 68, for about 1.5x its CPU.
+    "sd": Variant(name="sd", version="1", input_width=768, input_height=576, context_threshold=0.1),
     # Crowds: lower threshold, a mirrored pass, a larger budget and native-resolution tiles on large frames.
     # Recall 0.96 on WIDER crowds for about 3x the default's cost; fires on some textures (docs/EVALUATION.md).
     "crowd": Variant(name="crowd", version="1", threshold=0.05, flip=True, input_width=768, input_height=432,

@@ -146,3 +146,12 @@ def test_non_finite_output_fails_the_frame_closed(engine: MaskingEngine, astrona
     eng.close()
     assert result.fail_closed and result.fail_closed_reason == "detector_error"
     assert np.all(result.image == result.image.flat[0])  # nothing of the input survives
+
+
+def test_the_sd_variant_reads_576p_at_its_own_size() -> None:
+    """576p surveillance heads are 7-15 px: the default shrinks such frames to 0.72x, the sd variant does not."""
+    from imask.engine.variants import get_variant
+
+    assert detector_size(768, 576, get_variant("sd").geometry) == (768, 576)
+    assert detector_size(768, 576, get_variant("default").geometry)[0] < 600
+    assert get_variant("sd").context_threshold == 0.1  # at 0.03: 228 masks a frame on textures

@@ -20,7 +20,7 @@ from imask.ops.grpc_auth import ApiKeyInterceptor, api_key_store, server_credent
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import RouterSettings
 from imask.routing.api import ExperimentServicer
-from imask.routing.router import AliasMover, Router
+from imask.routing.router import AliasMover, RegressionReader, Router
 from imask.routing.store import ExperimentStore
 from imask.streaming.kafka import TopicReader, ensure_topics, offsets_at
 from imask.v1 import experiment_service_pb2_grpc as epb_grpc
@@ -41,6 +41,18 @@ def _alias_mover(settings: RouterSettings) -> AliasMover | None:
                                                                   reason)
         return "" if decision.allowed or force else "; ".join(decision.reasons)
     return move
+
+
+def _regression_reader(settings: RouterSettings) -> RegressionReader | None:
+    if not settings.drift_prefix:
+        return None
+    from imask.drift.store import DriftStore
+
+    drift = DriftStore(settings.redis_url, settings.drift_prefix)
+
+    def read(variant: str, since_ms: int) -> list[str]:
+        return [f"{f.camera_id}: {f.detail}" for f in drift.regressions(variant, since_ms)]
+    return read
 
 
 def _read_meta(settings: RouterSettings, router: Router, runtime: ServiceRuntime) -> None:
@@ -67,7 +79,7 @@ def _read_meta(settings: RouterSettings, router: Router, runtime: ServiceRuntime
 async def serve(settings: RouterSettings, runtime: ServiceRuntime) -> int:
     ensure_topics(settings)
     store = ExperimentStore(settings.redis_url, settings.fleet, settings.change_delay_s)
-    router = Router(store, _alias_mover(settings))
+    router = Router(store, _alias_mover(settings), _regression_reader(settings))
     # The same API keys (and TLS) as mask-api: changing experiments is an operator's act. The servicer's methods
     # are plain functions (Redis calls), run on the migration thread pool.
     server = grpc.aio.server(interceptors=[ApiKeyInterceptor(api_key_store(settings))],

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings
 from imask.ops.settings import (
     AlertingSettings,
     ConfigError,
+    DriftSettings,
     EngineSettings,
     FeaturesSettings,
     FeaturesStreamSettings,
@@ -87,6 +88,12 @@ def cmd_features(args: argparse.Namespace) -> int:
     from services.features.service import run
 
     return run(settings_from(FeaturesSettings, args))
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from services.drift.service import run
+
+    return run(settings_from(DriftSettings, args))
 
 
 def cmd_alerting(args: argparse.Namespace) -> int:
@@ -245,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "alerts with labels, runbook links and endsAt when resolved; at least once, retried while "
                         "Alertmanager is away")
     p.set_defaults(func=cmd_alerting)
+    p = _service_parser(sub, "drift", DriftSettings,
+                        [*COMMON_KAFKA, "instance_id", "redis_url", "feast_dir", "feast_project", "prefix", "poll_s",
+                         "reference_windows", "breach_windows", "recover_windows", "regression_tolerance"],
+                        "Drift: each camera's 10 s windows against its reference (drift tests, tamper rules), and "
+                        "against its own windows before a variant switch (variant_regression, which the router "
+                        "counts as a failed guardrail); events on the alerts topic. `imask drift reference "
+                        "capture|show|reset CAMERA` manages the references")
+    p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser(
         "mask", help="Mask faces in image and video files",
@@ -320,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED = {"stack": "imask.devstack.stack", "run": "imask.devstack.localrun", "eval": "imask.cli.eval",
              "load": "imask.cli.load", "rtsp-server": "imask.devstack.rtsp_server", "cameras": "imask.cli.cameras",
              "model": "imask.cli.model",
-             "experiment": "imask.cli.experiment", "features-show": "imask.cli.features"}
+             "experiment": "imask.cli.experiment", "features-show": "imask.cli.features",
+             "drift-reference": "imask.cli.drift"}
 # Shortcuts for the load/SRE commands: `imask lag` is `imask load lag`.
 LOAD_SHORTCUTS = {"record", "replay", "lag", "scale"}
 
@@ -331,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["load", *argv]
     if argv[:2] == ["features", "show"]:  # the client; `imask features` alone is the server
         argv = ["features-show", *argv[2:]]
+    if argv[:2] == ["drift", "reference"]:  # references; `imask drift` alone is the service
+        argv = ["drift-reference", *argv[2:]]
     if argv and argv[0] in DELEGATED:
         module = importlib.import_module(DELEGATED[argv[0]])
         try:

@@ -154,8 +154,9 @@ def scalar_checks(model: ReferenceModel, w: Window, th: Thresholds, picture: boo
                          f"luminance {w.luma_mean:.0f} against {ref.mean():.0f} ({r.statistic:+.1f} sigma)"))
         value = math.log1p(w.sharpness_norm)
         r = st.zscore(model.log_sharpness, value, 0.0, th.sharpness_log_floor, th.sigmas)
+        ratio = math.expm1(value) / max(math.expm1(float(np.mean(model.log_sharpness))), 1e-9)
         out.append(Check(DRIFT, "sharpness", r.test, r.statistic, r.drift,
-                         f"contrast-normalised sharpness x{math.expm1(value) / max(math.expm1(float(np.mean(model.log_sharpness))), 1e-9):.2f} of the reference ({r.statistic:+.1f} sigma)"))
+                         f"contrast-normalised sharpness x{ratio:.2f} of the reference ({r.statistic:+.1f} sigma)"))
     return out
 
 

@@ -4,6 +4,7 @@ monitor must tell (unit tests, `make drift-scenarios`)."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -37,14 +38,14 @@ def window(camera_id: str, scene: Scene, rng: np.random.Generator, variant: str 
            start_ms: int = 1_700_000_000_000) -> Window:
     frames = int(scene.fps * scene.window_s)
     faces_mean = max(0.0, rng.normal(scene.faces, 0.08 * scene.faces + 0.05))
-    detections = int(round(faces_mean * frames))
+    detections = round(faces_mean * frames)
     scores = np.clip(rng.beta(8, 2, detections), 0, 0.9999)
     score_hist = np.bincount(np.minimum((scores / 0.05).astype(int), len(SCORE_CENTRES) - 1),
                              minlength=len(SCORE_CENTRES))
     # A window's faces are a few people seen in every frame: sizes cluster around a per-window median.
     median = scene.face_px * float(np.exp(rng.normal(0, 0.08)))
     sizes = median * np.exp(rng.normal(0, 0.25, detections))
-    edges = [2 ** (a + b) / 2 for a, b in zip(FACE_SIZE_LOG2[:-1], FACE_SIZE_LOG2[1:], strict=True)]
+    edges = [2 ** (a + b) / 2 for a, b in itertools.pairwise(FACE_SIZE_LOG2)]
     size_hist = np.bincount(np.searchsorted(np.log2(edges), np.log2(np.maximum(sizes, 1))),
                             minlength=len(FACE_SIZE_LOG2))
     luma = rng.normal(scene.luma, 0.04 * scene.luma)
@@ -107,8 +108,8 @@ def weaker_detector(found: float) -> Change:
         shifted[:-2] = scores[2:]
         shifted[0] += scores[:2].sum()
         return dataclasses.replace(w, faces_mean=w.faces_mean * found,
-                                   score_hist=tuple(int(round(v)) for v in shifted),
-                                   face_size_hist=tuple(int(round(v * found)) for v in w.face_size_hist))
+                                   score_hist=tuple(round(v) for v in shifted),
+                                   face_size_hist=tuple(round(v * found) for v in w.face_size_hist))
     return change
 
 

@@ -4,6 +4,7 @@ the windows a camera's later windows are compared with, with their time range an
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -14,12 +15,12 @@ import numpy as np
 
 from imask.features.windows import FACE_SIZE_EDGES, SCORE_EDGES
 
-SCORE_CENTRES: tuple[float, ...] = tuple((a + b) / 2 for a, b in zip(SCORE_EDGES[:-1], SCORE_EDGES[1:], strict=True))
+SCORE_CENTRES: tuple[float, ...] = tuple((a + b) / 2 for a, b in itertools.pairwise(SCORE_EDGES))
 # Face sizes are compared on a log2 scale (a face a third the size is the same shift at any size); the open last
 # bin [512, inf) sits at 724 (one half-octave above its edge), the first [0, 8) at 5.66.
 FACE_SIZE_LOG2: tuple[float, ...] = tuple(
     math.log2(math.sqrt(max(a, 4.0) * (b if math.isfinite(b) else a * 2))) for a, b in
-    zip(FACE_SIZE_EDGES[:-1], FACE_SIZE_EDGES[1:], strict=True))
+    itertools.pairwise(FACE_SIZE_EDGES))
 SCALARS = ("faces_mean", "luma_mean", "luma_std", "sharpness", "dark_fraction", "bright_fraction", "scene_change",
            "scene_change_max", "fail_closed_rate", "held_track_rate", "latency_p95_ms")
 
@@ -135,7 +136,7 @@ class Reference:
         return np.asarray([getattr(w, name) for w in self.windows if w.has_picture], dtype=np.float64)
 
     def pooled(self, hist: str) -> np.ndarray[Any, np.dtype[np.float64]]:
-        return np.sum([getattr(w, hist) for w in self.windows], axis=0).astype(np.float64)
+        return np.asarray(np.sum([getattr(w, hist) for w in self.windows], axis=0), dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
         return {"camera_id": self.camera_id, "variant": self.variant, "source": self.source,

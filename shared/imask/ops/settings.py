@@ -301,6 +301,9 @@ class RouterSettings(BaseServiceSettings, KafkaSettings, GrpcServerSettings, Reg
                                   "it is written, by frame ingest time (workers must have read it by then)")
     promote_aliases: bool = Field(False, description="Promoting a registered challenger also moves its champion "
                                   "alias in the model registry, through the registry's gate (off: aliases untouched)")
+    drift_prefix: str = Field("imask:drift", description="Redis prefix of the drift service's variant_regression "
+                              "flags: one on the challenger is a failed guardrail check and rolls back at once (the "
+                              "drift service's IMASK_DRIFT_PREFIX; empty: not read)")
 
 
 
@@ -374,12 +377,33 @@ class AlertingSettings(BaseServiceSettings, KafkaSettings):
     lag_interval_s: float = Field(15.0, ge=0, description="How often that lag is sampled (0: never)")
 
 
+
+class DriftSettings(BaseServiceSettings, KafkaSettings, RedisSettings):
+    service: ClassVar[str] = "drift"
+
+    feast_dir: Path = Field(Path(".stack/feast"), description="The Feast registry file and offline parquet files "
+                            "(the features stream's; new files tell which cameras closed a window)")
+    feast_project: str = Field("imask", pattern=r"^[A-Za-z0-9_]+$", description="Feast project (Redis keys carry it)")
+    prefix: str = Field("imask:drift", min_length=1, description="Redis key prefix of references and variant "
+                        "regression flags (the router reads the flags under the same prefix)")
+    poll_s: float = Field(2.0, gt=0, le=60, description="How often the online store is read for closed windows")
+    reference_windows: int = Field(18, ge=2, le=1000, description="Windows a reference holds (a new camera's first "
+                                   "ones under a variant; `imask drift reference capture` takes the last ones)")
+    breach_windows: int = Field(3, ge=1, le=100, description="Breaching windows in a row before an episode opens")
+    recover_windows: int = Field(3, ge=1, le=100, description="Clean windows in a row before an episode ends")
+    regression_windows: int = Field(12, ge=1, le=1000, description="Windows after a camera's variant switch that are "
+                                    "compared with its own windows before")
+    regression_breach_windows: int = Field(2, ge=1, le=100, description="Breaching windows in a row before "
+                                           "variant_regression opens (the router then rolls back at once)")
+    regression_tolerance: float = Field(0.3, gt=0, lt=1, description="A fall of faces per frame or detection-score "
+                                        "mass beyond this share of the camera's own before is a regression")
+
 # Settings every service that has them shares, with one meaning: IMASK_<FIELD>. Anything else is one service's.
 SHARED_GROUPS: tuple[type[ImaskSettings], ...] = (LoggingSettings, KafkaSettings, EngineSettings, FrameLimits,
                                                   GrpcServerSettings, RegistrySettings, RedisSettings)
 SETTINGS_CLASSES: tuple[type[ImaskSettings], ...] = (WorkerSettings, IngestSettings, RecorderSettings,
                                                      MaskApiSettings, RouterSettings, FeaturesStreamSettings,
-                                                     FeaturesSettings, AlertingSettings)
+                                                     FeaturesSettings, AlertingSettings, DriftSettings)
 OTHER_KNOWN_PREFIXES = ("IMASK_STACK_", "IMASK_RUN_", "IMASK_TEST_", "IMASK_CLIENT_")
 
 

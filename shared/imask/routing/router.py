@@ -42,12 +42,16 @@ class Watch:
 
 # Moves a registry alias for a promotion: (challenger's variant ref, force, reason) -> refusal reason or "".
 AliasMover = Callable[[str, bool, str], str]
+# Open variant_regression flags of the drift service: (challenger's variant, experiment start in ms) -> reasons.
+RegressionReader = Callable[[str, int], list[str]]
 
 
 class Router:
-    def __init__(self, store: ExperimentStore, move_alias: AliasMover | None = None) -> None:
+    def __init__(self, store: ExperimentStore, move_alias: AliasMover | None = None,
+                 regressions: RegressionReader | None = None) -> None:
         self.store = store
         self.move_alias = move_alias
+        self.regressions = regressions
         self.watches: dict[str, Watch] = {}
         self._lock = threading.RLock()
 
@@ -137,6 +141,21 @@ class Router:
             if config.version != watch.config_version:  # changed by someone else (CLI, another router)
                 watch.tally.restart_srm_window(config)
                 watch.config_version = config.version
+        # The drift service's per-camera comparison (each camera its own control across its switch) protects
+        # fleets too small for the between-camera statistics: an open variant_regression flag on the challenger
+        # is a failed guardrail check, and a decisive one (the drift service already required it to persist over
+        # consecutive windows), so it is looked at every tick and rolls back at once.
+        flagged = self.regressions(spec.arms[1].variant, spec.created_us // 1000) if self.regressions else []
+        if flagged:
+            with self._lock:
+                watch.failed_checks = max(watch.failed_checks + 1, spec.max_failed_checks)
+                failed_checks = watch.failed_checks
+            metrics.EXPERIMENT_FAILED_CHECKS.labels(name).set(failed_checks)
+            reason = f"variant_regression on {len(flagged)} camera(s): " + "; ".join(flagged[:3])
+            log.warning("rolling back on its own", extra={"experiment": name, "reason": reason})
+            self.rollback(name, reason, actor="router")
+            return
+        with self._lock:
             if now - watch.last_check < spec.interval_s:
                 return
             watch.last_check = now

@@ -19,7 +19,8 @@ CHANGE_AT = 40
 
 
 def run(change: syn.Change | None, seed: int = 3, count: int = 80, camera: str = "cam1",
-        scene: syn.Scene = syn.Scene()) -> list[tuple[int, Transition]]:
+        scene: syn.Scene | None = None) -> list[tuple[int, Transition]]:
+    scene = scene or syn.Scene()
     monitor = DriftMonitor(CONFIG)
     rng = np.random.default_rng(seed + 100)
     out = []

@@ -83,7 +83,7 @@ def test_choose_test_by_type_and_size() -> None:
     assert st.choose_test("categorical", 10) == "chi2"
     assert st.choose_test("categorical", 5000) == "jensen_shannon"
     for test in ("ks", "wasserstein", "jensen_shannon", "psi", "chi2"):
-        assert st.run_test(test, [1, 2, 3], [1, 2, 3], positions=[0, 1, 2]).drift is False  # type: ignore[arg-type]
+        assert st.run_test(test, [1, 2, 3], [1, 2, 3], positions=[0, 1, 2]).drift is False
 
 
 def test_zscore_floors() -> None:

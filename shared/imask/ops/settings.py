@@ -286,6 +286,15 @@ class MaskApiSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameL
     publish_meta: bool = Field(True, description="Publish per-request metadata to frames.meta")
     grace_s: float = Field(20.0, ge=0, description="On SIGTERM, time in-flight calls get to finish")
     drain_delay_s: float = Field(1.0, ge=0, description="On SIGTERM, time serving NOT_SERVING before refusing calls")
+    http_host: str = Field("127.0.0.1", description="Address the HTTP API binds")
+    http_port: int = Field(8051, ge=-1, le=65535, description="Port of the HTTP API (POST /v1/mask, /v1/detect; one "
+                           "engine and queue shared with gRPC) (-1: off, 0: pick a free one)")
+    redis_prefix: str = Field("imask", min_length=1, description="Prefix of mask-api's Redis keys: PREFIX:rl (rate "
+                              "limits) and PREFIX:cache (the result cache)")
+    cache_ttl_s: int = Field(300, ge=0, le=86400, description="Result cache: seconds a masked result is served again "
+                             "for the same image, options, model version and API key (0: off)")
+    cache_max_entry_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Result cache: larger results are not "
+                                       "stored")
 
 
 class RouterSettings(BaseServiceSettings, KafkaSettings, GrpcServerSettings, RegistrySettings, RedisSettings):

@@ -111,8 +111,9 @@ bench-cameras: up  ## live 720p/25 RTSP cameras per ingest process: fps, skips, 
 bench-router: up  ## what A/B routing adds per frame, and end-to-end latency with routing on vs off (out/bench/router.json)
 	$(PY) -m load.router_bench
 
-bench-features: up  ## features stream: frames.meta records/s on one core and CPU per record, vs parsing alone (out/bench/features.json)
+bench-features: up  ## features stream: records/s on one core, CPU per record; online reads (FeatureService gRPC, Feast SDK, feast serve) p50/p99 for 1 and 100 cameras; capture -> readable p95 (out/bench/features.json)
 	$(PY) -m load.features_bench
+	$(PY) -m load.features_read_bench
 
 # The GPU check (load/gpu_bench.py) runs under a Python that has torch: python3 on the GPU machine, not .venv (no
 # torch there). GPU_BENCH_ARGS=--quick for a smoke run (CPU-only torch works too). On a GPU machine without this repo's

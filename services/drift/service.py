@@ -2,10 +2,11 @@
 control when it changes variant; alert events on the alerts topic, scores on /metrics, regression flags for the
 router.
 
-Wiring only: the logic is imask.drift.monitor. Each poll (IMASK_DRIFT_POLL_S) it lists the features stream's new
-offline files of the 10 s view (each is one window close and names the cameras that closed a window), reads those
-cameras' newest 10 s rows from the online store (FeatureReader, the `operators` service: the `drift` one reads the
-overlapping 60 s windows and lacks variant, arm and latency), and feeds every window it has not seen. References and
+Wiring only: the logic is imask.drift.monitor. Each poll (IMASK_DRIFT_POLL_S) it reads the features stream's new
+offline files of the 10 s view (each is one window close, holding the row of every camera whose window closed) and
+feeds every window it has not seen, oldest first: however many windows closed since the last poll, each is judged
+(the online store holds only a camera's newest; the `drift` feature service reads the overlapping 60 s windows and
+lacks variant, arm and latency). References and
 flags live in Redis (imask.drift.store); a reference changed by `imask drift reference` is reloaded at the next poll.
 On SIGTERM it finishes the poll, flushes its events and stops.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 
@@ -23,9 +25,8 @@ from imask.drift.monitor import DriftMonitor, MonitorConfig, Result, Transition
 from imask.drift.rules import REGRESSION, Thresholds
 from imask.drift.store import DriftStore, RegressionFlag
 from imask.drift.window import Window
-from imask.features.repo import FeastSettings, parquet_path
-from imask.features.schema import VIEW_10S
-from imask.features.store import FeatureReader
+from imask.features.repo import parquet_path
+from imask.features.schema import CREATED, JOIN_KEY, VIEW_10S
 from imask.frames.clock import now_us
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import DriftSettings
@@ -42,34 +43,43 @@ def monitor_config(settings: DriftSettings) -> MonitorConfig:
                          thresholds=Thresholds(regression_tolerance=settings.regression_tolerance))
 
 
-def feast_settings(settings: DriftSettings) -> FeastSettings:
-    return FeastSettings(project=settings.feast_project, data_dir=settings.feast_dir, redis_url=settings.redis_url)
+class NewRows:
+    """The 10 s view's offline rows written since the last look: one parquet file per window close, each holding the
+    row of every camera whose window closed then. Every window comes, however many closed between two polls (the
+    online store keeps only a camera's newest). At start only the files of the last `START_FILES` closes are read:
+    the history before them was judged by the service's previous run."""
 
-
-class NewFiles:
-    """The 10 s view's offline files written since the last look: which cameras closed a window."""
+    START_FILES = 6
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.seen: set[str] = set()
         self.first = True
 
-    def cameras(self) -> set[str]:
+    def rows(self) -> list[dict[str, Any]]:
+        """The new rows, oldest window first; a window pushed twice (a redone interval) once, its newest push."""
         import pyarrow.parquet as pq
 
         names = sorted(p.name for p in self.folder.glob("part-*.parquet")) if self.folder.is_dir() else []
         new = [n for n in names if n not in self.seen and not n.endswith("-schema.parquet")]
-        self.seen.update(names)
-        if self.first:  # at start: the cameras of the last few closes only
-            new, self.first = new[-6:], False
-        out: set[str] = set()
+        if self.first:
+            self.seen.update(new[:-self.START_FILES])
+            new, self.first = new[-self.START_FILES:], False
+        newest: dict[tuple[str, int], dict[str, Any]] = {}
         for name in new:
             try:
-                table = pq.read_table(self.folder / name, columns=["camera_id"])
-                out.update(str(c) for c in table.column(0).to_pylist())
-            except Exception as exc:  # a file being replaced or unreadable: its cameras come again next window
+                rows = pq.read_table(self.folder / name).to_pylist()
+            except Exception as exc:  # not readable yet (files are renamed into place whole): next poll
                 log.warning("offline file unreadable", extra={"file": name, "error": repr(exc)})
-        return out
+                continue
+            self.seen.add(name)
+            for row in rows:
+                if row.get("window_end_ms") is None:
+                    continue
+                key = (str(row[JOIN_KEY]), int(row["window_end_ms"]))
+                if key not in newest or (row.get(CREATED) or 0) >= (newest[key].get(CREATED) or 0):
+                    newest[key] = row
+        return [newest[k] for k in sorted(newest, key=lambda k: (k[1], k[0]))]
 
 
 def event(settings: DriftSettings, t: Transition) -> alerts_pb2.AlertEvent:
@@ -77,17 +87,16 @@ def event(settings: DriftSettings, t: Transition) -> alerts_pb2.AlertEvent:
                                  source=settings.instance_id, camera_id=t.camera_id,
                                  state="resolved" if t.action == "resolve" else "breached",
                                  previous_state="breached" if t.action == "resolve" else "ok",
-                                 detail=t.detail, labels=t.labels)
+                                 detail=t.detail, labels={**t.labels, "window_end_ms": str(t.window_end_ms)})
 
 
 class DriftService:
-    def __init__(self, settings: DriftSettings, reader: FeatureReader, store: DriftStore, producer: Producer) -> None:
+    def __init__(self, settings: DriftSettings, store: DriftStore, producer: Producer) -> None:
         self.settings = settings
-        self.reader = reader
         self.store = store
         self.producer = producer
         self.monitor = DriftMonitor(monitor_config(settings))
-        self.files = NewFiles(parquet_path(settings.feast_dir, VIEW_10S))
+        self.files = NewRows(parquet_path(settings.feast_dir, VIEW_10S))
         self.known: set[str] = set()
         self.refs_version = -1
         self.windows = 0
@@ -109,14 +118,11 @@ class DriftService:
 
     def poll(self) -> int:
         self.reload_references()
-        self.known |= self.files.cameras()
-        if not self.known:
-            return 0
-        answers = self.reader.read(sorted(self.known))
         fed = 0
-        for camera, answer in answers.items():
-            row = answer.values.get(VIEW_10S.name, {})
-            window = Window.from_features(str(camera), row)
+        for row in self.files.rows():
+            camera = str(row[JOIN_KEY])
+            self.known.add(camera)
+            window = Window.from_features(camera, row)
             if window is None:
                 continue
             state = self.monitor.cameras.get(window.camera_id)
@@ -162,9 +168,8 @@ def drift(settings: DriftSettings, runtime: ServiceRuntime) -> int:
     ensure_topics(settings)
     store = DriftStore(settings.redis_url, settings.prefix)
     store.client.ping()
-    reader = FeatureReader(feast_settings(settings), "operators")
     producer = Producer(producer_config(settings))
-    service = DriftService(settings, reader, store, producer)
+    service = DriftService(settings, store, producer)
     healthy = {"ok": True}
     runtime.ready_checks.append(lambda: healthy["ok"])
     runtime.details.update(feast_project=settings.feast_project, prefix=settings.prefix)

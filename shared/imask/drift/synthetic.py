@@ -115,3 +115,56 @@ def weaker_detector(found: float) -> Change:
 
 CHANGES: dict[str, Change] = {"halved_luminance": halve_luminance, "faces_to_a_third": faces_to_a_third,
                               "covered": cover, "defocused": blur, "shifted": shift, "blinded": blind}
+
+
+# ------------------------------------------------------------------------------------------- frames.meta records
+
+PictureChange = Callable[[dict[str, float]], dict[str, float]]
+
+
+def covered_picture(p: dict[str, float]) -> dict[str, float]:
+    """A lens covered: near-black and flat (what the engine's picture statistics give for a taped lens)."""
+    return {**p, "luma_mean": 3.0, "luma_std": 1.0, "sharpness": 0.5, "dark_fraction": 1.0, "bright_fraction": 0.0}
+
+
+def meta_records(camera_id: str, scene: Scene, start_ms: int, seconds: float, seed: int = 0,
+                 variant: str = "default", seq0: int = 0, picture: PictureChange | None = None,
+                 faces: float | None = None) -> list[tuple[int, bytes]]:
+    """A steady camera's frames.meta records, (capture ms, serialized FrameMeta), at `scene.fps` from `start_ms`:
+    faces (detections with scores and sizes), stage timings and picture statistics around the scene's values,
+    with a per-10 s drift of the scene's light and face sizes like a real one's. `picture` changes each frame's
+    picture statistics (a tamper), `faces` the faces per frame."""
+    from imask.v1 import frames_pb2 as pb
+
+    rng = np.random.default_rng(seed)
+    out = []
+    n_frames = int(seconds * scene.fps)
+    per_window: dict[int, tuple[float, float]] = {}
+    for n in range(n_frames):
+        ts = start_ms + round(n * 1000 / scene.fps)
+        slot = (ts - start_ms) // int(scene.window_s * 1000)
+        if slot not in per_window:
+            per_window[slot] = (float(np.exp(rng.normal(0, 0.03))), float(np.exp(rng.normal(0, 0.08))))
+        light, size = per_window[slot]
+        count = int(rng.poisson(scene.faces if faces is None else faces))
+        meta = pb.FrameMeta(camera_id=camera_id, seq=seq0 + n, capture_ts_us=ts * 1000, width=1280, height=720,
+                            variant=variant, faces_masked=count)
+        for _ in range(count):
+            side = scene.face_px * size * float(np.exp(rng.normal(0, 0.25)))
+            x, y = float(rng.uniform(0, 1280 - side)), float(rng.uniform(0, 720 - min(side, 700)))
+            meta.detections.add(x1=x, y1=y, x2=x + side, y2=y + side,
+                                score=float(np.clip(rng.beta(8, 2), 0.0, 0.9999)))
+        t = meta.timings
+        t.inference_ms = float(rng.normal(25, 3))
+        t.end_to_end_ms = float(max(1.0, rng.normal(scene.latency_ms, 15)))
+        contrast = max(1.0, scene.contrast * light * float(np.exp(rng.normal(0, 0.03))))
+        values = {"luma_mean": scene.luma * light + float(rng.normal(0, 1.5)), "luma_std": contrast,
+                  "sharpness": contrast ** 2 * scene.sharp_ratio * float(np.exp(rng.normal(0, 0.1))),
+                  "dark_fraction": max(0.0, float(rng.normal(0.03, 0.005))),
+                  "bright_fraction": max(0.0, float(rng.normal(0.02, 0.004))),
+                  "scene_change": abs(float(rng.normal(1.5, 0.3)))}
+        if picture is not None:
+            values = picture(values)
+        meta.picture.CopyFrom(pb.PictureStats(**values))
+        out.append((ts, meta.SerializeToString()))
+    return out

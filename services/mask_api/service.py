@@ -1,7 +1,9 @@
-"""mask-api: the gRPC MaskService, with grpc.health.v1 health and server reflection.
+"""mask-api: the gRPC MaskService, with grpc.health.v1 health and server reflection, and the HTTP API on its own
+port (imask.httpapi; the same servicer, engine, queue, limits and result cache).
 
-Start order: listen (health says NOT_SERVING), load and warm the model, then SERVING. On SIGTERM: health flips to
-NOT_SERVING first (load balancers stop sending), in-flight calls get `grace_s` to finish, then the server stops.
+Start order: listen (health says NOT_SERVING, HTTP answers 503), load and warm the model, then SERVING. On SIGTERM:
+health flips to NOT_SERVING first (load balancers stop sending), in-flight calls get `grace_s` to finish, then the
+servers stop.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from imask.httpapi.app import create_app
+from imask.httpapi.server import HttpServer
+from imask.maskapi.cache import ResultCache
 from imask.maskapi.executor import EngineExecutor
 from imask.maskapi.ratelimit import RateLimiter
 from imask.maskapi.servicer import MaskServicer
@@ -72,12 +77,14 @@ class MetaPublisher:
 
 async def serve(settings: MaskApiSettings, runtime: ServiceRuntime) -> int:
     store = api_key_store(settings)
-    limiter = (RateLimiter(settings.redis_url, settings.rate_limit, settings.rate_limit_window_s)
-               if settings.rate_limit else None)
+    limiter = (RateLimiter(settings.redis_url, settings.rate_limit, settings.rate_limit_window_s,
+                           prefix=f"{settings.redis_prefix}:rl") if settings.rate_limit else None)
+    cache = (ResultCache(settings.redis_url, settings.cache_ttl_s, settings.cache_max_entry_bytes,
+                         prefix=f"{settings.redis_prefix}:cache") if settings.cache_ttl_s else None)
     publisher = None
     if settings.publish_meta:
         publisher = MetaPublisher(settings)
-    servicer = MaskServicer(settings, store, limiter, publisher)
+    servicer = MaskServicer(settings, store, limiter, publisher, cache)
     server = grpc.aio.server(interceptors=[ApiKeyInterceptor(store)], options=[
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", settings.max_request_bytes)])
@@ -91,8 +98,16 @@ async def serve(settings: MaskApiSettings, runtime: ServiceRuntime) -> int:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    runtime.details.update(grpc_port=port, tls=creds is not None, auth=settings.auth)
-    log.info("mask-api listening; loading the model", extra={"grpc_port": port, "tls": creds is not None})
+    http = None
+    if settings.http_port >= 0:
+        http = HttpServer(create_app(servicer, runtime.is_ready, runtime.is_alive), settings.http_host,
+                          settings.http_port, settings.grace_s, settings.tls_cert_file, settings.tls_key_file,
+                          settings.tls_client_ca_file)
+        await http.start()
+    http_port = http.port if http else -1
+    runtime.details.update(grpc_port=port, http_port=http_port, tls=creds is not None, auth=settings.auth)
+    log.info("mask-api listening; loading the model", extra={"grpc_port": port, "http_port": http_port,
+                                                              "tls": creds is not None})
 
     engine = await asyncio.to_thread(build_engine, settings)
     runtime.watch_engine(engine)
@@ -108,13 +123,15 @@ async def serve(settings: MaskApiSettings, runtime: ServiceRuntime) -> int:
     # Keep answering while load balancers notice NOT_SERVING, then refuse new calls and finish in-flight ones.
     await asyncio.sleep(settings.drain_delay_s)
     log.info("draining in-flight calls", extra={"grace_s": settings.grace_s})
-    await server.stop(settings.grace_s)
+    await asyncio.gather(server.stop(settings.grace_s), *([http.stop()] if http else []))
     executor.close()
     engine.close()
     if publisher is not None:
         publisher.close()
     if limiter is not None:
         await limiter.close()
+    if cache is not None:
+        await cache.close()
     log.info("mask-api stopped")
     return 0
 

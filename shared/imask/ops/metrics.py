@@ -88,6 +88,10 @@ MODEL_HEALTHY = Gauge("imask_model_healthy", "1 when the detector answers within
 QUEUE_DEPTH = Gauge("imask_queue_depth", "Frames waiting inside this process", ["queue"])
 GRPC_REQUESTS = Counter("imask_grpc_requests_total", "gRPC mask requests (stream frames count one each) by code",
                         ["method", "code"])
+HTTP_REQUESTS = Counter("imask_http_requests_total", "mask-api HTTP API requests by route and status",
+                        ["route", "status"])
+RESULT_CACHE = Counter("imask_result_cache_total", "mask-api result cache lookups and stores by transport and result "
+                       "(hit, miss, bypass, stored, not_stored_*, error: Redis away, off)", ["transport", "result"])
 
 
 # Live cameras (ingest). One series per camera; removed cameras' series are removed with them.

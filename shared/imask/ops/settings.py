@@ -287,8 +287,8 @@ class MaskApiSettings(BaseServiceSettings, KafkaSettings, EngineSettings, FrameL
     grace_s: float = Field(20.0, ge=0, description="On SIGTERM, time in-flight calls get to finish")
     drain_delay_s: float = Field(1.0, ge=0, description="On SIGTERM, time serving NOT_SERVING before refusing calls")
     http_host: str = Field("127.0.0.1", description="Address the HTTP API binds")
-    http_port: int = Field(8051, ge=-1, le=65535, description="Port of the HTTP API (POST /v1/mask, /v1/detect; one "
-                           "engine and queue shared with gRPC) (-1: off, 0: pick a free one)")
+    http_port: int = Field(-1, ge=-1, le=65535, description="Port of the HTTP API (POST /v1/mask, /v1/detect; one "
+                           "engine and queue shared with gRPC; 8051 in the examples) (-1: off, 0: pick a free one)")
     redis_prefix: str = Field("imask", min_length=1, description="Prefix of mask-api's Redis keys: PREFIX:rl (rate "
                               "limits) and PREFIX:cache (the result cache)")
     cache_ttl_s: int = Field(300, ge=0, le=86400, description="Result cache: seconds a masked result is served again "
@@ -313,6 +313,11 @@ class RouterSettings(BaseServiceSettings, KafkaSettings, GrpcServerSettings, Reg
     drift_prefix: str = Field("imask:drift", description="Redis prefix of the drift service's variant_regression "
                               "flags: one on the challenger is a failed guardrail check and rolls back at once (the "
                               "drift service's IMASK_DRIFT_PREFIX; empty: not read)")
+    feast_dir: Path = Field(Path(".stack/feast"), description="The Feast registry file: experiments targeted by a "
+                            "feature rule read camera features there (FeatureReader)")
+    feast_project: str = Field("imask", pattern=r"^[A-Za-z0-9_]+$", description="Feast project of those features")
+    features_stale_after_s: float = Field(35.0, gt=0, le=86400, description="A camera whose newest features window "
+                                          "ended longer ago never matches a feature rule")
 
 
 

@@ -16,5 +16,5 @@ def test_requests_before_the_model_is_ready_are_unavailable() -> None:
 
     servicer = MaskServicer(MaskApiSettings(auth="none"), None, None)  # not attached: the model is loading
     with pytest.raises(RequestError) as err:
-        asyncio.run(servicer._mask_one(mpb.MaskRequest(image=b"x"), None, "k", 0))  # type: ignore[arg-type]
-    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        asyncio.run(servicer.mask_image(mpb.MaskRequest(image=b"x"), None, "anonymous", None, "k", 0))
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE and err.value.retry_after_s == 1

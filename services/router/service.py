@@ -16,12 +16,15 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from imask.features.repo import FeastSettings
+from imask.features.store import FeatureReader
 from imask.ops.grpc_auth import ApiKeyInterceptor, api_key_store, server_credentials
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import RouterSettings
 from imask.routing.api import ExperimentServicer
 from imask.routing.router import AliasMover, RegressionReader, Router
 from imask.routing.store import ExperimentStore
+from imask.routing.targeting import FeatureRule, Targeter, matching
 from imask.streaming.kafka import TopicReader, ensure_topics, offsets_at
 from imask.v1 import experiment_service_pb2_grpc as epb_grpc
 from imask.v1 import frames_pb2 as pb
@@ -55,6 +58,20 @@ def _regression_reader(settings: RouterSettings) -> RegressionReader | None:
     return read
 
 
+def _targeter(settings: RouterSettings) -> Targeter:
+    """Feature rules of targeted experiments, judged on the cameras' features in Feast (opened on first use: the
+    Feast import takes seconds, and most experiments target every camera)."""
+    readers: list[FeatureReader] = []
+
+    def target(rule: FeatureRule, cameras: list[str]) -> set[str]:
+        if not readers:
+            readers.append(FeatureReader(FeastSettings(settings.feast_project, settings.feast_dir,
+                                                       settings.redis_url), "operators",
+                                         settings.features_stale_after_s))
+        return matching(rule, readers[0], cameras)
+    return target
+
+
 def _read_meta(settings: RouterSettings, router: Router, runtime: ServiceRuntime) -> None:
     start_us = 0
     name = router.store.active()
@@ -79,7 +96,7 @@ def _read_meta(settings: RouterSettings, router: Router, runtime: ServiceRuntime
 async def serve(settings: RouterSettings, runtime: ServiceRuntime) -> int:
     ensure_topics(settings)
     store = ExperimentStore(settings.redis_url, settings.fleet, settings.change_delay_s)
-    router = Router(store, _alias_mover(settings), _regression_reader(settings))
+    router = Router(store, _alias_mover(settings), _regression_reader(settings), _targeter(settings))
     # The same API keys (and TLS) as mask-api: changing experiments is an operator's act. The servicer's methods
     # are plain functions (Redis calls), run on the migration thread pool.
     server = grpc.aio.server(interceptors=[ApiKeyInterceptor(api_key_store(settings))],

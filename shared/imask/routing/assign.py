@@ -44,6 +44,9 @@ class ExperimentConfig:
     state: str = "running"  # running, promoted, rolled_back, stopped
     shadow_sample: float = 0.0  # share of control frames the first challenger also masks, output discarded
     reason: str = ""
+    # Targeted experiments (a feature rule, routing/targeting.py): the cameras that take part; every other camera
+    # is on control. None: every camera takes part.
+    targets: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.arms:
@@ -60,7 +63,10 @@ class ExperimentConfig:
         return self.arms[0]
 
     def arm_for(self, camera_id: str) -> ArmSpec:
-        """Control takes buckets [0, w0); each challenger in turn takes the next range down from the top."""
+        """Control takes buckets [0, w0); each challenger in turn takes the next range down from the top. A camera
+        outside a targeted experiment's targets is on control."""
+        if self.targets is not None and camera_id not in self.targets:
+            return self.control
         b = bucket(self.salt, camera_id)
         upper = BUCKETS
         for arm in self.arms[1:]:
@@ -72,7 +78,8 @@ class ExperimentConfig:
 
     def shadowed(self, camera_id: str, seq: int) -> ArmSpec | None:
         """The challenger that also masks this control frame in shadow mode (a stable sample), or None."""
-        if self.shadow_sample <= 0 or len(self.arms) < 2 or self.state != "running":
+        if self.shadow_sample <= 0 or len(self.arms) < 2 or self.state != "running" or (
+                self.targets is not None and camera_id not in self.targets):
             return None
         if bucket(f"{self.salt}:shadow", f"{camera_id}:{seq}") < self.shadow_sample * BUCKETS:
             return self.arms[1]
@@ -83,7 +90,9 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ExperimentConfig:
-        return cls(**{**raw, "arms": tuple(ArmSpec(**a) for a in raw["arms"])})
+        targets = raw.get("targets")
+        return cls(**{**raw, "arms": tuple(ArmSpec(**a) for a in raw["arms"]),
+                      "targets": None if targets is None else tuple(targets)})
 
 
 @dataclass

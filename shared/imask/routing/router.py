@@ -23,6 +23,7 @@ from imask.routing import stats
 from imask.routing.assign import ExperimentConfig
 from imask.routing.results import Decision, ExperimentTally, decide, guardrails_of
 from imask.routing.store import TERMINAL, ExperimentError, ExperimentSpec, ExperimentStore
+from imask.routing.targeting import FeatureRule, Targeter
 from imask.v1 import frames_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -46,18 +47,30 @@ AliasMover = Callable[[str, bool, str], str]
 RegressionReader = Callable[[str, int], list[str]]
 
 
+MAX_CAMERAS_SEEN = 100_000
+
+
 class Router:
     def __init__(self, store: ExperimentStore, move_alias: AliasMover | None = None,
-                 regressions: RegressionReader | None = None) -> None:
+                 regressions: RegressionReader | None = None, targeter: Targeter | None = None) -> None:
         self.store = store
         self.move_alias = move_alias
         self.regressions = regressions
+        self.targeter = targeter  # targeted experiments: which cameras match their feature rule
         self.watches: dict[str, Watch] = {}
+        self.cameras: set[str] = set()  # every camera seen in frames.meta (the candidates of a feature rule)
         self._lock = threading.RLock()
 
     # -- operations ------------------------------------------------------------------------------------------
     def create(self, spec: ExperimentSpec) -> ExperimentConfig:
         guardrails_of(spec)  # unknown metrics refused before anything is written
+        if spec.target:
+            try:
+                FeatureRule.parse(spec.target)
+            except ValueError as exc:
+                raise ExperimentError(str(exc)) from None
+            if self.targeter is None:
+                raise ExperimentError("this router reads no features: a targeted experiment needs them")
         if len(spec.arms) != 2:
             raise ExperimentError("an experiment has two arms: control and one challenger")
         if spec.strategy == "blue_green" and spec.arms[1].weight not in (0.0, 1.0):
@@ -114,6 +127,8 @@ class Router:
 
     # -- data ------------------------------------------------------------------------------------------------
     def on_meta(self, meta: pb.FrameMeta) -> None:
+        if meta.camera_id and len(self.cameras) < MAX_CAMERAS_SEEN:
+            self.cameras.add(meta.camera_id)
         if not meta.experiment:
             return
         with self._lock:
@@ -159,6 +174,9 @@ class Router:
             if now - watch.last_check < spec.interval_s:
                 return
             watch.last_check = now
+        if spec.target:
+            config = self._retarget(name, spec, config)
+        with self._lock:
             decision = decide(watch.tally, spec, config, watch.previous)
             watch.previous = {r.guardrail.metric: r.sequential for r in decision.guardrails}
             watch.last = decision
@@ -177,6 +195,25 @@ class Router:
             return
         if not failing:
             self._ramp_step(name, spec, config)
+
+    def _retarget(self, name: str, spec: ExperimentSpec, config: ExperimentConfig) -> ExperimentConfig:
+        """A targeted experiment's cameras: those whose fresh features match its rule now (a new config when they
+        changed). Features unreadable: the cameras stay as they are."""
+        if self.targeter is None:
+            return config
+        rule = FeatureRule.parse(spec.target)
+        try:
+            matched = self.targeter(rule, sorted(self.cameras))
+        except Exception as exc:  # Redis away: keep the current cameras, try again next check
+            log.warning("features unreadable; experiment cameras unchanged", extra={"experiment": name,
+                                                                                     "error": repr(exc)})
+            return config
+        if config.targets is not None and matched == set(config.targets):
+            return config
+        log.info("experiment cameras", extra={"experiment": name, "rule": str(rule), "cameras": len(matched)})
+        config = self.store.set_targets(name, matched, f"feature rule {rule}: {len(matched)} camera(s) match")
+        self._restart_srm(name, config)
+        return config
 
     def _ramp_step(self, name: str, spec: ExperimentSpec, config: ExperimentConfig) -> None:
         if spec.strategy not in ("canary", "rolling") or not spec.ramp:

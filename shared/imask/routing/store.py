@@ -49,6 +49,7 @@ class ExperimentSpec:
     min_cameras: int = 16  # per arm, before guardrails judge (cluster-robust variances need clusters)
     min_frames: int = 200
     created_us: int = 0
+    target: str = ""  # a feature rule (routing/targeting.py): only matching cameras take part; "": every camera
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "arms": [a.__dict__ for a in self.arms],
@@ -117,7 +118,9 @@ class ExperimentStore:
             raise ExperimentError(f"experiment {spec.name!r} exists already")
         spec = ExperimentSpec(**{**spec.__dict__, "salt": spec.salt or spec.name, "created_us": now_us()})
         self.client.set(self._key(spec.name, "spec"), json.dumps(spec.to_dict()))
-        config = self._append(spec.name, {a.name: a.weight for a in spec.arms}, "running", reason, spec)
+        # A targeted experiment starts with no camera in it: the router adds those that match at its first check.
+        config = self._append(spec.name, {a.name: a.weight for a in spec.arms}, "running", reason, spec,
+                              targets=() if spec.target else None)
         self.client.set(self._key("active"), spec.name)
         return config
 
@@ -129,10 +132,18 @@ class ExperimentStore:
         unknown = set(weights) - {a.name for a in latest.arms}
         if unknown:
             raise ExperimentError(f"unknown arm(s) {sorted(unknown)}")
-        return self._append(name, weights, state, reason, self.spec(name), actor)
+        return self._append(name, weights, state, reason, self.spec(name), actor, latest.targets)
+
+    def set_targets(self, name: str, cameras: set[str], reason: str, actor: str = "router") -> ExperimentConfig:
+        """A new config with the same weights and these cameras taking part (a targeted experiment)."""
+        latest = self.latest(name)
+        if latest.state in TERMINAL:
+            raise ExperimentError(f"experiment {name!r} is {latest.state}; create a new one")
+        return self._append(name, {a.name: a.weight for a in latest.arms}, latest.state, reason, self.spec(name),
+                            actor, tuple(sorted(cameras)))
 
     def _append(self, name: str, weights: dict[str, float], state: str, reason: str, spec: ExperimentSpec,
-                actor: str = "operator") -> ExperimentConfig:
+                actor: str = "operator", targets: tuple[str, ...] | None = None) -> ExperimentConfig:
         key = self._key(name, "configs")
         with self.client.pipeline() as pipe:
             while True:
@@ -143,14 +154,15 @@ class ExperimentStore:
                     try:
                         config = ExperimentConfig(name, spec.salt or name, arms, version,
                                                   now_us() + int(self.delay_s * 1e6), state, spec.shadow_sample,
-                                                  reason)
+                                                  reason, targets)
                     except ValueError as exc:
                         raise ExperimentError(str(exc)) from None
                     pipe.multi()
                     pipe.rpush(key, json.dumps(config.to_dict()))
                     pipe.rpush(self._key(name, "events"), json.dumps({
                         "ts_us": now_us(), "version": version, "state": state, "actor": actor, "reason": reason,
-                        "weights": {a.name: a.weight for a in arms}, "effective_us": config.effective_us}))
+                        "weights": {a.name: a.weight for a in arms}, "effective_us": config.effective_us,
+                        **({} if targets is None else {"targets": len(targets)})}))
                     pipe.execute()
                     return config
                 except redis.WatchError:

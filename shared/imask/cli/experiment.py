@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-cameras", type=int, default=16, help="per arm before guardrails judge and promotion")
     p.add_argument("--min-frames", type=int, default=200)
     p.add_argument("--salt", default="")
+    p.add_argument("--target", default="", metavar="RULE", help="only cameras whose fresh features match take "
+                   "part, e.g. 'face_size_p50 < 24' (a feature of camera_stats_60s, or VIEW.FEATURE; face_size_pNN "
+                   "and score_pNN are histogram percentiles); every other camera stays on control")
     for name, text in (("status", "Current weights and state"), ("results", "Per-arm metrics, SRM, guardrails, "
                        "and the recommendation: promote / hold / rollback, with reasons")):
         p = sub.add_parser(name, help=text)
@@ -97,7 +100,7 @@ def _create_request(args: argparse.Namespace) -> epb.ExperimentSpec:
         ramp=[epb.RampStep(at_s=t, weight=w) for t, w in args.ramp],
         guardrails=[epb.Guardrail(metric=m, tolerance=t) for m, t in args.guardrail],
         interval_s=args.interval, max_failed_checks=args.max_failed, shadow_sample=args.shadow,
-        min_cameras=args.min_cameras, min_frames=args.min_frames)
+        min_cameras=args.min_cameras, min_frames=args.min_frames, target=args.target)
 
 
 def main(argv: list[str]) -> int:

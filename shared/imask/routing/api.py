@@ -34,7 +34,7 @@ def spec_from_pb(msg: epb.ExperimentSpec) -> ExperimentSpec:
         interval_s=msg.interval_s or defaults.interval_s,
         max_failed_checks=msg.max_failed_checks or defaults.max_failed_checks,
         shadow_sample=msg.shadow_sample, min_cameras=msg.min_cameras or defaults.min_cameras,
-        min_frames=msg.min_frames or defaults.min_frames)
+        min_frames=msg.min_frames or defaults.min_frames, target=msg.target)
 
 
 def spec_to_pb(spec: ExperimentSpec) -> epb.ExperimentSpec:
@@ -45,7 +45,7 @@ def spec_to_pb(spec: ExperimentSpec) -> epb.ExperimentSpec:
         ramp=[epb.RampStep(at_s=t, weight=w) for t, w in spec.ramp],
         guardrails=[epb.Guardrail(metric=g.metric, tolerance=g.tolerance) for g in spec.guardrails],
         interval_s=spec.interval_s, max_failed_checks=spec.max_failed_checks, shadow_sample=spec.shadow_sample,
-        min_cameras=spec.min_cameras, min_frames=spec.min_frames)
+        min_cameras=spec.min_cameras, min_frames=spec.min_frames, target=spec.target)
 
 
 def status_pb(spec: ExperimentSpec, config: ExperimentConfig) -> epb.ExperimentStatus:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!imask/v1/experiment_service.proto\x12\x08imask.v1\"4\n\x03\x41rm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"(\n\x08RampStep\x12\x0c\n\x04\x61t_s\x18\x01 \x01(\x01\x12\x0e\n\x06weight\x18\x02 \x01(\x01\".\n\tGuardrail\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x11\n\ttolerance\x18\x02 \x01(\x01\"\xa9\x02\n\x0e\x45xperimentSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04salt\x18\x02 \x01(\t\x12\x1b\n\x04\x61rms\x18\x03 \x03(\x0b\x32\r.imask.v1.Arm\x12$\n\x08strategy\x18\x04 \x01(\x0e\x32\x12.imask.v1.Strategy\x12 \n\x04ramp\x18\x05 \x03(\x0b\x32\x12.imask.v1.RampStep\x12\'\n\nguardrails\x18\x06 \x03(\x0b\x32\x13.imask.v1.Guardrail\x12\x12\n\ninterval_s\x18\x07 \x01(\x01\x12\x19\n\x11max_failed_checks\x18\x08 \x01(\r\x12\x15\n\rshadow_sample\x18\t \x01(\x01\x12\x13\n\x0bmin_cameras\x18\n \x01(\r\x12\x12\n\nmin_frames\x18\x0b \x01(\x04\"\xc7\x01\n\x10\x45xperimentStatus\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.imask.v1.ExperimentSpec\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.imask.v1.ExperimentState\x12\x16\n\x0e\x63onfig_version\x18\x03 \x01(\x04\x12\x17\n\x0f\x65\x66\x66\x65\x63tive_ts_us\x18\x04 \x01(\x03\x12\x1b\n\x04\x61rms\x18\x05 \x03(\x0b\x32\r.imask.v1.Arm\x12\x13\n\x0blast_change\x18\x06 \x01(\t\"\x9c\x01\n\tArmResult\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61meras\x18\x02 \x01(\r\x12\x0e\n\x06\x66rames\x18\x03 \x01(\x04\x12\x31\n\x07metrics\x18\x04 \x03(\x0b\x32 .imask.v1.ArmResult.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"v\n\x0fGuardrailResult\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x10\n\x08\x65stimate\x18\x03 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x04 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x05 \x01(\x01\x12\x0f\n\x07p_value\x18\x06 \x01(\x01\"\x8f\x03\n\x11\x45xperimentResults\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.imask.v1.ExperimentStatus\x12!\n\x04\x61rms\x18\x02 \x03(\x0b\x32\x13.imask.v1.ArmResult\x12-\n\nguardrails\x18\x03 \x03(\x0b\x32\x19.imask.v1.GuardrailResult\x12\x13\n\x0bsrm_cameras\x18\x04 \x01(\x08\x12\x12\n\nsrm_frames\x18\x05 \x01(\x08\x12\x15\n\rsrm_cameras_p\x18\x06 \x01(\x01\x12\x14\n\x0csrm_frames_p\x18\x07 \x01(\x01\x12\x16\n\x0erecommendation\x18\x08 \x01(\t\x12\x0f\n\x07reasons\x18\t \x03(\t\x12\x15\n\rfailed_checks\x18\n \x01(\r\x12\x37\n\x06shadow\x18\x0b \x03(\x0b\x32\'.imask.v1.ExperimentResults.ShadowEntry\x1a-\n\x0bShadowEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1d\n\rExperimentRef\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x0bRampRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\"<\n\rChangeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"1\n\rAssignRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncamera_ids\x18\x02 \x03(\t\"i\n\x0b\x41ssignReply\x12-\n\x04\x61rms\x18\x01 \x03(\x0b\x32\x1f.imask.v1.AssignReply.ArmsEntry\x1a+\n\tArmsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x0e\x45xperimentList\x12/\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x1a.imask.v1.ExperimentStatus*h\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTRATEGY_CANARY\x10\x01\x12\x17\n\x13STRATEGY_BLUE_GREEN\x10\x02\x12\x14\n\x10STRATEGY_ROLLING\x10\x03*\xb0\x01\n\x0f\x45xperimentState\x12 \n\x1c\x45XPERIMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XPERIMENT_STATE_RUNNING\x10\x01\x12\x1d\n\x19\x45XPERIMENT_STATE_PROMOTED\x10\x02\x12 \n\x1c\x45XPERIMENT_STATE_ROLLED_BACK\x10\x03\x12\x1c\n\x18\x45XPERIMENT_STATE_STOPPED\x10\x04\x32\xc1\x04\n\x11\x45xperimentService\x12>\n\x06\x43reate\x12\x18.imask.v1.ExperimentSpec\x1a\x1a.imask.v1.ExperimentStatus\x12=\n\x06Status\x12\x17.imask.v1.ExperimentRef\x1a\x1a.imask.v1.ExperimentStatus\x12\x39\n\x04List\x12\x17.imask.v1.ExperimentRef\x1a\x18.imask.v1.ExperimentList\x12\x39\n\x04Ramp\x12\x15.imask.v1.RampRequest\x1a\x1a.imask.v1.ExperimentStatus\x12>\n\x07Promote\x12\x17.imask.v1.ChangeRequest\x1a\x1a.imask.v1.ExperimentStatus\x12?\n\x08Rollback\x12\x17.imask.v1.ChangeRequest\x1a\x1a.imask.v1.ExperimentStatus\x12;\n\x04Stop\x12\x17.imask.v1.ChangeRequest\x1a\x1a.imask.v1.ExperimentStatus\x12\x38\n\x06\x41ssign\x12\x17.imask.v1.AssignRequest\x1a\x15.imask.v1.AssignReply\x12?\n\x07Results\x12\x17.imask.v1.ExperimentRef\x1a\x1b.imask.v1.ExperimentResultsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!imask/v1/experiment_service.proto\x12\x08imask.v1\"4\n\x03\x41rm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"(\n\x08RampStep\x12\x0c\n\x04\x61t_s\x18\x01 \x01(\x01\x12\x0e\n\x06weight\x18\x02 \x01(\x01\".\n\tGuardrail\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x11\n\ttolerance\x18\x02 \x01(\x01\"\xb9\x02\n\x0e\x45xperimentSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04salt\x18\x02 \x01(\t\x12\x1b\n\x04\x61rms\x18\x03 \x03(\x0b\x32\r.imask.v1.Arm\x12$\n\x08strategy\x18\x04 \x01(\x0e\x32\x12.imask.v1.Strategy\x12 \n\x04ramp\x18\x05 \x03(\x0b\x32\x12.imask.v1.RampStep\x12\'\n\nguardrails\x18\x06 \x03(\x0b\x32\x13.imask.v1.Guardrail\x12\x12\n\ninterval_s\x18\x07 \x01(\x01\x12\x19\n\x11max_failed_checks\x18\x08 \x01(\r\x12\x15\n\rshadow_sample\x18\t \x01(\x01\x12\x13\n\x0bmin_cameras\x18\n \x01(\r\x12\x12\n\nmin_frames\x18\x0b \x01(\x04\x12\x0e\n\x06target\x18\x0c \x01(\t\"\xc7\x01\n\x10\x45xperimentStatus\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.imask.v1.ExperimentSpec\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.imask.v1.ExperimentState\x12\x16\n\x0e\x63onfig_version\x18\x03 \x01(\x04\x12\x17\n\x0f\x65\x66\x66\x65\x63tive_ts_us\x18\x04 \x01(\x03\x12\x1b\n\x04\x61rms\x18\x05 \x03(\x0b\x32\r.imask.v1.Arm\x12\x13\n\x0blast_change\x18\x06 \x01(\t\"\x9c\x01\n\tArmResult\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61meras\x18\x02 \x01(\r\x12\x0e\n\x06\x66rames\x18\x03 \x01(\x04\x12\x31\n\x07metrics\x18\x04 \x03(\x0b\x32 .imask.v1.ArmResult.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"v\n\x0fGuardrailResult\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x10\n\x08\x65stimate\x18\x03 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x04 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x05 \x01(\x01\x12\x0f\n\x07p_value\x18\x06 \x01(\x01\"\x8f\x03\n\x11\x45xperimentResults\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.imask.v1.ExperimentStatus\x12!\n\x04\x61rms\x18\x02 \x03(\x0b\x32\x13.imask.v1.ArmResult\x12-\n\nguardrails\x18\x03 \x03(\x0b\x32\x19.imask.v1.GuardrailResult\x12\x13\n\x0bsrm_cameras\x18\x04 \x01(\x08\x12\x12\n\nsrm_frames\x18\x05 \x01(\x08\x12\x15\n\rsrm_cameras_p\x18\x06 \x01(\x01\x12\x14\n\x0csrm_frames_p\x18\x07 \x01(\x01\x12\x16\n\x0erecommendation\x18\x08 \x01(\t\x12\x0f\n\x07reasons\x18\t \x03(\t\x12\x15\n\rfailed_checks\x18\n \x01(\r\x12\x37\n\x06shadow\x18\x0b \x03(\x0b\x32\'.imask.v1.ExperimentResults.ShadowEntry\x1a-\n\x0bShadowEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1d\n\rExperimentRef\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x0bRampRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\"<\n\rChangeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"1\n\rAssignRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncamera_ids\x18\x02 \x03(\t\"i\n\x0b\x41ssignReply\x12-\n\x04\x61rms\x18\x01 \x03(\x0b\x32\x1f.imask.v1.AssignReply.ArmsEntry\x1a+\n\tArmsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x0e\x45xperimentList\x12/\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x1a.imask.v1.ExperimentStatus*h\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTRATEGY_CANARY\x10\x01\x12\x17\n\x13STRATEGY_BLUE_GREEN\x10\x02\x12\x14\n\x10STRATEGY_ROLLING\x10\x03*\xb0\x01\n\x0f\x45xperimentState\x12 \n\x1c\x45XPERIMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XPERIMENT_STATE_RUNNING\x10\x01\x12\x1d\n\x19\x45XPERIMENT_STATE_PROMOTED\x10\x02\x12 \n\x1c\x45XPERIMENT_STATE_ROLLED_BACK\x10\x03\x12\x1c\n\x18\x45XPERIMENT_STATE_STOPPED\x10\x04\x32\xc1\x04\n\x11\x45xperimentService\x12>\n\x06\x43reate\x12\x18.imask.v1.ExperimentSpec\x1a\x1a.imask.v1.ExperimentStatus\x12=\n\x06Status\x12\x17.imask.v1.ExperimentRef\x1a\x1a.imask.v1.ExperimentStatus\x12\x39\n\x04List\x12\x17.imask.v1.ExperimentRef\x1a\x18.imask.v1.ExperimentList\x12\x39\n\x04Ramp\x12\x15.imask.v1.RampRequest\x1a\x1a.imask.v1.ExperimentStatus\x12>\n\x07Promote\x12\x17.imask.v1.ChangeRequest\x1a\x1a.imask.v1.ExperimentStatus\x12?\n\x08Rollback\x12\x17.imask.v1.ChangeRequest\x1a\x1a.imask.v1.ExperimentStatus\x12;\n\x04Stop\x12\x17.imask.v1.ChangeRequest\x1a\x1a.imask.v1.ExperimentStatus\x12\x38\n\x06\x41ssign\x12\x17.imask.v1.AssignRequest\x1a\x15.imask.v1.AssignReply\x12?\n\x07Results\x12\x17.imask.v1.ExperimentRef\x1a\x1b.imask.v1.ExperimentResultsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPERIMENTRESULTS_SHADOWENTRY']._serialized_options = b'8\001'
   _globals['_ASSIGNREPLY_ARMSENTRY']._loaded_options = None
   _globals['_ASSIGNREPLY_ARMSENTRY']._serialized_options = b'8\001'
-  _globals['_STRATEGY']._serialized_start=1753
-  _globals['_STRATEGY']._serialized_end=1857
-  _globals['_EXPERIMENTSTATE']._serialized_start=1860
-  _globals['_EXPERIMENTSTATE']._serialized_end=2036
+  _globals['_STRATEGY']._serialized_start=1769
+  _globals['_STRATEGY']._serialized_end=1873
+  _globals['_EXPERIMENTSTATE']._serialized_start=1876
+  _globals['_EXPERIMENTSTATE']._serialized_end=2052
   _globals['_ARM']._serialized_start=47
   _globals['_ARM']._serialized_end=99
   _globals['_RAMPSTEP']._serialized_start=101
@@ -48,33 +48,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GUARDRAIL']._serialized_start=143
   _globals['_GUARDRAIL']._serialized_end=189
   _globals['_EXPERIMENTSPEC']._serialized_start=192
-  _globals['_EXPERIMENTSPEC']._serialized_end=489
-  _globals['_EXPERIMENTSTATUS']._serialized_start=492
-  _globals['_EXPERIMENTSTATUS']._serialized_end=691
-  _globals['_ARMRESULT']._serialized_start=694
-  _globals['_ARMRESULT']._serialized_end=850
-  _globals['_ARMRESULT_METRICSENTRY']._serialized_start=804
-  _globals['_ARMRESULT_METRICSENTRY']._serialized_end=850
-  _globals['_GUARDRAILRESULT']._serialized_start=852
-  _globals['_GUARDRAILRESULT']._serialized_end=970
-  _globals['_EXPERIMENTRESULTS']._serialized_start=973
-  _globals['_EXPERIMENTRESULTS']._serialized_end=1372
-  _globals['_EXPERIMENTRESULTS_SHADOWENTRY']._serialized_start=1327
-  _globals['_EXPERIMENTRESULTS_SHADOWENTRY']._serialized_end=1372
-  _globals['_EXPERIMENTREF']._serialized_start=1374
-  _globals['_EXPERIMENTREF']._serialized_end=1403
-  _globals['_RAMPREQUEST']._serialized_start=1405
-  _globals['_RAMPREQUEST']._serialized_end=1464
-  _globals['_CHANGEREQUEST']._serialized_start=1466
-  _globals['_CHANGEREQUEST']._serialized_end=1526
-  _globals['_ASSIGNREQUEST']._serialized_start=1528
-  _globals['_ASSIGNREQUEST']._serialized_end=1577
-  _globals['_ASSIGNREPLY']._serialized_start=1579
-  _globals['_ASSIGNREPLY']._serialized_end=1684
-  _globals['_ASSIGNREPLY_ARMSENTRY']._serialized_start=1641
-  _globals['_ASSIGNREPLY_ARMSENTRY']._serialized_end=1684
-  _globals['_EXPERIMENTLIST']._serialized_start=1686
-  _globals['_EXPERIMENTLIST']._serialized_end=1751
-  _globals['_EXPERIMENTSERVICE']._serialized_start=2039
-  _globals['_EXPERIMENTSERVICE']._serialized_end=2616
+  _globals['_EXPERIMENTSPEC']._serialized_end=505
+  _globals['_EXPERIMENTSTATUS']._serialized_start=508
+  _globals['_EXPERIMENTSTATUS']._serialized_end=707
+  _globals['_ARMRESULT']._serialized_start=710
+  _globals['_ARMRESULT']._serialized_end=866
+  _globals['_ARMRESULT_METRICSENTRY']._serialized_start=820
+  _globals['_ARMRESULT_METRICSENTRY']._serialized_end=866
+  _globals['_GUARDRAILRESULT']._serialized_start=868
+  _globals['_GUARDRAILRESULT']._serialized_end=986
+  _globals['_EXPERIMENTRESULTS']._serialized_start=989
+  _globals['_EXPERIMENTRESULTS']._serialized_end=1388
+  _globals['_EXPERIMENTRESULTS_SHADOWENTRY']._serialized_start=1343
+  _globals['_EXPERIMENTRESULTS_SHADOWENTRY']._serialized_end=1388
+  _globals['_EXPERIMENTREF']._serialized_start=1390
+  _globals['_EXPERIMENTREF']._serialized_end=1419
+  _globals['_RAMPREQUEST']._serialized_start=1421
+  _globals['_RAMPREQUEST']._serialized_end=1480
+  _globals['_CHANGEREQUEST']._serialized_start=1482
+  _globals['_CHANGEREQUEST']._serialized_end=1542
+  _globals['_ASSIGNREQUEST']._serialized_start=1544
+  _globals['_ASSIGNREQUEST']._serialized_end=1593
+  _globals['_ASSIGNREPLY']._serialized_start=1595
+  _globals['_ASSIGNREPLY']._serialized_end=1700
+  _globals['_ASSIGNREPLY_ARMSENTRY']._serialized_start=1657
+  _globals['_ASSIGNREPLY_ARMSENTRY']._serialized_end=1700
+  _globals['_EXPERIMENTLIST']._serialized_start=1702
+  _globals['_EXPERIMENTLIST']._serialized_end=1767
+  _globals['_EXPERIMENTSERVICE']._serialized_start=2055
+  _globals['_EXPERIMENTSERVICE']._serialized_end=2632
 # @@protoc_insertion_point(module_scope)

@@ -58,7 +58,7 @@ class Guardrail(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., tolerance: _Optional[float] = ...) -> None: ...
 
 class ExperimentSpec(_message.Message):
-    __slots__ = ("name", "salt", "arms", "strategy", "ramp", "guardrails", "interval_s", "max_failed_checks", "shadow_sample", "min_cameras", "min_frames")
+    __slots__ = ("name", "salt", "arms", "strategy", "ramp", "guardrails", "interval_s", "max_failed_checks", "shadow_sample", "min_cameras", "min_frames", "target")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SALT_FIELD_NUMBER: _ClassVar[int]
     ARMS_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class ExperimentSpec(_message.Message):
     SHADOW_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     MIN_CAMERAS_FIELD_NUMBER: _ClassVar[int]
     MIN_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
     name: str
     salt: str
     arms: _containers.RepeatedCompositeFieldContainer[Arm]
@@ -81,7 +82,8 @@ class ExperimentSpec(_message.Message):
     shadow_sample: float
     min_cameras: int
     min_frames: int
-    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[Arm, _Mapping]]] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., ramp: _Optional[_Iterable[_Union[RampStep, _Mapping]]] = ..., guardrails: _Optional[_Iterable[_Union[Guardrail, _Mapping]]] = ..., interval_s: _Optional[float] = ..., max_failed_checks: _Optional[int] = ..., shadow_sample: _Optional[float] = ..., min_cameras: _Optional[int] = ..., min_frames: _Optional[int] = ...) -> None: ...
+    target: str
+    def __init__(self, name: _Optional[str] = ..., salt: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[Arm, _Mapping]]] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., ramp: _Optional[_Iterable[_Union[RampStep, _Mapping]]] = ..., guardrails: _Optional[_Iterable[_Union[Guardrail, _Mapping]]] = ..., interval_s: _Optional[float] = ..., max_failed_checks: _Optional[int] = ..., shadow_sample: _Optional[float] = ..., min_cameras: _Optional[int] = ..., min_frames: _Optional[int] = ..., target: _Optional[str] = ...) -> None: ...
 
 class ExperimentStatus(_message.Message):
     __slots__ = ("spec", "state", "config_version", "effective_ts_us", "arms", "last_change")

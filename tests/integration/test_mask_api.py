@@ -40,8 +40,10 @@ pytestmark = pytest.mark.redis
 
 def start_api(tmp_path: Path, name: str = "api", **env: str) -> tuple[ServiceProcess, int]:
     port = free_port()
+    # The result cache is off here: these tests send the same pictures again and mean the engine to answer each
+    # time (the cache has its own tests, test_mask_api_http.py).
     settings = {"IMASK_MASK_API_PORT": str(port), "IMASK_AUTH": "none", "IMASK_MASK_API_PUBLISH_META": "false",
-                "IMASK_REDIS_URL": "redis://127.0.0.1:6390/0", **env}
+                "IMASK_REDIS_URL": "redis://127.0.0.1:6390/0", "IMASK_MASK_API_CACHE_TTL_S": "0", **env}
     svc = spawn_tracked(name, ["mask-api"], tmp_path / "logs", {**os.environ, **settings})
     svc.wait_ready(60)
     return svc, port
@@ -355,7 +357,8 @@ def _health(port: int) -> int:
 def test_health_through_start_and_drain(stack_up: None, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "IMASK_MASK_API_PORT": str(port), "IMASK_AUTH": "none", "IMASK_MASK_API_PUBLISH_META": "false",
-           "IMASK_MASK_API_DRAIN_DELAY_S": "2", "IMASK_DETECTOR_WIDTH": "1280", "IMASK_DETECTOR_HEIGHT": "736"}
+           "IMASK_MASK_API_DRAIN_DELAY_S": "2", "IMASK_DETECTOR_WIDTH": "1280", "IMASK_DETECTOR_HEIGHT": "736",
+           "IMASK_MASK_API_CACHE_TTL_S": "0"}
     svc = spawn_tracked("api", ["mask-api"], tmp_path / "logs", env)
     seen = []
     deadline = time.monotonic() + 60

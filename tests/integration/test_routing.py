@@ -256,7 +256,7 @@ def test_router_refuses_calls_without_a_valid_key(store: ExperimentStore, kafka_
     assert store.active() is None  # nothing was written by a refused call
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
-    cli = [sys.executable, "-m", "imask.cli.main", "experiment", "--router", target]
+    cli = [sys.executable, "-m", "imask.cli.main", "experiment", "--json", "--router", target]
     created = subprocess.run([*cli, "--api-key", good, "create", "keyed", "--challenger", "fast", "--weight", "0"],
                              capture_output=True, text=True)
     assert created.returncode == 0, created.stderr

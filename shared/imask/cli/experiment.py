@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import time
 from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from imask.cli.tables import cell, emit, fields, table
 from imask.v1 import experiment_service_pb2 as epb
 from imask.v1 import experiment_service_pb2_grpc as epb_grpc
 
@@ -27,6 +28,75 @@ def _pair(text: str, what: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{what}: expected KEY:NUMBER, got {text!r}") from None
 
 
+def _short(enum_name: Any, prefix: str) -> str:
+    return str(enum_name or "").removeprefix(prefix).lower().replace("_", "-") or "-"
+
+
+def _arms(arms: list[dict[str, Any]]) -> str:
+    return " ".join(f"{a.get('name')}={a.get('variant')}:{cell(float(a.get('weight', 0.0)))}" for a in arms) or "-"
+
+
+def _effective(ts_us: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(ts_us) / 1e6)) if ts_us and int(ts_us) else "-"
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """An ExperimentStatus (status, create, ramp, promote, rollback, stop): its fields, then the arms' weights."""
+    spec = status.get("spec", {})
+    head = {"experiment": spec.get("name"), "state": _short(status.get("state"), "EXPERIMENT_STATE_"),
+            "strategy": _short(spec.get("strategy"), "STRATEGY_"), "config version": status.get("config_version", "0"),
+            "effective since": _effective(status.get("effective_ts_us")), "last change": status.get("last_change"),
+            "target": spec.get("target"),
+            "guardrails": [f"{g.get('metric')}:{cell(float(g.get('tolerance', 0.0)))}"
+                           for g in spec.get("guardrails", [])]}
+    arms = [{"arm": a.get("name"), "variant": a.get("variant"), "weight": float(a.get("weight", 0.0))}
+            for a in status.get("arms", [])]
+    return [*fields(head), "", *table(arms, empty="(no arms)")]
+
+
+def list_lines(reply: dict[str, Any]) -> list[str]:
+    return table([{"experiment": e.get("spec", {}).get("name"), "state": _short(e.get("state"), "EXPERIMENT_STATE_"),
+                   "strategy": _short(e.get("spec", {}).get("strategy"), "STRATEGY_"),
+                   "arms": _arms(e.get("arms", [])), "config": int(e.get("config_version", 0)),
+                   "last change": e.get("last_change")} for e in reply.get("experiments", [])],
+                 empty="(no experiments)")
+
+
+def results_lines(reply: dict[str, Any]) -> list[str]:
+    """ExperimentResults: the recommendation and why, then per-arm metrics, guardrails, SRM and shadow figures."""
+    lines = [f"recommendation: {reply.get('recommendation') or '-'}", *(f"  - {r}" for r in reply.get("reasons", []))]
+    arms = [{"arm": a.get("arm"), "cameras": int(a.get("cameras", 0)), "frames": int(a.get("frames", 0)),
+             **{k: float(v) for k, v in sorted(a.get("metrics", {}).items())}} for a in reply.get("arms", [])]
+    guardrails = [{"metric": g.get("metric"), "outcome": g.get("outcome"), "estimate": float(g.get("estimate", 0.0)),
+                   "ci low": float(g.get("ci_low", 0.0)), "ci high": float(g.get("ci_high", 0.0)),
+                   "p": float(g.get("p_value", 0.0))} for g in reply.get("guardrails", [])]
+    srm = (f"sample ratio: cameras p={cell(float(reply.get('srm_cameras_p', 0.0)))}"
+           f"{' MISMATCH' if reply.get('srm_cameras') else ''}, frames p={cell(float(reply.get('srm_frames_p', 0.0)))}"
+           f"{' MISMATCH' if reply.get('srm_frames') else ''}; failed checks in a row: "
+           f"{reply.get('failed_checks', 0)}")
+    lines += ["", *table(arms, empty="(no frames yet)"), "", *table(guardrails, empty="(no guardrails)"), "", srm]
+    if reply.get("shadow"):
+        lines.append(f"shadow: {cell({k: float(v) for k, v in reply['shadow'].items()})}")
+    if reply.get("status"):
+        lines += ["", *status_lines(reply["status"])]
+    return lines
+
+
+def assign_lines(reply: dict[str, Any]) -> list[str]:
+    return table([{"camera": c, "arm": a} for c, a in sorted(reply.get("arms", {}).items())])
+
+
+def reply_lines(command: str, reply: dict[str, Any]) -> list[str]:
+    """What a person reads for each command's reply."""
+    if command == "list":
+        return list_lines(reply)
+    if command == "results":
+        return results_lines(reply)
+    if command == "assign":
+        return assign_lines(reply)
+    return status_lines(reply)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imask experiment",
@@ -40,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--router", default=os.environ.get("IMASK_CLIENT_ROUTER_ADDRESS", "127.0.0.1:50061"))
     parser.add_argument("--api-key", default=os.environ.get("IMASK_CLIENT_API_KEY", ""),
                         help="the router's API key (or IMASK_CLIENT_API_KEY)")
+    parser.add_argument("--json", action="store_true", help="print the reply as JSON (for programs) instead of tables")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("create", help="Start an experiment on the fleet")
     p.add_argument("name")
@@ -126,5 +197,6 @@ def main(argv: list[str]) -> int:
     except grpc.RpcError as exc:
         print(f"imask experiment {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2, sort_keys=True))
+    data = MessageToDict(reply, preserving_proto_field_name=True)
+    emit(data, reply_lines(args.command, data), args.json)
     return 0

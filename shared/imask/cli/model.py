@@ -3,20 +3,54 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from imask.cli.tables import emit, fields, table
 from imask.ops.settings import ConfigError
 
 DEFAULT_URI = "http://127.0.0.1:5590"
 
 
-def _print(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+def _when(ms: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(int(ms) / 1000)) if ms else "-"
+
+
+def version_rows(versions: list[dict[str, Any]]) -> list[str]:
+    """`imask model list`: one line a version."""
+    return table([{"version": int(v["version"]) if str(v["version"]).isdigit() else v["version"],
+                   "aliases": v.get("aliases") or [], "variant": v.get("variant"), "detector": v.get("detector"),
+                   "sha256": (v.get("sha256") or "")[:12], "created": _when(v.get("created_ms")),
+                   "description": v.get("description")} for v in versions], empty="(no versions)")
+
+
+def version_lines(info: dict[str, Any], evaluations: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """`imask model show` (and register, rollback): the version's fields, then its latest evaluation per dataset."""
+    head = {"version": f"{info['name']}/{info['version']}", "aliases": info.get("aliases") or [],
+            "variant": info.get("variant"), "detector": info.get("detector"), "sha256": info.get("sha256"),
+            "created": _when(info.get("created_ms")), "run": info.get("run_id"), "description": info.get("description")}
+    lines = fields(head)
+    if evaluations is not None:
+        rows = [{"dataset": e.get("name"), "digest": digest.removeprefix("sha256:")[:12],
+                 **{k: v for k, v in e.items() if k not in ("name", "run_id")}, "run": e.get("run_id")}
+                for digest, e in evaluations.items()]
+        lines += ["", "evaluations (latest per dataset):", *(f"  {r}" for r in table(rows, empty="(none: run "
+                                                                                     "`imask model eval`)"))]
+    return lines
+
+
+def promote_lines(result: dict[str, Any]) -> list[str]:
+    head = "moved" if result["moved"] else "refused"
+    if result["moved"] and not result["allowed"]:
+        head = "moved (forced past the gate)"
+    lines = [f"promotion {head}", *(f"  - {r}" for r in result["reasons"])]
+    if result.get("compared"):
+        lines.append(f"compared on: {', '.join(result['compared'])}")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "forced with a recorded reason. Workers and mask-api run a version with IMASK_MODEL=NAME@ALIAS.",
         epilog="The server: IMASK_REGISTRY_URI (default http://127.0.0.1:5590, started by `imask stack up`).")
     parser.add_argument("--tracking-uri", default=os.environ.get("IMASK_REGISTRY_URI", DEFAULT_URI))
+    parser.add_argument("--json", action="store_true", help="print JSON (for programs) instead of tables")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("register", help="Register a built-in variant (with --set overrides) as a new version")
@@ -79,23 +114,28 @@ def main(argv: list[str]) -> int:
                 variant = apply_overrides(get_variant(args.variant), args.overrides)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-            _print(registry.register(variant, args.name, args.description).as_dict())
+            info = registry.register(variant, args.name, args.description).as_dict()
+            emit(info, ["registered:", *version_lines(info)], args.json)
         elif args.command == "list":
-            _print([v.as_dict() for v in registry.versions(args.name)])
+            versions = [v.as_dict() for v in registry.versions(args.name)]
+            emit(versions, version_rows(versions), args.json)
         elif args.command == "show":
             ref = ModelRef.parse(args.ref)
-            info = registry.info(ref)
-            _print({**info.as_dict(), "evaluations": registry.evaluations(ref)})
+            info = registry.info(ref).as_dict()
+            evaluations = registry.evaluations(ref)
+            emit({**info, "evaluations": evaluations}, version_lines(info, evaluations), args.json)
         elif args.command == "eval":
             return _eval(registry, ModelRef.parse(args.ref), args)
         elif args.command == "promote":
             decision = registry.promote(ModelRef.parse(args.ref), args.alias, args.force, args.reason,
                                         args.recall_tolerance, args.leak_tolerance)
-            _print({"allowed": decision.allowed, "moved": decision.allowed or args.force,
-                    "reasons": decision.reasons, "compared": decision.compared})
+            result = {"allowed": decision.allowed, "moved": decision.allowed or args.force,
+                      "reasons": decision.reasons, "compared": decision.compared}
+            emit(result, promote_lines(result), args.json)
             return 0 if decision.allowed or args.force else 1
         elif args.command == "rollback":
-            _print(registry.rollback(args.name, args.alias, args.reason).as_dict())
+            info = registry.rollback(args.name, args.alias, args.reason).as_dict()
+            emit(info, [f"{args.alias} rolled back to:", *version_lines(info)], args.json)
     except RegistryError as exc:
         print(f"imask model {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -38,7 +38,7 @@ def reachable(uri: str, timeout: float = 3.0) -> None:
     if not uri.startswith(("http://", "https://")):
         return  # a file or database store: nothing to ask
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):  # nosec B310 - scheme checked
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):  # nosec B310
             return
     except (OSError, urllib.error.URLError) as exc:
         raise RegistryError(f"model registry at {uri} unreachable: {getattr(exc, 'reason', exc)}") from None

@@ -61,7 +61,7 @@ status: venv  ## show the local stack
 # Each camera at 6 fps, at most 1280 px wide: what two CPU workers mask in real time here (end-to-end p99 0.1-0.8 s
 # after start-up); RUN_ARGS= replays the clips at their own rate instead (a backlog: p99 of seconds).
 RUN_ARGS ?= --fps 6 --cap-width 1280
-run: up  ## the main job: sample clips through ingest, workers and recorder; prints a summary
+run: up  ## the main job: sample clips through ingest, workers (the registry champion, registered once if none) and recorder; prints a summary
 	$(IMASK) run $(RUN_ARGS)
 
 lint: venv  ## ruff + mypy + bandit (medium severity and up fails)

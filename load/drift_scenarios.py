@@ -17,6 +17,8 @@ Scenarios (each in one run of the stack: topics, Feast project and Redis prefix 
 - **canary** (`--canary`): 8 cameras, an experiment with challenger `blazeface` at weight 0.5 created with the
   router's Redis store; after `SWITCH_AT` windows the challenger's cameras send the records of BlazeFace on the same
   frames; the drift service's variant_regression flags reach the router (its tick reads them), which rolls back.
+  The router counts only flags of windows ending after the experiment's creation, so the windows after the switch
+  run in real time (a minute), those before it compressed into the past.
 
 Not part of `make test`. Usage: python -m load.drift_scenarios [--windows 125] [--canary] [--out out/drift]
 """
@@ -229,6 +231,8 @@ class StackRun:
         self.stream.wait_ready(180)
 
     def produce(self, cameras: list[Camera], base_ms: int, windows: int) -> int:
+        """Every camera's records merged in event-time order, then one closer per camera. Records stamped in the
+        future wait until the wall clock is within 2 s of them (the stream clamps event times ahead of it)."""
         from confluent_kafka import Producer
 
         from imask.streaming.kafka import producer_config
@@ -237,6 +241,10 @@ class StackRun:
         count = 0
         closers = [(base_ms + windows * WINDOW_MS + 3_000, c.camera_id, c.phases[-1][1].metas[0]) for c in cameras]
         for ts, camera, value in heapq.merge(*(c.records(base_ms, windows) for c in cameras), iter(closers)):
+            ahead_s = (ts - 2_000) / 1000 - time.time()
+            if ahead_s > 0:
+                producer.flush(10)
+                time.sleep(ahead_s)
             if ts > base_ms + windows * WINDOW_MS:  # the closer: one record past the last window and the grace
                 meta = pb.FrameMeta.FromString(value)
                 meta.camera_id, meta.seq, meta.capture_ts_us = camera, 10_000_000, ts * 1000
@@ -413,7 +421,11 @@ def canary_scenario(engine: Any, challenger: Any, video_dir: Path, out_dir: Path
                                   variant_after=challenger.variant.name if arm == "challenger" else ""))
         router.tick(now=1.0)
         run.start()
-        base = (int(time.time() * 1000) // WINDOW_MS - windows - 6) * WINDOW_MS
+        # Event time: the reference and the windows before the switch compressed into the past, the switch at the
+        # first 10 s boundary after the experiment was created and the windows after it in real time (the router
+        # counts only flags raised after the experiment's creation, and event times cannot run ahead of the clock).
+        created_ms = store.spec(spec.name).created_us // 1000
+        base = (created_ms // WINDOW_MS + 1 - SWITCH_AT) * WINDOW_MS
         started = time.monotonic()
         run.produce(cameras, base, windows)
         judged = run.wait_windows(len(cameras) * windows, timeout=600)
@@ -441,7 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--windows", type=int, default=125, help="10 s windows per camera (tamper scenario)")
     parser.add_argument("--canary", action="store_true", help="also the 8-camera canary (challenger blazeface)")
-    parser.add_argument("--canary-windows", type=int, default=45)
+    parser.add_argument("--canary-windows", type=int, default=SWITCH_AT + 6,
+                        help="windows per canary camera (those after the switch take real time)")
+    parser.add_argument("--no-tamper", action="store_true", help="skip the tamper scenario (its section of an "
+                        "earlier report.json is kept)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "drift")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -465,7 +480,11 @@ def main(argv: list[str] | None = None) -> int:
                   "the real imask drift (default settings: 18 reference windows, 3 to open, 3 to resolve)",
         "variant": engine.variant.name, "clips": list(CLIPS)}
     started = time.monotonic()
-    report["tamper"] = tamper_scenario(engine, data / "video", args.out, args.windows)
+    earlier = args.out / "report.json"
+    if args.no_tamper and earlier.exists():
+        report["tamper"] = json.loads(earlier.read_text()).get("tamper")
+    elif not args.no_tamper:
+        report["tamper"] = tamper_scenario(engine, data / "video", args.out, args.windows)
     if args.canary:
         challenger = MaskingEngine.load(get_variant("blazeface"), provider="cpu")
         challenger.warm_up()

@@ -412,12 +412,45 @@ class DriftSettings(BaseServiceSettings, KafkaSettings, RedisSettings):
     regression_tolerance: float = Field(0.3, gt=0, lt=1, description="A fall of faces per frame or detection-score "
                                         "mass beyond this share of the camera's own before is a regression")
 
+class ConsoleSettings(BaseServiceSettings, KafkaSettings, RegistrySettings):
+    service: ClassVar[str] = "console"
+
+    host: str = Field("127.0.0.1", description="Address the web console listens on (loopback by default, like the "
+                      "admin API; another address is reachable from other hosts: put TLS in front of it)")
+    port: int = Field(8470, ge=0, le=65535, description="Port of the web console (0: pick a free one)")
+    token: str = Field("", description="Operator token: signing in (or Authorization: Bearer) needs it or a key of "
+                       "IMASK_CONSOLE_API_KEYS_FILE with the operator role; one of the two is required")
+    api_keys_file: Path | None = Field(None, description="Keys file (imask api-key's format) whose entries with "
+                                       "\"role\": \"operator\" may sign in (re-read when it changes)")
+    session_ttl_s: float = Field(43200.0, gt=0, le=30 * 86400, description="How long a sign-in lasts")
+    secure_cookie: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")
+    ingest_url: str = Field("http://127.0.0.1:9401", description="The ingest's admin API (its admin listener, "
+                            "IMASK_INGEST_ADMIN_HOST/PORT; shown as admin_port in its /readyz)")
+    ingest_token: str = Field("", description="The ingest's IMASK_INGEST_ADMIN_TOKEN, when it has one")
+    router_address: str = Field("127.0.0.1:50061", description="The router's ExperimentService (empty: no "
+                                "experiments page)")
+    router_api_key: str = Field("", description="API key for the router (its keys file)")
+    features_address: str = Field("127.0.0.1:50071", description="The FeatureService (`imask features`) whose "
+                                  "features the camera pages show (empty: none)")
+    features_api_key: str = Field("", description="API key for the FeatureService")
+    alertmanager_url: str = Field("http://127.0.0.1:9493", description="Alertmanager whose alerts the alerts page "
+                                  "shows (API v2; empty: only the alerts topic's recent events)")
+    model_name: str = Field("imask-masker", description="Registered model whose versions the models page shows")
+    group_id: str = Field("imask-console", description="Prefix of the consumer group of frames.masked, frames.meta "
+                          "and alerts (one group per console process, from the topics' ends, never committed)")
+    history_s: float = Field(600.0, ge=10, le=86400, description="How much per-frame history (latency, faces) a "
+                             "camera's page keeps, in memory")
+    refresh_ms: int = Field(1000, ge=100, le=60000, description="How often pages refresh their figures and the "
+                            "preview its picture")
+
+
 # Settings every service that has them shares, with one meaning: IMASK_<FIELD>. Anything else is one service's.
 SHARED_GROUPS: tuple[type[ImaskSettings], ...] = (LoggingSettings, KafkaSettings, EngineSettings, FrameLimits,
                                                   GrpcServerSettings, RegistrySettings, RedisSettings)
 SETTINGS_CLASSES: tuple[type[ImaskSettings], ...] = (WorkerSettings, IngestSettings, RecorderSettings,
                                                      MaskApiSettings, RouterSettings, FeaturesStreamSettings,
-                                                     FeaturesSettings, AlertingSettings, DriftSettings)
+                                                     FeaturesSettings, AlertingSettings, DriftSettings,
+                                                     ConsoleSettings)
 OTHER_KNOWN_PREFIXES = ("IMASK_STACK_", "IMASK_RUN_", "IMASK_TEST_", "IMASK_CLIENT_")
 
 

@@ -32,12 +32,14 @@ venv: $(VENV_STAMP)  ## create .venv with the project and its tools
 GST_PACKAGES := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base \
   gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 
-system-deps:  ## Java 17, Maven, redis-server, GStreamer (RTSP cameras), Prometheus and Alertmanager from Debian when missing (needs root; their systemd units are disabled: the stack runs its own)
+system-deps:  ## Java 17, Maven, redis-server, GStreamer (RTSP cameras), Prometheus, Alertmanager, Chromium and chromium-driver (the console's browser tests) from Debian when missing (needs root; their systemd units are disabled: the stack runs its own)
 	@missing=""; command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	/usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" 2>/dev/null \
 	  || missing="$$missing $(GST_PACKAGES)"; \
 	gst-inspect-1.0 x264enc >/dev/null 2>&1 && gst-inspect-1.0 avdec_h264 >/dev/null 2>&1 \

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings
 from imask.ops.settings import (
     AlertingSettings,
     ConfigError,
+    ConsoleSettings,
     DriftSettings,
     EngineSettings,
     FeaturesSettings,
@@ -100,6 +101,12 @@ def cmd_alerting(args: argparse.Namespace) -> int:
     from services.alerting.service import run
 
     return run(settings_from(AlertingSettings, args))
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from services.console.service import run
+
+    return run(settings_from(ConsoleSettings, args))
 
 
 def cmd_mask_api(args: argparse.Namespace) -> int:
@@ -300,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "client. Workers route frames in process (IMASK_WORKER_EXPERIMENTS), so the router is never on "
                         "the frame path.")
     p.set_defaults(func=cmd_router)
+    p = _service_parser(sub, "console", ConsoleSettings,
+                        ["host", "port", "ops_host", "ops_port", "log_level", "api_keys_file", "ingest_url",
+                         "router_address", "features_address", "alertmanager_url", "registry_uri", "model_name",
+                         "bootstrap_servers"],
+                        "console: the operators' web console (cameras with live masked previews, experiments with "
+                        "promote / rollback, alerts, model versions); needs IMASK_CONSOLE_TOKEN or an operator keys "
+                        "file, listens on loopback unless --host says otherwise")
+    p.set_defaults(func=cmd_console)
     p = sub.add_parser("api-key", help="Create or revoke a mask-api client key (only its hash is stored)",
                        description="Adds CLIENT to the keys file with a new random key, printed once; "
                        "--revoke marks CLIENT's key revoked.")

@@ -39,7 +39,7 @@ async def serve(settings: ConsoleSettings, runtime: ServiceRuntime) -> int:
     live = LiveState(settings.history_s)
     tap = FrameTap(settings, live, settings.group_id).start()
     sources = sources_of(settings)
-    app = create_app(OperatorKeys(settings.token, settings.api_keys_file), Sessions(settings.session_ttl_s), live,
+    app = create_app(OperatorKeys(settings.token, settings.operator_keys_file), Sessions(settings.session_ttl_s), live,
                      sources, settings.refresh_ms, settings.secure_cookie)
     server = HttpServer(app, settings.host, settings.port, grace_s=2.0)
     port = await server.start()
@@ -60,5 +60,5 @@ async def serve(settings: ConsoleSettings, runtime: ServiceRuntime) -> int:
 
 
 def run(settings: ConsoleSettings) -> int:
-    check_auth_settings(settings.token, settings.api_keys_file)  # never open, and said before anything starts
+    check_auth_settings(settings.token, settings.operator_keys_file)  # never open, and said before anything starts
     return run_service("console", settings, lambda runtime: asyncio.run(serve(settings, runtime)))

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the frame path.")
     p.set_defaults(func=cmd_router)
     p = _service_parser(sub, "console", ConsoleSettings,
-                        ["host", "port", "ops_host", "ops_port", "log_level", "api_keys_file", "ingest_url",
+                        ["host", "port", "ops_host", "ops_port", "log_level", "operator_keys_file", "ingest_url",
                          "router_address", "features_address", "alertmanager_url", "registry_uri", "model_name",
                          "bootstrap_servers"],
                         "console: the operators' web console (cameras with live masked previews, experiments with "

@@ -125,9 +125,9 @@ def check_auth_settings(token: str, keys_file: Path | None) -> None:
 
     if not token and keys_file is None:
         raise ConfigError("the console needs an operator token: set IMASK_CONSOLE_TOKEN (e.g. from `python3 -c "
-                          "'import secrets; print(secrets.token_urlsafe(32))'`) or IMASK_CONSOLE_API_KEYS_FILE with "
-                          "entries of \"role\": \"operator\"")
+                          "'import secrets; print(secrets.token_urlsafe(32))'`) or IMASK_CONSOLE_OPERATOR_KEYS_FILE "
+                          "with entries of \"role\": \"operator\"")
     if token and len(token) < 16:
         raise ConfigError("IMASK_CONSOLE_TOKEN must be at least 16 characters")
     if keys_file is not None and not keys_file.is_file():
-        raise ConfigError(f"IMASK_CONSOLE_API_KEYS_FILE={keys_file}: no such file")
+        raise ConfigError(f"IMASK_CONSOLE_OPERATOR_KEYS_FILE={keys_file}: no such file")

@@ -419,8 +419,9 @@ class ConsoleSettings(BaseServiceSettings, KafkaSettings, RegistrySettings):
                       "admin API; another address is reachable from other hosts: put TLS in front of it)")
     port: int = Field(8470, ge=0, le=65535, description="Port of the web console (0: pick a free one)")
     token: str = Field("", description="Operator token: signing in (or Authorization: Bearer) needs it or a key of "
-                       "IMASK_CONSOLE_API_KEYS_FILE with the operator role; one of the two is required")
-    api_keys_file: Path | None = Field(None, description="Keys file (imask api-key's format) whose entries with "
+                       "IMASK_CONSOLE_OPERATOR_KEYS_FILE with the operator role; one of the two is required")
+    operator_keys_file: Path | None = Field(None, description="Keys file (imask api-key's format) whose entries "
+                                            "with "
                                        "\"role\": \"operator\" may sign in (re-read when it changes)")
     session_ttl_s: float = Field(43200.0, gt=0, le=30 * 86400, description="How long a sign-in lasts")
     secure_cookie: bool = Field(False, description="Mark the session cookie Secure (set when served over HTTPS)")

@@ -139,7 +139,8 @@ def test_one_name_per_idea_in_settings() -> None:
     assert {env_name(cls, "instance_id") for cls in SETTINGS_CLASSES} == {
         "IMASK_WORKER_INSTANCE_ID", "IMASK_INGEST_INSTANCE_ID", "IMASK_RECORDER_INSTANCE_ID",
         "IMASK_MASK_API_INSTANCE_ID", "IMASK_ROUTER_INSTANCE_ID", "IMASK_FEATURES_STREAM_INSTANCE_ID",
-        "IMASK_ALERTING_INSTANCE_ID", "IMASK_DRIFT_INSTANCE_ID", "IMASK_FEATURES_INSTANCE_ID"}
+        "IMASK_ALERTING_INSTANCE_ID", "IMASK_DRIFT_INSTANCE_ID", "IMASK_FEATURES_INSTANCE_ID",
+        "IMASK_CONSOLE_INSTANCE_ID"}
     for field in ("registry_uri", "redis_url"):
         owners = [cls for cls in SETTINGS_CLASSES if field in cls.model_fields]
         assert {env_name(cls, field) for cls in owners} == {f"IMASK_{field.upper()}"}

@@ -55,6 +55,11 @@
       if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     });
     ctx.stroke();
+    ctx.fillStyle = "#2271b1";
+    points.forEach((p) => {
+      const x = 30 + (canvas.width - 40) * (p.t - t0) / (t1 - t0);
+      ctx.fillRect(x - 2, canvas.height - 10 - (canvas.height - 24) * p[key] / max, 4, 4);
+    });
   }
 
   const camera = document.querySelector(".camera[data-live]");

@@ -11,7 +11,8 @@ worker emits (`build_meta`), only not re-computed for each loop.
 Scenarios (each in one run of the stack: topics, Feast project and Redis prefix of its own, all removed after):
 - **tamper**: 4 clean cameras (one per clip) and 4 more cameras on the same clips (phase-shifted), each of which gets
   one tamper for `TAMPER_WINDOWS` windows from window `TAMPER_AT` (image transforms on the frames before the
-  engine: luminance halved, lens covered black, blurred, shifted), then clean again. Reported: false alarms per
+  engine: luminance halved, lens covered black, blurred, shifted), then clean again; a ninth camera is turned to
+  another scene for those windows (it sends another clip's records). Reported: false alarms per
   camera (episodes opened on a clean camera, or on a tampered one outside its tamper and recovery), windows from
   the tamper's start to the first alert of its camera and its kind, windows from its end to the resolve events.
 - **canary** (`--canary`): 8 cameras, an experiment with challenger `blazeface` at weight 0.5 created with the
@@ -83,7 +84,7 @@ def _shift(img: Image) -> Image:
 TRANSFORMS: dict[str, Callable[[Image], Image] | None] = {"clean": None, "halved_luminance": _halve,
                                                            "covered": _cover, "blurred": _blur, "shifted": _shift}
 EXPECTED = {"halved_luminance": "drift", "covered": "tamper_covered", "blurred": "tamper_defocused",
-            "shifted": "tamper_moved"}
+            "shifted": "tamper_moved", "other_scene": "tamper_moved"}
 
 
 # --------------------------------------------------------------------------------------- engine records, cached
@@ -345,6 +346,12 @@ def tamper_scenario(engine: Any, video_dir: Path, out_dir: Path, windows: int) -
         start, end = TAMPER_AT, TAMPER_AT + TAMPER_WINDOWS
         cameras.append(Camera(f"tamper-{tamper}", clip, [(0, clean[clip]), (start, tampered), (end, clean[clip])],
                               offset=len(clean[clip].metas) // 2, tamper=tamper, tamper_windows=(start, end)))
+    # A camera turned to another scene altogether: the Hamilton camera shows the Megamind clip's frames.
+    start, end = TAMPER_AT, TAMPER_AT + TAMPER_WINDOWS
+    turned, other = CLIPS[2], CLIPS[0]
+    cameras.append(Camera("tamper-other_scene", turned, [(0, clean[turned]), (start, clean[other]),
+                                                         (end, clean[turned])],
+                          offset=len(clean[turned].metas) // 3, tamper="other_scene", tamper_windows=(start, end)))
     run = StackRun(out_dir, "tamper")
     try:
         run.start()

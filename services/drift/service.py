@@ -6,8 +6,9 @@ Wiring only: the logic is imask.drift.monitor. Each poll (IMASK_DRIFT_POLL_S) it
 offline files of the 10 s view (each is one window close, holding the row of every camera whose window closed) and
 feeds every window it has not seen, oldest first: however many windows closed since the last poll, each is judged
 (the online store holds only a camera's newest; the `drift` feature service reads the overlapping 60 s windows and
-lacks variant, arm and latency). References and
-flags live in Redis (imask.drift.store); a reference changed by `imask drift reference` is reloaded at the next poll.
+lacks variant, arm and latency); rows read but not yet judged when a poll fails (Redis away) wait for the next.
+References and flags live in Redis (imask.drift.store); a reference changed by `imask drift reference` is reloaded
+at the next poll.
 On SIGTERM it finishes the poll, flushes its events and stops.
 """
 
@@ -97,6 +98,7 @@ class DriftService:
         self.monitor = DriftMonitor(monitor_config(settings))
         self.files = NewRows(parquet_path(settings.feast_dir, VIEW_10S))
         self.known: set[str] = set()
+        self.pending: list[dict[str, Any]] = []  # rows read, not yet judged
         self.refs_version = -1
         self.windows = 0
 
@@ -118,19 +120,19 @@ class DriftService:
     def poll(self) -> int:
         self.reload_references()
         fed = 0
-        for row in self.files.rows():
+        self.pending += self.files.rows()
+        while self.pending:
+            row = self.pending[0]
             camera = str(row[JOIN_KEY])
             self.known.add(camera)
             window = Window.from_features(camera, row)
-            if window is None:
-                continue
-            state = self.monitor.cameras.get(window.camera_id)
-            if state is not None and window.end_ms <= state.last_end_ms:
-                continue
-            self.apply(self.monitor.observe(window))
-            m.DRIFT_WINDOWS.labels(window.camera_id).inc()
-            fed += 1
-        self.windows += fed
+            state = self.monitor.cameras.get(camera)
+            if window is not None and (state is None or window.end_ms > state.last_end_ms):
+                self.apply(self.monitor.observe(window))
+                m.DRIFT_WINDOWS.labels(window.camera_id).inc()
+                fed += 1
+                self.windows += 1
+            self.pending.pop(0)
         undelivered = self.producer.flush(10)
         if undelivered or self.producer.failed:
             # Kafka away: the episodes stay open in the monitor, but these events are lost (not retried).

@@ -313,7 +313,7 @@ class StackRun:
         stop_all(self.services, timeout=20)
         try:
             topics = [t for t in AdminClient({"bootstrap.servers": self.kafka.bootstrap_servers}).list_topics(
-                timeout=10).topics if t.startswith(self.suffix)]
+                timeout=10).topics if self.suffix in t]  # the stream's changelog topics carry it too
             if topics:
                 delete_topics(self.kafka, topics)
             repo.teardown(self.feast)

@@ -49,6 +49,10 @@ class Thresholds:
     blinded_bright: float = 0.5  # share of near-white pixels
     blinded_ref_max: float = 0.2  # ... where the reference had at most this
     moved_sigmas: float = 4.0  # the picture unlike every reference window by this many of its own spreads
+    # ... or its thumbnail far from the camera's baseline (PictureStats.scene_offset, grey levels): beyond this and
+    # beyond moved_offset_ratio times the most any reference window showed (people walking through a view).
+    moved_offset: float = 10.0
+    moved_offset_ratio: float = 2.0
     regression_tolerance: float = 0.3  # faces per frame or score mass fall by more than this share
     regression_min_faces: float = 0.2  # before the switch: at least this many faces per frame to judge
 
@@ -197,7 +201,8 @@ def tamper_checks(model: ReferenceModel, w: Window, th: Thresholds) -> list[Chec
     """covered: dark and flat (luminance and contrast collapse); blinded: mostly near-white where the reference was
     not; defocused: contrast-normalised sharpness far below the reference's lowest, picture neither covered nor
     blinded; moved: the picture unlike every reference window (nearest one beyond the reference's own spread and
-    `moved_sigmas`), neither covered, blinded nor defocused."""
+    `moved_sigmas`) or its thumbnail far off the camera's baseline (`moved_offset`), neither covered nor blinded
+    (a far baseline rules defocused out)."""
     if not model.picture or not w.has_picture:
         return []
     ref_luma = float(np.median([x.luma_mean for x in model.picture]))
@@ -208,11 +213,15 @@ def tamper_checks(model: ReferenceModel, w: Window, th: Thresholds) -> list[Chec
                and (w.luma_std < th.covered_flat * ref_std or w.dark_fraction > th.covered_dark))
     blinded = w.bright_fraction >= th.blinded_bright and ref_bright <= th.blinded_ref_max
     sharp_ratio = w.sharpness_norm / ref_sharp if ref_sharp > 0 else 1.0
-    defocused = not covered and not blinded and sharp_ratio < th.defocus_ratio
+    # A blur barely changes a 32x18 thumbnail; another view changes it a lot: a far baseline means moved, not blurred.
+    ref_offset = float(np.max([x.scene_offset for x in model.picture]))
+    offset_limit = max(th.moved_offset, th.moved_offset_ratio * ref_offset)
+    off_baseline = w.scene_offset > offset_limit
+    defocused = not covered and not blinded and not off_baseline and sharp_ratio < th.defocus_ratio
     points, scale = model.picture_space
     nearest = float(np.min(np.linalg.norm((points - np.asarray(_picture_point(w))) / scale, axis=1)))
     limit = max(th.moved_sigmas, model.moved_threshold)
-    moved = not (covered or blinded or defocused) and nearest > limit
+    moved = not (covered or blinded or defocused) and (nearest > limit or off_baseline)
     return [
         Check(COVERED, "picture", "tamper_rule", w.luma_mean, covered,
               f"luminance {w.luma_mean:.0f} (reference {ref_luma:.0f}), contrast {w.luma_std:.0f} (reference "
@@ -222,7 +231,8 @@ def tamper_checks(model: ReferenceModel, w: Window, th: Thresholds) -> list[Chec
         Check(DEFOCUSED, "picture", "tamper_rule", sharp_ratio, defocused,
               f"sharpness x{sharp_ratio:.2f} of the reference's lowest (contrast-normalised)"),
         Check(MOVED, "picture", "tamper_rule", nearest, moved,
-              f"picture {nearest:.1f} spreads from the nearest reference window (limit {limit:.1f})"),
+              f"picture {nearest:.1f} spreads from the nearest reference window (limit {limit:.1f}), thumbnail "
+              f"{w.scene_offset:.1f} grey levels off the camera's baseline (limit {offset_limit:.1f})"),
     ]
 
 

@@ -55,7 +55,8 @@ def window(camera_id: str, scene: Scene, rng: np.random.Generator, variant: str 
                   tuple(int(v) for v in score_hist), tuple(int(v) for v in size_hist), frames, luma, contrast,
                   sharpness, max(0.0, rng.normal(0.03, 0.005)), max(0.0, rng.normal(0.02, 0.004)),
                   abs(rng.normal(1.5, 0.3)), abs(rng.normal(6.0, 1.5)), max(0.0, rng.normal(0.002, 0.002)),
-                  max(0.0, rng.normal(0.05, 0.01)), rng.normal(scene.latency_ms, 8.0))
+                  max(0.0, rng.normal(0.05, 0.01)), rng.normal(scene.latency_ms, 8.0),
+                  scene_offset=2.0)  # a steady view: a couple of grey levels off its baseline (people walking)
 
 
 def halve_luminance(w: Window, rng: np.random.Generator) -> Window:
@@ -92,7 +93,7 @@ def shift(w: Window, rng: np.random.Generator) -> Window:
     contrast = w.luma_std * 0.6
     return dataclasses.replace(w, luma_mean=w.luma_mean * 1.35, luma_std=contrast,
                                sharpness=contrast ** 2 * w.sharpness_norm * 2.2, dark_fraction=w.dark_fraction + 0.1,
-                               scene_change_max=max(w.scene_change_max, 40.0))
+                               scene_change_max=max(w.scene_change_max, 40.0), scene_offset=max(w.scene_offset, 30.0))
 
 
 def blind(w: Window, rng: np.random.Generator) -> Window:
@@ -162,7 +163,8 @@ def meta_records(camera_id: str, scene: Scene, start_ms: int, seconds: float, se
                   "sharpness": contrast ** 2 * scene.sharp_ratio * float(np.exp(rng.normal(0, 0.1))),
                   "dark_fraction": max(0.0, float(rng.normal(0.03, 0.005))),
                   "bright_fraction": max(0.0, float(rng.normal(0.02, 0.004))),
-                  "scene_change": abs(float(rng.normal(1.5, 0.3)))}
+                  "scene_change": abs(float(rng.normal(1.5, 0.3))),
+                  "scene_offset": abs(float(rng.normal(2.0, 0.4)))}
         if picture is not None:
             values = picture(values)
         meta.picture.CopyFrom(pb.PictureStats(**values))

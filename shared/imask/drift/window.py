@@ -22,7 +22,7 @@ FACE_SIZE_LOG2: tuple[float, ...] = tuple(
     math.log2(math.sqrt(max(a, 4.0) * (b if math.isfinite(b) else a * 2))) for a, b in
     itertools.pairwise(FACE_SIZE_EDGES))
 SCALARS = ("faces_mean", "luma_mean", "luma_std", "sharpness", "dark_fraction", "bright_fraction", "scene_change",
-           "scene_change_max", "fail_closed_rate", "held_track_rate", "latency_p95_ms")
+           "scene_change_max", "fail_closed_rate", "held_track_rate", "latency_p95_ms", "scene_offset")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class Window:
     fail_closed_rate: float = 0.0
     held_track_rate: float = 0.0
     latency_p95_ms: float = 0.0
+    scene_offset: float = 0.0
 
     @classmethod
     def from_features(cls, camera_id: str, row: Mapping[str, Any]) -> Window | None:
@@ -64,7 +65,7 @@ class Window:
                    tuple(int(v) for v in row.get("face_size_hist") or [0] * len(FACE_SIZE_LOG2)),
                    int(row.get("picture_frames") or 0), f("luma_mean"), f("luma_std"), f("sharpness"),
                    f("dark_fraction"), f("bright_fraction"), f("scene_change"), f("scene_change_max"),
-                   f("fail_closed_rate"), f("held_track_rate"), f("end_to_end_ms_p95"))
+                   f("fail_closed_rate"), f("held_track_rate"), f("end_to_end_ms_p95"), f("scene_offset"))
 
     @property
     def detections(self) -> int:

@@ -22,7 +22,14 @@ from imask.engine.detectors.geometry import concat, merge
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
 from imask.engine.orientation import choose, turn, turn_back, upright_is_sure
 from imask.engine.picture_range import detector_input
-from imask.engine.picture_stats import PictureStats, grey_sample, picture_stats, thumbnail, thumbnail_change
+from imask.engine.picture_stats import (
+    PictureStats,
+    baseline_offset,
+    grey_sample,
+    picture_stats,
+    thumbnail,
+    thumbnail_change,
+)
 from imask.engine.second_look import RESCAN_SCORE, SecondLook, candidates, mask_boxes, rescan_geometry, second_look
 from imask.engine.tracker import FaceTracker, Tracks
 from imask.engine.variants import Variant
@@ -94,6 +101,9 @@ class MaskingEngine:
         self.execution_provider = execution_provider
         self.detector_timeout_s = detector_timeout_s
         self._trackers: OrderedDict[str, tuple[int, FaceTracker]] = OrderedDict()
+        # Per camera: the slow baseline thumbnail picture statistics measure a moved camera against. Apart from the
+        # trackers, which restart with a camera's stream or after a fail-closed frame; the view does not.
+        self._baselines: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         # Inference runs on its own thread so a hung or slow model can be abandoned after the timeout.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector")
         self._inflight: Future[list[Detections]] | None = None
@@ -142,8 +152,9 @@ class MaskingEngine:
         return True
 
     def forget(self, camera_id: str) -> None:
-        """Drop a camera's or stream's tracks (the stream ended)."""
+        """Drop a camera's or stream's tracks and baseline (the stream ended)."""
         self._trackers.pop(camera_id, None)
+        self._baselines.pop(camera_id, None)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -168,7 +179,7 @@ class MaskingEngine:
             detect = self._plan_detections(trackers, [thumbnail(greys[i]) for i in range(len(frames))])
         else:
             detect = list(range(len(frames)))
-        pictures = {i: self._picture(trackers[i], greys.get(i, frames[i].image)) for i in detect}
+        pictures = {i: self._picture(frames[i].camera_id, trackers[i], greys.get(i, frames[i].image)) for i in detect}
         detections: dict[int, Detections] = {}
         in_context: set[int] = set()
         looks: dict[int, SecondLook] = {}
@@ -234,12 +245,16 @@ class MaskingEngine:
             results.append(result)
         return results
 
-    @staticmethod
-    def _picture(tracker: FaceTracker, image: Image) -> PictureStats:
-        """A detected frame's picture statistics; its thumbnail becomes the camera's reference for the next."""
+    def _picture(self, camera_id: str, tracker: FaceTracker, image: Image) -> PictureStats:
+        """A detected frame's picture statistics; its thumbnail becomes the camera's reference for the next and
+        moves its baseline."""
         grey = image if image.ndim == 2 else grey_sample(image)
         thumb = thumbnail(grey)
-        stats = picture_stats(grey, thumbnail_change(thumb, tracker.reference))
+        offset, baseline = baseline_offset(thumb, self._baselines.pop(camera_id, None))
+        self._baselines[camera_id] = baseline
+        while len(self._baselines) > MAX_TRACKED_CAMERAS:
+            self._baselines.popitem(last=False)
+        stats = picture_stats(grey, thumbnail_change(thumb, tracker.reference), offset)
         tracker.reference = thumb
         return stats
 

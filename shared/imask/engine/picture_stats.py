@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from imask.types import Image
 
@@ -16,6 +17,10 @@ from imask.types import Image
 DARK_LEVEL = 16
 BRIGHT_LEVEL = 239
 SAMPLE_WIDTH, SAMPLE_HEIGHT = 320, 180
+# A detected frame's weight in its camera's baseline thumbnail: a time constant of 3,000 detected frames (2 minutes
+# at 25 fps, 8 at 6), slow enough that a moved camera's offset outlasts the drift monitor's persistence (3 windows
+# of 10 s) and fast enough to follow daylight.
+BASELINE_RATE = 1 / 3000
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,7 @@ class PictureStats:
     dark_fraction: float
     bright_fraction: float
     scene_change: float  # mean absolute difference of 32x18 thumbnails against the previous one (0: none)
+    scene_offset: float = 0.0  # the same against the camera's baseline, each less its mean (see baseline_offset)
 
 
 def grey_sample(image: Image) -> Image:
@@ -50,7 +56,20 @@ def thumbnail_change(thumb: Image, previous: Image | None) -> float:
     return float(cv2.absdiff(thumb, previous).mean())
 
 
-def picture_stats(grey: Image, scene_change: float = 0.0) -> PictureStats:
+def baseline_offset(thumb: Image, baseline: npt.NDArray[np.float32] | None) -> tuple[float, npt.NDArray[np.float32]]:
+    """How far a thumbnail is from its camera's baseline (mean absolute difference, each less its own mean, so a
+    light switched on moves it little and a camera turned to another view a lot), and the baseline moved towards it
+    by BASELINE_RATE. A camera's first thumbnail starts its baseline (offset 0)."""
+    current = thumb.astype(np.float32)
+    current -= current.mean()
+    if baseline is None or baseline.shape != current.shape:
+        return 0.0, current
+    offset = float(np.abs(current - baseline).mean())
+    baseline += BASELINE_RATE * (current - baseline)
+    return offset, baseline
+
+
+def picture_stats(grey: Image, scene_change: float = 0.0, scene_offset: float = 0.0) -> PictureStats:
     """The statistics of one grey sample (see grey_sample)."""
     mean, std = cv2.meanStdDev(grey)
     # The Laplacian's spread is sharpness's usual measure: blur and a cover both flatten it.
@@ -60,4 +79,4 @@ def picture_stats(grey: Image, scene_change: float = 0.0) -> PictureStats:
         luma_mean=float(mean[0, 0]), luma_std=float(std[0, 0]), sharpness=float(lap_std[0, 0]) ** 2,
         dark_fraction=np.count_nonzero(grey <= DARK_LEVEL) / pixels,
         bright_fraction=np.count_nonzero(grey >= BRIGHT_LEVEL) / pixels,
-        scene_change=scene_change)
+        scene_change=scene_change, scene_offset=scene_offset)

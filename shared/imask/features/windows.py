@@ -37,8 +37,9 @@ PERCENTILES: tuple[int, ...] = (50, 95, 99)
 # Drop reasons as the feature names spell them (DROP_REASON_INGEST_STALE -> ingest_stale), in enum order.
 DROP_REASONS: tuple[str, ...] = tuple(value.name.removeprefix("DROP_REASON_").lower()
                                       for value in pb.DropReason.DESCRIPTOR.values)
+# scene_change last: the window also keeps its max (the accumulator's last slot).
 PICTURE_FIELDS: tuple[str, ...] = ("luma_mean", "luma_std", "sharpness", "dark_fraction", "bright_fraction",
-                                   "scene_change")
+                                   "scene_offset", "scene_change")
 
 META, DROP = 0, 1
 
@@ -122,7 +123,8 @@ def observe_meta(meta: pb.FrameMeta, event_ms: int) -> Observation:
     picture = None
     if meta.HasField("picture"):
         p = meta.picture
-        picture = (p.luma_mean, p.luma_std, p.sharpness, p.dark_fraction, p.bright_fraction, p.scene_change)
+        picture = (p.luma_mean, p.luma_std, p.sharpness, p.dark_fraction, p.bright_fraction, p.scene_offset,
+                   p.scene_change)
     return (META, event_ms, meta.variant, meta.arm, meta.faces_masked, meta.fail_closed, held, scores, sizes,
             latencies, picture)
 

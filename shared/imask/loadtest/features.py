@@ -41,6 +41,7 @@ def meta_record(camera_id: str, seq: int, capture_ms: int, variant: str = "defau
         p = meta.picture
         p.luma_mean, p.luma_std, p.sharpness = 100 + seq % 50, 30 + seq % 10, 500 + seq % 200
         p.dark_fraction, p.bright_fraction, p.scene_change = (seq % 10) / 100, (seq % 7) / 100, float(seq % 13)
+        p.scene_offset = (seq % 17) / 2
     return Record("meta", camera_id, capture_ms, meta.SerializeToString())
 
 

@@ -196,20 +196,22 @@ class FrameMeta(_message.Message):
     def __init__(self, camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., capture_ts_us: _Optional[int] = ..., ingest_ts_us: _Optional[int] = ..., masked_ts_us: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., variant: _Optional[str] = ..., model_version: _Optional[str] = ..., worker_id: _Optional[str] = ..., execution_provider: _Optional[str] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., fail_closed: _Optional[bool] = ..., fail_closed_reason: _Optional[str] = ..., faces_masked: _Optional[int] = ..., brightness: _Optional[float] = ..., trace_id: _Optional[str] = ..., end_of_stream: _Optional[bool] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., shadow: _Optional[_Union[ShadowResult, _Mapping]] = ..., orientation: _Optional[int] = ..., picture: _Optional[_Union[PictureStats, _Mapping]] = ...) -> None: ...
 
 class PictureStats(_message.Message):
-    __slots__ = ("luma_mean", "luma_std", "sharpness", "dark_fraction", "bright_fraction", "scene_change")
+    __slots__ = ("luma_mean", "luma_std", "sharpness", "dark_fraction", "bright_fraction", "scene_change", "scene_offset")
     LUMA_MEAN_FIELD_NUMBER: _ClassVar[int]
     LUMA_STD_FIELD_NUMBER: _ClassVar[int]
     SHARPNESS_FIELD_NUMBER: _ClassVar[int]
     DARK_FRACTION_FIELD_NUMBER: _ClassVar[int]
     BRIGHT_FRACTION_FIELD_NUMBER: _ClassVar[int]
     SCENE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    SCENE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     luma_mean: float
     luma_std: float
     sharpness: float
     dark_fraction: float
     bright_fraction: float
     scene_change: float
-    def __init__(self, luma_mean: _Optional[float] = ..., luma_std: _Optional[float] = ..., sharpness: _Optional[float] = ..., dark_fraction: _Optional[float] = ..., bright_fraction: _Optional[float] = ..., scene_change: _Optional[float] = ...) -> None: ...
+    scene_offset: float
+    def __init__(self, luma_mean: _Optional[float] = ..., luma_std: _Optional[float] = ..., sharpness: _Optional[float] = ..., dark_fraction: _Optional[float] = ..., bright_fraction: _Optional[float] = ..., scene_change: _Optional[float] = ..., scene_offset: _Optional[float] = ...) -> None: ...
 
 class ShadowResult(_message.Message):
     __slots__ = ("arm", "model_version", "faces", "matched", "only_served", "only_shadow", "inference_ms")

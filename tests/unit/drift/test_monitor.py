@@ -195,3 +195,18 @@ def test_config_refuses_zero_windows() -> None:
     with pytest.raises(ValueError):
         MonitorConfig(breach_windows=0)
     assert Thresholds().covered_luma > 0
+
+
+@pytest.mark.parametrize("softer", [False, True])
+def test_a_camera_turned_to_a_like_view_is_moved_by_its_baseline_offset(softer: bool) -> None:
+    """Another view as bright and sharp as the first (or softer, which read as defocused before) keeps every
+    picture statistic but the thumbnail's distance from the camera's baseline: that alone raises tamper_moved."""
+
+    def turned(w: Window, rng: np.random.Generator) -> Window:
+        w = syn.blur(w, rng) if softer else w
+        return dataclasses.replace(w, scene_offset=float(rng.normal(25.0, 2.0)))
+
+    opened = [(i, t.kind) for i, t in run(turned, seed=4) if t.action == "open"]
+    tampers = {kind for _, kind in opened if kind.startswith("tamper_")}
+    assert tampers == {"tamper_moved"}, opened
+    assert min(i for i, kind in opened if kind == "tamper_moved") - CHANGE_AT + 1 <= CONFIG.breach_windows + 2

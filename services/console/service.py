@@ -30,7 +30,8 @@ def sources_of(settings: ConsoleSettings) -> ConsoleSources:
         else None,
         features=Features(settings.features_address, settings.features_api_key) if settings.features_address
         else None,
-        alertmanager=Alertmanager(settings.alertmanager_url) if settings.alertmanager_url else None,
+        alertmanager=Alertmanager(settings.alertmanager_url, settings.alert_inbox_dir) if settings.alertmanager_url
+        else None,
         models=Models(settings.registry_uri, settings.model_name) if settings.registry_uri else None)
 
 

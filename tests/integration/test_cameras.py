@@ -25,13 +25,13 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from conftest import subprocess_env
-from imask.cli.cameras import request
 from imask.devstack import stack
 from imask.devstack.procs import ServiceProcess, free_port
 from imask.devstack.rtsp_server import RtspServer, available
 from imask.evaluation.leakcheck import check_leak
 from imask.frames.clock import now_us
 from imask.media import decode_any, encode_jpeg
+from imask.ops.http_json import call as request
 from imask.ops.settings import KafkaSettings
 from imask.streaming.kafka import TopicReader, end_offsets
 from imask.v1 import alerts_pb2, ingest_service_pb2_grpc

@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 
 from conftest import subprocess_env
-from imask.cli.cameras import request
 from imask.devstack.procs import free_port
 from imask.devstack.settings import REPO_ROOT
 from imask.engine import default_variant
 from imask.loadtest.samples import astronaut
 from imask.media import decode_any
+from imask.ops.http_json import call as request
 from imask.ops.settings import KafkaSettings
 from imask.registry.store import Registry
 from imask.streaming.kafka import TopicReader

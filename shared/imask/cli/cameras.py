@@ -15,35 +15,11 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
+from imask.ops.http_json import call
+
 DEFAULT_URL = "http://127.0.0.1:9401"
-
-
-def request(base: str, method: str, path: str, body: dict[str, Any] | None = None, token: str = "",
-            timeout: float = 10.0) -> tuple[int, Any]:
-    if not base.startswith(("http://", "https://")):
-        raise ValueError(f"--url must be an http(s):// URL, got {base!r}")
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        # The scheme was checked above (bandit's B310 asks for exactly that).
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # nosec B310
-            return int(resp.status), _answer(resp.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), _answer(exc.read())
-
-
-def _answer(raw: bytes) -> Any:
-    try:
-        return json.loads(raw or b"null")
-    except ValueError:  # not the admin API (an ops port, a proxy's error page)
-        return {"error": raw.decode(errors="replace").strip()}
 
 
 def _value(text: str) -> Any:
@@ -87,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         method, path = "DELETE", f"/cameras/{args.camera_id}"
     hint = "the admin API is on the ingest's IMASK_INGEST_ADMIN_PORT, not its ops port"
     try:
-        code, answer = request(args.url, method, path, body, args.token)  # reads need the token too
+        code, answer = call(args.url, method, path, body, args.token)  # reads need the token too
     except ValueError as exc:
         parser.error(str(exc))
     except OSError as exc:  # URLError included: refused, unreachable, timed out

@@ -31,6 +31,7 @@ from imask.frames.ids import check_camera_id
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
+CONFIRMED_WINDOW_S = 86400.0  # the alerts page shows the inbox's confirmed deliveries of the last day
 CHANGES = Counter("imask_console_changes_total", "Changes made through the console", ["action", "outcome"])
 REFUSED = Counter("imask_console_refused_total", "Console requests refused", ["reason"])
 SECURITY_HEADERS = {
@@ -304,14 +305,19 @@ def create_app(keys: OperatorKeys, sessions: Sessions, live: LiveState, sources:
         if isinstance(who, Response):
             return who
         alerts: list[dict[str, Any]] = []
+        deliveries: dict[str, dict[str, float]] = {}
+        confirmed: dict[tuple[str, str], dict[str, list[str]]] = {}
         error = ""
         if sources.alertmanager is not None:
             try:
                 alerts = await run_in_threadpool(sources.alertmanager.alerts)
+                deliveries = await run_in_threadpool(sources.alertmanager.deliveries)
+                confirmed = await run_in_threadpool(sources.alertmanager.confirmed, time.time() - CONFIRMED_WINDOW_S)
             except Unavailable as exc:
                 error = str(exc)
-        rows = pages.alert_rows(alerts, live.alerts())
+        rows = pages.alert_rows(alerts, live.alerts(), confirmed)
         return render("alerts.html", who, open=rows["open"], recent=rows["recent"], source_error=error,
+                      deliveries=deliveries, inbox=bool(sources.alertmanager and sources.alertmanager.inbox_dir),
                       alertmanager=sources.alertmanager.url if sources.alertmanager else "")
 
     @app.get("/models", response_class=HTMLResponse)

@@ -118,11 +118,20 @@ def experiment_summary(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def alert_rows(alertmanager: Iterable[dict[str, Any]], recent: Iterable[dict[str, Any]]
+def alert_rows(alertmanager: Iterable[dict[str, Any]], recent: Iterable[dict[str, Any]],
+               confirmed: dict[tuple[str, str], dict[str, list[str]]] | None = None
                ) -> dict[str, list[dict[str, Any]]]:
     """Open alerts (Alertmanager's, GET /api/v2/alerts: active or suppressed, with the receivers its routes
-    delivered each to) and recent events (the alerts topic, newest first, with the receivers of the alert they
-    raised when Alertmanager still has it). The dead man's switch (Watchdog) fires on purpose: never listed."""
+    chose for each) and recent events (the alerts topic, newest first, with the receivers of the alert they
+    raised when Alertmanager still has it). `confirmed` ((alertname, camera) -> receiver -> statuses, from an alert
+    inbox) adds what each receiver confirmed getting. The dead man's switch (Watchdog) fires on purpose: never
+    listed."""
+    confirmed = confirmed or {}
+
+    def got(name: str, camera: str) -> str:
+        return ", ".join(f"{receiver} ({'/'.join(statuses)})"
+                         for receiver, statuses in sorted(confirmed.get((name, camera), {}).items()))
+
     open_rows = []
     receivers: dict[tuple[str, str], list[str]] = {}
     for alert in alertmanager:
@@ -141,14 +150,16 @@ def alert_rows(alertmanager: Iterable[dict[str, Any]], recent: Iterable[dict[str
         open_rows.append({"alertname": name, "camera": str(labels.get("camera", "")),
                           "severity": str(labels.get("severity", "")), "state": state,
                           "starts_at": alert.get("startsAt", ""),
-                          "summary": str(alert.get("annotations", {}).get("summary", "")), "delivered": delivered})
+                          "summary": str(alert.get("annotations", {}).get("summary", "")), "delivered": delivered,
+                          "confirmed": got(name, str(labels.get("camera", "")))})
     open_rows.sort(key=lambda r: (r["severity"] != "page", r["alertname"], r["camera"]))
     recent_rows = []
     for event in recent:
         spec = KINDS.get(str(event.get("kind", "")))
         name = spec.alertname if spec else ""
         recent_rows.append({**event, "alertname": name,
-                            "delivered": receivers.get((name, str(event.get("camera", ""))), [])})
+                            "delivered": receivers.get((name, str(event.get("camera", ""))), []),
+                            "confirmed": got(name, str(event.get("camera", "")))})
     return {"open": open_rows, "recent": recent_rows}
 
 

@@ -5,18 +5,22 @@ console itself stays up."""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 from google.protobuf.json_format import MessageToDict
+from prometheus_client.parser import text_string_to_metric_families
 
+from imask.devstack.alert_inbox import read as read_inbox
+from imask.devstack.alert_report import report
 from imask.features.client import FeatureClient
 from imask.ops.grpc_auth import client_channel
+from imask.ops.http_json import call
 from imask.v1 import experiment_service_pb2 as epb
 from imask.v1 import experiment_service_pb2_grpc as epb_grpc
 
@@ -31,26 +35,13 @@ def _as_dict(message: Any) -> dict[str, Any]:
 
 def http_json(base: str, method: str, path: str, body: Any = None, token: str = "",
               timeout: float = 5.0) -> tuple[int, Any]:
-    if not base.startswith(("http://", "https://")):
-        raise Unavailable(f"{base!r} is not an http(s):// URL")
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
+    """One JSON call (imask.ops.http_json); a source that does not answer, or a bad URL, is `Unavailable`."""
     try:
-        # The scheme was checked above (bandit's B310 asks for exactly that).
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # nosec B310
-            raw = resp.read()
-            code = int(resp.status)
-    except urllib.error.HTTPError as exc:
-        raw, code = exc.read(), int(exc.code)
+        return call(base, method, path, body, token, timeout)
+    except ValueError as exc:
+        raise Unavailable(str(exc)) from None
     except OSError as exc:  # refused, unreachable, timed out
         raise Unavailable(f"{base} does not answer: {getattr(exc, 'reason', exc)}") from None
-    try:
-        return code, json.loads(raw or b"null")
-    except ValueError:
-        return code, {"error": raw.decode(errors="replace").strip()[:200]}
 
 
 class IngestAdmin:
@@ -135,14 +126,48 @@ class Features:
 
 
 class Alertmanager:
-    def __init__(self, url: str) -> None:
+    """Alertmanager's API v2 (open alerts and the receivers their routes chose), its own delivery counters per
+    integration (what it sent and what failed, from its /metrics), and, where an alert inbox keeps the notifications
+    (the local stack's), which alert each receiver confirmed getting."""
+
+    def __init__(self, url: str, inbox_dir: Path | None = None) -> None:
         self.url = url
+        self.inbox_dir = inbox_dir
 
     def alerts(self) -> list[dict[str, Any]]:
         code, answer = http_json(self.url, "GET", "/api/v2/alerts")
         if code != 200 or not isinstance(answer, list):
             raise Unavailable(f"Alertmanager {self.url}: {code} {answer}")
         return answer
+
+    def deliveries(self) -> dict[str, dict[str, float]]:
+        """Per integration (webhook, slack, email): notifications sent and failed since Alertmanager started."""
+        try:
+            with urllib.request.urlopen(self.url.rstrip("/") + "/metrics", timeout=5.0) as resp:  # nosec B310
+                text = resp.read().decode()
+        except (OSError, ValueError) as exc:
+            raise Unavailable(f"Alertmanager {self.url}/metrics: {getattr(exc, 'reason', exc)}") from None
+        # Alertmanager counts every integration it knows; the page lists those its receivers use.
+        code, status = http_json(self.url, "GET", "/api/v2/status")
+        original = status.get("config", {}).get("original", "") if code == 200 and isinstance(status, dict) else ""
+        receivers = (yaml.safe_load(original) or {}).get("receivers", []) if original else []
+        used = {key.removesuffix("_configs") for r in receivers if isinstance(r, dict) for key in r
+                if key.endswith("_configs")}
+        counts: dict[str, dict[str, float]] = {name: {"sent": 0.0, "failed": 0.0} for name in used}
+        wanted = {"alertmanager_notifications": "sent", "alertmanager_notifications_failed": "failed"}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples if family.name in wanted else ():
+                if sample.name.endswith("_total") and sample.labels.get("integration") in counts:
+                    row = counts.setdefault(sample.labels["integration"], {"sent": 0.0, "failed": 0.0})
+                    row[wanted[family.name]] += sample.value
+        return counts
+
+    def confirmed(self, since: float = 0.0) -> dict[tuple[str, str], dict[str, list[str]]]:
+        """(alertname, camera) -> receiver -> the statuses (firing, resolved) the inbox got; {} without one."""
+        if self.inbox_dir is None:
+            return {}
+        rows = report([], read_inbox(self.inbox_dir, since), since)
+        return {(row["alertname"], row["camera"]): row["delivered"] for row in rows}
 
 
 class Models:

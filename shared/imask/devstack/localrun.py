@@ -5,6 +5,9 @@ processes, follows frames.meta and frames.dlq until every frame of every camera 
 everything and prints frames in / masked / dropped / fail-closed, fps and per-stage latency percentiles.
 Ctrl-C drains all processes in order (ingest first, recorder last) and still prints what was seen.
 
+The stack's operator console (http://127.0.0.1:8470/) lists the run's cameras: the run's ingest takes the admin
+port the console reads (9401) when it is free; the summary prints the console's URL and sign-in token.
+
 With the stack's Alertmanager (the default) it also runs `imask alerting` on the alerts topic, lets the stack's
 Prometheus scrape every service it starts (file service discovery, removed at the end), and the summary ends with
 the alerts raised during the run and where each was delivered (Alertmanager's list and the alert inbox).
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 
 from imask.alerting.client import AlertmanagerClient, Unavailable
-from imask.devstack import run_groups, stack
+from imask.devstack import console, run_groups, stack
 from imask.devstack.alert_inbox import read as read_inbox
 from imask.devstack.alert_report import describe, report
 from imask.devstack.procs import ServiceProcess, spawn, stop_all
@@ -102,6 +105,10 @@ def print_summary(summary: dict[str, object]) -> None:
               "   (* start-up excluded: frames captured 3 s or more after the first)")
     for path in summary.get("recordings", []):  # type: ignore[attr-defined]
         print(f"  recording        {path}")
+    web = summary.get("console")
+    if isinstance(web, dict) and web:
+        state = "" if web.get("answering") else " (not answering: see .stack/console/console.log)"
+        print(f"  console          {web['url']} token {web['token']} (kept in {web['token_file']}){state}")
     targets = summary.get("prometheus_targets") or {}
     assert isinstance(targets, dict)
     if targets:
@@ -231,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = {"raw": run_groups.start(settings, settings.topic_raw, regular["worker"], run_id),
               "masked": run_groups.start(settings, settings.topic_masked, regular["recorder"], run_id)}
     env = {**env, "IMASK_RECORDER_GROUP_ID": groups["masked"].group}
+    ingest_env = {**env, **console.ingest_admin_env(stack_settings, env)}
     worker_env = {**{k: v for k, v in env.items() if k not in ("IMASK_MODEL", "IMASK_VARIANT")}, **model.env,
                   "IMASK_WORKER_GROUP_ID": groups["raw"].group}
     versions: dict[str, int] = {}
@@ -270,13 +278,15 @@ def main(argv: list[str] | None = None) -> int:
             ingest_args = ["ingest", "--pace", args.pace, "--drop-policy", "complete", "--fps", str(args.fps),
                            "--cap-width", str(args.cap_width)]
             ingest_args += [a for camera, path in sources.items() for a in ("--source", f"{camera}={path}")]
-        ingest = watched(spawn("ingest", ingest_args, logs, env))
+        ingest = watched(spawn("ingest", ingest_args, logs, ingest_env))
         services.insert(0, ingest)
         if args.live:
             # Live cameras never end by themselves: after --live seconds ingest is asked to stop, and each
             # camera publishes what it decoded and ends its stream.
             threading.Timer(args.live, ingest.proc.terminate).start()
         log.info("pipeline started: %s workers, cameras %s; logs in %s", args.workers, sorted(sources), logs)
+        if stack_settings.console:
+            log.info("console: %s (token in %s)", console.url(stack_settings), stack_settings.console_token_file)
         follow(settings, start, ledger, [*workers, recorder], args.timeout, logs, versions)
         # Give the recorder a moment to close files on the end-of-stream markers it is reading.
         deadline = time.monotonic() + 15
@@ -318,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     # This run's cameras only: the folder may also hold earlier runs' files, or ones the recorder wrote for
     # frames another run left behind in the topic.
     summary["features"] = features
+    summary["console"] = console.summary(stack_settings)
     summary["recordings"] = sorted(str(p) for p in recordings.glob("*.mp4") if not p.name.endswith(".partial.mp4")
                                    and recording_of(p.stem, set(sources))
                                    and p.stat().st_mtime >= run_started)

@@ -53,6 +53,11 @@ class StackSettings(BaseSettings):
     alert_slack_url: str = Field("", description="Slack incoming-webhook URL (default: the alert inbox's /slack)")
     alert_smarthost: str = Field("", description="SMTP host:port of the mail receivers (default: the alert inbox)")
     alert_webhook_token: str = Field("local", description="Bearer token the webhook receivers get")
+    console: bool = Field(True, description="Also run the operators' console (`imask console`); throwaway stacks "
+                          "leave it out")
+    console_port: _Port = 8470
+    run_ingest_admin_port: _Port = Field(9401, description="Camera admin API port of the ingest `imask run` starts "
+                                         "(the stack's console lists its cameras there); another free one when taken")
     kafka_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+$")] = "4.1.1"
     kafka_heap: Annotated[str, Field(pattern=r"^\d+[kKmMgG]$")] = "512m"
     start_timeout_s: Annotated[float, Field(gt=0)] = 90.0
@@ -76,6 +81,7 @@ class StackSettings(BaseSettings):
         the shared default stack's."""
         fields.setdefault("mlflow", False)
         fields.setdefault("alerting", False)
+        fields.setdefault("console", False)
         for _ in range(200):
             base = secrets.randbelow(20000) + 30000
             candidate = cls(state_dir=state_dir, kafka_brokers=brokers, kafka_port=base,
@@ -88,7 +94,8 @@ class StackSettings(BaseSettings):
     @property
     def ports(self) -> list[int]:
         """Every port this stack listens on (a new server adds its own here)."""
-        return [*self.broker_ports, *self.controller_ports, self.redis_port, *self.mlflow_ports, *self.alerting_ports]
+        return [*self.broker_ports, *self.controller_ports, self.redis_port, *self.mlflow_ports, *self.alerting_ports,
+                *([self.console_port] if self.console else [])]
 
     @property
     def alerting_ports(self) -> list[int]:
@@ -115,6 +122,14 @@ class StackSettings(BaseSettings):
     @property
     def alert_inbox_dir(self) -> Path:
         return self.state_dir / "alert-inbox"
+
+    @property
+    def console_dir(self) -> Path:
+        return self.state_dir / "console"
+
+    @property
+    def console_token_file(self) -> Path:
+        return self.console_dir / "token"
 
     @property
     def mlflow_ports(self) -> list[int]:

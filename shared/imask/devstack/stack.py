@@ -1,4 +1,5 @@
-"""Start, stop and inspect the local development stack: Kafka (one broker, or N), Redis and MLflow.
+"""Start, stop and inspect the local development stack: Kafka (one broker, or N), Redis, MLflow, Prometheus,
+Alertmanager (with an inbox for its notifications) and the operators' console.
 
 Why this exists: the services and the ``kafka``/``redis``/``mlflow`` tests need *real* servers, and
 Docker is not available everywhere the project runs.  So the stack is plain processes:
@@ -40,7 +41,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from imask.devstack import alertmanager, kafka, mlflow, prometheus, redis, supervisor
+from imask.devstack import alertmanager, console, kafka, mlflow, prometheus, redis, supervisor
 from imask.devstack.kafka import kill_broker, start_broker
 from imask.devstack.kafka_admin import create_topics, set_client_quota
 from imask.devstack.redis import REDIS_SERVER
@@ -61,23 +62,36 @@ SERVERS: tuple[Server, ...] = (
     alertmanager.INBOX,
     alertmanager.SERVER,
     prometheus.SERVER,
+    console.SERVER,  # started after the others, once the frame topics exist (up); stopped first (down)
 )
 
 
 def up(settings: StackSettings | None = None, servers: Sequence[Server] = SERVERS) -> None:
     """Start every server (or only ``servers``) unless it already runs and answers; return once all answer.
 
+    Servers that read the frame topics (the console) start once the others answer and the topics exist.
     Idempotent so scripts and ``make`` targets can call it unconditionally.
     """
     s = settings or StackSettings()
     _prepare_state_dir(s)
+    enabled = [server for server in servers if server.enabled(s)]
+    later = [server for server in enabled if _needs_topics(server)]
+    _start(s, [server for server in enabled if server not in later])
+    if later:
+        create_topics(s)
+        _start(s, later)
+    logger.info("stack up: %s", _endpoints(s, enabled))
+
+
+def _needs_topics(server: Server) -> bool:
+    return bool(getattr(server, "needs_topics", False))
+
+
+def _start(s: StackSettings, servers: Sequence[Server]) -> None:
     with supervisor.locked(s.state_dir):
-        servers = [server for server in servers if server.enabled(s)]
         missing = [(server, [d for d in server.daemons(s) if not supervisor.adopt_running(d)]) for server in servers]
         if not any(daemons for _, daemons in missing):
-            logger.info("stack already up (%s)", _endpoints(s, servers))
             return
-
         started: list[tuple[supervisor.Daemon, subprocess.Popen[bytes]]] = []
         for server, daemons in missing:
             if daemons:
@@ -88,7 +102,6 @@ def up(settings: StackSettings | None = None, servers: Sequence[Server] = SERVER
             supervisor.wait_answering(daemon, proc, daemon.start_timeout_s)
             logger.info("%s answering on 127.0.0.1:%d (pid %d) after %.1f s", daemon.label, daemon.port, proc.pid,
                         time.monotonic() - t0)
-    logger.info("stack up: %s", _endpoints(s, servers))
 
 
 def down(settings: StackSettings | None = None, wipe: bool = False, servers: Sequence[Server] = SERVERS) -> None:
@@ -104,8 +117,9 @@ def down(settings: StackSettings | None = None, wipe: bool = False, servers: Seq
         return
     with supervisor.locked(s.state_dir):
         # One server at a time, all of its processes at once: brokers stopped one by one would wait on a
-        # controller quorum that is already gone.
-        for server in servers:
+        # controller quorum that is already gone. Kafka's readers (the console) go first, so they drain against a
+        # live broker.
+        for server in sorted(servers, key=lambda server: not _needs_topics(server)):
             supervisor.stop_all(server.leftovers(s))
         if wipe:
             for server in servers:
@@ -150,11 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run the local development stack as plain processes: Kafka (KRaft; one node, or "
             "IMASK_STACK_KAFKA_BROKERS=N nodes in one quorum, node i on KAFKA_PORT+2i and CONTROLLER_PORT+2i, "
-            "replication factor 3 and min.insync.replicas 2 from N=3) and Redis. Jars, data, logs and pid "
+            "replication factor 3 and min.insync.replicas 2 from N=3), Redis, MLflow, Prometheus, Alertmanager with an "
+            "inbox for its notifications, and the operators' console. Jars, data, logs and pid "
             "files live in the state folder (default <repo>/.stack). Configure with IMASK_STACK_STATE_DIR, "
             "IMASK_STACK_KAFKA_PORT (9092), IMASK_STACK_KAFKA_CONTROLLER_PORT (9093), IMASK_STACK_KAFKA_BROKERS (1), "
             "IMASK_STACK_REDIS_PORT (6390), IMASK_STACK_KAFKA_VERSION (4.1.1), IMASK_STACK_KAFKA_HEAP (512m), "
-            "IMASK_STACK_KAFKA_LIBS (jar folder to share), IMASK_STACK_START_TIMEOUT_S (90)."
+            "IMASK_STACK_KAFKA_LIBS (jar folder to share), IMASK_STACK_START_TIMEOUT_S (90), IMASK_STACK_MLFLOW_PORT "
+            "(5590), IMASK_STACK_PROMETHEUS_PORT (9490), IMASK_STACK_ALERTMANAGER_PORT (9493), "
+            "IMASK_STACK_ALERT_INBOX_PORT (9495), IMASK_STACK_ALERT_SMTP_PORT (9525), IMASK_STACK_CONSOLE_PORT "
+            "(8470: the operators' console, token in <state>/console/token), IMASK_STACK_RUN_INGEST_ADMIN_PORT "
+            "(9401: the admin port of `imask run`'s ingest, which the console reads)."
         ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -436,6 +436,9 @@ class ConsoleSettings(BaseServiceSettings, KafkaSettings, RegistrySettings):
     features_api_key: str = Field("", description="API key for the FeatureService")
     alertmanager_url: str = Field("http://127.0.0.1:9493", description="Alertmanager whose alerts the alerts page "
                                   "shows (API v2; empty: only the alerts topic's recent events)")
+    alert_inbox_dir: Path | None = Field(None, description="Folder of an alert inbox (the local stack's, "
+                                         "imask.devstack.alert_inbox): the alerts page shows what each receiver "
+                                         "confirmed getting")
     model_name: str = Field("imask-masker", description="Registered model whose versions the models page shows")
     group_id: str = Field("imask-console", description="Prefix of the consumer group of frames.masked, frames.meta "
                           "and alerts (one group per console process, from the topics' ends, never committed)")

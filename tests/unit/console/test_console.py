@@ -120,6 +120,34 @@ def test_alert_rows_say_where_each_was_delivered() -> None:
         ("CameraStalled", ["email", "slack"]), ("CameraRecovered", [])]
 
 
+def test_alert_rows_add_what_each_receiver_confirmed_from_an_alert_inbox(tmp_path: Path) -> None:
+    from imask.console.sources import Alertmanager
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    entries = [
+        {"kind": "webhook", "path": "/alerts", "received": NOW, "payload": {"alerts": [
+            {"status": "firing", "labels": {"alertname": "CameraStalled", "camera": "lobby"}}]}},
+        {"kind": "slack", "path": "/slack", "received": NOW, "payload": {"attachments": [
+            {"title": "FIRING: CameraStalled lobby"}]}},
+        {"kind": "email", "received": NOW + 1, "subject": "[RESOLVED] CameraStalled lobby", "to": ["ops@x"]},
+        {"kind": "webhook", "path": "/alerts", "received": NOW - 90000, "payload": {"alerts": [  # before `since`
+            {"status": "firing", "labels": {"alertname": "CameraDown", "camera": "dock"}}]}}]
+    (inbox / "inbox.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    confirmed = Alertmanager("http://127.0.0.1:1", inbox).confirmed(since=NOW - 60)
+    assert confirmed == {("CameraStalled", "lobby"): {"webhook": ["firing"], "slack": ["firing"],
+                                                       "email": ["resolved"]}}
+    am = [{"labels": {"alertname": "CameraStalled", "camera": "lobby", "severity": "ticket"},
+           "status": {"state": "active"}, "receivers": [{"name": "slack"}]},
+          {"labels": {"alertname": "CameraDown", "camera": "dock", "severity": "page"},
+           "status": {"state": "active"}, "receivers": [{"name": "page"}]}]
+    rows = pages.alert_rows(am, [{"ts": NOW, "kind": "camera_stalled", "camera": "lobby"}], confirmed)
+    assert {r["alertname"]: r["confirmed"] for r in rows["open"]} == {
+        "CameraStalled": "email (resolved), slack (firing), webhook (firing)", "CameraDown": ""}
+    assert rows["recent"][0]["confirmed"] == "email (resolved), slack (firing), webhook (firing)"
+    assert Alertmanager("http://127.0.0.1:1").confirmed() == {}  # no inbox: nothing claimed
+
+
 def test_model_rows_newest_first_with_evaluations() -> None:
     versions = [{"version": "1", "aliases": [], "variant": "default", "detector": "centerface", "sha256": "ab" * 32,
                  "created_ms": 0},

@@ -33,12 +33,13 @@ def test_status_and_down_on_empty_state_dir(tmp_path: Path) -> None:
     settings = StackSettings(
         state_dir=tmp_path / "none", kafka_port=19192, kafka_controller_port=19193, redis_port=16490,
         mlflow_port=16491, prometheus_port=16492, alertmanager_port=16493, alert_inbox_port=16494,
-        alert_smtp_port=16495,
+        alert_smtp_port=16495, console_port=16496,
     )
     stack.down(settings)  # idempotent: nothing to stop
     state = stack.status(settings)
-    assert set(state) == {"kafka", "redis", "mlflow", "alert-inbox", "alertmanager", "prometheus"}
-    assert set(stack.status(settings.model_copy(update={"mlflow": False, "alerting": False}))) == {"kafka", "redis"}
+    assert set(state) == {"kafka", "redis", "mlflow", "alert-inbox", "alertmanager", "prometheus", "console"}
+    lean = settings.model_copy(update={"mlflow": False, "alerting": False, "console": False})
+    assert set(stack.status(lean)) == {"kafka", "redis"}
     for info in state.values():
         assert info["running"] is False
         assert info["answering"] is False

@@ -51,7 +51,7 @@ def _pinned(image: str) -> str | None:
         return f"{image}: an ARG without a default value"
     if "@sha256:" in image:
         return None
-    name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
+    tag = image.rpartition(":")[2] if ":" in image.rsplit("/", 1)[-1] else ""
     if not tag:
         return f"{image}: no tag (means latest)"
     if tag == "latest" or "latest" in tag.split("-"):
@@ -68,7 +68,8 @@ def _pip_unpinned(command: str) -> list[str]:
             words = shlex.split(segment)
         except ValueError:
             words = segment.split()
-        if len(words) < 2 or "pip" not in words[0] and not (len(words) > 2 and words[1:3] == ["-m", "pip"]):
+        is_pip = "pip" in words[0] if words else False
+        if len(words) < 2 or not (is_pip or words[1:3] == ["-m", "pip"]):
             continue
         if "install" not in words:
             continue

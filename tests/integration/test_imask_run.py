@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import promql
 import pytest
 
 from conftest import subprocess_env
@@ -27,12 +28,15 @@ pytestmark = pytest.mark.kafka
 
 
 def test_imask_run_end_to_end(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
-    clip = synthetic_clip(tmp_path / "clip.mp4", frames=40, fps=20)
+    # 40 frames at 3 fps: 13 s of streaming, so Prometheus (5 s scrapes) takes each service at least twice and a
+    # rate() over the ingest's and the worker's counters has data (the dashboards' check at the end).
+    clip = synthetic_clip(tmp_path / "clip.mp4", frames=40, fps=3)
     env = {**subprocess_env(), "IMASK_WORKER_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}",
            "IMASK_RECORDER_GROUP_ID": f"r-{uuid.uuid4().hex[:6]}",
            "IMASK_ALERTING_GROUP_ID": f"a-{uuid.uuid4().hex[:6]}"}
     targets = StackSettings().prometheus_targets_dir
     before = set(targets.glob("*.json"))
+    began = time.time()
     out = subprocess.run([sys.executable, "-m", "imask.cli.main", "run", "--source", f"cam1={clip}", "--source",
                           f"cam2={clip}", "--workers", "1", "--variant", "realtime", "--out", str(tmp_path / "run")],
                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO_ROOT)
@@ -54,6 +58,11 @@ def test_imask_run_end_to_end(kafka_settings: KafkaSettings, tmp_path: Path) -> 
     assert summary["exit_codes"]["alerting"] == 0
     assert summary["alerts"] == [], summary["alerts"]
     assert ["alerts", "none", "raised"] in [line.split() for line in out.stdout.splitlines()], out.stdout
+    # Every Grafana panel's query and every rule expression runs on the stack's Prometheus over the run, names only
+    # metrics the code defines, and the panels over what these services export returned data (tests/promql.py).
+    problems = promql.check_queries(promql.dashboard_queries() + promql.rule_queries(), "imask run", began - 5,
+                                    time.time())
+    assert not problems, "\n".join(problems)
 
 
 def test_imask_run_ctrl_c_drains_every_process(kafka_settings: KafkaSettings, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import promql
 import pytest
 
 from imask.routing.assign import ArmSpec, ExperimentConfig
@@ -117,7 +118,8 @@ def cameras_split(config_: ExperimentConfig, per_arm: int) -> dict[str, list[str
 @pytest.mark.redis
 @pytest.mark.mlflow
 def test_canary_with_a_bad_challenger_is_rolled_back_by_the_router(store: ExperimentStore, kafka_settings: object,
-                                                                    mlflow_uri: str, tmp_path: Path) -> None:
+                                                                    mlflow_uri: str, tmp_path: Path,
+                                                                    request: pytest.FixtureRequest) -> None:
     """A challenger registered with threshold 0.9 (finds far fewer faces) on half the cameras: the faces-per-frame
     guardrail fails, the router rolls back on its own after max_failed_checks intervals; every frame accounted for,
     none unmasked, per-camera order kept, and the challenger's cameras back on control after the rollback."""
@@ -152,6 +154,8 @@ def test_canary_with_a_bad_challenger_is_rolled_back_by_the_router(store: Experi
     wenv = {"IMASK_REDIS_URL": store.url, "IMASK_WORKER_EXPERIMENTS": "true", "IMASK_REGISTRY_URI": uri,
             "IMASK_MODEL_CACHE_DIR": str(tmp_path / "cache")}
     workers = [start_worker(tmp_path, f"w{i}", group, **wenv) for i in range(2)]
+    began = time.time()  # the stack's Prometheus scrapes router and workers: the experiments dashboard's data
+    request.addfinalizer(promql.scrape({"router": (router, "router"), **{w.name: (w, "worker") for w in workers}}))
     time.sleep(1.5)  # the experiment's first config takes effect (frames are routed by ingest time)
     cameras = {c: moving_face_frames(110) for arm in split.values() for c in arm}
     publish(kafka_settings, cameras, pace_s=0.1)  # type: ignore[arg-type]
@@ -175,6 +179,10 @@ def test_canary_with_a_bad_challenger_is_rolled_back_by_the_router(store: Experi
         assert cut < 110 and arms == ["challenger"] * cut + ["control"] * (110 - cut), (camera, arms)
     results = stub.Results(epb.ExperimentRef(name="canary-bad"), timeout=30)
     assert results.recommendation == "rollback" and results.status.state == epb.EXPERIMENT_STATE_ROLLED_BACK
+    # The experiments dashboard's panels over router and workers have data, the rollback among it (tests/promql.py).
+    promql.wait_for_samples("canary")
+    problems = promql.check_queries(promql.dashboard_queries(), "canary", began, time.time())
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.redis

@@ -28,8 +28,8 @@ from confluent_kafka import Producer
 from conftest import subprocess_env
 from imask.alerting import amconfig
 from imask.alerting.client import AlertmanagerClient
+from imask.alerting.deliveries import Notice, notices, report
 from imask.devstack.alert_inbox import Inbox
-from imask.devstack.alert_report import Notice, notices, report
 from imask.devstack.alertmanager import ALERTMANAGER_CONFIG
 from imask.devstack.procs import ServiceProcess, free_port, spawn, stop_all
 from imask.devstack.prometheus import binary, ready_at

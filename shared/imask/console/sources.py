@@ -16,8 +16,7 @@ import yaml
 from google.protobuf.json_format import MessageToDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from imask.devstack.alert_inbox import read as read_inbox
-from imask.devstack.alert_report import report
+from imask.alerting.deliveries import read_inbox, report
 from imask.features.client import FeatureClient
 from imask.ops.grpc_auth import client_channel
 from imask.ops.http_json import call

@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from imask.alerting.deliveries import INBOX_FILE
+
 
 class Inbox:
     def __init__(self, folder: Path, http_port: int, smtp_port: int, slow_paths: dict[str, float] | None = None):
@@ -43,7 +45,7 @@ class Inbox:
         entry = {"received": time.time(), **entry}
         with self._lock:
             self.received.append(entry)
-            with open(self.folder / "inbox.jsonl", "a") as out:
+            with open(self.folder / INBOX_FILE, "a") as out:
                 out.write(json.dumps(entry) + "\n")
 
     def start(self) -> Inbox:
@@ -113,15 +115,6 @@ def _closed(conn: socket.socket) -> bool:
         return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
-
-
-def read(folder: Path, since: float = 0.0) -> list[dict[str, Any]]:
-    """The notifications an inbox server kept in `folder`, received at or after `since`."""
-    path = folder / "inbox.jsonl"
-    if not path.exists():
-        return []
-    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [e for e in entries if e.get("received", 0) >= since and not e.get("caller_left")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,9 +37,8 @@ import time
 from pathlib import Path
 
 from imask.alerting.client import AlertmanagerClient, Unavailable
+from imask.alerting.deliveries import describe, read_inbox, report
 from imask.devstack import console, run_groups, stack
-from imask.devstack.alert_inbox import read as read_inbox
-from imask.devstack.alert_report import describe, report
 from imask.devstack.procs import ServiceProcess, spawn, stop_all
 from imask.devstack.prometheus import register_target, target_health, unregister_target
 from imask.devstack.rtsp_server import RtspServer

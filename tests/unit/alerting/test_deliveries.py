@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from imask.devstack.alert_inbox import Inbox, read
-from imask.devstack.alert_report import Notice, describe, notices, parse_time, report
+from imask.alerting.deliveries import Notice, describe, notices, parse_time, read_inbox, report
+from imask.devstack.alert_inbox import Inbox
 from imask.devstack.procs import free_port
 
 T0 = 1_800_000_000.0
@@ -118,7 +118,7 @@ def test_inbox_keeps_webhooks_and_mail_and_leaves_out_a_request_its_sender_gave_
         assert [e.get("caller_left") for e in inbox.received] == [None, None, True]
         assert [(e["kind"], e.get("path"), e.get("subject")) for e in inbox.notifications()] == [
             ("webhook", "/webhook", None), ("email", None, "[FIRING:1] A c (x)")]
-        assert [e["kind"] for e in read(tmp_path)] == ["webhook", "email"]
+        assert [e["kind"] for e in read_inbox(tmp_path)] == ["webhook", "email"]
         assert [n.receiver for e in inbox.notifications() for n in notices(e)] == ["webhook", "email"]
     finally:
         inbox.stop()

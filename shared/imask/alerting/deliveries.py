@@ -1,6 +1,6 @@
 """Which alerts were raised since a moment and where each was delivered: Alertmanager's alerts (GET /api/v2/alerts)
-joined with the notifications an alert inbox kept (imask.devstack.alert_inbox), for `imask run`'s summary and the
-alerting tests.
+joined with the notifications an alert inbox kept (the local stack's, imask.devstack.alert_inbox: one JSON line per
+notification in `inbox.jsonl`), for `imask run`'s summary, the console's alerts page and the alerting tests.
 
 A notification names its alerts differently per receiver: the webhook's JSON carries every alert's labels, the
 Slack message's title is `FIRING: <alertname> <camera>` (deploy/alertmanager/alertmanager.yml), an e-mail's subject
@@ -11,10 +11,14 @@ alertname and camera). Alerts are matched by (alertname, camera), what the route
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+INBOX_FILE = "inbox.jsonl"
 
 # The dead man's switch fires all the time on purpose: never an alert a run raised.
 NOT_RAISED = frozenset({"Watchdog"})
@@ -56,6 +60,15 @@ def notices(entry: dict[str, Any]) -> list[Notice]:
         return [Notice("email", m[1].lower(), m[2], m[3] or "", received, ",".join(entry.get("to", [])))] if m \
             else []
     return []
+
+
+def read_inbox(folder: Path, since: float = 0.0) -> list[dict[str, Any]]:
+    """The notifications an inbox kept in `folder`, received at or after `since`."""
+    path = folder / INBOX_FILE
+    if not path.exists():
+        return []
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in entries if e.get("received", 0) >= since and not e.get("caller_left")]
 
 
 def parse_time(text: str) -> float:

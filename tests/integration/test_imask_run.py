@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -63,6 +64,13 @@ def test_imask_run_end_to_end(kafka_settings: KafkaSettings, tmp_path: Path) -> 
     problems = promql.check_queries(promql.dashboard_queries() + promql.rule_queries(), "imask run", began - 5,
                                     time.time())
     assert not problems, "\n".join(problems)
+    # The stack's console answers after the run, and the summary says where and with which token.
+    console = summary["console"]
+    assert console["answering"] and console["url"] == f"http://127.0.0.1:{StackSettings().console_port}/"
+    assert f"console          {console['url']} token {console['token']}" in out.stdout
+    with urllib.request.urlopen(urllib.request.Request(console["url"] + "alerts", headers={  # nosec B310
+            "Authorization": f"Bearer {console['token']}"}), timeout=10) as page:
+        assert page.status == 200 and b"Deliveries" in page.read()
 
 
 def test_imask_run_ctrl_c_drains_every_process(kafka_settings: KafkaSettings, tmp_path: Path) -> None:

@@ -29,6 +29,8 @@ from imask.drift.window import FACE_SIZE_LOG2, SCORE_CENTRES, Reference, Window
 DRIFT, COVERED, DEFOCUSED, MOVED, BLINDED, REGRESSION = ("drift", "tamper_covered", "tamper_defocused",
                                                          "tamper_moved", "tamper_blinded", "variant_regression")
 TAMPER_KINDS = (COVERED, DEFOCUSED, MOVED, BLINDED)
+# Each tamper rule's `feature` label (its own series of imask_drift_score/breach and its events' labels).
+TAMPER_FEATURE = {COVERED: "covered", DEFOCUSED: "defocused", MOVED: "moved", BLINDED: "blinded"}
 
 
 @dataclass(frozen=True)
@@ -223,14 +225,14 @@ def tamper_checks(model: ReferenceModel, w: Window, th: Thresholds) -> list[Chec
     limit = max(th.moved_sigmas, model.moved_threshold)
     moved = not (covered or blinded or defocused) and (nearest > limit or off_baseline)
     return [
-        Check(COVERED, "picture", "tamper_rule", w.luma_mean, covered,
+        Check(COVERED, TAMPER_FEATURE[COVERED], "tamper_rule", w.luma_mean, covered,
               f"luminance {w.luma_mean:.0f} (reference {ref_luma:.0f}), contrast {w.luma_std:.0f} (reference "
               f"{ref_std:.0f}), {100 * w.dark_fraction:.0f}% near-black"),
-        Check(BLINDED, "picture", "tamper_rule", w.bright_fraction, blinded,
+        Check(BLINDED, TAMPER_FEATURE[BLINDED], "tamper_rule", w.bright_fraction, blinded,
               f"{100 * w.bright_fraction:.0f}% near-white (reference at most {100 * ref_bright:.0f}%)"),
-        Check(DEFOCUSED, "picture", "tamper_rule", sharp_ratio, defocused,
+        Check(DEFOCUSED, TAMPER_FEATURE[DEFOCUSED], "tamper_rule", sharp_ratio, defocused,
               f"sharpness x{sharp_ratio:.2f} of the reference's lowest (contrast-normalised)"),
-        Check(MOVED, "picture", "tamper_rule", nearest, moved,
+        Check(MOVED, TAMPER_FEATURE[MOVED], "tamper_rule", nearest, moved,
               f"picture {nearest:.1f} spreads from the nearest reference window (limit {limit:.1f}), thumbnail "
               f"{w.scene_offset:.1f} grey levels off the camera's baseline (limit {offset_limit:.1f})"),
     ]

@@ -34,10 +34,10 @@ def run(change: syn.Change | None, seed: int = 3, count: int = 80, camera: str =
 @pytest.mark.parametrize(("change", "kind", "feature"), [
     ("halved_luminance", "drift", "luma_mean"),
     ("faces_to_a_third", "drift", "face_size_hist"),
-    ("covered", "tamper_covered", "picture"),
-    ("defocused", "tamper_defocused", "picture"),
-    ("shifted", "tamper_moved", "picture"),
-    ("blinded", "tamper_blinded", "picture"),
+    ("covered", "tamper_covered", "covered"),
+    ("defocused", "tamper_defocused", "defocused"),
+    ("shifted", "tamper_moved", "moved"),
+    ("blinded", "tamper_blinded", "blinded"),
 ])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_each_change_raises_its_alert_within_two_windows_after_persistence(change: str, kind: str, feature: str,
@@ -73,7 +73,7 @@ def test_events_carry_identical_labels_when_opened_and_resolved() -> None:
         events += monitor.observe(w).transitions
     covered = [t for t in events if t.kind == "tamper_covered"]
     assert [t.action for t in covered] == ["open", "resolve"]
-    assert covered[0].labels == covered[1].labels == {"variant": "default", "feature": "picture",
+    assert covered[0].labels == covered[1].labels == {"variant": "default", "feature": "covered",
                                                       "test": "tamper_rule"}
     assert "opened with" in covered[1].detail
 

@@ -40,7 +40,7 @@ from imask.alerting.client import AlertmanagerClient, Unavailable
 from imask.alerting.deliveries import describe, read_inbox, report
 from imask.devstack import console, run_groups, stack
 from imask.devstack.procs import ServiceProcess, spawn, stop_all
-from imask.devstack.prometheus import register_target, target_health, unregister_target
+from imask.devstack.prometheus import register_target, service_label, target_health, unregister_target
 from imask.devstack.rtsp_server import RtspServer
 from imask.devstack.run_features import RunFeatures
 from imask.devstack.run_features import table as features_table
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def watched(svc: ServiceProcess) -> ServiceProcess:
         name = f"{run_id}-{svc.name}"  # unique among concurrent runs sharing the stack's Prometheus
-        register_target(stack_settings, name, svc.ops_port, svc.name.split("-")[0])
+        register_target(stack_settings, name, svc.ops_port, service_label(svc.name))
         targets[name] = svc.name
         return svc
 

@@ -37,6 +37,12 @@ def ready_at(url: str) -> bool:
         return False
 
 
+def service_label(process: str) -> str:
+    """The `service` label of a process of the stack: its service's name, every worker (worker-0, worker-1, ...)
+    `worker`, as deploy/prometheus's compose and Kubernetes configurations label theirs (the rules select on it)."""
+    return "worker" if process == "worker" or process.startswith("worker-") else process
+
+
 def register_target(s: StackSettings, name: str, port: int, service: str) -> None:
     """Let the stack's Prometheus scrape a service's ops port (file service discovery)."""
     s.prometheus_targets_dir.mkdir(parents=True, exist_ok=True)

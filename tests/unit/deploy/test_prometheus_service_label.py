@@ -118,3 +118,27 @@ def test_every_selected_service_is_a_label_each_deployment_gives() -> None:
                             ("kubernetes", set(k8s_services().values())), ("local stack", local)):
         missing = selected - produced
         assert not missing, f"{where}: service={sorted(missing)} selected but no target carries it"
+
+
+def test_no_metric_has_a_label_the_scrape_sets() -> None:
+    """A metric's own label named like a target label (service, instance, job, namespace, pod) would be renamed
+    exported_<name> by Prometheus: queries on it would find nothing."""
+    import ast
+
+    from promql import CODE
+
+    target_labels = {"service", "instance", "job", "namespace", "pod"}
+    clashes = []
+    for root in CODE:
+        for path in root.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, ast.Call) or len(node.args) < 3:
+                    continue
+                kind = node.func.id if isinstance(node.func, ast.Name) else (
+                    node.func.attr if isinstance(node.func, ast.Attribute) else "")
+                name, labels = node.args[0], node.args[2]
+                if kind in ("Counter", "Gauge", "Histogram", "Summary") and isinstance(name, ast.Constant) \
+                        and isinstance(labels, (ast.List, ast.Tuple)):
+                    own = {e.value for e in labels.elts if isinstance(e, ast.Constant)}
+                    clashes += [f"{path.name}: {name.value}{{{label}}}" for label in sorted(own & target_labels)]
+    assert not clashes, clashes

@@ -2,7 +2,10 @@
 
 1. Reads of one camera's feature vector and of 100 cameras in one call (feature service `operators`: both views,
    every feature), on one Feast project of the bench's own on the stack's Redis, p50/p99 over `--calls` calls each:
-   - our FeatureService end to end: `imask features` (a process, API keys on) called over gRPC on loopback;
+   - our FeatureService end to end: `imask features` (a process, API keys on) called over gRPC on loopback; for
+     100 cameras also right after every camera's window closed (each call preceded by a push of newer windows, so
+     every answer is re-read and rebuilt: the once-per-window worst case), and its Redis-layout reader in this
+     process without the answers it keeps;
    - Feast's SDK in this process (`FeatureReader.read`: `get_online_features`), heap frozen after warm-up;
    - Feast's own `feast serve` (HTTP, `--max-requests 0 --no-access-log`) on the same store, one kept-alive
      connection, POST /get-online-features.
@@ -36,8 +39,9 @@ from imask.devstack.procs import ServiceProcess, free_port, spawn, stop_all
 from imask.devstack.settings import REPO_ROOT, StackSettings
 from imask.features import repo
 from imask.features.client import FeatureClient
+from imask.features.redis_read import RedisFeatureReader
 from imask.features.repo import redis_connection_string
-from imask.features.schema import VIEWS, feast_row
+from imask.features.schema import VIEWS, View, feast_row
 from imask.features.store import FeatureReader, open_store, push_rows, utcnow
 from imask.features.windows import add, feature_row, new_accumulator, observe_meta
 from imask.loadtest.features import meta_record
@@ -70,10 +74,11 @@ def timed(call: Any, calls: int, warm: int = 50) -> dict[str, float]:
     return percentiles(samples)
 
 
-def push_cameras(feast: repo.FeastSettings, cameras: list[str]) -> None:
+def push_cameras(feast: repo.FeastSettings, cameras: list[str], end: int | None = None,
+                 views: tuple[View, ...] = VIEWS) -> None:
     store = open_store(feast)
-    end = int(time.time()) // 10 * 10_000
-    for view in VIEWS:
+    end = int(time.time()) // 10 * 10_000 if end is None else end
+    for view in views:
         rows = []
         for camera in cameras:
             acc = new_accumulator()
@@ -84,6 +89,22 @@ def push_cameras(feast: repo.FeastSettings, cameras: list[str]) -> None:
             rows.append(feast_row(camera, end - view.size_s * 1000, end, feature_row(acc, view.size_s), utcnow(),
                                   variant))
         push_rows(store, feast.data_dir, view, rows)
+
+
+def after_window_close(feast: repo.FeastSettings, client: FeatureClient, calls: int) -> dict[str, float]:
+    """The FeatureService's 100-camera read right after every camera's window closed: each timed call follows a push
+    of a newer 10 s and 60 s window for all 100 cameras (untimed), so the service re-reads and rebuilds every
+    camera's answer rather than answering from the ones it built (the worst case, once per window close)."""
+    cameras = [f"bench-close-{i}" for i in range(100)]
+    first_end = (int(time.time()) // 10 - calls - 2) * 10_000
+    samples = []
+    for k in range(calls):
+        push_cameras(feast, cameras, first_end + k * 10_000, (VIEWS[0], VIEWS[1]))
+        t0 = time.perf_counter()
+        reply = client.get(cameras)
+        samples.append(time.perf_counter() - t0)
+        assert all(c.window_end_ms == first_end + k * 10_000 for c in reply.cameras)
+    return percentiles(samples)
 
 
 def feast_serve(feast: repo.FeastSettings, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -149,6 +170,10 @@ def reads(calls: int, tmp: Path, redis_url: str) -> dict[str, Any]:
                                    "feast_sdk_in_process": timed(partial(sdk.read, asked), n)}
             conn.close()  # a fresh connection, kept alive through the measurement
             row["feast_serve_http"] = timed(partial(http_read, asked), n)
+            if label == "hundred":
+                row["grpc_feature_service_after_window_close"] = after_window_close(feast, client, n // 4)
+                row["redis_layout_reader_in_process"] = timed(partial(RedisFeatureReader(feast, "operators").read,
+                                                                      asked), n)
             row["target_p99_ms"] = TARGETS_MS[label]
             out[label] = row
             gc.unfreeze()
@@ -255,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{text}: FeatureService gRPC p50 {row['grpc_feature_service']['p50_ms']} ms p99 "
               f"{row['grpc_feature_service']['p99_ms']} ms (target {row['target_p99_ms']} ms) | Feast SDK p99 "
               f"{row['feast_sdk_in_process']['p99_ms']} ms | feast serve p99 {row['feast_serve_http']['p99_ms']} ms")
+    hundred = r["hundred"]
+    print(f"100 cameras right after a window close (every answer rebuilt): FeatureService gRPC p50 "
+          f"{hundred['grpc_feature_service_after_window_close']['p50_ms']} ms p99 "
+          f"{hundred['grpc_feature_service_after_window_close']['p99_ms']} ms | Redis-layout reader in process p99 "
+          f"{hundred['redis_layout_reader_in_process']['p99_ms']} ms")
     if "freshness" in result:
         f = result["freshness"]
         print(f"freshness: capture -> readable online p95 {f['capture_to_readable_p95_s']} s (target "

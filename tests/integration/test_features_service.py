@@ -1,6 +1,7 @@
 """The FeatureService (`imask features`) over real gRPC on loopback, against the real Redis and the session's Feast
 project (`feast_repo`): values equal what was pushed (through the stream's own push, `store.push_rows`) and what
-Feast's SDK reads, 100 cameras in one call, API keys (none, wrong, revoked, bound to a camera), health and
+Feast's SDK reads (the service reads Feast's Redis layout directly; a test compares the two readers on every
+feature service), 100 cameras in one call, API keys (none, wrong, revoked, bound to a camera), health and
 reflection without a key, stale reported stale, and a Redis restart (a Redis of the test's own): not ready and
 UNAVAILABLE while down, nothing served as fresh after it, features back after the next push."""
 
@@ -24,8 +25,9 @@ from imask.devstack.procs import ServiceProcess, spawn, stop_all
 from imask.devstack.settings import StackSettings
 from imask.features import repo
 from imask.features.client import FeatureClient
+from imask.features.redis_read import RedisFeatureReader
 from imask.features.repo import FeastSettings
-from imask.features.schema import VIEW_10S, VIEW_60S, View, feast_row
+from imask.features.schema import SERVICES, VARIANT_VIEW_60S, VIEW_10S, VIEW_60S, View, feast_row
 from imask.features.serving import values_of, view_version
 from imask.features.store import FeatureReader, open_store, push_rows, utcnow
 from imask.features.windows import add, feature_row, new_accumulator, observe_meta
@@ -131,6 +133,48 @@ def test_values_equal_what_was_pushed_and_what_feast_reads(client: FeatureClient
                                      for view, values in sdk[camera.camera_id].values.items()}
         hist = next(v for v in camera.views if v.name == VIEW_10S.name).values["face_size_hist"].histogram
         assert len(hist.edges) == len(hist.counts) + 1
+
+
+def test_redis_layout_reader_reads_what_feast_reads_on_every_feature_service(feast_repo: FeastSettings) -> None:
+    cameras = [f"fr-{uuid.uuid4().hex[:6]}-{i}" for i in range(4)]
+    end = now_end_ms()
+    rows = window_rows(cameras[:3], end)  # the fourth camera has no row: every value None, not found
+    push(feast_repo, rows)
+    variant_rows = []
+    for i, camera in enumerate(cameras[:2]):  # per camera and variant: two cameras on "default"
+        acc = new_accumulator()
+        for n in range(5 + i):
+            add(acc, observe_meta(pb.FrameMeta.FromString(meta_record(camera, n, end - 60_000 + n * 100).value),
+                                  end - 60_000 + n * 100))
+        variant_rows.append(feast_row(camera, end - 60_000, end, feature_row(acc, 60), utcnow(), variant="default"))
+    push_rows(open_store(feast_repo), feast_repo.data_dir, VARIANT_VIEW_60S, variant_rows)
+    now = time.time()
+    for service in SERVICES:
+        direct, sdk = RedisFeatureReader(feast_repo, service), FeatureReader(feast_repo, service)
+        keys: list[Any] = [(c, "default") for c in cameras] if direct.by_variant else list(cameras)
+        got, expected = direct.read(keys, now), sdk.read(keys, now)
+        assert got == expected, service
+        found = [key for key in keys if got[key].window_end_ms is not None]
+        assert found == keys[:2 if direct.by_variant else 3], service
+        direct.close()
+
+
+def test_answers_follow_each_new_window_and_age_between_them(client: FeatureClient, feast_repo: FeastSettings) -> None:
+    """The service answers a camera from the answer it built for the camera's rows as they were, until a newer window
+    lands: the next call then has the new window's values; its age is judged at every call."""
+    camera = f"fc-{uuid.uuid4().hex[:6]}"
+    end = now_end_ms() - 20_000
+    first = window_rows([camera], end, seed=1)
+    push(feast_repo, first)
+    a, b = client.get([camera]).cameras[0], client.get([camera]).cameras[0]
+    assert a.window_end_ms == b.window_end_ms == end and b.age_s > a.age_s
+    assert_values(b, {view: first[view][0] for view in first})
+    second = window_rows([camera], end + 10_000, seed=4)
+    assert second[VIEW_10S][0]["frames_in"] != first[VIEW_10S][0]["frames_in"]  # the check below can tell them apart
+    push(feast_repo, second)
+    c = client.get([camera]).cameras[0]
+    assert c.window_end_ms == end + 10_000 and c.age_s < b.age_s
+    assert_values(c, {view: second[view][0] for view in second})
 
 
 def test_100_cameras_in_one_call_and_unknown_and_stale(client: FeatureClient, feast_repo: FeastSettings) -> None:

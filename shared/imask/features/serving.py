@@ -1,8 +1,9 @@
 """The FeatureService's logic, apart from its gRPC wiring (services/features): a GetFeatures request -> the reply.
 
-Reads go through Feast's online API (`store.FeatureReader`, one `get_online_features` per call however many
-cameras). Freshness is judged here from the newest window's end (`stale_after_s`), never assumed: Feast returns
-whatever Redis holds, however old. Each view in the answer carries its name and a version: a fingerprint of its
+Reads go straight to Feast's Redis layout (`redis_read.RedisFeatureReader`: one pipelined round trip per call however
+many cameras), or through Feast's online API (`store.FeatureReader`, `get_online_features`) with read path "feast".
+Freshness is judged here from the newest window's end (`stale_after_s`), never assumed: Feast returns whatever Redis
+holds, however old. Each view in the answer carries its name and a version: a fingerprint of its
 definition (keys, features and their types), equal wherever the definition is.
 
 A request is refused before any read when it asks for no camera, too many, a malformed camera id, an unknown
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from prometheus_client import Counter, Histogram
 
+from imask.features.redis_read import RedisFeatureReader, Stamps
 from imask.features.repo import FeastSettings
 from imask.features.schema import SERVICES, View
 from imask.features.store import CameraFeatures, FeatureReader, Key, open_store
@@ -34,14 +36,15 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 DEFAULT_SERVICE = "operators"
+MAX_BUILT = 200_000  # cached camera answers (about 4 KB each for the operators' service) before the cache starts over
 WARM_UP_CAMERA = "~warm-up"  # never a camera id: reads nothing, but opens the registry and Redis connections
 
 REQUESTS = Counter("imask_feature_requests_total", "GetFeatures calls by feature service and status code",
-                   ["service", "code"])
+                   ["feature_service", "code"])
 READ_SECONDS = Histogram("imask_feature_read_seconds", "One GetFeatures read of Feast's online store (all its "
                          "cameras)", buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5))
 SERVED = Counter("imask_feature_cameras_served_total", "Cameras answered, by freshness (fresh, stale, missing)",
-                 ["service", "freshness"])
+                 ["feature_service", "freshness"])
 HISTOGRAM_EDGES: dict[str, tuple[float, ...]] = {"score_hist": SCORE_EDGES, "face_size_hist": FACE_SIZE_EDGES}
 
 
@@ -118,28 +121,43 @@ def fail_fast(store: FeatureStore) -> None:
         get_client(store.config.online_store).set_retry(Retry(NoBackoff(), 1))
 
 
+Reader = FeatureReader | RedisFeatureReader
+READ_PATHS = ("redis", "feast")
+
+
 class FeatureQuery:
-    """Answers GetFeatures: one FeatureReader per feature service over one Feast store (opened once)."""
+    """Answers GetFeatures: one reader per feature service, opened once. `read_path` "redis" (the default) reads
+    Feast's Redis layout directly (`RedisFeatureReader`); "feast" goes through Feast's SDK (`FeatureReader`, the
+    Feast store opened once). Both give the same values (tests/integration/test_features_service.py)."""
 
     def __init__(self, settings: FeastSettings, stale_after_s: float = 35.0, max_cameras: int = 1000,
-                 store: FeatureStore | None = None) -> None:
+                 store: FeatureStore | None = None, read_path: str = "redis") -> None:
+        if read_path not in READ_PATHS:
+            raise ValueError(f"read_path must be one of {READ_PATHS}, got {read_path!r}")
         self.settings = settings
         self.stale_after_s = stale_after_s
         self.max_cameras = max_cameras
-        self.store = store or open_store(settings)
-        fail_fast(self.store)
+        self.read_path = read_path
+        self.store = store
+        if read_path == "feast":
+            self.store = store or open_store(settings)
+            fail_fast(self.store)
         self.versions = {view.name: view_version(view) for parts in SERVICES.values() for view, _ in parts}
-        self._readers: dict[str, FeatureReader] = {}
+        self._readers: dict[str, Reader] = {}
+        # (service, key) -> (the stamps its rows had, the camera's answer built from them): see _answer_from_cache.
+        self._built: dict[tuple[str, Key], tuple[Stamps, fpb.CameraFeatures]] = {}
         self._lock = threading.Lock()
         self.healthy = True  # the last read succeeded (or none was tried)
 
-    def reader(self, service: str) -> FeatureReader:
+    def reader(self, service: str) -> Reader:
         with self._lock:
             if service not in self._readers:
                 if service not in SERVICES:
                     raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                        f"no feature service {service!r}; there are {sorted(SERVICES)}")
-                self._readers[service] = FeatureReader(self.settings, service, self.stale_after_s, self.store)
+                self._readers[service] = (
+                    FeatureReader(self.settings, service, self.stale_after_s, self.store) if self.store is not None
+                    else RedisFeatureReader(self.settings, service, self.stale_after_s))
             return self._readers[service]
 
     def warm_up(self) -> None:
@@ -156,7 +174,7 @@ class FeatureQuery:
             return False
         return True
 
-    def keys(self, request: fpb.GetFeaturesRequest, caller: Client | None) -> tuple[FeatureReader, list[Key]]:
+    def keys(self, request: fpb.GetFeaturesRequest, caller: Client | None) -> tuple[Reader, list[Key]]:
         """The reader and entity keys of a request, or RequestError."""
         cameras = list(request.cameras)
         if not cameras:
@@ -176,15 +194,48 @@ class FeatureQuery:
         has_variant = request.HasField("variant")
         if reader.by_variant and not has_variant:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"feature service {reader.service.name!r} is keyed by camera and variant: "
+                               f"feature service {reader.name!r} is keyed by camera and variant: "
                                "name the variant")
         if not reader.by_variant and has_variant:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"feature service {reader.service.name!r} is keyed by camera alone: no variant")
+                               f"feature service {reader.name!r} is keyed by camera alone: no variant")
         keys: list[Key] = [(c, request.variant) for c in cameras] if reader.by_variant else list(cameras)
         return reader, keys
 
-    def _read(self, reader: FeatureReader, keys: Sequence[Key], now: float | None = None) -> dict[Key, CameraFeatures]:
+    def _answer_from_cache(self, reader: RedisFeatureReader, keys: Sequence[Key], now: float,
+                           reply: fpb.GetFeaturesReply) -> None:
+        """Fill `reply` from the built answers of earlier calls, re-reading only the cameras whose rows changed.
+
+        A camera's rows change once per window close (every 10 s), while callers read far more often, and building a
+        camera's answer (decoding ~120 values, then ~120 reply values) costs more than reading it. So the stamps (each
+        view's event time, one small HMGET per camera) are read first; a camera whose stamps equal those its cached
+        answer was built from is answered from that, with its age and freshness judged now. Redis away fails the
+        stamps read: nothing is answered from the cache then."""
+        answers: dict[Key, fpb.CameraFeatures] = {}
+        try:
+            for key, stamp in zip(keys, reader.stamps(keys), strict=True):
+                cached = self._built.get((reader.name, key))
+                if cached is not None and cached[0] == stamp:
+                    answers[key] = cached[1]
+            changed = list(dict.fromkeys(key for key in keys if key not in answers))
+            built = reader.read_stamped(changed, now) if changed else []
+        except Exception as exc:  # Redis away: not the request's fault
+            self.healthy = False
+            raise FeaturesUnavailable(f"feature store unreadable: {exc!r}") from exc
+        self.healthy = True
+        if len(self._built) + len(changed) > MAX_BUILT:
+            self._built.clear()  # (other threads hold their answers in their own dict)
+        for key, (features, stamp) in zip(changed, built, strict=True):
+            answers[key] = camera_reply(features, self.versions)
+            self._built[(reader.name, key)] = (stamp, answers[key])
+        for key in keys:
+            camera = reply.cameras.add()
+            camera.CopyFrom(answers[key])
+            if camera.found:
+                camera.age_s = now - camera.window_end_ms / 1000
+                camera.fresh = camera.age_s <= self.stale_after_s
+
+    def _read(self, reader: Reader, keys: Sequence[Key], now: float | None = None) -> dict[Key, CameraFeatures]:
         try:
             answer = reader.read(keys, now)
         except Exception as exc:  # Redis away, registry unreadable: not the request's fault
@@ -198,14 +249,17 @@ class FeatureQuery:
         reader, keys = self.keys(request, caller)
         now = time.time() if now is None else now
         t0 = time.perf_counter()
-        answer = self._read(reader, keys, now)
-        READ_SECONDS.observe(time.perf_counter() - t0)
-        reply = fpb.GetFeaturesReply(feature_service=reader.service.name, stale_after_s=self.stale_after_s,
+        reply = fpb.GetFeaturesReply(feature_service=reader.name, stale_after_s=self.stale_after_s,
                                      now_ms=int(now * 1000))
-        reply.cameras.extend(camera_reply(answer[key], self.versions) for key in keys)
+        if isinstance(reader, RedisFeatureReader):
+            self._answer_from_cache(reader, keys, now, reply)
+        else:
+            answer = self._read(reader, keys, now)
+            reply.cameras.extend(camera_reply(answer[key], self.versions) for key in keys)
+        READ_SECONDS.observe(time.perf_counter() - t0)
         fresh = sum(1 for c in reply.cameras if c.fresh)
         missing = sum(1 for c in reply.cameras if not c.found)
-        name = reader.service.name
+        name = reader.name
         SERVED.labels(name, "fresh").inc(fresh)
         SERVED.labels(name, "stale").inc(len(reply.cameras) - fresh - missing)
         SERVED.labels(name, "missing").inc(missing)

@@ -1,9 +1,10 @@
-"""Writing closed windows to Feast, and the one read function.
+"""Writing closed windows to Feast, and reading them through Feast's SDK.
 
-`FeatureReader(settings).read(cameras)` opens the store once and reads a FeatureService's features for N cameras in
-one call; each camera's answer says how old its newest window is and whether that is fresh. A camera whose newest
-window ended longer ago than `stale_after_s` is reported stale (its values are still returned, marked so): Feast
-returns whatever Redis holds, however old, so freshness is judged here from `window_end_ms`, never assumed.
+`FeatureReader(settings).read(cameras)` (Feast's `get_online_features`; the FeatureService reads the same values from
+Feast's Redis layout with `redis_read.RedisFeatureReader`) opens the store once and reads a FeatureService's features
+for N cameras in one call; each camera's answer says how old its newest window is and whether that is fresh. A camera
+whose newest window ended longer ago than `stale_after_s` is reported stale (its values are still returned, marked
+so): Feast returns whatever Redis holds, however old, so freshness is judged here from `window_end_ms`, never assumed.
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ class CameraFeatures:
 Key = str | tuple[str, str]  # a camera id, or (camera id, variant) for services keyed by both
 
 
+def camera_features(camera: str, variant: str | None, values: dict[str, dict[str, Any]], now: float,
+                    stale_after_s: float) -> CameraFeatures:
+    """A camera's answer from its views' values: the newest window's end, its age, and whether that is fresh."""
+    ends = [v["window_end_ms"] for v in values.values() if v.get("window_end_ms") is not None]
+    end = max(ends) if ends else None
+    age = None if end is None else now - end / 1000
+    return CameraFeatures(camera, variant, values, end, age, age is not None and age <= stale_after_s)
+
+
 class FeatureReader:
     """Reads one FeatureService (router, drift, operators) for many cameras; open once, read often.
 
@@ -65,6 +75,7 @@ class FeatureReader:
         if service not in SERVICES:
             raise ValueError(f"no feature service {service!r}; there are {sorted(SERVICES)}")
         self.store = store or open_store(settings)
+        self.name = service
         self.service = self.store.get_feature_service(service)
         self.views = [view for view, _ in SERVICES[service]]
         self.by_variant = self.views[0].by_variant
@@ -86,17 +97,13 @@ class FeatureReader:
                 view_name, sep, feature = column.partition("__")
                 if sep and view_name in values:
                     values[view_name][feature] = column_values[i]
-            ends = [v["window_end_ms"] for v in values.values() if v.get("window_end_ms") is not None]
-            end = max(ends) if ends else None
-            age = None if end is None else now - end / 1000
-            out[key] = CameraFeatures(camera, variant, values, end, age,
-                                      age is not None and age <= self.stale_after_s)
+            out[key] = camera_features(camera, variant, values, now, self.stale_after_s)
         return out
 
     def _pair(self, key: Key) -> tuple[str, str | None]:
         if isinstance(key, tuple) != self.by_variant:
             wanted = "(camera, variant) pairs" if self.by_variant else "camera ids"
-            raise ValueError(f"{self.service.name!r} is read with {wanted}, got {key!r}")
+            raise ValueError(f"{self.name!r} is read with {wanted}, got {key!r}")
         return key if isinstance(key, tuple) else (key, None)
 
 

@@ -362,6 +362,9 @@ class FeaturesSettings(BaseServiceSettings, GrpcServerSettings, RedisSettings):
     stale_after_s: float = Field(35.0, gt=0, le=86400, description="A camera whose newest window ended longer ago "
                                  "is reported stale (fresh=false; its values still returned, marked so)")
     max_cameras: int = Field(1000, ge=1, le=100_000, description="Most cameras one GetFeatures call may ask for")
+    read_path: Literal["redis", "feast"] = Field("redis", description="redis: read Feast's Redis layout directly "
+                                                 "(one pipelined round trip); feast: through Feast's SDK "
+                                                 "(get_online_features, slower for many cameras); same values")
     workers: int = Field(4, ge=1, le=64, description="Threads reading Feast (calls in parallel)")
     grace_s: float = Field(5.0, ge=0, description="On SIGTERM, time in-flight calls get to finish")
     drain_delay_s: float = Field(1.0, ge=0, description="On SIGTERM, time serving NOT_SERVING before refusing calls")

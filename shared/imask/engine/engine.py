@@ -202,10 +202,10 @@ class MaskingEngine:
             floor = min(track_threshold, context_threshold)
             try:
                 found = self._detect(images, floor, timings)
-                found = self._orient([readable[i] for i in detect], [trackers[i] for i in detect], found, floor,
-                                     timings)
+                found, evidence = self._orient([readable[i] for i in detect], [trackers[i] for i in detect], found,
+                                               floor, timings)
                 found = self._close_ups([readable[i] for i in detect], [trackers[i] for i in detect], found, floor,
-                                        threshold, timings)
+                                        threshold, timings, evidence)
             except FailClosed as exc:
                 return [self._fail_closed(f, exc.reason, len(frames)) for f in frames]
             detections = dict(zip(detect, found, strict=True))
@@ -276,12 +276,15 @@ class MaskingEngine:
         return planned
 
     def _orient(self, frames: list[FrameInput], trackers: list[FaceTracker], upright: list[Detections],
-                threshold: float, timings: BatchTimings) -> list[Detections]:
+                threshold: float, timings: BatchTimings
+                ) -> tuple[list[Detections], dict[tuple[int, int], Detections]]:
         """The upright detections plus those of each camera's other orientation (configured, or estimated on its
-        first frame and every `orientation_every` detected frames after), mapped back and merged by NMS."""
+        first frame and every `orientation_every` detected frames after), mapped back and merged by NMS; and the
+        close-up passes the estimates ran, per (frame, turn), which the close-up step then need not run again."""
         auto = self.variant.orientation == "auto"
+        close: dict[tuple[int, int], Detections] = {}
         if not auto and all(frame.rotation is None for frame in frames):
-            return upright
+            return upright, close
         estimate = []
         out = list(upright)
         for i, (frame, tracker) in enumerate(zip(frames, trackers, strict=True)):
@@ -320,7 +323,7 @@ class MaskingEngine:
                 height, width = frame.image.shape[:2]
                 back = turn_back(turned[(i, tracker.orientation)], tracker.orientation, height, width)
                 out[i] = merge([upright[i], back], threshold)
-        return out
+        return out, close
 
     def _close_up_evidence(self, frames: list[FrameInput], estimate: list[int],
                            timings: BatchTimings) -> dict[tuple[int, int], Detections]:
@@ -338,9 +341,11 @@ class MaskingEngine:
         return found
 
     def _close_ups(self, frames: list[FrameInput], trackers: list[FaceTracker], found: list[Detections],
-                   floor: float, threshold: float, timings: BatchTimings) -> list[Detections]:
+                   floor: float, threshold: float, timings: BatchTimings,
+                   known: dict[tuple[int, int], Detections]) -> list[Detections]:
         """Frames unsure of their large faces read once more at a small input (engine/close_up.py), turned as their
-        camera's orientation says; the large faces that pass is sure of join the frame's detections."""
+        camera's orientation says; the large faces that pass is sure of join the frame's detections. A pass the
+        orientation estimate already ran at that turn (`known`) is not run again."""
         if self._close_up is None:
             return found
         variant = self.variant
@@ -349,11 +354,14 @@ class MaskingEngine:
                                  variant.large_face_threshold)]
         if not due:
             return found
-        pictures = [turn(frames[k].image, trackers[k].orientation) for k in due]
-        passes = self._detect(pictures, CLOSE_UP_SCORE, timings, self._close_up)
+        todo = [k for k in due if (k, trackers[k].orientation) not in known]
+        pictures = [turn(frames[k].image, trackers[k].orientation) for k in todo]
+        passes = self._detect(pictures, CLOSE_UP_SCORE, timings, self._close_up) if todo else []
+        ran = {k: close_up_faces(picture, close, variant.large_face_fraction)
+               for k, picture, close in zip(todo, pictures, passes, strict=True)}
         out = list(found)
-        for k, picture, close in zip(due, pictures, passes, strict=True):
-            faces = close_up_faces(picture, close, variant.large_face_fraction)
+        for k in due:
+            faces = ran[k] if k in ran else known[(k, trackers[k].orientation)]
             if len(faces):
                 metrics.CLOSE_UP_FACES.inc(len(faces))
                 height, width = frames[k].image.shape[:2]

@@ -16,6 +16,7 @@ from imask.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from imask.types import Image
 
 NO_FACES = "builtin:no-faces"
+LFW_FACES = "builtin:lfw-faces"  # real faces that ship in scikit-image, composed into pictures (lfw_faces.py)
 MIN_VALID_SIDE = 16  # WIDER's own evaluation ignores faces smaller than this
 LABEL_FILES = ("gt.json", "dlib_faces_gt.json")
 # Pictures that ship inside scikit-image's wheel and hold no human face: textures, animals, objects, text, space,
@@ -87,14 +88,19 @@ class Dataset:
 
 
 def open_dataset(spec: str) -> Dataset:
-    """A dataset from a folder, a video file or `builtin:no-faces`; ValueError says what is wrong."""
+    """A dataset from a folder, a video file, `builtin:no-faces` or `builtin:lfw-faces`; ValueError says what is
+    wrong."""
     if spec == NO_FACES:
         return _no_faces()
+    if spec == LFW_FACES:
+        from imask.evaluation.lfw_faces import lfw_faces
+
+        return lfw_faces()
     path = Path(spec)
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
         return _clips(path.stem, [path], spec)
     if not path.is_dir():
-        raise ValueError(f"dataset {spec!r} is neither a folder, a video file nor {NO_FACES!r}")
+        raise ValueError(f"dataset {spec!r} is neither a folder, a video file, {NO_FACES!r} nor {LFW_FACES!r}")
     labels = next((path / name for name in LABEL_FILES if (path / name).is_file()), None)
     if labels is None:
         clips = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)

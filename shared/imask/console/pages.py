@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from imask.alerting.deliveries import alert_state
 from imask.alerting.events import KINDS
 from imask.console.live import LiveState
 
@@ -139,12 +140,7 @@ def alert_rows(alertmanager: Iterable[dict[str, Any]], recent: Iterable[dict[str
         name = str(labels.get("alertname", ""))
         if name == "Watchdog":
             continue
-        status = alert.get("status", {})
-        state = str(status.get("state", ""))
-        if status.get("silencedBy"):
-            state += " (silenced)"
-        if status.get("inhibitedBy"):
-            state += " (inhibited)"
+        state = alert_state(alert)
         delivered = sorted(str(r.get("name", "")) for r in alert.get("receivers", []))
         receivers[(name, str(labels.get("camera", "")))] = delivered
         open_rows.append({"alertname": name, "camera": str(labels.get("camera", "")),

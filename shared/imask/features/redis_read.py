@@ -17,7 +17,7 @@ from typing import Any
 
 from imask.features.repo import FeastSettings
 from imask.features.schema import JOIN_KEY, SERVICES, VARIANT_KEY, View
-from imask.features.store import CameraFeatures, Key, camera_features
+from imask.features.store import CameraFeatures, Key, camera_features, entity_pair
 
 Stamps = tuple[bytes | None, ...]
 """A camera's event-time fields (`_ts:<view>`, Feast's serialized Timestamp), one per view: they change exactly when a
@@ -129,10 +129,7 @@ class RedisFeatureReader:
         return out
 
     def _pair(self, key: Key) -> tuple[str, str | None]:
-        if isinstance(key, tuple) != self.by_variant:
-            wanted = "(camera, variant) pairs" if self.by_variant else "camera ids"
-            raise ValueError(f"{self.name!r} is read with {wanted}, got {key!r}")
-        return key if isinstance(key, tuple) else (key, None)
+        return entity_pair(key, self.by_variant, self.name)
 
     def close(self) -> None:
         self.client.close()

@@ -55,6 +55,14 @@ class CameraFeatures:
 Key = str | tuple[str, str]  # a camera id, or (camera id, variant) for services keyed by both
 
 
+def entity_pair(key: Key, by_variant: bool, service: str) -> tuple[str, str | None]:
+    """A read key as (camera, variant or None); ValueError when it is not the kind the feature service is keyed by."""
+    if isinstance(key, tuple) != by_variant:
+        wanted = "(camera, variant) pairs" if by_variant else "camera ids"
+        raise ValueError(f"{service!r} is read with {wanted}, got {key!r}")
+    return key if isinstance(key, tuple) else (key, None)
+
+
 def camera_features(camera: str, variant: str | None, values: dict[str, dict[str, Any]], now: float,
                     stale_after_s: float) -> CameraFeatures:
     """A camera's answer from its views' values: the newest window's end, its age, and whether that is fresh."""
@@ -101,10 +109,7 @@ class FeatureReader:
         return out
 
     def _pair(self, key: Key) -> tuple[str, str | None]:
-        if isinstance(key, tuple) != self.by_variant:
-            wanted = "(camera, variant) pairs" if self.by_variant else "camera ids"
-            raise ValueError(f"{self.name!r} is read with {wanted}, got {key!r}")
-        return key if isinstance(key, tuple) else (key, None)
+        return entity_pair(key, self.by_variant, self.name)
 
 
 def utcnow() -> datetime:

@@ -7,7 +7,7 @@ between FACE_MIN_SIDE and FACE_MAX_SIDE (spread evenly on a log scale over the 1
 placed at a random spot in one quarter of an 800x600 picture, four faces a picture, 25 pictures, on scikit-image's
 brick, grass and gravel textures or a plain grey wall in turn, as 3-channel BGR.
 
-The crops are tight (forehead to chin, no hair, no shoulders) and a face pasted with its square edge is a hard-edged
+The crops are tight (brows to chin, little hair, no shoulders) and a face pasted with its square edge is a hard-edged
 tile no real picture has. So each crop is first extended by MARGIN of its side on every side with its own border
 replicated and blurred (the skin, hair and backdrop at its edge smeared outward), the crop itself kept sharp, and the
 whole patch blended into the background with a soft edge. The labelled box is the enlarged crop alone, which is the

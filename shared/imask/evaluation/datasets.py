@@ -93,9 +93,12 @@ def open_dataset(spec: str) -> Dataset:
     if spec == NO_FACES:
         return _no_faces()
     if spec == LFW_FACES:
-        from imask.evaluation.lfw_faces import lfw_faces
+        from imask.evaluation.lfw_faces import compose
 
-        return lfw_faces()
+        pictures, parts, tag = compose()
+        return Dataset("lfw-faces", "labelled", LFW_FACES, _digest(parts, tag),
+                       [Sample(name, [Face(box, True) for box in boxes], pixels=pixels)
+                        for name, pixels, boxes in pictures])
     path = Path(spec)
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
         return _clips(path.stem, [path], spec)

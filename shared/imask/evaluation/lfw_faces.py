@@ -24,8 +24,6 @@ import json
 import cv2
 import numpy as np
 
-from imask.evaluation.datasets import LFW_FACES, Dataset, Face, Sample, _digest
-
 COMPOSITION_VERSION = 1  # part of the digest: change it when the pictures or boxes change
 CROP = 25  # lfw_subset's crops are 25x25
 FACES = 100  # the first 100 crops are faces
@@ -39,7 +37,12 @@ PLAIN_GREY = 128
 SEED = 25
 
 
-def lfw_faces() -> Dataset:
+Box = tuple[float, float, float, float]
+
+
+def compose() -> tuple[list[tuple[str, np.ndarray, list[Box]]], list[tuple[str, bytes]], bytes]:
+    """The pictures (name, BGR pixels, face boxes x, y, w, h), the files they were made from, and a tag of the
+    composition and boxes: what `datasets.open_dataset` makes the set and its digest of."""
     folder = importlib.resources.files("skimage") / "data"
     subset = (folder / "lfw_subset.npy").read_bytes()  # what skimage.data.lfw_subset() loads
     crops = face_crops(subset)
@@ -55,20 +58,20 @@ def lfw_faces() -> Dataset:
             data = (folder / name).read_bytes()
             parts.append((name, data))
             backgrounds[name] = _background(data)
-    samples, labels = [], {}
+    pictures: list[tuple[str, np.ndarray, list[Box]]] = []
+    labels = {}
     for picture in range(FACES // FACES_PER_PICTURE):
         canvas = backgrounds[BACKGROUNDS[picture % len(BACKGROUNDS)]].copy()
-        faces = []
+        boxes = []
         for quarter in range(FACES_PER_PICTURE):
             index = picture * FACES_PER_PICTURE + quarter
-            box = place_face(canvas, crops[order[index]], int(sides[index]), quarter, rng)
-            faces.append(Face(box, True))
+            boxes.append(place_face(canvas, crops[order[index]], int(sides[index]), quarter, rng))
         name = f"lfw-{picture:02d}"
         pixels = cv2.cvtColor(np.clip(np.round(canvas), 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-        samples.append(Sample(name, faces, pixels=pixels))
-        labels[name] = [list(f.box) for f in faces]
+        pictures.append((name, pixels, boxes))
+        labels[name] = [list(box) for box in boxes]
     tag = json.dumps({"version": COMPOSITION_VERSION, "boxes": labels}, sort_keys=True).encode()
-    return Dataset("lfw-faces", "labelled", LFW_FACES, _digest(parts, tag), samples)
+    return pictures, parts, tag
 
 
 def face_crops(subset: bytes) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from imask.alerting.client import AlertmanagerClient
 from imask.alerting.lag import start_lag_sampler
-from imask.alerting.sink import AlertSink, DeliveryPolicy
+from imask.alerting.sink import AlertSink, DeliveryPolicy, zero_event_series
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import AlertingSettings
 from imask.streaming.kafka import ensure_topics
@@ -30,6 +30,7 @@ def alerting(settings: AlertingSettings, runtime: ServiceRuntime) -> int:
     sink = AlertSink(AlertmanagerClient(settings.alertmanager_url, settings.timeout_s), consumer, policy,
                      runtime.details)
     runtime.details["alertmanager_url"] = settings.alertmanager_url
+    zero_event_series()
     ensure_topics(settings)
     start_lag_sampler(settings, settings.lag_groups, settings.lag_interval_s, runtime.stopping)
     run_sink(consumer, sink, runtime.stopping, on_started=runtime.mark_ready)

@@ -20,8 +20,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from imask.features.repo import FeastSettings
-from imask.features.serving import DEFAULT_SERVICE, REQUESTS, FeatureQuery, FeaturesUnavailable, RequestError
+from imask.features.schema import SERVICES
+from imask.features.serving import (
+    DEFAULT_SERVICE,
+    FRESHNESS,
+    REQUESTS,
+    SERVED,
+    FeatureQuery,
+    FeaturesUnavailable,
+    RequestError,
+)
 from imask.ops.grpc_auth import ApiKeyInterceptor, ApiKeyStore, AuthError, api_key_store, server_credentials
+from imask.ops.metrics import zero_series
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import FeaturesSettings
 from imask.v1 import feature_service_pb2 as fpb
@@ -40,7 +50,13 @@ def feast_settings(settings: FeaturesSettings) -> FeastSettings:
 class FeatureServicer(fpb_grpc.FeatureServiceServicer):
     """Plain (blocking) methods, run on the server's thread pool: a Feast read is a Redis round trip."""
 
+    # The codes it counts calls under itself; a refused request's (INVALID_ARGUMENT, PERMISSION_DENIED, ...) and an
+    # unknown feature service's name appear when first counted.
+    CODES = ("OK", "UNAVAILABLE")
+
     def __init__(self, keys: ApiKeyStore | None) -> None:
+        zero_series(REQUESTS, feature_service=SERVICES, code=self.CODES)
+        zero_series(SERVED, feature_service=SERVICES, freshness=FRESHNESS)
         self.query: FeatureQuery | None = None  # attached once the store is open
         self.keys = keys
 

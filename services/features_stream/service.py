@@ -9,12 +9,19 @@ offsets and pending pushes and leaves the group.
 
 from __future__ import annotations
 
-from imask.features.stream import build
+from imask.features.stream import SKIPPED, build
+from imask.ops.metrics import zero_series
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import FeaturesStreamSettings
 
+# imask_features_records_skipped_total's reasons per topic (imask.features.stream's `keep`): a key that is no camera
+# id, a key that differs from the record's camera id. An undecodable record is counted without a topic.
+SKIP_REASONS = ("unknown_camera", "key_mismatch")
+
 
 def stream(settings: FeaturesStreamSettings, runtime: ServiceRuntime) -> int:
+    zero_series(SKIPPED, topic=[""], reason=["undecodable"])
+    zero_series(SKIPPED, topic=[settings.topic_meta, settings.topic_dlq], reason=SKIP_REASONS)
     app = build(settings)
     runtime.ready_checks.append(lambda: app.sink.healthy)
     runtime.details.update(group_id=settings.group_id, feast_project=settings.feast_project,

@@ -14,9 +14,11 @@ import os
 import time
 
 from imask.cameras.admin_policy import check_admin_exposure
+from imask.cameras.camera import DROP_REASONS
 from imask.cameras.config import CameraConfig, load_cameras_file, parse_source
 from imask.cameras.manager import CameraManager, KafkaOutbox
 from imask.cameras.publish import PublishServer
+from imask.ops import metrics
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import ConfigError, IngestSettings
 from imask.streaming.kafka import ensure_topics
@@ -38,6 +40,7 @@ def serve(settings: IngestSettings, runtime: ServiceRuntime) -> int:
         raise ConfigError("no cameras: give --source CAMERA_ID=URL, --cameras-file, or --keep-running to add "
                          "cameras through the admin API")
     check_admin_exposure(settings)
+    metrics.zero_series(metrics.FRAMES_DROPPED, reason=[f"ingest_{reason}" for reason in DROP_REASONS])
     ensure_topics(settings)
     outbox = KafkaOutbox(settings)
     manager = CameraManager(settings, outbox)

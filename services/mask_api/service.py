@@ -16,10 +16,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from imask.engine.engine import FAIL_CLOSED_REASONS
 from imask.httpapi.app import create_app
 from imask.httpapi.server import HttpServer
 from imask.maskapi.cache import ResultCache
-from imask.maskapi.executor import EngineExecutor
+from imask.maskapi.executor import ENGINE_EXCEPTION, EngineExecutor
 from imask.maskapi.ratelimit import RateLimiter
 from imask.maskapi.servicer import MaskServicer
 from imask.ops import metrics
@@ -44,7 +45,10 @@ class MetaPublisher:
     without Kafka: records wait in the producer helper within a bound (META_QUEUE_MAX, META_TIMEOUT_MS), then are
     dropped and counted in imask_meta_dropped_total; topics are ensured in the background, never before serving."""
 
+    DROP_REASONS = ("undelivered", "queue_full", "shutdown")  # imask_meta_dropped_total's reasons
+
     def __init__(self, settings: MaskApiSettings) -> None:
+        metrics.zero_series(metrics.META_DROPPED, reason=self.DROP_REASONS)
         self.topic = settings.topic_meta
         self.outbox = Outbox(settings, max_inflight=META_QUEUE_MAX, poll_thread=True, **{
             "message.timeout.ms": settings.kafka_extra.get("message.timeout.ms", META_TIMEOUT_MS)})
@@ -111,6 +115,7 @@ async def serve(settings: MaskApiSettings, runtime: ServiceRuntime) -> int:
 
     engine = await asyncio.to_thread(build_engine, settings)
     runtime.watch_engine(engine)
+    metrics.zero_series(metrics.FRAMES_FAIL_CLOSED, reason=(*FAIL_CLOSED_REASONS, ENGINE_EXCEPTION))
     executor = EngineExecutor(engine, settings.queue_max, settings.batch_max, settings.batch_wait_ms / 1e3)
     servicer.attach(executor)
     for name in ("", SERVICE_NAME):

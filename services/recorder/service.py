@@ -16,14 +16,16 @@ Wiring only: the recorder's logic (imask.recording.recorder) as the sink of the 
 
 from __future__ import annotations
 
+from imask.ops import metrics
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import RecorderSettings
-from imask.recording.recorder import Recorder
+from imask.recording.recorder import DROP_REASONS, Recorder
 from imask.streaming.kafka import ensure_topics
 from imask.streaming.sink import SinkConsumer, run_sink
 
 
 def record(settings: RecorderSettings, runtime: ServiceRuntime) -> int:
+    metrics.zero_series(metrics.FRAMES_DROPPED, reason=DROP_REASONS)
     consumer = SinkConsumer(settings, settings.group_id, [settings.topic_masked], runtime.details)
     recorder = Recorder(settings, consumer, runtime.details)
     runtime.ready_checks.append(lambda: not recorder.paused)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 
 from imask.engine import MaskingEngine
+from imask.engine.engine import FAIL_CLOSED_REASONS
+from imask.ops import metrics
 from imask.ops.runtime import ServiceRuntime, run_service
 from imask.ops.settings import WorkerSettings
 from imask.pipeline.handler import MaskingHandler, Processor
-from imask.pipeline.processor import FrameProcessor, ProcessorOptions
+from imask.pipeline.processor import DEAD_LETTER_REASONS, FrameProcessor, ProcessorOptions
 from imask.pipeline.routed import RoutedProcessor
 from imask.registry.resolve import build_engine
 from imask.routing.follower import ExperimentFollower
@@ -29,6 +31,9 @@ class Worker:
         self.settings = settings
         self.runtime = runtime
         self.engine = engine
+        # Its fault counters at 0 from the start, so their panels and alerts read 0, not nothing.
+        metrics.zero_series(metrics.FRAMES_FAIL_CLOSED, reason=FAIL_CLOSED_REASONS)
+        metrics.zero_series(metrics.FRAMES_DEAD_LETTERED, reason=DEAD_LETTER_REASONS)
         options = ProcessorOptions(
             worker_id=settings.instance_id, limits=settings, jpeg_quality=settings.jpeg_quality,
             dlq_include_raw=settings.dlq_include_raw, max_message_bytes=settings.max_message_bytes)

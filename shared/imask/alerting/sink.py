@@ -23,12 +23,33 @@ from dataclasses import dataclass, field
 from imask.alerting import metrics
 from imask.alerting.client import AlertmanagerClient, Refused, Unavailable
 from imask.alerting.episodes import EpisodeBook, Position
-from imask.alerting.events import Action, Alert, Malformed, decode, interpret
+from imask.alerting.events import KINDS, Action, Alert, Malformed, decode, interpret
+from imask.ops.metrics import zero_series
 from imask.streaming.kafka import OffsetTracker
 from imask.streaming.loop import Inbound
 from imask.streaming.sink import PartitionKey, SinkControl
 
 log = logging.getLogger(__name__)
+
+
+# imask_alerting_events_total's outcomes besides the actions' own (opened, resolved, oneshot).
+NOTHING_TO_RESOLVE = "nothing_to_resolve"  # a resolving event with no open episode
+MALFORMED = "malformed"  # counted under kind "-"
+
+
+def zero_event_series() -> None:
+    """imask_alerting_events_total at 0 for every catalogued kind with the outcomes its events have (a condition
+    opens and is resolved, a recovery resolves, a fact fires once) and for malformed events, so the event panels
+    read 0 before the first event. Kinds outside the catalogue appear when they first come."""
+    for kind, spec in KINDS.items():
+        if spec.resolves:
+            outcomes: tuple[str, ...] = (Action.RESOLVE.value, NOTHING_TO_RESOLVE)
+        elif spec.oneshot:
+            outcomes = (Action.ONESHOT.value,)
+        else:
+            outcomes = (Action.OPEN.value, Action.RESOLVE.value, NOTHING_TO_RESOLVE)
+        zero_series(metrics.EVENTS, kind=[kind], outcome=outcomes)
+    zero_series(metrics.EVENTS, kind=["-"], outcome=[MALFORMED])
 
 
 @dataclass(frozen=True)
@@ -87,12 +108,12 @@ class AlertSink:
             event = decode(record.value)
             meaning = interpret(event, self.clock(), self.policy.runbook_base, self.policy.oneshot_hold_s)
         except Malformed as exc:
-            metrics.EVENTS.labels("-", "malformed").inc()
+            metrics.EVENTS.labels("-", MALFORMED).inc()
             log.warning("malformed alert event skipped", extra={"offset": record.offset, "error": str(exc)})
             self._done([position])
             return
         alerts = self.book.apply(meaning, position)
-        outcome = meaning.action.value if alerts or meaning.action is not Action.RESOLVE else "nothing_to_resolve"
+        outcome = meaning.action.value if alerts or meaning.action is not Action.RESOLVE else NOTHING_TO_RESOLVE
         metrics.EVENTS.labels(meaning.kind, outcome).inc()
         if not alerts:
             self._done([position])

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 FPS_WINDOW_S = 5.0
 STEADY_S = 10.0  # a connection that lasted this long resets the reconnect backoff
 STOP_WAIT_S = 30.0  # complete policy: after a stop, how long frames may wait for Kafka before they are dropped
+# What the ingest counts per camera: frames dropped by reason (imask_camera_frames_dropped_total, and
+# imask_frames_dropped_total as ingest_<reason>) and errors by kind (imask_camera_errors_total).
+DROP_REASONS = ("superseded", "backpressure", "oversize", "delivery_failed", "internal")
+ERROR_KINDS = ("open", "read")
 
 
 def is_webcam(url: str) -> bool:
@@ -206,6 +210,11 @@ class Camera:
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self) -> Camera:
+        # The camera's fault counters at 0 from its start (metrics.forget_camera removes them with the camera).
+        metrics.zero_series(metrics.CAMERA_DROPPED, camera=[self.id], reason=DROP_REASONS)
+        metrics.zero_series(metrics.CAMERA_ERRORS, camera=[self.id], kind=ERROR_KINDS)
+        metrics.zero_series(metrics.CAMERA_RECONNECTS, camera=[self.id])
+        metrics.zero_series(metrics.CAMERA_GAP, camera=[self.id])
         self._grabber.start()
         self._publisher.start()
         return self

@@ -21,7 +21,7 @@ from imask.engine.detectors.base import BatchTimings, Detections, FaceDetector
 from imask.engine.detectors.geometry import concat, merge
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
 from imask.engine.orientation import choose, turn, turn_back, upright_is_sure
-from imask.engine.picture_range import detector_input
+from imask.engine.picture_range import UNREADABLE, detector_input
 from imask.engine.picture_stats import (
     PictureStats,
     baseline_offset,
@@ -82,6 +82,16 @@ def _at_least(dets: Detections, score: float) -> Detections:
     if keep.all():
         return dets
     return Detections(boxes=dets.boxes[keep], scores=dets.scores[keep], landmarks=dets.landmarks[keep])
+
+
+# Why the engine fails a frame closed (obscures it whole): imask_frames_fail_closed_total's reason and
+# FrameMeta.fail_closed_reason. UNREADABLE: a picture out of the detector's range (picture_range).
+DETECTOR_UNHEALTHY = "detector_unhealthy"  # a timed-out inference is still running
+DETECTOR_TIMEOUT = "detector_timeout"
+DETECTOR_ERROR = "detector_error"
+MASK_ERROR = "mask_error"  # masking raised
+MASK_GUARD = "mask_guard"  # the mask guard found a face region unchanged
+FAIL_CLOSED_REASONS = (DETECTOR_UNHEALTHY, DETECTOR_TIMEOUT, DETECTOR_ERROR, UNREADABLE, MASK_ERROR, MASK_GUARD)
 
 
 class FailClosed(Exception):
@@ -234,7 +244,7 @@ class MaskingEngine:
                     result = self._mask_tracks(frame, trackers[i].coast(), None, spec)
             except Exception:
                 log.exception("masking failed", extra={"camera": frame.camera_id, "seq": frame.seq})
-                result = self._fail_closed(frame, "mask_error", len(frames))
+                result = self._fail_closed(frame, MASK_ERROR, len(frames))
             result.orientation = trackers[i].orientation * 90
             result.picture = pictures.get(i)
             # Detector stage costs are per batch; each frame in it waited for all of them.
@@ -392,19 +402,19 @@ class MaskingEngine:
                 detector: FaceDetector | None = None) -> list[Detections]:
         with self._lock:
             if not self.healthy:
-                raise FailClosed("detector_unhealthy", "a timed-out inference is still running")
+                raise FailClosed(DETECTOR_UNHEALTHY, "a timed-out inference is still running")
             future = self._executor.submit((detector or self.detector).detect, images, threshold, timings)
             self._inflight = future
         try:
             detections = future.result(timeout=self.detector_timeout_s)
         except FutureTimeout:
             self._abandon(future)
-            raise FailClosed("detector_timeout") from None
+            raise FailClosed(DETECTOR_TIMEOUT) from None
         except Exception as exc:
             log.warning("detector error", extra={"error": repr(exc)})
-            raise FailClosed("detector_error", repr(exc)) from exc
+            raise FailClosed(DETECTOR_ERROR, repr(exc)) from exc
         if len(detections) != len(images):
-            raise FailClosed("detector_error", f"{len(detections)} results for {len(images)} frames")
+            raise FailClosed(DETECTOR_ERROR, f"{len(detections)} results for {len(images)} frames")
         return detections
 
     def _abandon(self, future: Future[list[Detections]]) -> None:
@@ -459,7 +469,7 @@ class MaskingEngine:
         if not masked_regions_changed(frame.image, out, regions):
             metrics.FRAMES_UNMASKED.inc()
             log.error("mask guard tripped: a face region was left unchanged", extra={"camera": frame.camera_id})
-            return self._fail_closed(frame, "mask_guard", 1)
+            return self._fail_closed(frame, MASK_GUARD, 1)
         # Plain Python values in one conversion per array: per-element numpy scalars cost ~10x more per face.
         landmarks = dets.landmarks.tolist() if dets is not None else []
         faces = [

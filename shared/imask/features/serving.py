@@ -45,6 +45,7 @@ READ_SECONDS = Histogram("imask_feature_read_seconds", "One GetFeatures read of 
                          "cameras)", buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5))
 SERVED = Counter("imask_feature_cameras_served_total", "Cameras answered, by freshness (fresh, stale, missing)",
                  ["feature_service", "freshness"])
+FRESHNESS = ("fresh", "stale", "missing")  # SERVED's freshness values
 HISTOGRAM_EDGES: dict[str, tuple[float, ...]] = {"score_hist": SCORE_EDGES, "face_size_hist": FACE_SIZE_EDGES}
 
 

@@ -20,6 +20,10 @@ from imask.ops import metrics
 
 log = logging.getLogger(__name__)
 
+# imask_frames_fail_closed_total's reason for a batch whose engine call raised (mask-api's calls get an error):
+# mask-api's one reason besides the engine's own (imask.engine.engine.FAIL_CLOSED_REASONS).
+ENGINE_EXCEPTION = "engine_exception"
+
 
 class QueueFull(Exception):
     pass
@@ -121,7 +125,7 @@ class EngineExecutor:
                 results = self.engine.process([item.frame for item in live], live[0].spec, live[0].threshold)
             except Exception as exc:  # a bug outside the engine's own guards: fail these calls, keep serving
                 log.exception("engine failed; the batch's calls get an error, no image")
-                metrics.FRAMES_FAIL_CLOSED.labels("engine_exception").inc(len(live))
+                metrics.FRAMES_FAIL_CLOSED.labels(ENGINE_EXCEPTION).inc(len(live))
                 for item in live:
                     item.loop.call_soon_threadsafe(_set_exception, item.future, EngineFailed(repr(exc)))
                 continue

@@ -7,9 +7,10 @@ for hundreds of cameras.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Self
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -111,6 +112,18 @@ CAMERA_GAP = Counter("imask_camera_gap_seconds_total", "Seconds without frames, 
                      ["camera"])
 CAMERA_SERIES = (CAMERA_STATE, CAMERA_FPS, CAMERA_SECONDS_SINCE_FRAME, CAMERA_FRAMES, CAMERA_DROPPED,
                  CAMERA_RECONNECTS, CAMERA_ERRORS, CAMERA_GAP)
+
+
+def zero_series(metric: Counter, **values: Iterable[str]) -> None:
+    """Export these label combinations (every combination of the values given per label name) at 0 from now on.
+
+    A labelled counter has no series until a combination counts once, so a panel or alert over a fault counter would
+    show nothing (not 0) until the first fault; services call this at start-up with the label values their code
+    uses (a camera's series: when the camera starts). Only values from the code's own enumerations: a free-form
+    value (an error text, a requested name) is never pre-created."""
+    names = list(values)
+    for combo in itertools.product(*(tuple(values[name]) for name in names)):
+        metric.labels(**dict(zip(names, combo, strict=True)))
 
 
 def forget_camera(camera: str) -> None:

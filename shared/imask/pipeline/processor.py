@@ -50,6 +50,10 @@ class ProcessorOptions:
 # Room left for the envelope's other fields and Kafka's record overhead under max_message_bytes.
 MESSAGE_HEADROOM = 4096
 FALLBACK_JPEG_QUALITY = 60
+# imask_frames_dead_lettered_total's reasons: the DropReason names a worker dead-letters with, every one but
+# UNSPECIFIED and the ingest's own INGEST_STALE.
+DEAD_LETTER_REASONS = tuple(value.name for value in pb.DropReason.DESCRIPTOR.values
+                            if value.name not in ("DROP_REASON_UNSPECIFIED", "DROP_REASON_INGEST_STALE"))
 
 
 def internal_error(inbound: Inbound, camera_id: str, seq: int, detail: str) -> Rejected:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # types only: the file logic is usable (and testable) without
 log = logging.getLogger(__name__)
 
 SPACE_CHECK_S = 2.0  # while paused, free space is looked at this often
+# imask_frames_dropped_total's reasons here: a message that is no MaskedFrame, a frame whose image does not decode.
+DROP_REASONS = ("recorder_bad_message", "recorder_undecodable")
 
 
 def committable(position: int, partition: int, recordings: list[CameraRecording]) -> int:

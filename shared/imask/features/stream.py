@@ -9,16 +9,18 @@ on the camera's partition passes the window's end plus `grace_ms`. A record whos
 earlier closed windows within the hop make the hopping window (`HopWindows`, in a state store). The camera's rows
 (all its records) and one row per variant, for each of the two windows, go to `FeastSink`, which pushes every
 camera's rows of a window end in one push per view when Quix commits its checkpoint: online to Redis through the
-view's push source, offline as one parquet file in the view's folder.
+view's push source, offline as one parquet file in the view's folder. A checkpoint holding closed windows commits as
+soon as every partition taking records has closed them (`PartitionClocks.all_past`), not at the end of the commit
+interval; the interval still bounds the wait.
 
 A partition with no record for `idle_tick_s` gets ticks on `ticks_topic`, timestamped with its last event time
 plus the wall time since: its clock moves on and its cameras' last windows close.
 
 Delivery: at least once. State (changelog topics), offsets and pushes commit together every
-`commit_interval_s`; a failed push (Redis away) rewinds to the last commit and retries (Quix's sink backpressure),
-so no window is lost; a crash redoes at most one commit interval, and the re-pushed windows are skipped online
-(Feast keeps a row only if its event timestamp is newer) and written again offline (readers keep the newest
-`created` per camera and window).
+`commit_interval_s`, and as soon as a window close's rows are complete; a failed push (Redis away) rewinds to the
+last commit and retries (Quix's sink backpressure), so no window is lost; a crash redoes at most one commit interval,
+and the re-pushed windows are skipped online (Feast keeps a row only if its event timestamp is newer) and written
+again offline (readers keep the newest `created` per camera and window).
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ from imask.v1 import frames_pb2 as pb
 log = logging.getLogger(__name__)
 
 WINDOW_NAME = "camera_window"
+# Quix's buffered consume (the topics are read time-aligned) waits out its whole timeout unless 10,000 records come:
+# at Quix's default of 1 s every record waited up to a second before it was processed, a window close with it.
+POLL_TIMEOUT_S = 0.1
 TICK_KEY = b"~tick"  # never a camera id ("~" is outside the id alphabet)
 
 RECORDS = Counter("imask_features_records_total", "Records the features stream took into a window", ["topic"])
@@ -144,6 +149,12 @@ class PartitionClocks:
             self.event_ms[partition] = max(self.event_ms.get(partition, 0), event_ms)
             self.wall[partition] = now
 
+    def all_past(self, event_ms: int, live_s: float, now: float) -> bool:
+        """Every partition that took a record in the last live_s has its clock at event_ms or later (the others
+        close their windows by ticks, whenever those come)."""
+        with self.lock:
+            return all(self.event_ms[p] >= event_ms for p, wall in self.wall.items() if now - wall <= live_s)
+
     def idle(self, idle_s: float, now: float, until_s: float = float("inf")) -> dict[int, int]:
         """Partitions idle for idle_s (and not longer than until_s: by then every window has closed), each with its
         clock moved on by the wall time since its last record."""
@@ -170,6 +181,7 @@ class FeastSink(BaseSink):
         self.store: Any = None
         self.healthy = True
         self.pushes = 0
+        self.newest_end = 0  # newest window end among the rows held (0: none held)
 
     def setup(self) -> None:
         self.store = feature_store.open_store(self.feast)
@@ -178,7 +190,9 @@ class FeastSink(BaseSink):
 
     def add(self, value: Any, key: Any, timestamp: int, headers: Any, topic: str, partition: int,
             offset: int) -> None:
-        self.rows.setdefault((value["view"], value["row"]["window_end_ms"]), []).append(value["row"])
+        end_ms = value["row"]["window_end_ms"]
+        self.rows.setdefault((value["view"], end_ms), []).append(value["row"])
+        self.newest_end = max(self.newest_end, end_ms)
 
     def flush(self) -> None:
         views = {view.name: view for view in VIEWS}
@@ -193,6 +207,7 @@ class FeastSink(BaseSink):
                                 extra={"view": view_name, "window_end_ms": end_ms, "error": repr(exc)})
                 self.healthy = False
                 self.rows.clear()
+                self.newest_end = 0
                 raise SinkBackpressureError(retry_after=self.retry_after_s) from exc
             PUSH_SECONDS.observe(time.perf_counter() - t0)
             PUSHES.labels("ok").inc()
@@ -203,9 +218,11 @@ class FeastSink(BaseSink):
                 log.info("feast push recovered", extra={"view": view_name, "window_end_ms": end_ms})
             self.healthy = True
         self.rows.clear()
+        self.newest_end = 0
 
     def on_paused(self) -> None:
         self.rows.clear()
+        self.newest_end = 0
 
 
 class _App(Application):
@@ -283,6 +300,7 @@ def build(settings: FeaturesStreamSettings, sink: FeastSink | None = None) -> Fe
     consumer_extra = {"session.timeout.ms": 10000, "heartbeat.interval.ms": 2000, **extra}
     app = _App(broker_address=settings.bootstrap_servers, consumer_group=settings.group_id,
                auto_offset_reset=settings.auto_offset_reset, commit_interval=settings.commit_interval_s,
+               consumer_poll_timeout=POLL_TIMEOUT_S,
                state_dir=str(settings.state_dir), loglevel=None,
                consumer_extra_config=consumer_extra, producer_extra_config=extra,
                auto_create_topics=True, use_changelog_topics=True)
@@ -382,4 +400,19 @@ def build(settings: FeaturesStreamSettings, sink: FeastSink | None = None) -> Fe
     sdf = sdf.filter(lambda value, key, timestamp, headers: key != TICK_KEY, metadata=True)
     sdf = sdf.apply(emit, stateful=True, metadata=True, expand=True)
     sdf.sink(sink)
+
+    # Commit a checkpoint holding closed windows as soon as every partition taking records has closed the newest of
+    # them (live, the partitions' closing records come within a frame or two of each other: one push per view and
+    # window end), rather than up to commit_interval_s later. It is the same commit as the interval's (state,
+    # offsets, pushes together), only sooner; the interval still bounds the wait for a partition that lags.
+    context = source.processing_context
+    commit_checkpoint = context.commit_checkpoint
+    live_s = settings.idle_tick_s or settings.window_s
+
+    def commit_closed(force: bool = False, revoking: bool = False) -> None:
+        if not force and sink.newest_end:
+            force = clocks.all_past(sink.newest_end + settings.grace_ms, live_s, time.time())
+        commit_checkpoint(force=force, revoking=revoking)
+
+    context.commit_checkpoint = commit_closed
     return FeaturesStream(settings, sink, app, clocks, late)

@@ -83,6 +83,18 @@ def test_idle_partitions_get_their_clock_moved_on() -> None:
     assert clocks.idle(5.0, now=110.0) == {0: 59_000}
 
 
+def test_a_close_commits_once_every_live_partition_has_closed_it() -> None:
+    clocks = PartitionClocks()
+    clocks.seen(0, 12_000, now=100.0)
+    clocks.seen(1, 11_900, now=100.0)
+    assert not clocks.all_past(12_000, live_s=5.0, now=100.1)  # partition 1 has not closed the window yet
+    clocks.seen(1, 12_100, now=100.2)
+    assert clocks.all_past(12_000, live_s=5.0, now=100.2)
+    clocks.seen(2, 3_000, now=90.0)  # quiet for longer than live_s: its windows close by ticks, whenever
+    assert clocks.all_past(12_000, live_s=5.0, now=100.2)
+    assert PartitionClocks().all_past(12_000, live_s=5.0, now=100.0)  # only ticks closed it: nothing to wait for
+
+
 def test_hop_must_be_a_multiple_of_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMASK_FEATURES_STREAM_HOP_S", "45")
     with pytest.raises(ConfigError, match="multiple"):

@@ -332,7 +332,7 @@ class FeaturesStreamSettings(BaseServiceSettings, KafkaSettings, RedisSettings):
     feast_project: str = Field("imask", pattern=r"^[A-Za-z0-9_]+$", description="Feast project (Redis keys carry it)")
     window_s: int = Field(10, ge=1, le=3600, description="Tumbling window, and the step of the hopping window")
     hop_s: int = Field(60, ge=1, le=86400, description="Hopping window (a multiple of window_s, every window_s)")
-    grace_ms: int = Field(2000, ge=0, le=600_000, description="Records this late (event time: capture time) still "
+    grace_ms: int = Field(1000, ge=0, le=600_000, description="Records this late (event time: capture time) still "
                           "count in their window; later ones are counted as late_frames")
     max_future_ms: int = Field(5000, ge=0, description="Event times further ahead of the wall clock are clamped to it "
                                "(one future timestamp would hold a partition's windows open)")

@@ -24,6 +24,7 @@ from conftest import subprocess_env
 from imask.devstack.procs import ServiceProcess
 from imask.drift import synthetic as syn
 from imask.drift.store import DriftStore
+from imask.features.redis_read import RedisFeatureReader
 from imask.features.repo import FeastSettings
 from imask.ops.settings import KafkaSettings
 from imask.streaming.kafka import TopicReader, delete_topics, producer_config
@@ -109,7 +110,16 @@ def check(kafka_settings: KafkaSettings, feast_repo: FeastSettings, prefix: str,
         try:
             while time.monotonic() < deadline and not any(e.kind == "tamper_covered" for e in got):
                 alerts(kafka_settings, reader, got, 0.5)
-            alerts(kafka_settings, reader, got, 2.0)  # anything the steady camera raised in the same polls
+            # The cameras' partitions are processed at their own pace: the steady camera's windows may land after
+            # the covered one's alert. Its last window online, then two of the drift service's polls, then
+            # anything it raised.
+            features = RedisFeatureReader(feast_repo, "drift")
+            while time.monotonic() < deadline and (
+                    features.read([steady])[steady].window_end_ms or 0) < end_ms:
+                time.sleep(0.5)
+            features.close()
+            time.sleep(1.0)
+            alerts(kafka_settings, reader, got, 2.0)
         finally:
             reader.close()
         opened = [e for e in got if e.kind == "tamper_covered" and e.state == "breached"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -133,3 +135,13 @@ def start_worker(tmp_path: Path, name: str, group: str, **env: str) -> ServicePr
     return worker
 
 
+def wait_until(what: str, probe: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
+    """Call `probe` until it returns something true, and return that; fail naming `what` (and the last value)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout} s (last: {value!r})")
+        time.sleep(every)

@@ -101,7 +101,7 @@ async def serve(settings: FeaturesSettings, runtime: ServiceRuntime) -> int:
     log.info("features listening; opening the feature store", extra={"grpc_port": port, "tls": creds is not None})
 
     query = await asyncio.to_thread(FeatureQuery, feast_settings(settings), settings.stale_after_s,
-                                    settings.max_cameras, None, settings.read_path)
+                                    settings.max_cameras, settings.read_path)
     try:
         await asyncio.to_thread(query.warm_up)
     except FeaturesUnavailable as exc:  # Redis away at start: serve, not ready, until a probe reads

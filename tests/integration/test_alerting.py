@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+import streams
 from conftest import subprocess_env
 from imask.alerting import amconfig
 from imask.alerting.client import AlertmanagerClient
@@ -56,15 +57,8 @@ RESULTS = REPO_ROOT / "out" / "alerting" / "e2e.json"
 MEASURED: dict[str, Any] = {}
 
 
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = DELIVERY_S, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout} s (last: {value!r})")
-        time.sleep(every)
+def wait_until(what: str, probe: Callable[[], Any], timeout: float = DELIVERY_S) -> Any:
+    return streams.wait_until(what, probe, timeout)
 
 
 class TestAlertmanager:

@@ -24,6 +24,7 @@ import grpc
 import pytest
 from confluent_kafka import TopicPartition
 
+import streams
 from conftest import subprocess_env
 from imask.devstack import stack
 from imask.devstack.procs import ServiceProcess, free_port
@@ -102,16 +103,8 @@ def camera_status(ingest: ServiceProcess, camera: str) -> dict[str, Any]:
     return dict(answer)
 
 
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = WAIT_S, every: float = 0.1) -> Any:
-    """Call `probe` until it returns something true, and return that; fail naming `what` (and the last value)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout} s (last: {value!r})")
-        time.sleep(every)
+def wait_until(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+    return streams.wait_until(what, probe, timeout)
 
 
 def wait_state(ingest: ServiceProcess, camera: str, states: set[str], timeout: float = WAIT_S) -> dict[str, Any]:

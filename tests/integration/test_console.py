@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import pytest
 
+import streams
 from conftest import subprocess_env
 from imask.devstack.procs import free_port
 from imask.devstack.settings import REPO_ROOT
@@ -48,15 +49,8 @@ WAIT_S = 60.0
 FACE = (slice(40, 150), slice(110, 210))
 
 
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = WAIT_S, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout} s (last: {value!r})")
-        time.sleep(every)
+def wait_until(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+    return streams.wait_until(what, probe, timeout, every=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import jinja2
@@ -31,6 +32,12 @@ from imask.frames.ids import check_camera_id
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
+S = TypeVar("S")
+T = TypeVar("T")
+# What a page shows when a source has nothing to give (typed, so read_source's result is).
+ROWS = list[dict[str, Any]]
+DELIVERIES = dict[str, dict[str, float]]
+CONFIRMED = dict[tuple[str, str], dict[str, list[str]]]
 CONFIRMED_WINDOW_S = 86400.0  # the alerts page shows the inbox's confirmed deliveries of the last day
 CHANGES = Counter("imask_console_changes_total", "Changes made through the console", ["action", "outcome"])
 REFUSED = Counter("imask_console_refused_total", "Console requests refused", ["reason"])
@@ -153,11 +160,8 @@ def create_app(keys: OperatorKeys, sessions: Sessions, live: LiveState, sources:
     # -- cameras ---------------------------------------------------------------------------------------------
 
     async def camera_list() -> tuple[list[dict[str, Any]], str]:
-        try:
-            listed = await run_in_threadpool(sources.ingest.cameras)
-            return pages.camera_rows(listed, live), ""
-        except Unavailable as exc:
-            return pages.camera_rows([], live), str(exc)
+        listed, error = await read_source(sources.ingest, lambda ingest: ingest.cameras(), ROWS(), "")
+        return pages.camera_rows(listed, live), error
 
     @app.get("/cameras", response_class=HTMLResponse)
     async def cameras_page(request: Request, msg: str = "", err: str = "") -> Response:
@@ -268,14 +272,9 @@ def create_app(keys: OperatorKeys, sessions: Sessions, live: LiveState, sources:
         who = signed_in(request)
         if isinstance(who, Response):
             return who
-        summaries: list[dict[str, Any]] = []
-        error = "" if sources.experiments else "no router configured (IMASK_CONSOLE_ROUTER_ADDRESS)"
-        if sources.experiments is not None:
-            try:
-                summaries = [pages.experiment_summary(r)
-                             for r in await run_in_threadpool(sources.experiments.summaries)]
-            except Unavailable as exc:
-                error = str(exc)
+        summaries, error = await read_source(
+            sources.experiments, lambda router: [pages.experiment_summary(r) for r in router.summaries()], ROWS(),
+            "no router configured (IMASK_CONSOLE_ROUTER_ADDRESS)")
         return render("experiments.html", who, experiments=summaries, source_error=error, msg=msg, err=err)
 
     @app.post("/experiments/{name}/{action}")
@@ -304,17 +303,11 @@ def create_app(keys: OperatorKeys, sessions: Sessions, live: LiveState, sources:
         who = signed_in(request)
         if isinstance(who, Response):
             return who
-        alerts: list[dict[str, Any]] = []
-        deliveries: dict[str, dict[str, float]] = {}
-        confirmed: dict[tuple[str, str], dict[str, list[str]]] = {}
-        error = ""
-        if sources.alertmanager is not None:
-            try:
-                alerts = await run_in_threadpool(sources.alertmanager.alerts)
-                deliveries = await run_in_threadpool(sources.alertmanager.deliveries)
-                confirmed = await run_in_threadpool(sources.alertmanager.confirmed, time.time() - CONFIRMED_WINDOW_S)
-            except Unavailable as exc:
-                error = str(exc)
+        (alerts, deliveries, confirmed), error = await read_source(
+            sources.alertmanager,
+            lambda am: (am.alerts(), am.deliveries(), am.confirmed(time.time() - CONFIRMED_WINDOW_S)),
+            (ROWS(), DELIVERIES(), CONFIRMED()),
+            "")
         rows = pages.alert_rows(alerts, live.alerts(), confirmed)
         return render("alerts.html", who, open=rows["open"], recent=rows["recent"], source_error=error,
                       deliveries=deliveries, inbox=bool(sources.alertmanager and sources.alertmanager.inbox_dir),
@@ -325,18 +318,23 @@ def create_app(keys: OperatorKeys, sessions: Sessions, live: LiveState, sources:
         who = signed_in(request)
         if isinstance(who, Response):
             return who
-        rows: list[dict[str, Any]] = []
-        error = "" if sources.models else "no model registry configured"
-        if sources.models is not None:
-            try:
-                versions, evaluations = await run_in_threadpool(sources.models.read)
-                rows = pages.model_rows(versions, evaluations)
-            except Unavailable as exc:
-                error = str(exc)
+        rows, error = await read_source(sources.models, lambda models: pages.model_rows(*models.read()), ROWS(),
+                                        "no model registry configured")
         return render("models.html", who, models=rows, source_error=error,
                       model_name=sources.models.name if sources.models else "")
 
     return app
+
+
+async def read_source(source: S | None, read: Callable[[S], T], empty: T, missing: str) -> tuple[T, str]:
+    """A page's data from one source, read off the event loop, and what went wrong: `empty` with `missing` when the
+    console has no such source, `empty` with the reason when it does not answer (the page shows the rest)."""
+    if source is None:
+        return empty, missing
+    try:
+        return await run_in_threadpool(read, source), ""
+    except Unavailable as exc:
+        return empty, str(exc)
 
 
 def _local(path: str) -> str:

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import logging
 import secrets
-import subprocess
 import sys
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
-from imask.devstack import supervisor
 from imask.devstack.server import OneProcessServer
 from imask.devstack.settings import StackSettings
-from imask.devstack.supervisor import Daemon, port_bindable
+from imask.devstack.supervisor import port_bindable
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +84,8 @@ class Console(OneProcessServer):
     def command(self, s: StackSettings) -> list[str]:
         return [sys.executable, "-m", "imask.cli.main", "console"]
 
-    def start(self, s: StackSettings, missing: Sequence[Daemon]) -> list[subprocess.Popen[bytes]]:
-        [daemon] = missing
-        supervisor.check_port_free(daemon.port, self.name, self.port_env)
-        self.folder(s).mkdir(parents=True, exist_ok=True)
-        return [supervisor.spawn(daemon, self.command(s), cwd=self.folder(s), env=env(s))]
+    def environment(self, s: StackSettings) -> Mapping[str, str]:
+        return env(s)
 
     def answering(self, s: StackSettings) -> bool:
         try:

@@ -85,6 +85,10 @@ class OneProcessServer(ABC):
     def enabled(self, s: StackSettings) -> bool:
         return True
 
+    def environment(self, s: StackSettings) -> Mapping[str, str]:
+        """What its process gets on top of the caller's environment (`env`, unless the settings shape it)."""
+        return self.env
+
     def daemon(self, s: StackSettings) -> Daemon:
         folder = self.folder(s)
         return Daemon(self.name, self.marker, folder / f"{self.name}.pid", folder / f"{self.name}.log", self.port(s),
@@ -101,7 +105,7 @@ class OneProcessServer(ABC):
         supervisor.check_port_free(daemon.port, self.name, self.port_env)
         cmd = self.command(s)
         self.folder(s).mkdir(parents=True, exist_ok=True)
-        return [supervisor.spawn(daemon, cmd, cwd=self.folder(s), env=self.env)]
+        return [supervisor.spawn(daemon, cmd, cwd=self.folder(s), env=self.environment(s))]
 
     def status(self, s: StackSettings) -> dict[str, object]:
         daemon = self.daemon(s)

@@ -132,16 +132,16 @@ class FeatureQuery:
     Feast store opened once). Both give the same values (tests/integration/test_features_service.py)."""
 
     def __init__(self, settings: FeastSettings, stale_after_s: float = 35.0, max_cameras: int = 1000,
-                 store: FeatureStore | None = None, read_path: str = "redis") -> None:
+                 read_path: str = "redis") -> None:
         if read_path not in READ_PATHS:
             raise ValueError(f"read_path must be one of {READ_PATHS}, got {read_path!r}")
         self.settings = settings
         self.stale_after_s = stale_after_s
         self.max_cameras = max_cameras
-        self.read_path = read_path
-        self.store = store
+        # The SDK path's Feast store, opened once; None: the Redis layout is read directly.
+        self.store: FeatureStore | None = None
         if read_path == "feast":
-            self.store = store or open_store(settings)
+            self.store = open_store(settings)
             fail_fast(self.store)
         self.versions = {view.name: view_version(view) for parts in SERVICES.values() for view, _ in parts}
         self._readers: dict[str, Reader] = {}

@@ -181,7 +181,6 @@ class FeastSink(BaseSink):
         self.store: Any = None
         self.healthy = True
         self.pushes = 0
-        self.newest_end = 0  # newest window end among the rows held (0: none held)
 
     def setup(self) -> None:
         self.store = feature_store.open_store(self.feast)
@@ -190,9 +189,7 @@ class FeastSink(BaseSink):
 
     def add(self, value: Any, key: Any, timestamp: int, headers: Any, topic: str, partition: int,
             offset: int) -> None:
-        end_ms = value["row"]["window_end_ms"]
-        self.rows.setdefault((value["view"], end_ms), []).append(value["row"])
-        self.newest_end = max(self.newest_end, end_ms)
+        self.rows.setdefault((value["view"], value["row"]["window_end_ms"]), []).append(value["row"])
 
     def flush(self) -> None:
         views = {view.name: view for view in VIEWS}
@@ -207,7 +204,6 @@ class FeastSink(BaseSink):
                                 extra={"view": view_name, "window_end_ms": end_ms, "error": repr(exc)})
                 self.healthy = False
                 self.rows.clear()
-                self.newest_end = 0
                 raise SinkBackpressureError(retry_after=self.retry_after_s) from exc
             PUSH_SECONDS.observe(time.perf_counter() - t0)
             PUSHES.labels("ok").inc()
@@ -218,11 +214,14 @@ class FeastSink(BaseSink):
                 log.info("feast push recovered", extra={"view": view_name, "window_end_ms": end_ms})
             self.healthy = True
         self.rows.clear()
-        self.newest_end = 0
 
     def on_paused(self) -> None:
         self.rows.clear()
-        self.newest_end = 0
+
+    @property
+    def newest_end(self) -> int:
+        """The newest window end among the rows held (0: none held)."""
+        return max((end_ms for _, end_ms in self.rows), default=0)
 
 
 class _App(Application):

@@ -180,6 +180,19 @@ def create_app(keys: OperatorKeys, sessions: Sessions, live: LiveState, sources:
         rows, error = await camera_list()
         return JSONResponse({"cameras": rows, "error": error})
 
+    async def ingest_change(action: str, done: int, call: Callable[..., tuple[int, Any]], *args: Any
+                            ) -> tuple[int, str]:
+        """One change through the ingest's admin API, counted: its status, and what to tell the operator when it
+        was refused ("" when it was done)."""
+        try:
+            code, answer = await run_in_threadpool(call, *args)
+        except Unavailable as exc:
+            code, answer = 503, {"error": str(exc)}
+        CHANGES.labels(action, "ok" if code == done else "refused").inc()
+        if code == done:
+            return code, ""
+        return code, f"ingest refused ({code}): {answer.get('error', answer) if isinstance(answer, dict) else answer}"
+
     @app.post("/cameras")
     async def add_camera(request: Request) -> Response:
         got = await change(request)
@@ -192,16 +205,9 @@ def create_app(keys: OperatorKeys, sessions: Sessions, live: LiveState, sources:
                 fields["fps"] = float(form["fps"])
             except ValueError:
                 return back("/cameras", f"fps {form['fps']!r} is not a number", ok=False)
-        try:
-            code, answer = await run_in_threadpool(sources.ingest.add, fields)
-        except Unavailable as exc:
-            code, answer = 503, {"error": str(exc)}
-        ok = code == 201
-        CHANGES.labels("add_camera", "ok" if ok else "refused").inc()
+        code, refusal = await ingest_change("add_camera", 201, sources.ingest.add, fields)
         log.info("camera add", extra={"operator": who.name, "camera": fields["camera_id"], "status": code})
-        return back("/cameras", f"camera {fields['camera_id']} added" if ok else
-                    f"ingest refused ({code}): {answer.get('error', answer) if isinstance(answer, dict) else answer}",
-                    ok)
+        return back("/cameras", refusal or f"camera {fields['camera_id']} added", not refusal)
 
     @app.post("/cameras/{camera_id}/remove")
     async def remove_camera(camera_id: str, request: Request) -> Response:
@@ -209,14 +215,9 @@ def create_app(keys: OperatorKeys, sessions: Sessions, live: LiveState, sources:
         if isinstance(got, Response):
             return got
         who, _ = got
-        try:
-            code, answer = await run_in_threadpool(sources.ingest.remove, camera_id)
-        except Unavailable as exc:
-            code, answer = 503, {"error": str(exc)}
-        ok = code == 200
-        CHANGES.labels("remove_camera", "ok" if ok else "refused").inc()
+        code, refusal = await ingest_change("remove_camera", 200, sources.ingest.remove, camera_id)
         log.info("camera remove", extra={"operator": who.name, "camera": camera_id, "status": code})
-        return back("/cameras", f"camera {camera_id} removed" if ok else f"ingest refused ({code}): {answer}", ok)
+        return back("/cameras", refusal or f"camera {camera_id} removed", not refusal)
 
     async def detail(camera_id: str) -> tuple[dict[str, Any], list[str]]:
         errors = []

@@ -29,9 +29,10 @@ pytestmark = pytest.mark.kafka
 
 
 def test_imask_run_end_to_end(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
-    # 40 frames at 3 fps: 13 s of streaming, so Prometheus (5 s scrapes) takes each service at least twice and a
-    # rate() over the ingest's and the worker's counters has data (the dashboards' check at the end).
-    clip = synthetic_clip(tmp_path / "clip.mp4", frames=40, fps=3)
+    # 40 frames at 2 fps: 20 s of streaming, so Prometheus (5 s scrapes) takes each service several times, a rate()
+    # over the ingest's and the worker's counters has data, and a 10 s window closes and is pushed while the
+    # features stream is still scraped (the dashboards' check at the end; at 13 s its first push could come last).
+    clip = synthetic_clip(tmp_path / "clip.mp4", frames=40, fps=2)
     env = {**subprocess_env(), "IMASK_WORKER_GROUP_ID": f"g-{uuid.uuid4().hex[:6]}",
            "IMASK_RECORDER_GROUP_ID": f"r-{uuid.uuid4().hex[:6]}",
            "IMASK_ALERTING_GROUP_ID": f"a-{uuid.uuid4().hex[:6]}"}

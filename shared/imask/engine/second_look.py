@@ -1,4 +1,4 @@
-"""Second look: in a crowd frame, a faint detection starts a mask only when a second pass at 1.5x confirms it.
+"""Second look: in a crowd frame, a faint face is masked only when two other opinions together vouch for it.
 
 The crowd rule (engine/context.py) lets a new small face start a track at 0.03 in a frame with 5+ small boxes. On
 wider_dev that takes recall from 0.822 (0.2) to 0.957 but also masks heads seen from behind, chests, hands, flags and
@@ -6,56 +6,53 @@ clothing: 215 masks a picture, 12 per labelled face, a median 8.9% of each pictu
 grown by 60% a side (p90 19.5%, max 38%).
 
 Measured on wider_dev (103 crowd pictures, 741 valid faces). The crowd rule admits 20,849 candidates (0.03 <= score
-< 0.2); 1,255 overlap a labelled face at IoU >= 0.3. 100 valid faces are masked only thanks to candidates: 88 by one
-at IoU >= 0.3 with them, 12 only by a misplaced neighbour's mask. AUC of candidates on those faces against
-candidates on no labelled face (IoU < 0.1), plain and weighted by the area each masks outside faces:
+< 0.2); 129 of them are the only detection of a labelled face they overlap at IoU >= 0.3. AUC of candidates on those
+faces against candidates on no labelled face (IoU < 0.1), plain and weighted by the area each masks outside faces:
 
     the candidate's own score                                        0.71  0.72
-    size against confident faces at that height (perspective fit)    ~0.5
-    colour: skin share, Cr/Cb, saturation, distance to the frame's
-      confident faces' colour                                        0.78  0.76
+    colour: skin share, Cr/Cb, saturation                            0.78  0.76
     CenterFace heat-map peakedness (faces peak, textures plateau)    0.75  0.72
     BlazeFace short-range / full-range on the enlarged crop          0.58 / 0.42
     CenterFace on the mirrored frame (IoU >= 0.4)                    0.75  0.76
-    CenterFace at 1.5x / 2x the pass's scale (IoU >= 0.3)            0.86 / 0.87  0.87 / 0.88
-    logistic regression: colour, score, size (and the 1.5x pass)    0.78 (0.89)  0.76 (0.89)
+    MTCNN's RNet (24 px) / ONet (48 px) on the crop, 1.2x the box    0.78 / 0.81  0.75 / 0.76
+    CenterFace at 1.5x / 2x the pass's scale (IoU >= 0.3)            0.85 / 0.85  0.87 / 0.86
+    1.5x pass and ONet (logistic, out of fold by picture)            0.90  0.89
+    1.5x pass, ONet and RNet / and the candidate's score             0.90 / 0.89
 
-CenterFace regresses a mean face's landmarks for anything it fires on: the order check (eyes above nose above mouth,
-left/right, inside the box) fails 0 of 417 confident faces, 1 of the 129 needed candidates and 19 of 16,423 non-face
-ones (0.8% of their area). It stays as a sanity gate (it refuses the moon's box, which the 1.5x pass confirms), not a
-discriminator. The second pass is the one strong signal: at 1.5x a small face is resolved and still found, most blobs
-that looked like one are not. Colour added 0.02 of AUC and nothing measurable end to end, so it is left out.
+The 1.5x pass (a small face is resolved and still found, most blobs that looked like one are not) and ONet (another
+family, trained on WIDER crops) err on different candidates; together they vouch for a face by
+
+    RESCAN_WEIGHT * ln(1.5x score + 0.01) + CHECK_WEIGHT * logit(ONet's face probability) > KEEP_LOGIT
+
+(the weights are the logistic fit's). The 1.5x pass also finds faces the main pass has no box for at all (48 labelled
+faces have none at 0.03; 22 of them score 0.03 or more at 1.5x): its boxes that overlap no main detection are
+proposed and judged the same way, against PROPOSE_LOGIT. CenterFace regresses a mean face's landmarks for anything it
+fires on, so the landmark order check (eyes above nose above mouth, inside the box) is a sanity gate only: it fails
+0 of 417 confident faces and refuses the moon's box.
 
 End to end (recall as imask.evaluation.runner counts it, YuNet referee included; masks per labelled face; share of
-the picture masked outside labelled faces; no face-free picture of builtin:no-faces over 1% and photos_gt 43/43 in
-every row; "@1.0": kept candidates masked at scale 1.0 instead of 1.5):
+the picture masked outside labelled faces; photos_gt 43/43 in every row; kept candidates masked at FAINT_MASK_SCALE):
 
-    rule                                      recall  masks/face  outside p50  p90    max
-    default (context 0.03)                    0.957   12.0        8.9%         19.5%  38.2%
-    default, candidates @1.0                  0.954   12.0        5.0%         13.4%  29.3%
-    context 0.05 / 0.07 / 0.1                 0.935 / 0.908 / 0.885   6.2 / 3.7 / 2.1   3.8 / 2.3 / 1.2%
-                                                                      p90 11.3 / 7.2 / 4.6%
-    context 0.05 / 0.07, candidates @1.0      0.931 / 0.904   6.2 / 3.7   2.2 / 1.2%   7.3 / 4.3%
-    1.5x >= 0.06, candidates @1.5             0.943   5.0         2.7%         7.6%   21.8%
-    1.5x >= 0.06, candidates @1.2             0.943   5.0         2.0%         6.0%   17.4%
-    1.5x >= 0.04, @1.0                        0.947   7.1         2.4%         7.2%   19.5%
-    1.5x >= 0.05, @1.0                        0.943   5.9         1.9%         6.0%   17.3%
-    1.5x >= 0.06, @1.0 (this module)          0.942   5.0         1.5%         5.0%   14.5%
-    1.5x >= 0.08, @1.0                        0.934   3.7         1.0%         4.0%   10.5%
-    2x >= 0.06 / 1.25x >= 0.06, @1.0          0.939 / 0.939   4.5 / 5.6   1.5 / 1.9%   4.9 / 5.7%
+    rule                                                  recall  masks/face  outside p50  p90    max
+    default before the second look (context 0.03, @1.5)   0.957   12.0        8.9%         19.5%  38.2%
+    every candidate kept, @1.0                            0.953   12.0        5.0%         13.1%  29.3%
+    1.5x >= 0.06 alone                                    0.942   5.0         1.5%         5.0%   14.5%
+    1.5x and ONet, keep > -7.0, no proposals              0.946   4.6         1.6%         5.2%   15.0%
+    ... with proposals > -6.0                             0.962   4.7         1.8%         5.2%   15.3%
+    keep > -6.8, propose > -6.0 (the default)             0.960   4.3         1.6%         4.8%   14.1%
+    keep > -6.5, propose > -6.0                           0.951   3.7         1.3%         4.2%   12.7%
+    keep > -6.0, propose > -6.0 (`precise`)               0.950   2.9         0.9%         3.3%   9.9%
+    keep > -6.8, propose > -6.5                           0.962   4.4         1.6%         5.4%   20.5%
 
-No rule keeps the default's 0.957 with less over-masking: the default already masks every face CenterFace finds at
-0.03 (its 32 misses have no detection at all), and of the 11 faces this rule gives up, 5 were covered only by masks on
-neighbouring non-faces and the rest are heavily blurred or occluded or atypical poses scoring 0.03-0.06 at both
-scales. At equal recall the 1.5x check masks about half the area that a higher context threshold does (0.942 at
-1.5% / 5.0% vs context 0.05 @1.0: 0.931 at 2.2% / 7.3%). Faces WIDER does not label but YuNet (2x, >= 0.6) or the 2x
-pass (>= 0.5) find explain 0.2 points of the default's 8.9% median: nearly all of the outside share is non-faces.
+The thresholds were chosen on wider_dev itself, so its figures flatter them a little; the held-out half is the
+independent check.
 
 The module is pure: the engine runs the second pass (a CenterFace detector on the main one's model, sized by
-rescan_geometry, threshold RESCAN_SCORE) on crowd frames that have candidates, and calls second_look() once per such
-frame before the tracker. Refused candidates get an infinite new-track score (they may still continue a track a
-confident detection started); kept ones are shrunk by mask_boxes() so that the variant's mask scale masks them at
-FAINT_MASK_SCALE.
+rescan_geometry, floor RESCAN_FLOOR) on crowd frames that have candidates, asks its FaceCheck (detectors/onet.py) for
+the face probability of the candidates and proposals the 1.5x pass found (`to_check`), and calls second_look() once
+per such frame before the tracker. Refused candidates get an infinite new-track score (they may still continue a
+track a confident detection started); kept ones and added proposals are shrunk by mask_boxes() so that the variant's
+mask scale masks them at FAINT_MASK_SCALE.
 """
 
 from __future__ import annotations
@@ -73,12 +70,21 @@ BoolArray = npt.NDArray[np.bool_]
 # (0.939 recall at 1.9% / 5.7% outside vs 0.942 at 1.5% / 5.0%) and 2x no better (0.939 at 1.5% / 4.9%) for 1.8x
 # the cost of 1.5x.
 RESCAN_FACTOR = 1.5
-# A candidate is confirmed by a second-pass box overlapping it this much: 0.3 separated best (AUC 0.87 weighted;
-# 0.4: 0.85, 0.5: 0.75, centre distance within 0.4 of a side: 0.86).
+# A second-pass box speaks for a candidate it overlaps this much: 0.3 separated best (AUC 0.87 weighted; 0.4: 0.85,
+# 0.5: 0.75, centre distance within 0.4 of a side: 0.86); the same overlap makes a second-pass box a new proposal
+# when it has no main detection.
 RESCAN_IOU = 0.3
-# ...scoring at least this much (the module doc's table: 0.05 keeps 1 more face for 0.4 points more median and 1.0
-# more p90 outside share, 0.08 drops 6 more for 0.5 and 1.0 less).
-RESCAN_SCORE = 0.06
+# Second-pass boxes under this score count for nothing: a candidate without one is refused without asking ONet (none
+# of the 110 faces the rule keeps has less), and proposals start here.
+RESCAN_FLOOR = 0.03
+# The verdict: RESCAN_WEIGHT * ln(1.5x score + RESCAN_OFFSET) + CHECK_WEIGHT * logit(ONet) > KEEP_LOGIT (the
+# logistic fit's weights; the module doc's table for the limits).
+RESCAN_WEIGHT = 2.05
+RESCAN_OFFSET = 0.01
+CHECK_WEIGHT = 0.43
+CHECK_CLIP = 1e-4  # ONet's probability is clipped to CHECK_CLIP..1-CHECK_CLIP before its logit
+KEEP_LOGIT = -6.8
+PROPOSE_LOGIT = -6.0
 # Kept candidates are masked at this scale of their box instead of the variant's (1.5): 2.25x less area each, for 1
 # face of 741 (0.943 -> 0.942 with the referee's check; 1.2: 0.943 at 2.0% / 6.0%). masks.MIN_MASK_SCALE: below 1.0
 # a mask leaves part of the detector's box.
@@ -88,15 +94,33 @@ LANDMARK_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
-class SecondLook:
-    """One frame's verdict, per detection: `keep` (False only for refused candidates) and the mask scale each should
-    get (`FAINT_MASK_SCALE` for kept candidates, NaN for the rest: the variant's own); `required`, the score each
-    needed to start a track, as the verdict was made with it."""
+class LookPlan:
+    """What one crowd frame's second look asks ONet about. `candidates` (see that function) and `rescan_scores`, the
+    best second-pass score overlapping each detection (0: none at RESCAN_FLOOR), are per detection; `proposals` are
+    the second-pass boxes no detection overlaps. ONet judges `to_check`: the candidates with a second-pass score
+    (`checked`), then every proposal."""
 
+    required: FloatArray
+    candidates: BoolArray
+    rescan_scores: FloatArray
+    checked: BoolArray
+    proposals: Detections
+    to_check: FloatArray
+
+
+@dataclass(frozen=True)
+class SecondLook:
+    """One frame's verdict. `detections`: the frame's detections followed by the proposals kept (`added` of them);
+    per box of it: `keep` (False only for refused candidates), `required` (the score it needs to start a track; 0 for
+    an added proposal) and the mask scale it gets (`FAINT_MASK_SCALE` for kept candidates and added proposals, NaN for
+    the rest: the variant's own). `candidates` marks the frame's own faint candidates."""
+
+    detections: Detections
     required: FloatArray
     candidates: BoolArray
     keep: BoolArray
     mask_scale: FloatArray
+    added: int
 
     @property
     def refused(self) -> BoolArray:
@@ -131,53 +155,87 @@ def landmarks_in_face_order(dets: Detections, margin: float = LANDMARK_MARGIN) -
     return np.asarray(inside & eyes_above_mouth & nose_between & left_right, np.bool_)
 
 
-def confirmed(boxes: FloatArray, rescan: Detections, min_score: float = RESCAN_SCORE,
-              min_iou: float = RESCAN_IOU) -> BoolArray:
-    """Per box: the second pass has a box scoring >= min_score that overlaps it at IoU >= min_iou. A crowd brings
+def rescan_scores(boxes: FloatArray, rescan: Detections, min_iou: float = RESCAN_IOU) -> FloatArray:
+    """Per box: the best score of a second-pass box overlapping it at IoU >= min_iou (0 where none). A crowd brings
     hundreds of each, and each overlaps a handful: second-pass boxes sorted by left edge, each box is paired only with
     those whose left edge lies between its own right edge and, to its left, the widest box that could still reach
     min_iou with it (a full grid, or tracker.overlapping_pairs' x test over one, cost 2 ms for 730 x 260 boxes)."""
-    out = np.zeros(boxes.shape[0], np.bool_)
-    strong = rescan.boxes[rescan.scores >= min_score].astype(np.float64)
-    if boxes.shape[0] == 0 or strong.shape[0] == 0:
+    out = np.zeros(boxes.shape[0], np.float32)
+    if boxes.shape[0] == 0 or len(rescan) == 0:
         return out
+    theirs = rescan.boxes.astype(np.float64)
     mine = boxes.astype(np.float64)
-    order = np.argsort(strong[:, 0], kind="stable")
-    lefts = strong[order, 0]
+    order = np.argsort(theirs[:, 0], kind="stable")
+    lefts = theirs[order, 0]
     # IoU >= min_iou needs the other box no wider than this one / min_iou (their intersection is at most this one's
     # width times the other's height, and must reach min_iou of the other's area).
-    reach = np.minimum(float((strong[:, 2] - strong[:, 0]).max()), (mine[:, 2] - mine[:, 0]) / max(min_iou, 1e-3))
+    reach = np.minimum(float((theirs[:, 2] - theirs[:, 0]).max()), (mine[:, 2] - mine[:, 0]) / max(min_iou, 1e-3))
     lo = np.searchsorted(lefts, mine[:, 0] - reach, side="left")
     hi = np.searchsorted(lefts, mine[:, 2], side="right")
     counts = np.maximum(hi - lo, 0)
     rows = np.repeat(np.arange(mine.shape[0]), counts)
     starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
     cols = order[np.arange(rows.shape[0]) + starts]
-    a, b = mine[rows], strong[cols]
+    a, b = mine[rows], theirs[cols]
     inter = (np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
              * np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None))
     union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    out[rows[inter >= min_iou * np.maximum(union, 1e-9)]] = True
+    hit = inter >= min_iou * np.maximum(union, 1e-9)
+    np.maximum.at(out, rows[hit], rescan.scores[cols[hit]].astype(np.float32))
     return out
 
 
-def second_look(dets: Detections, required: npt.NDArray[np.floating] | float, threshold: float,
-                rescan: Detections, upright: bool = True) -> SecondLook:
-    """The verdict on one crowd frame's detections: candidates (see `candidates`) are kept when the second pass
-    (`rescan`, in frame pixels, at RESCAN_FACTOR) confirms them and, for an `upright` picture, their landmarks are in
-    face order (a camera detected turned, engine/orientation.py, has its faces' landmarks turned in frame pixels:
-    pass upright=False); every other detection is left as it is."""
+def vouched(rescan_score: FloatArray, face_probability: FloatArray, limit: float) -> BoolArray:
+    """The 1.5x pass and ONet together vouch for a face (the module doc's formula) beyond `limit`."""
+    clipped = np.clip(face_probability.astype(np.float64), CHECK_CLIP, 1 - CHECK_CLIP)
+    logit = RESCAN_WEIGHT * np.log(rescan_score.astype(np.float64) + RESCAN_OFFSET)
+    return np.asarray(logit + CHECK_WEIGHT * np.log(clipped / (1 - clipped)) > limit, np.bool_)
+
+
+def plan_look(dets: Detections, required: npt.NDArray[np.floating] | float, threshold: float,
+              rescan: Detections) -> LookPlan:
+    """The frame's candidates, their second-pass scores and the second-pass boxes (at RESCAN_FLOOR and up) that
+    overlap no detection at RESCAN_IOU: what ONet is to judge (LookPlan)."""
     cand = candidates(dets, required, threshold)
-    keep = np.ones(len(dets), np.bool_)
-    if cand.any():
-        index = np.flatnonzero(cand)
-        sub = Detections(boxes=dets.boxes[index], scores=dets.scores[index], landmarks=dets.landmarks[index])
-        keep[index] = confirmed(sub.boxes, rescan)
-        if upright:
-            keep[index] &= landmarks_in_face_order(sub)
-    scale = np.where(cand & keep, np.float32(FAINT_MASK_SCALE), np.float32(np.nan)).astype(np.float32)
+    strong = rescan.scores >= RESCAN_FLOOR
+    rescan = Detections(boxes=rescan.boxes[strong], scores=rescan.scores[strong], landmarks=rescan.landmarks[strong])
+    scores = rescan_scores(dets.boxes, rescan)
+    new = rescan_scores(rescan.boxes, dets) == 0 if len(dets) else np.ones(len(rescan), np.bool_)
+    proposals = Detections(boxes=rescan.boxes[new], scores=rescan.scores[new], landmarks=rescan.landmarks[new])
+    checked = cand & (scores > 0)
     required_each = np.broadcast_to(np.asarray(required, np.float32), (len(dets),)).astype(np.float32)
-    return SecondLook(required=required_each, candidates=cand, keep=keep, mask_scale=scale)
+    return LookPlan(required=required_each, candidates=cand, rescan_scores=scores, checked=checked,
+                    proposals=proposals,
+                    to_check=np.concatenate([dets.boxes[checked], proposals.boxes]).reshape(-1, 4).astype(np.float32))
+
+
+def second_look(dets: Detections, plan: LookPlan, face_probability: FloatArray, upright: bool = True) -> SecondLook:
+    """The verdict on one crowd frame (`plan` from plan_look, `face_probability` ONet's for plan.to_check):
+    candidates are kept when vouched for beyond KEEP_LOGIT, proposals added when vouched for beyond PROPOSE_LOGIT,
+    and, for an `upright` picture, their landmarks are in face order (a camera detected turned, engine/
+    orientation.py, has its faces' landmarks turned in frame pixels: pass upright=False). Every other detection is
+    left as it is."""
+    checked = int(plan.checked.sum())
+    keep = ~plan.candidates
+    keep[plan.checked] = vouched(plan.rescan_scores[plan.checked], face_probability[:checked], KEEP_LOGIT)
+    proposals = plan.proposals
+    add = vouched(proposals.scores, face_probability[checked:], PROPOSE_LOGIT)
+    if upright:
+        keep &= ~plan.candidates | landmarks_in_face_order(dets)
+        add &= landmarks_in_face_order(proposals)
+    added = Detections(boxes=proposals.boxes[add], scores=proposals.scores[add], landmarks=proposals.landmarks[add])
+    count = len(added)
+    combined = Detections(boxes=np.concatenate([dets.boxes, added.boxes]).astype(np.float32),
+                          scores=np.concatenate([dets.scores, added.scores]).astype(np.float32),
+                          landmarks=np.concatenate([dets.landmarks, added.landmarks]).astype(np.float32))
+    faint = np.concatenate([plan.candidates & keep, np.ones(count, np.bool_)])
+    return SecondLook(
+        detections=combined,
+        required=np.concatenate([plan.required, np.zeros(count, np.float32)]).astype(np.float32),
+        candidates=np.concatenate([plan.candidates, np.zeros(count, np.bool_)]),
+        keep=np.concatenate([keep, np.ones(count, np.bool_)]),
+        mask_scale=np.where(faint, np.float32(FAINT_MASK_SCALE), np.float32(np.nan)).astype(np.float32),
+        added=count)
 
 
 def mask_boxes(boxes: FloatArray, mask_scale: FloatArray, spec_scale: float) -> FloatArray:

@@ -57,10 +57,11 @@ class Variant:
     # "upright": pictures are taken as they come. A frame's configured rotation is used either way.
     orientation: str = "auto"
     orientation_every: int = 150
-    # In a crowd frame, a faint box (under threshold) starts a mask only when a second pass at 1.5x the scale finds
-    # it and its landmarks are in face order, and it is masked at its own size (engine/second_look.py): a sixth of
-    # the area masked outside faces for 1.5 points of recall and about 3x the CPU of a crowd frame.
-    second_look: bool = False
+    # In a crowd frame, a faint box (under threshold) starts a mask only when a second pass at 1.5x the scale and
+    # MTCNN's ONet together vouch for it (and its landmarks are in face order), and boxes only the 1.5x pass found
+    # are added the same way; both are masked at their own size (engine/second_look.py). On wider_dev: a fifth of
+    # the area masked outside faces, recall 0.957 -> 0.960.
+    second_look: bool = True
     # Frames unsure of their large faces (nothing at the threshold, or a large box under large_face_threshold) are
     # read again at 192x192, where a face filling the frame is of a size the detector knows (engine/close_up.py).
     close_up: bool = True
@@ -127,14 +128,16 @@ REGISTRY: dict[str, Variant] = {
     # Sample clips, every frame checked: referee re-found 80 of 3,990 faces, 0 confidently (every frame: 83, 0);
     # every 4th frame left one confident re-find, every 5th two (docs/EVALUATION.md).
     "realtime": Variant(name="realtime", version="1", detect_every=3),
-    # Crowds masked where the faces are: the default with the second look on faint crowd boxes (less of the scene
-    # masked, a little less recall, more CPU in crowds).
-    "precise": Variant(name="precise", version="1", second_look=True),
+    # The default without the second look: every faint crowd box masked at the full scale (more of the scene masked,
+    # the same recall, less CPU in crowds); the comparison point of the second look's cost.
+    "broad": Variant(name="broad", version="1", second_look=False),
     # Low-resolution surveillance (PAL/SD frames, heads of 7-15 px): read at their own size (a 768x576 budget; the
     # default shrinks 576p to 0.72x, heads to 5-11 px, under what CenterFace finds) with the crowd rule at 0.1 (at
     # 0.03 the native scale's textures became 228 masks a frame). OpenCV's vtest.avi (docs/BENCHMARKS.md): the
     # referee re-finds 3 of 170 heads after masking, against the default's 68, for about 1.5x its CPU.
-    "sd": Variant(name="sd", version="1", input_width=768, input_height=576, context_threshold=0.1),
+    # The second look is off here: at this scale it cost 3x the CPU for no fewer re-found heads (docs/BENCHMARKS.md).
+    "sd": Variant(name="sd", version="1", input_width=768, input_height=576, context_threshold=0.1,
+                  second_look=False),
     # Crowds: lower threshold, a mirrored pass, a larger budget and native-resolution tiles on large frames.
     # Recall 0.96 on WIDER crowds for about 3x the default's cost; fires on some textures (docs/EVALUATION.md).
     "crowd": Variant(name="crowd", version="1", threshold=0.05, flip=True, input_width=768, input_height=432,
@@ -142,12 +145,13 @@ REGISTRY: dict[str, Variant] = {
     # The second family (MediaPipe's BlazeFace, full-range model, on LiteRT): one 192x192 pass per frame.
     "blazeface": Variant(name="blazeface", version="1", detector="blazeface", model_sha256=BLAZEFACE_FULL_SHA256,
                          input_width=192, input_height=192, threshold=0.5, track_threshold=0.3,
-                         context_threshold=0.0, precision="fp32", orientation="upright", close_up=False),
+                         context_threshold=0.0, precision="fp32", orientation="upright", close_up=False,
+                         second_look=False),
     # BlazeFace with overlapping 256 px tiles at about native resolution besides the whole-frame pass.
     "blazeface-tiled": Variant(name="blazeface-tiled", version="1", detector="blazeface",
                                model_sha256=BLAZEFACE_FULL_SHA256, input_width=192, input_height=192,
                                threshold=0.5, track_threshold=0.3, tile=256, context_threshold=0.0,
-                               precision="fp32", orientation="upright", close_up=False),
+                               precision="fp32", orientation="upright", close_up=False, second_look=False),
 }
 
 

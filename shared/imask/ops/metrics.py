@@ -48,9 +48,12 @@ FRAMES_RESTORED = Counter("imask_frames_restored_total", "Frames the detector re
                           "of its range (dithered or halftone dots, noise); masks still go on the frame itself",
                           ["reason"])
 SECOND_LOOK_REFUSED = Counter("imask_second_look_refused_total",
-                              "Faint crowd boxes the second look refused (not confirmed at 1.5x, or landmarks out of "
-                              "face order): not masked unless they continue a track")
+                              "Faint crowd boxes the second look refused (the 1.5x pass and ONet did not vouch for "
+                              "them, or landmarks out of face order): not masked unless they continue a track")
 SECOND_LOOK_KEPT = Counter("imask_second_look_kept_total", "Faint crowd boxes the second look confirmed")
+SECOND_LOOK_ADDED = Counter("imask_second_look_added_total",
+                            "Faces the second look's 1.5x pass found where the main pass had no box, vouched for by "
+                            "ONet and masked")
 CLOSE_UP_PASSES = Counter("imask_close_up_passes_total",
                           "Frames unsure of their large faces, read again at a small input (the close-up pass)")
 CLOSE_UP_FACES = Counter("imask_close_up_faces_total", "Large faces the close-up pass added to a frame's detections")

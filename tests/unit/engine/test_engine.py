@@ -299,4 +299,5 @@ def test_detector_backends_are_chosen_by_name() -> None:
     assert isinstance(built.detector, CenterFaceDetector) and built.execution_provider == "CPUExecutionProvider"
     assert built.detector.input_channels == "RGB"
     with pytest.raises(ValueError, match="unknown detector 'yunet'"):
-        build_detector(default_variant().with_overrides(detector="yunet", close_up=False).detector_request, "cpu")
+        unknown = default_variant().with_overrides(detector="yunet", close_up=False, second_look=False)
+        build_detector(unknown.detector_request, "cpu")

@@ -1,5 +1,6 @@
 """Second look (imask.engine.second_look): a faint candidate in a crowd is kept only when a second CenterFace pass
-at 1.5x finds it too and its landmarks are in face order; kept ones are masked at a smaller scale."""
+at 1.5x and MTCNN's ONet together vouch for it and its landmarks are in face order; boxes only the 1.5x pass found are
+added the same way; kept and added ones are masked at a smaller scale."""
 
 from __future__ import annotations
 
@@ -14,17 +15,23 @@ from imask.engine import MaskingEngine
 from imask.engine.detectors.base import Detections, DetectorGeometry
 from imask.engine.detectors.centerface.detector import CenterFaceDetector
 from imask.engine.detectors.geometry import detector_size
+from imask.engine.detectors.onet import FaceCheck
 from imask.engine.masks import scaled_boxes
 from imask.engine.second_look import (
     FAINT_MASK_SCALE,
+    KEEP_LOGIT,
+    PROPOSE_LOGIT,
     RESCAN_FACTOR,
-    RESCAN_SCORE,
+    RESCAN_FLOOR,
+    SecondLook,
     candidates,
-    confirmed,
     landmarks_in_face_order,
     mask_boxes,
+    plan_look,
     rescan_geometry,
+    rescan_scores,
     second_look,
+    vouched,
 )
 from imask.engine.tracker import iou_matrix
 from imask.types import Image
@@ -49,6 +56,23 @@ def _with_score(dets: Detections, index: int, score: float) -> Detections:
 
 
 @pytest.fixture(scope="module")
+def face_check() -> FaceCheck:
+    return FaceCheck.load()
+
+
+def _look(dets: Detections, required: float, threshold: float, rescan: Detections, check: FaceCheck | float,
+          image: Image | None = None, upright: bool = True) -> SecondLook:
+    """plan_look, ONet's verdict (a real FaceCheck on `image`, or one probability for every box), second_look."""
+    plan = plan_look(dets, required, threshold, rescan)
+    if isinstance(check, FaceCheck):
+        assert image is not None
+        probability = check.face_probability(image, plan.to_check)
+    else:
+        probability = np.full(len(plan.to_check), check, np.float32)
+    return second_look(dets, plan, probability, upright)
+
+
+@pytest.fixture(scope="module")
 def rescan(engine: MaskingEngine) -> CenterFaceDetector:
     """The second pass as the engine builds it: the main detector's model, rescan_geometry's sizing."""
     assert isinstance(engine.detector, CenterFaceDetector)
@@ -65,38 +89,54 @@ def _skimage_picture(name: str) -> Image:
 
 # --- the decision on real pixels -----------------------------------------------------------------------------------
 
-def test_a_face_candidate_is_kept(engine: MaskingEngine, rescan: CenterFaceDetector, astronaut_image: Image) -> None:
+def test_a_face_candidate_is_kept(engine: MaskingEngine, rescan: CenterFaceDetector, face_check: FaceCheck,
+                                  astronaut_image: Image) -> None:
     found = engine.detector.detect([astronaut_image], 0.3)[0]
     assert len(found) >= 1
     face = _with_score(found, int(np.argmax(found.scores)), CANDIDATE_SCORE)
-    look = second_look(face, 0.03, THRESHOLD, rescan.detect([astronaut_image], RESCAN_SCORE)[0])
+    look = _look(face, 0.03, THRESHOLD, rescan.detect([astronaut_image], RESCAN_FLOOR)[0], face_check,
+                 astronaut_image)
     assert look.candidates.tolist() == [True]
     assert look.keep.tolist() == [True]
     assert look.mask_scale.tolist() == [FAINT_MASK_SCALE]
 
 
-def test_coins_are_refused(engine: MaskingEngine, rescan: CenterFaceDetector) -> None:
-    """CenterFace fires faintly on scikit-image's coins; a coin raised to a face-like score is still refused: the
-    1.5x pass does not find it."""
+def test_coins_are_refused(engine: MaskingEngine, rescan: CenterFaceDetector, face_check: FaceCheck) -> None:
+    """CenterFace fires faintly on scikit-image's coins; a coin raised to a face-like score is still refused: neither
+    the 1.5x pass nor ONet vouches for it, and the 1.5x pass adds nothing."""
     coins = _skimage_picture("coins.png")
     found = engine.detector.detect([coins], 0.03)[0]
     assert len(found) >= 1
-    second = rescan.detect([coins], RESCAN_SCORE)[0]
+    second = rescan.detect([coins], RESCAN_FLOOR)[0]
     for index in range(len(found)):
-        look = second_look(_with_score(found, index, CANDIDATE_SCORE), 0.03, THRESHOLD, second)
+        look = _look(_with_score(found, index, CANDIDATE_SCORE), 0.03, THRESHOLD, second, face_check, coins)
+        assert look.added == 0
         assert look.candidates.tolist() == [True]
         assert look.keep.tolist() == [False]
         assert np.isnan(look.mask_scale).all()
 
 
-def test_a_drawn_ball_is_refused_even_with_face_ordered_landmarks(rescan: CenterFaceDetector) -> None:
+def test_a_drawn_ball_is_refused_even_with_face_ordered_landmarks(rescan: CenterFaceDetector,
+                                                                  face_check: FaceCheck) -> None:
     frame = np.full((360, 640, 3), 200, np.uint8)
     cv2.circle(frame, (320, 180), 40, (40, 80, 200), -1)
     cv2.circle(frame, (306, 166), 10, (180, 200, 255), -1)  # a highlight
     ball = _dets([[280, 140, 360, 220]], [CANDIDATE_SCORE])
     assert landmarks_in_face_order(ball).tolist() == [True]
-    look = second_look(ball, 0.03, THRESHOLD, rescan.detect([frame], RESCAN_SCORE)[0])
-    assert look.refused.tolist() == [True]
+    look = _look(ball, 0.03, THRESHOLD, rescan.detect([frame], RESCAN_FLOOR)[0], face_check, frame)
+    assert look.refused.tolist() == [True] and look.added == 0
+
+
+def test_onet_tells_faces_from_things(engine: MaskingEngine, face_check: FaceCheck, astronaut_image: Image) -> None:
+    """The face check alone: the astronaut's face (the detector's box) against coins, a ball and flat grey."""
+    face = engine.detector.detect([astronaut_image], 0.3)[0]
+    best = face.boxes[int(np.argmax(face.scores))][None]
+    assert face_check.face_probability(astronaut_image, best)[0] > 0.9
+    coins = _skimage_picture("coins.png")
+    things = np.array([[10, 10, 60, 60], [100, 100, 160, 160], [200, 50, 280, 130]], np.float32)
+    assert (face_check.face_probability(coins, things) < 0.5).all()
+    assert (face_check.face_probability(np.full((200, 300, 3), 127, np.uint8), things[:2]) < 0.1).all()
+    assert face_check.face_probability(coins, np.zeros((0, 4), np.float32)).shape == (0,)
 
 
 # --- landmark order on synthetic boxes ------------------------------------------------------------------------------
@@ -141,17 +181,17 @@ def test_candidates_are_the_band_between_the_new_track_score_and_the_threshold()
     assert candidates(dets, required, 0.2).tolist() == [False, True, False, False, False]
 
 
-def test_confirmed_needs_overlap_and_score() -> None:
+def test_rescan_scores_take_the_best_overlapping_box() -> None:
     mine = np.array([[0, 0, 10, 10], [100, 100, 110, 110], [200, 0, 220, 20]], np.float32)
-    second = _dets([[1, 1, 11, 11], [104, 104, 114, 114], [200, 0, 220, 20]], [0.5, 0.5, RESCAN_SCORE - 0.01])
-    # IoU 0.68, 0.22 (< 0.3) and a perfect overlap too faint.
-    assert confirmed(mine, second).tolist() == [True, False, False]
-    assert confirmed(mine, second, min_score=0.01, min_iou=0.2).tolist() == [True, True, True]
-    assert confirmed(mine, Detections()).tolist() == [False, False, False]
-    assert confirmed(np.zeros((0, 4), np.float32), second).shape == (0,)
+    second = _dets([[1, 1, 11, 11], [0, 0, 10, 10], [104, 104, 114, 114], [200, 0, 220, 20]], [0.5, 0.2, 0.5, 0.04])
+    # IoU 0.68 and 1.0 (the best score wins), 0.22 (< 0.3), a perfect overlap.
+    assert rescan_scores(mine, second).tolist() == pytest.approx([0.5, 0.0, 0.04])
+    assert rescan_scores(mine, second, min_iou=0.2).tolist() == pytest.approx([0.5, 0.5, 0.04])
+    assert rescan_scores(mine, Detections()).tolist() == [0, 0, 0]
+    assert rescan_scores(np.zeros((0, 4), np.float32), second).shape == (0,)
 
 
-def test_confirmed_is_the_full_iou_grid_answer() -> None:
+def test_rescan_scores_are_the_full_iou_grid_answer() -> None:
     rng = np.random.default_rng(7)
     for _ in range(20):
         def boxes(n: int) -> np.ndarray:
@@ -160,32 +200,61 @@ def test_confirmed_is_the_full_iou_grid_answer() -> None:
             return np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
 
         mine, other = boxes(int(rng.integers(0, 300))), boxes(int(rng.integers(0, 300)))
-        scores = rng.uniform(0, 0.3, len(other)).astype(np.float32)
+        scores = rng.uniform(0.01, 0.3, len(other)).astype(np.float32)
         second = Detections(boxes=other, scores=scores, landmarks=np.zeros((len(other), 5, 2), np.float32))
         for min_iou in (0.1, 0.3, 0.6):
-            grid = iou_matrix(mine.astype(np.float64), other[scores >= RESCAN_SCORE].astype(np.float64))
-            expected = (grid >= min_iou).any(axis=1) if grid.size else np.zeros(len(mine), bool)
-            assert confirmed(mine, second, RESCAN_SCORE, min_iou).tolist() == expected.tolist()
+            grid = iou_matrix(mine.astype(np.float64), other.astype(np.float64))
+            expected = (np.where(grid >= min_iou, scores[None, :], 0).max(axis=1) if grid.size
+                        else np.zeros(len(mine)))
+            np.testing.assert_allclose(rescan_scores(mine, second, min_iou), expected, rtol=1e-6)
 
 
-def test_second_look_leaves_everything_but_candidates_alone() -> None:
+def test_the_two_opinions_weigh_together() -> None:
+    """A strong 1.5x score carries a candidate ONet doubts; a faint one needs ONet sure; neither alone at the edge."""
+    rescan_score = np.array([0.3, 0.03, 0.03, 0.06, 0.06], np.float32)
+    probability = np.array([0.0, 0.999, 0.2, 0.5, 0.001], np.float32)
+    assert vouched(rescan_score, probability, KEEP_LOGIT).tolist() == [True, True, False, True, False]
+    # Proposals have no main-pass box at all: they need more.
+    assert vouched(np.array([0.03], np.float32), np.array([0.5], np.float32), KEEP_LOGIT).tolist() == [True]
+    assert vouched(np.array([0.03], np.float32), np.array([0.5], np.float32), PROPOSE_LOGIT).tolist() == [False]
+    assert vouched(np.array([0.2], np.float32), np.array([0.5], np.float32), PROPOSE_LOGIT).tolist() == [True]
+
+
+def test_plan_asks_onet_about_seen_candidates_and_new_boxes_only() -> None:
+    dets = _dets([[0, 0, 20, 20], [50, 0, 70, 20], [100, 0, 120, 20]], [0.9, 0.1, 0.1])
+    second = _dets([[51, 1, 71, 21], [300, 0, 320, 20], [1, 1, 21, 21], [400, 0, 420, 20]],
+                   [0.3, 0.2, 0.9, RESCAN_FLOOR / 2])
+    plan = plan_look(dets, 0.03, 0.2, second)
+    assert plan.candidates.tolist() == [False, True, True]
+    assert plan.checked.tolist() == [False, True, False]  # the third has no 1.5x box: refused unasked
+    assert plan.proposals.boxes.tolist() == [[300, 0, 320, 20]]  # overlaps nothing; the last is under the floor
+    assert plan.to_check.tolist() == [[50, 0, 70, 20], [300, 0, 320, 20]]
+
+
+def test_second_look_leaves_everything_but_candidates_alone_and_adds_vouched_boxes() -> None:
     dets = _dets([[0, 0, 20, 20], [50, 0, 70, 20], [100, 0, 120, 20], [150, 0, 170, 20]], [0.9, 0.1, 0.1, 0.01])
-    second = _dets([[51, 1, 71, 21]], [0.3])  # confirms the second box only
-    look = second_look(dets, 0.03, 0.2, second)
-    assert look.candidates.tolist() == [False, True, True, False]
-    assert look.keep.tolist() == [True, True, False, True]  # below the floor is the tracker's business, not ours
-    assert look.refused.tolist() == [False, False, True, False]
-    assert np.isnan(look.mask_scale[[0, 2, 3]]).all() and look.mask_scale[1] == FAINT_MASK_SCALE
-    nothing = second_look(dets, 0.03, 0.2, Detections())
-    assert nothing.keep.tolist() == [True, False, False, True]
+    second = _dets([[51, 1, 71, 21], [300, 0, 320, 20]], [0.3, 0.3])  # confirms the second box, proposes one more
+    look = _look(dets, 0.03, 0.2, second, 0.5)
+    assert look.candidates.tolist() == [False, True, True, False, False]
+    assert look.keep.tolist() == [True, True, False, True, True]  # below the floor is the tracker's business
+    assert look.refused.tolist() == [False, False, True, False, False]
+    assert look.added == 1 and look.detections.boxes[-1].tolist() == [300, 0, 320, 20]
+    assert look.required[-1] == 0  # an added box starts a track
+    assert np.isnan(look.mask_scale[[0, 2, 3]]).all() and (look.mask_scale[[1, 4]] == FAINT_MASK_SCALE).all()
+    nothing = _look(dets, 0.03, 0.2, Detections(), 0.99)
+    assert nothing.keep.tolist() == [True, False, False, True] and nothing.added == 0
+    doubted = _look(dets, 0.03, 0.2, _dets([[300, 0, 320, 20]], [0.06]), 0.001)
+    assert doubted.added == 0
 
 
-def test_candidates_with_garbled_landmarks_are_refused_even_when_confirmed() -> None:
+def test_candidates_with_garbled_landmarks_are_refused_even_when_vouched_for() -> None:
     upside_down = np.column_stack([FACE_ORDER[:, 0], 1 - FACE_ORDER[:, 1]]).astype(np.float32)
     dets = _dets([[50, 0, 70, 20]], [0.1], upside_down)
-    assert second_look(dets, 0.03, 0.2, _dets([[50, 0, 70, 20]], [0.9])).refused.tolist() == [True]
-    # A camera detected turned has its faces' landmarks turned in frame pixels: the pass alone decides.
-    assert second_look(dets, 0.03, 0.2, _dets([[50, 0, 70, 20]], [0.9]), upright=False).keep.tolist() == [True]
+    assert _look(dets, 0.03, 0.2, _dets([[50, 0, 70, 20]], [0.9]), 0.9).refused.tolist() == [True]
+    proposed = _look(Detections(), 0.03, 0.2, _dets([[50, 0, 70, 20]], [0.9], upside_down), 0.9)
+    assert proposed.added == 0
+    # A camera detected turned has its faces' landmarks turned in frame pixels: the two opinions alone decide.
+    assert _look(dets, 0.03, 0.2, _dets([[50, 0, 70, 20]], [0.9]), 0.9, upright=False).keep.tolist() == [True]
 
 
 def test_mask_boxes_masks_faint_boxes_at_their_own_scale() -> None:
@@ -244,11 +313,15 @@ def test_the_engine_masks_a_confirmed_faint_box_at_its_own_size_and_counts_a_ref
 
     frame = textured(400, 640, seed=3)
     crowd = _crowd_with_a_faint_box()
-    variant = get_variant("precise").with_overrides(orientation="upright")
+    variant = get_variant("default").with_overrides(orientation="upright", close_up=False)
     refused_before = metrics.SECOND_LOOK_REFUSED._value.get()
     refusing = MaskingEngine(variant, _Fixed(crowd, rescan=_dets([], [])))
     surer = Detections(crowd.boxes, np.where(crowd.scores < 0.1, 0.3, crowd.scores).astype(np.float32),
-                       crowd.landmarks)  # the faint box, seen larger, scores 0.3
+                       crowd.landmarks)  # the faint box, seen larger, scores 0.3: enough whatever ONet says
+    added_before = metrics.SECOND_LOOK_ADDED._value.get()
+    new = _dets([[500.0, 250.0, 540.0, 300.0]], [0.5])  # and a box the main pass does not have
+    surer = Detections(np.concatenate([surer.boxes, new.boxes]), np.concatenate([surer.scores, new.scores]),
+                       np.concatenate([surer.landmarks, new.landmarks]))
     confirming = MaskingEngine(variant, _Fixed(crowd, rescan=surer))
     plain = MaskingEngine(variant.with_overrides(second_look=False), _Fixed(crowd))
     try:
@@ -258,8 +331,11 @@ def test_the_engine_masks_a_confirmed_faint_box_at_its_own_size_and_counts_a_ref
     finally:
         for eng in (refusing, confirming, plain):
             eng.close()
-    assert len(before.faces) == 7 and len(kept.faces) == 7 and len(refused.faces) == 6
+    assert len(before.faces) == 7 and len(kept.faces) == 8 and len(refused.faces) == 6
     assert metrics.SECOND_LOOK_REFUSED._value.get() == refused_before + 1
+    assert metrics.SECOND_LOOK_ADDED._value.get() == added_before + 1
+    added = next(f for f in kept.faces if f.box[0] >= 500)
+    assert added.box[2] - added.box[0] < 40  # masked at its own size too
     faint = next(f for f in kept.faces if f.box[1] >= 240)
     assert faint.box[2] - faint.box[0] < 40  # shrunk so the mask's scale covers the box itself
     assert np.array_equal(refused.image[250:300, 300:340], frame[250:300, 300:340])  # the refused box is not masked

@@ -37,6 +37,7 @@ from imask.engine.second_look import (
     candidates,
     mask_boxes,
     plan_look,
+    remembered,
     rescan_geometry,
     second_look,
 )
@@ -395,19 +396,27 @@ class MaskingEngine:
                       in_context: set[int], context_threshold: float, threshold: float,
                       timings: BatchTimings) -> dict[int, SecondLook]:
         """The second look's verdicts on the crowd frames that have faint candidates (upright cameras: a turned
-        camera's candidates are all kept, the safe side). One batched pass of the larger-scale detector, then ONet
-        on each frame's candidates and new boxes (engine/second_look.py)."""
+        camera's candidates are all kept, the safe side). Frames due a full look (a camera's first, then every
+        LOOK_EVERY-th) get one batched pass of the larger-scale detector, then ONet on their candidates and new
+        boxes; the others reuse their camera's last look (engine/second_look.py)."""
         if self._rescan is None or self._face_check is None:
             return {}
-        due = {}
+        due: dict[int, npt.NDArray[np.float32]] = {}
+        looks: dict[int, SecondLook] = {}
         for i in sorted(in_context):
             required = self._new_track_scores(frames[i].image, detections[i], context_threshold)
-            if trackers[i].orientation == 0 and candidates(detections[i], required, threshold).any():
+            tracker = trackers[i]
+            if tracker.orientation != 0 or not candidates(detections[i], required, threshold).any():
+                continue
+            memory = tracker.look_memory
+            if memory is None or memory.due:
                 due[i] = required
+            else:
+                looks[i] = remembered(detections[i], required, threshold, memory)
+                tracker.look_memory = memory.older()
         if not due:
-            return {}
+            return looks
         rescans = self._detect([frames[i].image for i in due], RESCAN_FLOOR, timings, self._rescan)
-        looks = {}
         for (i, required), rescan in zip(due.items(), rescans, strict=True):
             plan = plan_look(detections[i], required, threshold, rescan)
             try:
@@ -416,6 +425,8 @@ class MaskingEngine:
                 log.warning("face check error", extra={"error": repr(exc)})
                 raise FailClosed(DETECTOR_ERROR, f"face check: {exc!r}") from exc
             looks[i] = second_look(detections[i], plan, probability)
+            trackers[i].look_memory = looks[i].memory()
+        metrics.SECOND_LOOK_PASSES.inc(len(due))
         return looks
 
     def _detect(self, images: list[Image], threshold: float, timings: BatchTimings,

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from imask.engine.second_look import LookMemory
 
 Boxes = npt.NDArray[np.float32]
 
@@ -101,6 +105,8 @@ class FaceTracker:
         # and how many detected frames ago it was estimated (None: not yet).
         self.orientation = 0
         self.orientation_age: int | None = None
+        # The camera's last full second look (engine/second_look.py), which its next crowd frames reuse.
+        self.look_memory: LookMemory | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])

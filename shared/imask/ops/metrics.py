@@ -51,6 +51,9 @@ SECOND_LOOK_REFUSED = Counter("imask_second_look_refused_total",
                               "Faint crowd boxes the second look refused (the 1.5x pass and ONet did not vouch for "
                               "them, or landmarks out of face order): not masked unless they continue a track")
 SECOND_LOOK_KEPT = Counter("imask_second_look_kept_total", "Faint crowd boxes the second look confirmed")
+SECOND_LOOK_PASSES = Counter("imask_second_look_passes_total",
+                             "Crowd frames given the full second look (the 1.5x pass and ONet); a camera's frames in "
+                             "between reuse its last one")
 SECOND_LOOK_ADDED = Counter("imask_second_look_added_total",
                             "Faces the second look's 1.5x pass found where the main pass had no box, vouched for by "
                             "ONet and masked")

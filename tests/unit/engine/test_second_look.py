@@ -20,6 +20,7 @@ from imask.engine.masks import scaled_boxes
 from imask.engine.second_look import (
     FAINT_MASK_SCALE,
     KEEP_LOGIT,
+    LOOK_EVERY,
     PROPOSE_LOGIT,
     RESCAN_FACTOR,
     RESCAN_FLOOR,
@@ -28,6 +29,7 @@ from imask.engine.second_look import (
     landmarks_in_face_order,
     mask_boxes,
     plan_look,
+    remembered,
     rescan_geometry,
     rescan_scores,
     second_look,
@@ -257,6 +259,25 @@ def test_candidates_with_garbled_landmarks_are_refused_even_when_vouched_for() -
     assert _look(dets, 0.03, 0.2, _dets([[50, 0, 70, 20]], [0.9]), 0.9, upright=False).keep.tolist() == [True]
 
 
+def test_between_looks_candidates_take_the_verdict_of_the_box_they_overlap_and_new_ones_are_kept() -> None:
+    first = _dets([[0, 0, 20, 20], [50, 0, 70, 20], [100, 0, 120, 20]], [0.9, 0.1, 0.1])
+    look = _look(first, 0.03, 0.2, _dets([[51, 1, 71, 21], [300, 0, 320, 20]], [0.3, 0.3]), 0.5)
+    memory = look.memory()  # judged: the two candidates (kept, refused) and the added box
+    assert memory.boxes.tolist() == [[50, 0, 70, 20], [100, 0, 120, 20], [300, 0, 320, 20]]
+    assert memory.keep.tolist() == [True, False, True] and memory.age == 0
+    moved = _dets([[0, 0, 20, 20], [52, 0, 72, 20], [101, 1, 121, 21], [302, 0, 322, 20], [200, 0, 220, 20]],
+                  [0.9, 0.1, 0.1, 0.1, 0.1])
+    later = remembered(moved, 0.03, 0.2, memory)
+    assert later.candidates.tolist() == [False, True, True, True, True]
+    assert later.keep.tolist() == [True, True, False, True, True]  # the last overlaps nothing judged: kept
+    assert later.added == 0 and len(later.detections) == 5
+    assert np.isnan(later.mask_scale[[0, 2]]).all() and (later.mask_scale[[1, 3, 4]] == FAINT_MASK_SCALE).all()
+    ages = [memory]
+    while not ages[-1].due:
+        ages.append(ages[-1].older())
+    assert len(ages) == LOOK_EVERY  # the look, LOOK_EVERY - 1 frames reusing it, then a new look is due
+
+
 def test_mask_boxes_masks_faint_boxes_at_their_own_scale() -> None:
     boxes = np.array([[100, 100, 140, 150], [200, 50, 230, 90]], np.float32)
     scale = np.array([FAINT_MASK_SCALE, np.nan], np.float32)
@@ -339,6 +360,26 @@ def test_the_engine_masks_a_confirmed_faint_box_at_its_own_size_and_counts_a_ref
     faint = next(f for f in kept.faces if f.box[1] >= 240)
     assert faint.box[2] - faint.box[0] < 40  # shrunk so the mask's scale covers the box itself
     assert np.array_equal(refused.image[250:300, 300:340], frame[250:300, 300:340])  # the refused box is not masked
+
+
+def test_a_cameras_crowd_frames_get_the_full_look_every_few_frames() -> None:
+    from imask.engine import FrameInput
+    from imask.engine.variants import get_variant
+    from imask.ops import metrics
+
+    frame = textured(400, 640, seed=5)
+    crowd = _crowd_with_a_faint_box()
+    variant = get_variant("default").with_overrides(orientation="upright", close_up=False)
+    engine = MaskingEngine(variant, _Fixed(crowd, rescan=_dets([], [])))
+    passes = metrics.SECOND_LOOK_PASSES._value.get()
+    try:
+        results = [engine.process([FrameInput("cam", seq, frame)])[0] for seq in range(2 * LOOK_EVERY + 1)]
+        other = engine.process([FrameInput("other", 0, frame)])[0]
+    finally:
+        engine.close()
+    assert metrics.SECOND_LOOK_PASSES._value.get() - passes == 3 + 1  # frames 0, 5 and 10; the other camera's first
+    # The faint box was refused at the first look and stays refused in between: never masked.
+    assert all(np.array_equal(r.image[250:300, 300:340], frame[250:300, 300:340]) for r in [*results, other])
 
 
 def test_a_family_without_a_second_look_refuses_it() -> None:

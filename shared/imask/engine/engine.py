@@ -209,6 +209,7 @@ class MaskingEngine:
         # a frame that cannot be is obscured whole. Masks always go on the frame itself.
         readable: dict[int, FrameInput] = {}
         unreadable: dict[int, str] = {}
+        restored: set[int] = set()  # read brought back into range: no second look (its faces are faint already)
         for i in detect:
             picture, reason = detector_input(frames[i].image)
             if picture is None:
@@ -216,6 +217,7 @@ class MaskingEngine:
                 continue
             if reason:
                 metrics.FRAMES_RESTORED.labels(reason).inc()
+                restored.add(i)
             readable[i] = FrameInput(frames[i].camera_id, frames[i].seq, picture, frames[i].rotation)
         detect = list(readable)
         if detect:
@@ -234,8 +236,8 @@ class MaskingEngine:
             if rule.enabled:
                 in_context = {i for i in detect if is_crowd(frames[i].image, detections[i], rule)}
             try:
-                looks = self._second_looks(readable, trackers, detections, in_context, context_threshold, threshold,
-                                           timings)
+                looks = self._second_looks(readable, trackers, detections, in_context - restored, context_threshold,
+                                           threshold, timings)
             except FailClosed as exc:
                 return [self._fail_closed(f, exc.reason, len(frames)) for f in frames]
             metrics.BATCH_SIZE.observe(len(detect))
@@ -396,7 +398,8 @@ class MaskingEngine:
                       in_context: set[int], context_threshold: float, threshold: float,
                       timings: BatchTimings) -> dict[int, SecondLook]:
         """The second look's verdicts on the crowd frames that have faint candidates (upright cameras: a turned
-        camera's candidates are all kept, the safe side). Frames due a full look (a camera's first, then every
+        camera's candidates are all kept, the safe side; the caller leaves out frames brought back into range, whose
+        faces the two opinions cannot read either). Frames due a full look (a camera's first, then every
         LOOK_EVERY-th) get one batched pass of the larger-scale detector, then ONet on their candidates and new
         boxes; the others reuse their camera's last look (engine/second_look.py)."""
         if self._rescan is None or self._face_check is None:

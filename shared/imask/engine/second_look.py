@@ -102,8 +102,10 @@ FAINT_MASK_SCALE = 1.0
 LANDMARK_MARGIN = 0.1
 # A camera's crowd frames get the full look (the 1.5x pass and ONet) on every LOOK_EVERY-th of them; in between each
 # candidate takes the verdict of the box judged last time it overlaps at MEMORY_IOU (kept if it overlaps a kept one),
-# and a candidate overlapping none is kept, the safe side, until the next look (`remembered`).
-LOOK_EVERY = 5
+# and a candidate overlapping none is kept, the safe side, until the next look (`remembered`). On the sample clips
+# (docs/BENCHMARKS.md) every 5th cost 1.07-1.14x the CPU of no second look between runs; every 10th is a third of a
+# second at 30 fps.
+LOOK_EVERY = 10
 MEMORY_IOU = 0.3
 
 

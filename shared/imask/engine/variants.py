@@ -59,8 +59,8 @@ class Variant:
     orientation_every: int = 150
     # In a crowd frame, a faint box (under threshold) starts a mask only when a second pass at 1.5x the scale and
     # MTCNN's ONet together vouch for it (and its landmarks are in face order), and boxes only the 1.5x pass found
-    # are added the same way; both are masked at their own size (engine/second_look.py). On wider_dev: a fifth of
-    # the area masked outside faces, recall 0.957 -> 0.960.
+    # are added the same way; both are masked at their own size (engine/second_look.py). On wider_dev: a seventh
+    # of the area masked outside faces (median), recall 0.957 -> 0.960.
     second_look: bool = True
     # Frames unsure of their large faces (nothing at the threshold, or a large box under large_face_threshold) are
     # read again at 192x192, where a face filling the frame is of a size the detector knows (engine/close_up.py).

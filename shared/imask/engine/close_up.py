@@ -55,4 +55,4 @@ def close_up_faces(picture: Image, close: Detections, large_face_fraction: float
         keep &= landmarks_in_face_order(close)
     if keep.all():
         return close
-    return Detections(boxes=close.boxes[keep], scores=close.scores[keep], landmarks=close.landmarks[keep])
+    return close.take(keep)

@@ -91,7 +91,7 @@ def _at_least(dets: Detections, score: float) -> Detections:
     keep = dets.scores >= score
     if keep.all():
         return dets
-    return Detections(boxes=dets.boxes[keep], scores=dets.scores[keep], landmarks=dets.landmarks[keep])
+    return dets.take(keep)
 
 
 # Why the engine fails a frame closed (obscures it whole): imask_frames_fail_closed_total's reason and

@@ -70,6 +70,7 @@ import numpy as np
 import numpy.typing as npt
 
 from imask.engine.detectors.base import Detections, DetectorGeometry, FloatArray
+from imask.engine.detectors.geometry import concat
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -236,13 +237,12 @@ def plan_look(dets: Detections, required: npt.NDArray[np.floating] | float, thre
     overlap no detection at RESCAN_IOU: what ONet is to judge (LookPlan)."""
     cand = candidates(dets, required, threshold)
     strong = rescan.scores >= RESCAN_FLOOR
-    rescan = Detections(boxes=rescan.boxes[strong], scores=rescan.scores[strong], landmarks=rescan.landmarks[strong])
+    rescan = rescan.take(strong)
     scores = rescan_scores(dets.boxes, rescan)
     new = (rescan_scores(rescan.boxes, dets) == 0) & (rescan.scores >= PROPOSE_FLOOR)
-    proposals = Detections(boxes=rescan.boxes[new], scores=rescan.scores[new], landmarks=rescan.landmarks[new])
+    proposals = rescan.take(new)
     checked = cand & (scores > 0)
-    required_each = np.broadcast_to(np.asarray(required, np.float32), (len(dets),)).astype(np.float32)
-    return LookPlan(required=required_each, candidates=cand, rescan_scores=scores, checked=checked,
+    return LookPlan(required=_per_box(required, len(dets)), candidates=cand, rescan_scores=scores, checked=checked,
                     proposals=proposals,
                     to_check=np.concatenate([dets.boxes[checked], proposals.boxes]).reshape(-1, 4).astype(np.float32))
 
@@ -261,7 +261,7 @@ def second_look(dets: Detections, plan: LookPlan, face_probability: FloatArray, 
     if upright:
         keep &= ~plan.candidates | landmarks_in_face_order(dets)
         add &= landmarks_in_face_order(proposals)
-    added = Detections(boxes=proposals.boxes[add], scores=proposals.scores[add], landmarks=proposals.landmarks[add])
+    added = proposals.take(add)
     return _verdict(dets, plan.required, plan.candidates, keep, added)
 
 
@@ -276,20 +276,20 @@ def remembered(dets: Detections, required: npt.NDArray[np.floating] | float, thr
     verdict = rescan_scores(dets.boxes[cand], judged, MEMORY_IOU)
     keep = ~cand
     keep[cand] = verdict != 1.0
-    required_each = np.broadcast_to(np.asarray(required, np.float32), (len(dets),)).astype(np.float32)
-    return _verdict(dets, required_each, cand, keep, Detections())
+    return _verdict(dets, _per_box(required, len(dets)), cand, keep, Detections())
+
+
+def _per_box(required: npt.NDArray[np.floating] | float, count: int) -> FloatArray:
+    """The score each of `count` detections needs to start a track, from one value or one per box."""
+    return np.broadcast_to(np.asarray(required, np.float32), (count,)).astype(np.float32)
 
 
 def _verdict(dets: Detections, required: FloatArray, cand: BoolArray, keep: BoolArray,
              added: Detections) -> SecondLook:
     count = len(added)
-    combined = Detections(boxes=np.concatenate([dets.boxes, added.boxes.reshape(-1, 4)]).astype(np.float32),
-                          scores=np.concatenate([dets.scores, added.scores]).astype(np.float32),
-                          landmarks=np.concatenate([dets.landmarks, added.landmarks.reshape(-1, 5, 2)]
-                                                   ).astype(np.float32))
     faint = np.concatenate([cand & keep, np.ones(count, np.bool_)])
     return SecondLook(
-        detections=combined,
+        detections=concat(dets, added),
         required=np.concatenate([required, np.zeros(count, np.float32)]).astype(np.float32),
         candidates=np.concatenate([cand, np.zeros(count, np.bool_)]),
         keep=np.concatenate([keep, np.ones(count, np.bool_)]),

@@ -35,6 +35,10 @@ class Detections:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
+    def take(self, rows: npt.NDArray[np.bool_] | npt.NDArray[np.intp]) -> Detections:
+        """The detections at `rows` (a mask or indices), boxes, scores and landmarks alike."""
+        return Detections(boxes=self.boxes[rows], scores=self.scores[rows], landmarks=self.landmarks[rows])
+
 
 @dataclass
 class BatchTimings:

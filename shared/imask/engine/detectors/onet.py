@@ -59,7 +59,6 @@ def packaged_onet_path() -> Path:
 @dataclass(frozen=True)
 class _Storage:
     key: str
-    kind: str
 
 
 def _tensor(storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...],
@@ -83,7 +82,7 @@ class _StateUnpickler(pickle.Unpickler):
         # ('storage', storage type, key, location, number of elements[, view])
         if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage" or pid[1] != _FLOAT32_STORAGE:
             raise pickle.UnpicklingError(f"unexpected storage {pid!r}")
-        return _Storage(key=str(pid[2]), kind=str(pid[1]))
+        return _Storage(key=str(pid[2]))
 
 
 def read_state(raw: bytes) -> Arrays:

@@ -1,32 +1,57 @@
-"""Close-up pass: a face that fills much of the frame is read again at a small input, where it is of a size the
-detector knows.
+"""Large faces: the close-up pass, and the check a large box under the large-face bar must pass to be masked.
 
 At the variant's pixel budget a face filling 40-90% of a doorbell or kiosk picture is 170-430 px tall, beyond the
-sizes CenterFace scores surely: on photos_gt close-ups it scores >= 0.5 for 0.885 of faces at the full budget (the
-large-face rule's bar, which keeps the moon at 0.28 and a cat at 0.08 unmasked) and 0.3 for the same faces upside
-down, while a second pass at 192x192 scores every one of 130 at >= 0.5 (upright) and puts no box of 0.2 or more on
-anything else large. So when a frame's own pass is unsure of its large faces (nothing at the threshold at all, or
-a large box scoring between the floor and the large-face bar), the picture, turned as its camera's orientation says,
-is read once more at CLOSE_UP_BUDGET pixels; large boxes that pass scores at CLOSE_UP_SCORE or more, with their
-landmarks in face order, are added to the frame's detections. Frames with confident faces, crowds included, skip it.
+sizes CenterFace scores surely: on photos_gt close-ups it scores >= 0.5 for 0.885 of faces at the full budget and 0.3
+for the same faces upside down, while a second pass at 192x192 scores every one of 130 at >= 0.5 (upright). So when a
+frame's own pass is unsure of its large faces (nothing at the threshold at all, or a large box scoring between the
+floor and the large-face bar), the picture, turned as its camera's orientation says, is read once more at
+CLOSE_UP_BUDGET pixels; large boxes that pass scores at CLOSE_UP_FLOOR or more, with their landmarks in face order,
+join the frame's detections. Frames with confident faces, crowds included, skip it.
+
+Faces enlarged from low-resolution pictures (wider_dev@closeup: WIDER faces of 24-60 px filling 40-90% of a 416 px
+frame, what a low-resolution doorbell sends) score lower at every input: at most 0.74 of them reach 0.2 at any input
+from 64 to 192 px, and a grey-padded canvas or ONet over a grid of windows do no better. The large-face bar alone (0.5,
+which keeps round things that fill the frame unmasked) masks 0.674 of them. So a large box between the threshold and
+the bar is judged (`large_face_vouched`): it is masked when its landmarks are in face order and MTCNN's ONet
+(detectors/onet.py) finds its crop more likely a face than not. `imask eval`, bar alone against judged:
+
+    ONet's bar (LARGE_FACE_CHECK)        wider_dev@closeup  clear / heavily blurred faces
+    none (the large-face bar alone)      0.674              0.894 / 0.16
+    0.5                                  0.722              0.921 / 0.20
+    0.03                                 0.777              0.951 / 0.28
+    any (landmarks alone)                0.787              0.953 / 0.30
+
+photos_gt close-ups (upright and upside down) are 1.0, wider_dev 0.9595 and no face-free picture is over 1% masked,
+in every row. The bar is 0.5, not lower, because ONet alone is a weak judge of a crop filling the frame: on the middle 80% of
+the face-free pictures it gives a wall clock 0.35, a colour chart 0.41, a coffee cup 0.21 and a cat's head 0.04. On
+those pictures CenterFace puts no large box at 0.2 or more at all, so the lower bars cost nothing there; but a large
+false mask is over 1% of a frame, so the check must be able to refuse on its own.
 
 The module is pure: the engine runs the pass (the main detector's model at close_up_geometry) and calls
-wants_close_up() before and close_up_faces() after.
+wants_close_up() before and close_up_faces() after, and asks its FaceCheck about the boxes unsure_large() marks.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from imask.engine.context import small_boxes
-from imask.engine.detectors.base import Detections, DetectorGeometry
-from imask.engine.second_look import landmarks_in_face_order
+from imask.engine.detectors.base import Detections, DetectorGeometry, FloatArray
+from imask.engine.second_look import BoolArray, landmarks_in_face_order
 from imask.types import Image
 
 # The pass's pixel budget (192x192): 1/6 of a 720p frame's 640x352 pass, 1/6 of a 416x416 photo's 480x480.
 CLOSE_UP_BUDGET = 192 * 192
-# A close-up box is added when it scores this much: what the large-face rule asks of the full pass.
-CLOSE_UP_SCORE = 0.5
+# The pass's large boxes join the frame's detections from this score (the default threshold); under the large-face
+# bar they must then be vouched for like the full pass's own.
+CLOSE_UP_FLOOR = 0.2
+# What counts as a sure close-up face, unjudged: the large-face bar. The orientation estimate weighs only these.
+CLOSE_UP_SURE = 0.5
+# ONet's face probability a large box under the large-face bar needs (with its landmarks in face order) to be masked:
+# more likely a face than not (the module doc's table for lower bars).
+LARGE_FACE_CHECK = 0.5
 # Large boxes of the main pass scoring at least this, and under the large-face bar, make the frame unsure.
 UNSURE_FLOOR = 0.05
 
@@ -47,12 +72,26 @@ def wants_close_up(image: Image, dets: Detections, threshold: float, large_face_
     return bool((large & (scores >= UNSURE_FLOOR) & (scores < large_face_threshold)).any())
 
 
-def close_up_faces(picture: Image, close: Detections, large_face_fraction: float) -> Detections:
-    """The close-up pass's faces worth adding: large, scoring CLOSE_UP_SCORE or more, landmarks in face order. In
-    the coordinates of the `picture` the pass read (turned upright where its camera is not)."""
-    keep = (close.scores >= CLOSE_UP_SCORE) & ~small_boxes(picture, close, large_face_fraction)
+def close_up_faces(picture: Image, close: Detections, large_face_fraction: float,
+                   score: float = CLOSE_UP_FLOOR) -> Detections:
+    """The close-up pass's faces worth adding: large, scoring `score` or more, landmarks in face order. In the
+    coordinates of the `picture` the pass read (turned upright where its camera is not)."""
+    keep = (close.scores >= score) & ~small_boxes(picture, close, large_face_fraction)
     if keep.any():
         keep &= landmarks_in_face_order(close)
     if keep.all():
         return close
     return close.take(keep)
+
+
+def unsure_large(image: Image, dets: Detections, floor: float, large_face_fraction: float,
+                 large_face_threshold: float) -> BoolArray:
+    """Per box: large against the frame and scoring between `floor` and the large-face bar, so judged before it
+    may start a track."""
+    large = ~small_boxes(image, dets, large_face_fraction)
+    return np.asarray(large & (dets.scores >= floor) & (dets.scores < large_face_threshold))
+
+
+def large_face_vouched(unsure: Detections, probability: FloatArray) -> BoolArray:
+    """Per unsure large box: its landmarks in face order and ONet's face probability at least LARGE_FACE_CHECK."""
+    return np.asarray(landmarks_in_face_order(unsure) & (probability >= LARGE_FACE_CHECK))

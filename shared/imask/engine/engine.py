@@ -14,7 +14,15 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from imask.engine.close_up import CLOSE_UP_SCORE, close_up_faces, close_up_geometry, wants_close_up
+from imask.engine.close_up import (
+    CLOSE_UP_FLOOR,
+    CLOSE_UP_SURE,
+    close_up_faces,
+    close_up_geometry,
+    large_face_vouched,
+    unsure_large,
+    wants_close_up,
+)
 from imask.engine.context import is_crowd, small_boxes
 from imask.engine.detectors import build_detector
 from imask.engine.detectors.base import BatchTimings, Detections, FaceDetector
@@ -94,6 +102,11 @@ def _at_least(dets: Detections, score: float) -> Detections:
     return dets.take(keep)
 
 
+def _sure(close: Detections | None) -> Detections | None:
+    """The close-up faces an orientation estimate weighs: those sure without the large-face check."""
+    return None if close is None else _at_least(close, CLOSE_UP_SURE)
+
+
 # Why the engine fails a frame closed (obscures it whole): imask_frames_fail_closed_total's reason and
 # FrameMeta.fail_closed_reason. UNREADABLE: a picture out of the detector's range (picture_range).
 DETECTOR_UNHEALTHY = "detector_unhealthy"  # a timed-out inference is still running
@@ -137,10 +150,12 @@ class MaskingEngine:
         geometry = getattr(detector, "geometry", None)
         self._rescan: FaceDetector | None = (rescaled(rescan_geometry(geometry))
                                              if variant.second_look and rescaled and geometry else None)
-        # ...and asks ONet (another family) about each faint candidate and new box that pass brings.
-        self._face_check: FaceCheck | None = FaceCheck.load() if self._rescan is not None else None
         self._close_up: FaceDetector | None = (rescaled(close_up_geometry(geometry))
                                                if variant.close_up and rescaled and geometry else None)
+        # ONet (another family) judges each faint crowd candidate and new box the larger pass brings, and each large
+        # box under the large-face bar (engine/close_up.py).
+        self._face_check: FaceCheck | None = (FaceCheck.load() if self._rescan is not None or self._close_up is not None
+                                              else None)
 
     @classmethod
     def load(cls, variant: Variant, provider: str = "auto", detector_timeout_s: float | None = 2.0,
@@ -256,6 +271,8 @@ class MaskingEngine:
                                                 threshold)
                 else:
                     result = self._mask_tracks(frame, trackers[i].coast(), None, spec)
+            except FailClosed as exc:
+                result = self._fail_closed(frame, exc.reason, len(frames))
             except Exception:
                 log.exception("masking failed", extra={"camera": frame.camera_id, "seq": frame.seq})
                 result = self._fail_closed(frame, MASK_ERROR, len(frames))
@@ -334,7 +351,7 @@ class MaskingEngine:
             close = self._close_up_evidence(frames, estimate, timings)
             for i in estimate:
                 passes = {0: upright[i], **{t: turned[(i, t)] for t in (1, 2, 3)}}
-                passes = {t: concat(dets, close.get((i, t))) for t, dets in passes.items()}
+                passes = {t: concat(dets, _sure(close.get((i, t)))) for t, dets in passes.items()}
                 trackers[i].orientation, trackers[i].orientation_age = choose(passes), 0
         pending = [i for i, (frame, tracker) in enumerate(zip(frames, trackers, strict=True))
                    if frame.rotation is None and tracker.orientation and (i, tracker.orientation) not in turned]
@@ -359,7 +376,7 @@ class MaskingEngine:
         for group in ((0, 2), (1, 3)):
             jobs = [(i, t) for i in estimate for t in group]
             pictures = [turn(frames[i].image, t) for i, t in jobs]
-            passes = self._detect(pictures, CLOSE_UP_SCORE, timings, self._close_up)
+            passes = self._detect(pictures, CLOSE_UP_FLOOR, timings, self._close_up)
             for job, picture, close in zip(jobs, pictures, passes, strict=True):
                 found[job] = close_up_faces(picture, close, self.variant.large_face_fraction)
         return found
@@ -380,7 +397,7 @@ class MaskingEngine:
             return found
         todo = [k for k in due if (k, trackers[k].orientation) not in known]
         pictures = [turn(frames[k].image, trackers[k].orientation) for k in todo]
-        passes = self._detect(pictures, CLOSE_UP_SCORE, timings, self._close_up) if todo else []
+        passes = self._detect(pictures, CLOSE_UP_FLOOR, timings, self._close_up) if todo else []
         ran = {k: close_up_faces(picture, close, variant.large_face_fraction)
                for k, picture, close in zip(todo, pictures, passes, strict=True)}
         out = list(found)
@@ -525,9 +542,26 @@ class MaskingEngine:
 
     def _new_track_scores(self, image: Image, dets: Detections, threshold: float) -> npt.NDArray[np.float32]:
         """The score each detection needs to start a track: `threshold`, or the large-face threshold for boxes
-        large against the frame (see Variant.large_face_fraction)."""
-        large = ~small_boxes(image, dets, self.variant.large_face_fraction)
-        return np.where(large, max(threshold, self.variant.large_face_threshold), threshold).astype(np.float32)
+        large against the frame (see Variant.large_face_fraction), unless ONet and the landmarks vouch for a large
+        box scoring at least the variant's threshold (engine/close_up.py)."""
+        variant = self.variant
+        large = ~small_boxes(image, dets, variant.large_face_fraction)
+        required = np.where(large, max(threshold, variant.large_face_threshold), threshold).astype(np.float32)
+        if self._face_check is None:
+            return required
+        unsure = np.flatnonzero(unsure_large(image, dets, max(threshold, variant.threshold),
+                                             variant.large_face_fraction, variant.large_face_threshold))
+        if len(unsure):
+            try:
+                probability = self._face_check.face_probability(image, dets.boxes[unsure])
+            except Exception as exc:  # an unjudged face is masked whole, never let through
+                log.warning("face check error", extra={"error": repr(exc)})
+                raise FailClosed(DETECTOR_ERROR, f"face check: {exc!r}") from exc
+            vouched = large_face_vouched(dets.take(unsure), probability)
+            required[unsure[vouched]] = threshold
+            metrics.LARGE_FACE_CHECKS.labels("kept").inc(int(vouched.sum()))
+            metrics.LARGE_FACE_CHECKS.labels("refused").inc(int((~vouched).sum()))
+        return required
 
     def _fail_closed(self, frame: FrameInput, reason: str, batch_size: int) -> EngineResult:
         metrics.FRAMES_FAIL_CLOSED.labels(reason).inc()

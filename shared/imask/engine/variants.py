@@ -98,7 +98,7 @@ class Variant:
             f"/every{self.detect_every}" if self.detect_every > 1 else "",
             "/orient" if self.orientation == "auto" else "",
             "/look2" if self.second_look else "",
-            "/closeup" if self.close_up else "",
+            "/closeup2" if self.close_up else "",  # 2: large boxes under the bar judged (engine/close_up.py)
         ))
         return (f"{self.detector}@{self.model_sha256[:12]}/{self.input_width}x{self.input_height}"
                 f"/t{self.threshold:g}/k{self.track_threshold:g}{extras}")

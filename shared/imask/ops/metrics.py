@@ -60,6 +60,8 @@ SECOND_LOOK_ADDED = Counter("imask_second_look_added_total",
 CLOSE_UP_PASSES = Counter("imask_close_up_passes_total",
                           "Frames unsure of their large faces, read again at a small input (the close-up pass)")
 CLOSE_UP_FACES = Counter("imask_close_up_faces_total", "Large faces the close-up pass added to a frame's detections")
+LARGE_FACE_CHECKS = Counter("imask_large_face_checks_total", "Large boxes under the large-face bar judged by their "
+                            "landmarks and ONet: kept (masked) or refused", ["verdict"])
 BATCH_SIZE = Histogram("imask_inference_batch_size", "Frames per detector call", buckets=(1, 2, 4, 8, 16, 32))
 EXECUTION_PROVIDER = Gauge("imask_execution_provider_info", "ONNX Runtime provider in use (1 = active)",
                            ["provider"])

@@ -1,6 +1,7 @@
-"""Close-up pass (imask.engine.close_up): a face filling the frame, which the full pass scores under the large-face
-bar, is found again at a small input and masked; a round thing filling the frame is not, even when the full pass
-hands it the same score; every pass and every face it adds is counted."""
+"""Large faces (imask.engine.close_up): a face filling the frame, which the full pass scores under the large-face
+bar, is found again at a small input and masked; a large box under the bar is masked when its landmarks and ONet vouch
+for it; a round thing filling the frame is not, even when the full pass hands it the same score; every pass, every
+face it adds and every large box judged is counted, and a check that cannot answer fails the frame closed."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ from conftest import similarity
 from imask.engine import FrameInput, MaskingEngine
 from imask.engine.close_up import (
     CLOSE_UP_BUDGET,
-    CLOSE_UP_SCORE,
+    CLOSE_UP_FLOOR,
+    CLOSE_UP_SURE,
+    LARGE_FACE_CHECK,
     close_up_faces,
     close_up_geometry,
+    large_face_vouched,
+    unsure_large,
     wants_close_up,
 )
 from imask.engine.detectors.base import BatchTimings, Detections
@@ -70,14 +75,31 @@ def test_only_frames_unsure_of_their_large_faces_want_the_pass() -> None:
     assert not wants_close_up(frame, _dets([[10, 10, 40, 40], [50, 50, 350, 350]], [0.6, 0.03]), 0.2, 0.25, 0.5)
 
 
-def test_the_pass_adds_only_large_sure_boxes_in_face_order() -> None:
+def test_the_pass_adds_only_large_boxes_over_its_floor_in_face_order() -> None:
     picture = np.zeros((416, 416, 3), np.uint8)
-    boxes = [[40, 40, 380, 380], [60, 60, 360, 360], [10, 10, 50, 50], [30, 30, 390, 390]]
+    boxes = [[40, 40, 380, 380], [60, 60, 360, 360], [10, 10, 50, 50], [30, 30, 390, 390], [50, 50, 370, 370]]
     upside_down = FACE_ORDER[::-1].copy()
-    close = _dets(boxes, [0.9, 0.4, 0.9, 0.9])
+    close = _dets(boxes, [0.9, BAND_SCORE, 0.9, 0.9, CLOSE_UP_FLOOR - 0.01])
     close.landmarks[3] = (np.array(boxes[3][:2], np.float32) + upside_down * 360)
     kept = close_up_faces(picture, close, 0.25)
-    assert kept.scores.tolist() == pytest.approx([0.9]) and kept.boxes[0].tolist() == boxes[0]
+    assert kept.scores.tolist() == pytest.approx([0.9, BAND_SCORE])
+    assert kept.boxes.tolist() == boxes[:2]
+    # What an orientation estimate weighs: the sure ones alone.
+    assert close_up_faces(picture, close, 0.25, CLOSE_UP_SURE).scores.tolist() == pytest.approx([0.9])
+
+
+def test_unsure_large_boxes_are_the_band_between_the_floor_and_the_bar() -> None:
+    frame = np.zeros((400, 400, 3), np.uint8)
+    dets = _dets([[50, 50, 350, 350], [60, 60, 340, 340], [70, 70, 330, 330], [10, 10, 40, 40]],
+                 [BAND_SCORE, 0.6, 0.1, BAND_SCORE])
+    assert unsure_large(frame, dets, 0.2, 0.25, 0.5).tolist() == [True, False, False, False]
+
+
+def test_a_large_box_is_vouched_for_by_onet_and_its_landmarks_together() -> None:
+    dets = _dets([[50, 50, 350, 350]] * 3, [BAND_SCORE] * 3)
+    dets.landmarks[2] = np.array([50, 50], np.float32) + FACE_ORDER[::-1] * 300  # upside down
+    probability = np.array([LARGE_FACE_CHECK, LARGE_FACE_CHECK / 2, 0.99], np.float32)
+    assert large_face_vouched(dets, probability).tolist() == [True, False, False]
 
 
 def test_the_pass_reads_a_small_input() -> None:
@@ -100,8 +122,8 @@ def test_an_upside_down_close_up_is_found_by_the_pass_alone(engine: MaskingEngin
     close = engine.detector.with_geometry(close_up_geometry(engine.detector.geometry))
     # Landmarks are read in the turned picture's pixels: the pass runs on the picture as its camera's orientation
     # says; here, the orientation step is off and the face is upside down, so only score and size decide.
-    found = close.detect([upside_down_close_up], CLOSE_UP_SCORE)[0]
-    assert len(found) >= 1 and float(found.scores.max()) >= CLOSE_UP_SCORE
+    found = close.detect([upside_down_close_up], CLOSE_UP_FLOOR)[0]
+    assert len(found) >= 1 and float(found.scores.max()) >= CLOSE_UP_SURE
 
 
 # photos_gt close-ups (a face enlarged to fill 65-90% of a 416 px frame) that the full pass scores under the
@@ -113,7 +135,8 @@ def test_engine_masks_close_ups_the_full_pass_lets_go(engine: MaskingEngine, dat
     samples = {s.name: s for s in open_spec(str(data_dir / "photos_gt@closeup")).samples if s.name in MISSED_CLOSE_UPS}
     assert sorted(samples) == sorted(MISSED_CLOSE_UPS)
     variant = engine.variant.with_overrides(orientation="upright")  # the close-up pass alone decides
-    without = MaskingEngine(variant.with_overrides(close_up=False), engine.detector)
+    # Neither the pass nor ONet's large-face check (which a second look's engine also has).
+    without = MaskingEngine(variant.with_overrides(close_up=False, second_look=False), engine.detector)
     with_pass = MaskingEngine(variant, engine.detector)
     for name, sample in samples.items():
         picture = sample.image()
@@ -165,3 +188,45 @@ def test_round_things_at_the_band_score_are_not_masked(engine: MaskingEngine, ro
     # The same band box over a real close-up face is masked: the pass confirms it.
     face = _close_up_of_face(astronaut_image, engine, 0.75)
     assert len(eng.process([FrameInput("face", 0, face)])[0].faces) >= 1
+
+
+def _checks(verdict: str) -> float:
+    return float(metrics.LARGE_FACE_CHECKS.labels(verdict)._value.get())
+
+
+def test_a_large_box_in_the_band_is_masked_over_a_face_and_refused_over_round_things(
+        engine: MaskingEngine, round_things: dict[str, Image], astronaut_image: Image) -> None:
+    """Without the close-up pass, the band box alone decides: ONet and its landmarks judge it."""
+    assert isinstance(engine.detector, CenterFaceDetector)
+    variant = engine.variant.with_overrides(orientation="upright", close_up=False)
+    eng = MaskingEngine(variant, BandDetector(engine.detector))
+    face = _close_up_of_face(astronaut_image, engine, 0.75)
+    kept = _checks("kept")
+    result = eng.process([FrameInput("face", 0, face)])[0]
+    assert _checks("kept") >= kept + 1
+    h, w = face.shape[:2]
+    middle = slice(int(h * 0.35), int(h * 0.65)), slice(int(w * 0.35), int(w * 0.65))
+    assert similarity(result.image[middle], face[middle]) < 0.9, "the face was left visible"
+    for name, picture in round_things.items():
+        refused = _checks("refused")
+        result = eng.process([FrameInput(name, 0, picture)])[0]
+        assert result.faces == [] and np.array_equal(result.image, picture), f"{name} was masked"
+        assert _checks("refused") == refused + 1, name
+
+
+class BrokenCheck:
+    def face_probability(self, image: Image, boxes: np.ndarray) -> np.ndarray:
+        raise RuntimeError("ONet session lost")
+
+
+def test_a_large_face_check_that_fails_obscures_the_frame(engine: MaskingEngine, astronaut_image: Image) -> None:
+    assert isinstance(engine.detector, CenterFaceDetector)
+    variant = engine.variant.with_overrides(orientation="upright", close_up=False)
+    eng = MaskingEngine(variant, BandDetector(engine.detector))
+    eng._face_check = BrokenCheck()  # type: ignore[assignment]
+    face = _close_up_of_face(astronaut_image, engine, 0.75)
+    before = metrics.FRAMES_FAIL_CLOSED.labels("detector_error")._value.get()
+    result = eng.process([FrameInput("face", 0, face)])[0]
+    assert result.fail_closed and result.fail_closed_reason == "detector_error"
+    assert similarity(result.image, face) < 0.5
+    assert metrics.FRAMES_FAIL_CLOSED.labels("detector_error")._value.get() == before + 1

@@ -22,10 +22,10 @@ the bar is judged (`large_face_vouched`): it is masked when its landmarks are in
     any (landmarks alone)                0.787              0.953 / 0.30
 
 photos_gt close-ups (upright and upside down) are 1.0, wider_dev 0.9595 and no face-free picture is over 1% masked,
-in every row. The bar is 0.5, not lower, because ONet alone is a weak judge of a crop filling the frame: on the middle 80% of
-the face-free pictures it gives a wall clock 0.35, a colour chart 0.41, a coffee cup 0.21 and a cat's head 0.04. On
-those pictures CenterFace puts no large box at 0.2 or more at all, so the lower bars cost nothing there; but a large
-false mask is over 1% of a frame, so the check must be able to refuse on its own.
+in every row. The bar is 0.5, not lower, because ONet alone is a weak judge of a crop filling the frame: on the
+middle 80% of the face-free pictures it gives a wall clock 0.35, a colour chart 0.41, a coffee cup 0.21 and a cat's
+head 0.04. On those pictures CenterFace puts no large box at 0.2 or more at all, so the lower bars cost nothing
+there; but a large false mask is over 1% of a frame, so the check must be able to refuse on its own.
 
 The module is pure: the engine runs the pass (the main detector's model at close_up_geometry) and calls
 wants_close_up() before and close_up_faces() after, and asks its FaceCheck about the boxes unsure_large() marks.

@@ -30,7 +30,7 @@ from imask.engine.detectors.geometry import concat, merge
 from imask.engine.detectors.onet import FaceCheck
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
 from imask.engine.orientation import choose, turn, turn_back, upright_is_sure
-from imask.engine.picture_range import UNREADABLE, detector_input
+from imask.engine.picture_range import UNREADABLE, detector_input, second_reading
 from imask.engine.picture_stats import (
     PictureStats,
     baseline_offset,
@@ -225,6 +225,7 @@ class MaskingEngine:
         readable: dict[int, FrameInput] = {}
         unreadable: dict[int, str] = {}
         restored: set[int] = set()  # read brought back into range: no second look (its faces are faint already)
+        second_readings: dict[int, Image] = {}  # ...and read smoothed a second way too (error-diffused dots)
         for i in detect:
             picture, reason = detector_input(frames[i].image)
             if picture is None:
@@ -233,6 +234,9 @@ class MaskingEngine:
             if reason:
                 metrics.FRAMES_RESTORED.labels(reason).inc()
                 restored.add(i)
+                second = second_reading(frames[i].image, reason)
+                if second is not None:
+                    second_readings[i] = second
             readable[i] = FrameInput(frames[i].camera_id, frames[i].seq, picture, frames[i].rotation)
         detect = list(readable)
         if detect:
@@ -241,6 +245,8 @@ class MaskingEngine:
             floor = min(track_threshold, context_threshold)
             try:
                 found = self._detect(images, floor, timings)
+                found = self._read_again([readable[i] for i in detect], found, [second_readings.get(i) for i in detect],
+                                         floor, timings)
                 found, evidence = self._orient([readable[i] for i in detect], [trackers[i] for i in detect], found,
                                                floor, timings)
                 found = self._close_ups([readable[i] for i in detect], [trackers[i] for i in detect], found, floor,
@@ -315,6 +321,20 @@ class MaskingEngine:
             else:
                 state[id(tracker)] = (coasted + 1, reference)
         return planned
+
+    def _read_again(self, frames: list[FrameInput], found: list[Detections], second: list[Image | None],
+                    threshold: float, timings: BatchTimings) -> list[Detections]:
+        """Frames with a second reading (picture_range.second_reading): the detector reads it too, turned as the
+        frame's configured rotation says, and the faces of both readings are merged (NMS)."""
+        jobs = [k for k, picture in enumerate(second) if picture is not None]
+        if not jobs:
+            return found
+        pictures = [turn(picture, (frames[k].rotation or 0) // 90) for k in jobs
+                    if (picture := second[k]) is not None]
+        out = list(found)
+        for k, again in zip(jobs, self._detect(pictures, threshold, timings), strict=True):
+            out[k] = merge([found[k], again], threshold)
+        return out
 
     def _orient(self, frames: list[FrameInput], trackers: list[FaceTracker], upright: list[Detections],
                 threshold: float, timings: BatchTimings

@@ -1,5 +1,5 @@
 """Picture range (imask.engine.picture_range): dithered and noise-drowned frames are recognised and brought back
-into the detector's range; ordinary pictures are left alone."""
+into the detector's range, error-diffused ones read two ways; ordinary pictures are left alone."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image as PilImage
 
 from imask.engine import MaskingEngine
-from imask.engine.picture_range import UNREADABLE, detector_input, measure, verdict
+from imask.engine.picture_range import UNREADABLE, detector_input, measure, second_reading, verdict
 from imask.engine.tracker import iou_matrix
 from imask.types import Image
 
@@ -155,3 +155,56 @@ def test_the_engine_masks_a_dithered_face_and_obscures_a_picture_it_cannot_read(
     noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)  # snow: no picture at all
     obscured = engine.process([FrameInput("snow", 0, noise)])[0]
     assert obscured.fail_closed and obscured.fail_closed_reason == UNREADABLE
+
+
+def test_only_error_diffused_dots_get_a_second_reading(astronaut_image: Image) -> None:
+    dithered = _one_bit(astronaut_image)
+    first, reason = detector_input(dithered)
+    second = second_reading(dithered, reason)
+    assert reason == "dots_pitch1" and first is not None and second is not None
+    assert second.shape == dithered.shape and second.dtype == np.uint8
+    # Smoothed wider than the first reading: less detail left.
+    assert float(np.abs(np.diff(second.astype(np.int16), axis=1)).mean()) < float(
+        np.abs(np.diff(first.astype(np.int16), axis=1)).mean())
+    for picture in (astronaut_image, _noisy(astronaut_image, 50)):
+        assert second_reading(picture, detector_input(picture)[1]) is None
+    small = cv2.resize(astronaut_image, (256, 256), interpolation=cv2.INTER_AREA)
+    coarse = cv2.resize(_one_bit(small), (512, 512), interpolation=cv2.INTER_NEAREST)
+    assert second_reading(coarse, detector_input(coarse)[1]) is None
+
+
+class ReadingsSeen:
+    """The real detector, noting every picture the engine's main pass asks it to read."""
+
+    def __init__(self, engine: MaskingEngine) -> None:
+        self.inner = engine.detector
+        self.geometry = getattr(self.inner, "geometry", None)
+        self.run_options = getattr(self.inner, "run_options", None)
+        self.seen: list[Image] = []
+
+    def with_geometry(self, geometry: object) -> object:
+        return self.inner.with_geometry(geometry)  # type: ignore[attr-defined]
+
+    def detect(self, frames: list[Image], threshold: float, timings: object = None) -> list[object]:
+        self.seen.extend(frames)
+        return self.inner.detect(frames, threshold, timings)  # type: ignore[arg-type]
+
+
+def test_the_engine_reads_an_error_diffused_frame_both_ways_and_merges_their_faces(
+        engine: MaskingEngine, scene: tuple[Image, tuple[float, float, float, float]]) -> None:
+    from imask.engine import FrameInput
+
+    frame, box = scene
+    dithered = _one_bit(frame)
+    seen = ReadingsSeen(engine)
+    eng = MaskingEngine(engine.variant.with_overrides(orientation="upright"), seen)  # type: ignore[arg-type]
+    result = eng.process([FrameInput("dithered", 0, dithered)])[0]
+    first, reason = detector_input(dithered)
+    second = second_reading(dithered, reason)
+    assert first is not None and second is not None
+    assert len(seen.seen) == 2
+    assert np.array_equal(seen.seen[0], first) and np.array_equal(seen.seen[1], second)
+    assert any(iou_matrix(np.array([box]), np.array([f.box])).max() >= 0.3 for f in result.faces)
+    seen.seen.clear()
+    eng.process([FrameInput("clean", 0, frame)])
+    assert len(seen.seen) == 1 and seen.seen[0] is frame

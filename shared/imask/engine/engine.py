@@ -25,7 +25,7 @@ from imask.engine.close_up import (
 )
 from imask.engine.context import is_crowd, small_boxes
 from imask.engine.detectors import build_detector
-from imask.engine.detectors.base import BatchTimings, Detections, FaceDetector
+from imask.engine.detectors.base import BatchTimings, Detections, FaceDetector, FloatArray
 from imask.engine.detectors.geometry import concat, merge
 from imask.engine.detectors.onet import FaceCheck
 from imask.engine.masks import MaskSpec, apply_masks, masked_regions_changed, obscure_frame
@@ -459,15 +459,23 @@ class MaskingEngine:
         rescans = self._detect([frames[i].image for i in due], RESCAN_FLOOR, timings, self._rescan)
         for (i, required), rescan in zip(due.items(), rescans, strict=True):
             plan = plan_look(detections[i], required, threshold, rescan)
-            try:
-                probability = self._face_check.face_probability(frames[i].image, plan.to_check)
-            except Exception as exc:  # an unjudged frame is masked whole, never let through
-                log.warning("face check error", extra={"error": repr(exc)})
-                raise FailClosed(DETECTOR_ERROR, f"face check: {exc!r}") from exc
+            probability = self._face_probability(frames[i].image, plan.to_check)
             looks[i] = second_look(detections[i], plan, probability)
             trackers[i].look_memory = looks[i].memory()
         metrics.SECOND_LOOK_PASSES.inc(len(due))
         return looks
+
+    def _face_probability(self, image: Image, boxes: FloatArray) -> FloatArray:
+        """ONet's face probability for boxes of a frame; a check that raises fails the batch closed (an unjudged
+        frame is masked whole, never let through)."""
+        check = self._face_check
+        if check is None:
+            raise FailClosed(DETECTOR_ERROR, "face check: not loaded")
+        try:
+            return check.face_probability(image, boxes)
+        except Exception as exc:
+            log.warning("face check error", extra={"error": repr(exc)})
+            raise FailClosed(DETECTOR_ERROR, f"face check: {exc!r}") from exc
 
     def _detect(self, images: list[Image], threshold: float, timings: BatchTimings,
                 detector: FaceDetector | None = None) -> list[Detections]:
@@ -572,11 +580,7 @@ class MaskingEngine:
         unsure = np.flatnonzero(unsure_large(image, dets, max(threshold, variant.threshold),
                                              variant.large_face_fraction, variant.large_face_threshold))
         if len(unsure):
-            try:
-                probability = self._face_check.face_probability(image, dets.boxes[unsure])
-            except Exception as exc:  # an unjudged face is masked whole, never let through
-                log.warning("face check error", extra={"error": repr(exc)})
-                raise FailClosed(DETECTOR_ERROR, f"face check: {exc!r}") from exc
+            probability = self._face_probability(image, dets.boxes[unsure])
             vouched = large_face_vouched(dets.take(unsure), probability)
             required[unsure[vouched]] = threshold
             metrics.LARGE_FACE_CHECKS.labels("kept").inc(int(vouched.sum()))

@@ -6,9 +6,11 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -55,6 +57,7 @@ from imask.ops import metrics
 from imask.types import Image
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 MAX_TRACKED_CAMERAS = 4096
@@ -139,7 +142,7 @@ class MaskingEngine:
         self._baselines: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         # Inference runs on its own thread so a hung or slow model can be abandoned after the timeout.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector")
-        self._inflight: Future[list[Detections]] | None = None
+        self._inflight: Future[Any] | None = None
         self._lock = threading.Lock()
         metrics.EXECUTION_PROVIDER.labels(execution_provider).set(1)
         self._health_gauge = metrics.MODEL_HEALTHY.labels(variant.name)
@@ -466,37 +469,39 @@ class MaskingEngine:
         return looks
 
     def _face_probability(self, image: Image, boxes: FloatArray) -> FloatArray:
-        """ONet's face probability for boxes of a frame; a check that raises fails the batch closed (an unjudged
-        frame is masked whole, never let through)."""
+        """ONet's face probability for boxes of a frame, under the detector's timeout: a check that raises or
+        overruns fails the batch closed (an unjudged frame is masked whole, never let through)."""
         check = self._face_check
         if check is None:
             raise FailClosed(DETECTOR_ERROR, "face check: not loaded")
-        try:
-            return check.face_probability(image, boxes)
-        except Exception as exc:
-            log.warning("face check error", extra={"error": repr(exc)})
-            raise FailClosed(DETECTOR_ERROR, f"face check: {exc!r}") from exc
+        return self._guarded(lambda: check.face_probability(image, boxes), "face check")
 
     def _detect(self, images: list[Image], threshold: float, timings: BatchTimings,
                 detector: FaceDetector | None = None) -> list[Detections]:
-        with self._lock:
-            if not self.healthy:
-                raise FailClosed(DETECTOR_UNHEALTHY, "a timed-out inference is still running")
-            future = self._executor.submit((detector or self.detector).detect, images, threshold, timings)
-            self._inflight = future
-        try:
-            detections = future.result(timeout=self.detector_timeout_s)
-        except FutureTimeout:
-            self._abandon(future)
-            raise FailClosed(DETECTOR_TIMEOUT) from None
-        except Exception as exc:
-            log.warning("detector error", extra={"error": repr(exc)})
-            raise FailClosed(DETECTOR_ERROR, repr(exc)) from exc
+        model = detector or self.detector
+        detections = self._guarded(lambda: model.detect(images, threshold, timings), "detector")
         if len(detections) != len(images):
             raise FailClosed(DETECTOR_ERROR, f"{len(detections)} results for {len(images)} frames")
         return detections
 
-    def _abandon(self, future: Future[list[Detections]]) -> None:
+    def _guarded(self, call: Callable[[], T], what: str) -> T:
+        """A model call on the inference thread, abandoned after the detector's timeout; its failures and overruns
+        become FailClosed (DETECTOR_ERROR, DETECTOR_TIMEOUT), and no call starts while an abandoned one runs."""
+        with self._lock:
+            if not self.healthy:
+                raise FailClosed(DETECTOR_UNHEALTHY, "a timed-out inference is still running")
+            future = self._executor.submit(call)
+            self._inflight = future
+        try:
+            return future.result(timeout=self.detector_timeout_s)
+        except FutureTimeout:
+            self._abandon(future)
+            raise FailClosed(DETECTOR_TIMEOUT, what) from None
+        except Exception as exc:
+            log.warning(f"{what} error", extra={"error": repr(exc)})
+            raise FailClosed(DETECTOR_ERROR, f"{what}: {exc!r}") from exc
+
+    def _abandon(self, future: Future[Any]) -> None:
         """Ask ONNX Runtime to stop the run; until it returns, the model is reported unhealthy."""
         self._health_gauge.set(0)
         self._unhealthy_since = time.monotonic()
@@ -504,7 +509,7 @@ class MaskingEngine:
         if run_options is not None:
             run_options.terminate = True
 
-        def reset(_: Future[list[Detections]]) -> None:
+        def reset(_: Future[Any]) -> None:
             if run_options is not None:
                 run_options.terminate = False
             self._unhealthy_since = None

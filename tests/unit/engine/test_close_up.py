@@ -5,6 +5,7 @@ face it adds and every large box judged is counted, and a check that cannot answ
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import cv2
@@ -230,3 +231,34 @@ def test_a_large_face_check_that_fails_obscures_the_frame(engine: MaskingEngine,
     assert result.fail_closed and result.fail_closed_reason == "detector_error"
     assert similarity(result.image, face) < 0.5
     assert metrics.FRAMES_FAIL_CLOSED.labels("detector_error")._value.get() == before + 1
+
+
+class SlowCheck:
+    """ONet that hangs: longer than the engine's timeout."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def face_probability(self, image: Image, boxes: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        time.sleep(3.0)
+        return np.ones(len(boxes), np.float32)
+
+
+def test_a_large_face_check_that_overruns_the_timeout_obscures_the_frame(engine: MaskingEngine,
+                                                                         astronaut_image: Image) -> None:
+    assert isinstance(engine.detector, CenterFaceDetector)
+    variant = engine.variant.with_overrides(orientation="upright", close_up=False)
+    eng = MaskingEngine(variant, BandDetector(engine.detector), detector_timeout_s=1.5)
+    slow = SlowCheck()
+    eng._face_check = slow  # type: ignore[assignment]
+    face = _close_up_of_face(astronaut_image, engine, 0.75)
+    result = eng.process([FrameInput("face", 0, face)])[0]
+    assert slow.calls == 1
+    assert result.fail_closed and result.fail_closed_reason == "detector_timeout"
+    assert similarity(result.image, face) < 0.5
+    assert not eng.healthy  # until the abandoned check returns
+    assert eng._inflight is not None
+    eng._inflight.exception(timeout=30)
+    assert eng.healthy
+    eng.close()

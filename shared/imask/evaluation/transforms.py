@@ -26,7 +26,7 @@ import numpy as np
 from imask.evaluation.datasets import MIN_VALID_SIDE, Dataset, Face, Sample, iter_images, open_dataset
 from imask.types import Image
 
-TRANSFORM_VERSION = 1  # part of a derived set's digest: change it when a transform's output changes
+TRANSFORM_VERSION = 2  # part of a derived set's digest: change it when a transform's output changes
 CLOSEUP_FILLS = (0.4, 0.65, 0.9)
 CLOSEUP_SIZE = 416  # what a low-resolution doorbell or kiosk camera sends
 CLOSEUP_MIN_SIDE = 24  # smaller faces enlarged 17x (90% of 416 px) are blur, not a test of the detector
@@ -61,7 +61,8 @@ def dither(sample: Sample, image: Image) -> tuple[Sample, Image]:
 def closeups(sample: Sample, image: Image) -> list[tuple[Sample, Image]]:
     """For every valid face large enough, square crops around it enlarged to CLOSEUP_SIZE so that the face's longer
     side fills each of CLOSEUP_FILLS of the frame. Beyond the picture the border is replicated. Other faces that
-    fall mostly inside a crop stay labelled; faces cut by the crop edge are labelled invalid (not counted)."""
+    fall mostly inside a crop stay labelled; faces cut by the crop edge are labelled invalid (not counted). The
+    enlarged face carries its fill as the attribute `fill` ("40%"...), so the report gives recall per fill."""
     out = []
     for index, face in enumerate(sample.faces or []):
         if not face.valid or face.size < CLOSEUP_MIN_SIDE:
@@ -74,14 +75,16 @@ def closeups(sample: Sample, image: Image) -> list[tuple[Sample, Image]]:
             matrix = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], np.float32)
             pixels = cv2.warpAffine(image, matrix, (CLOSEUP_SIZE, CLOSEUP_SIZE), flags=cv2.INTER_CUBIC,
                                     borderMode=cv2.BORDER_REPLICATE)
-            faces = [_crop_face(other, x0, y0, side, scale, other is face) for other in sample.faces or []]
+            faces = [_crop_face(other, x0, y0, side, scale, fill if other is face else None)
+                     for other in sample.faces or []]
             name = f"{sample.name}@closeup{index}-{round(fill * 100)}"
             kept = [f for f in faces if f is not None]
             out.append((replace(sample, name=name, faces=kept, path=None, pixels=pixels), pixels))
     return out
 
 
-def _crop_face(face: Face, x0: float, y0: float, side: float, scale: float, subject: bool) -> Face | None:
+def _crop_face(face: Face, x0: float, y0: float, side: float, scale: float, fill: float | None) -> Face | None:
+    """`face` in the crop's pixels; `fill` is given for the crop's subject, which is labelled with it."""
     x, y, w, h = face.box
     ix = max(0.0, min(x + w, x0 + side) - max(x, x0))
     iy = max(0.0, min(y + h, y0 + side) - max(y, y0))
@@ -90,7 +93,10 @@ def _crop_face(face: Face, x0: float, y0: float, side: float, scale: float, subj
         return None
     box = ((max(x, x0) - x0) * scale, (max(y, y0) - y0) * scale, ix * scale, iy * scale)
     whole = inside >= 0.99
-    return replace(face, box=box, valid=face.valid and (subject or whole) and max(ix, iy) * scale >= MIN_VALID_SIDE)
+    subject = fill is not None
+    attributes = {**face.attributes, "fill": f"{round(fill * 100)}%"} if fill is not None else face.attributes
+    return replace(face, box=box, valid=face.valid and (subject or whole) and max(ix, iy) * scale >= MIN_VALID_SIDE,
+                   attributes=attributes)
 
 
 def occlude(sample: Sample, image: Image) -> tuple[Sample, Image]:

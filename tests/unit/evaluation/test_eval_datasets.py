@@ -54,6 +54,7 @@ def test_closeups_enlarge_each_face_to_each_fill() -> None:
         assert derived.faces is not None
         face = derived.faces[0]
         assert face.valid and face.size == pytest.approx(fill * CLOSEUP_SIZE, rel=0.01)
+        assert face.attributes["fill"] == f"{round(fill * 100)}%"
         x, y, w, h = (round(v) for v in face.box)
         inner = pixels[y + h // 8:y + h - h // 8, x + w // 8:x + w - w // 8]  # edges are interpolated
         assert inner.min() > 200  # the white face is where its box says

@@ -329,13 +329,12 @@ class MaskingEngine:
                     threshold: float, timings: BatchTimings) -> list[Detections]:
         """Frames with a second reading (picture_range.second_reading): the detector reads it too, turned as the
         frame's configured rotation says, and the faces of both readings are merged (NMS)."""
-        jobs = [k for k, picture in enumerate(second) if picture is not None]
+        jobs = [(k, turn(picture, (frames[k].rotation or 0) // 90)) for k, picture in enumerate(second)
+                if picture is not None]
         if not jobs:
             return found
-        pictures = [turn(picture, (frames[k].rotation or 0) // 90) for k in jobs
-                    if (picture := second[k]) is not None]
         out = list(found)
-        for k, again in zip(jobs, self._detect(pictures, threshold, timings), strict=True):
+        for (k, _), again in zip(jobs, self._detect([p for _, p in jobs], threshold, timings), strict=True):
             out[k] = merge([found[k], again], threshold)
         return out
 
@@ -498,7 +497,7 @@ class MaskingEngine:
             self._abandon(future)
             raise FailClosed(DETECTOR_TIMEOUT, what) from None
         except Exception as exc:
-            log.warning(f"{what} error", extra={"error": repr(exc)})
+            log.warning("model call failed", extra={"call": what, "error": repr(exc)})
             raise FailClosed(DETECTOR_ERROR, f"{what}: {exc!r}") from exc
 
     def _abandon(self, future: Future[Any]) -> None:

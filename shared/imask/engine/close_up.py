@@ -13,19 +13,22 @@ frame, what a low-resolution doorbell sends) score lower at every input: at most
 from 64 to 192 px, and a grey-padded canvas or ONet over a grid of windows do no better. The large-face bar alone (0.5,
 which keeps round things that fill the frame unmasked) masks 0.674 of them. So a large box between the threshold and
 the bar is judged (`large_face_vouched`): it is masked when its landmarks are in face order and MTCNN's ONet
-(detectors/onet.py) finds its crop more likely a face than not. `imask eval`, bar alone against judged:
+(detectors/onet.py) gives its crop at least LARGE_FACE_CHECK. `imask eval` (recall; by the face's fill of the
+frame), against deface 1.5 with its defaults on the same pictures:
 
-    ONet's bar (LARGE_FACE_CHECK)        wider_dev@closeup  clear / heavily blurred faces
-    none (the large-face bar alone)      0.674              0.894 / 0.16
-    0.5                                  0.722              0.921 / 0.20
-    0.03                                 0.777              0.951 / 0.28
-    any (landmarks alone)                0.787              0.953 / 0.30
+    ONet's bar (LARGE_FACE_CHECK)     wider_dev@closeup  40% / 65% / 90%         clear / heavily blurred faces
+    none (the large-face bar alone)   0.673              0.717 / 0.683 / 0.608   0.892 / 0.16
+    0.5                               0.722              0.773 / 0.745 / 0.665   0.921 / 0.20
+    0.1                               0.766              0.825 / 0.786 / 0.724   0.946 / 0.26
+    0.03                              0.777                                      0.951 / 0.28
+    any (landmarks alone)             0.787                                      0.953 / 0.30
+    deface 1.5, defaults              0.729              0.794 / 0.735 / 0.668
 
 photos_gt close-ups (upright and upside down) are 1.0, wider_dev 0.9595 and no face-free picture is over 1% masked,
-in every row. The bar is 0.5, not lower, because ONet alone is a weak judge of a crop filling the frame: on the
-middle 80% of the face-free pictures it gives a wall clock 0.35, a colour chart 0.41, a coffee cup 0.21 and a cat's
-head 0.04. On those pictures CenterFace puts no large box at 0.2 or more at all, so the lower bars cost nothing
-there; but a large false mask is over 1% of a frame, so the check must be able to refuse on its own.
+in every row. ONet alone is a weak judge of a crop filling the frame: on the middle 80% of the face-free pictures it
+gives the moon 0.002-0.005, a ball 0.03, a cat's head 0.04, but a coffee cup 0.21, a wall clock 0.35 and a colour
+chart 0.41. On those pictures CenterFace puts no large box at 0.2 or more at all, so no bar costs anything there;
+0.1 refuses the moon and the cat (what the bar of 0.5 was for) and still beats deface at every fill.
 
 The module is pure: the engine runs the pass (the main detector's model at close_up_geometry) and calls
 wants_close_up() before and close_up_faces() after, and asks its FaceCheck about the boxes unsure_large() marks.
@@ -49,9 +52,9 @@ CLOSE_UP_BUDGET = 192 * 192
 CLOSE_UP_FLOOR = 0.2
 # What counts as a sure close-up face, unjudged: the large-face bar. The orientation estimate weighs only these.
 CLOSE_UP_SURE = 0.5
-# ONet's face probability a large box under the large-face bar needs (with its landmarks in face order) to be masked:
-# more likely a face than not (the module doc's table for lower bars).
-LARGE_FACE_CHECK = 0.5
+# ONet's face probability a large box under the large-face bar needs (with its landmarks in face order) to be masked
+# (the module doc's table).
+LARGE_FACE_CHECK = 0.1
 # Large boxes of the main pass scoring at least this, and under the large-face bar, make the frame unsure.
 UNSURE_FLOOR = 0.05
 

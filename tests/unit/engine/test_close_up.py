@@ -62,7 +62,9 @@ def upside_down_close_up(engine: MaskingEngine, astronaut_image: Image) -> Image
 @pytest.fixture(scope="module")
 def round_things() -> dict[str, Image]:
     samples = open_dataset("builtin:no-faces").samples
-    return {s.name: s.image() for s in samples if s.name in ("ball", "wall-clock", "full-moon", "chelsea.png@close")}
+    # Round things ONet refuses (a wall clock's face it gives 0.35: were CenterFace to take one for a face, with its
+    # landmarks in face order, it would be masked; on the real picture it does not).
+    return {s.name: s.image() for s in samples if s.name in ("ball", "coins.png", "full-moon", "chelsea.png@close")}
 
 
 # --- the rule ------------------------------------------------------------------------------------------------------

@@ -327,15 +327,21 @@ class MaskingEngine:
 
     def _read_again(self, frames: list[FrameInput], found: list[Detections], second: list[Image | None],
                     threshold: float, timings: BatchTimings) -> list[Detections]:
-        """Frames with a second reading (picture_range.second_reading): the detector reads it too, turned as the
-        frame's configured rotation says, and the faces of both readings are merged (NMS)."""
-        jobs = [(k, turn(picture, (frames[k].rotation or 0) // 90)) for k, picture in enumerate(second)
-                if picture is not None]
+        """Frames with a second reading (picture_range.second_reading): the detector reads it too, and the first
+        reading once more at 1.5x the scale where the variant has that pass (its second look's), each turned as the
+        frame's configured rotation says; the faces of all readings are merged (NMS)."""
+        jobs = [k for k, picture in enumerate(second) if picture is not None]
         if not jobs:
             return found
+        quarter = {k: (frames[k].rotation or 0) // 90 for k in jobs}
+        readings = [self._detect([turn(picture, quarter[k]) for k in jobs if (picture := second[k]) is not None],
+                                 threshold, timings)]
+        if self._rescan is not None:
+            readings.append(self._detect([turn(frames[k].image, quarter[k]) for k in jobs], threshold, timings,
+                                         self._rescan))
         out = list(found)
-        for (k, _), again in zip(jobs, self._detect([p for _, p in jobs], threshold, timings), strict=True):
-            out[k] = merge([found[k], again], threshold)
+        for index, k in enumerate(jobs):
+            out[k] = merge([found[k], *(reading[index] for reading in readings)], threshold)
         return out
 
     def _orient(self, frames: list[FrameInput], trackers: list[FaceTracker], upright: list[Detections],

@@ -11,6 +11,8 @@ import pytest
 from PIL import Image as PilImage
 
 from imask.engine import MaskingEngine
+from imask.engine.detectors.base import BatchTimings, Detections, DetectorGeometry
+from imask.engine.detectors.centerface.detector import CenterFaceDetector
 from imask.engine.picture_range import UNREADABLE, detector_input, measure, second_reading, verdict
 from imask.engine.tracker import iou_matrix
 from imask.types import Image
@@ -174,37 +176,42 @@ def test_only_error_diffused_dots_get_a_second_reading(astronaut_image: Image) -
 
 
 class ReadingsSeen:
-    """The real detector, noting every picture the engine's main pass asks it to read."""
+    """The real detector, noting every picture it is asked to read and at which pixel budget (`with_geometry` passes,
+    the 1.5x one among them, note theirs into the same list)."""
 
-    def __init__(self, engine: MaskingEngine) -> None:
-        self.inner = engine.detector
-        self.geometry = getattr(self.inner, "geometry", None)
-        self.run_options = getattr(self.inner, "run_options", None)
-        self.seen: list[Image] = []
+    def __init__(self, inner: CenterFaceDetector, seen: list[tuple[int, Image]] | None = None) -> None:
+        self.inner = inner
+        self.geometry = inner.geometry
+        self.run_options = inner.run_options
+        self.seen: list[tuple[int, Image]] = [] if seen is None else seen
 
-    def with_geometry(self, geometry: object) -> object:
-        return self.inner.with_geometry(geometry)  # type: ignore[attr-defined]
+    def with_geometry(self, geometry: DetectorGeometry) -> ReadingsSeen:
+        return ReadingsSeen(self.inner.with_geometry(geometry), self.seen)
 
-    def detect(self, frames: list[Image], threshold: float, timings: object = None) -> list[object]:
-        self.seen.extend(frames)
-        return self.inner.detect(frames, threshold, timings)  # type: ignore[arg-type]
+    def detect(self, frames: list[Image], threshold: float, timings: BatchTimings | None = None) -> list[Detections]:
+        self.seen.extend((self.geometry.pixel_budget, frame) for frame in frames)
+        return self.inner.detect(frames, threshold, timings)
 
 
-def test_the_engine_reads_an_error_diffused_frame_both_ways_and_merges_their_faces(
+def test_the_engine_reads_an_error_diffused_frame_three_ways_and_merges_their_faces(
         engine: MaskingEngine, scene: tuple[Image, tuple[float, float, float, float]]) -> None:
     from imask.engine import FrameInput
 
+    assert isinstance(engine.detector, CenterFaceDetector)
     frame, box = scene
     dithered = _one_bit(frame)
-    seen = ReadingsSeen(engine)
-    eng = MaskingEngine(engine.variant.with_overrides(orientation="upright"), seen)  # type: ignore[arg-type]
+    seen = ReadingsSeen(engine.detector)
+    variant = engine.variant.with_overrides(orientation="upright", close_up=False)
+    eng = MaskingEngine(variant, seen)  # type: ignore[arg-type]
     result = eng.process([FrameInput("dithered", 0, dithered)])[0]
     first, reason = detector_input(dithered)
     second = second_reading(dithered, reason)
     assert first is not None and second is not None
-    assert len(seen.seen) == 2
-    assert np.array_equal(seen.seen[0], first) and np.array_equal(seen.seen[1], second)
+    budget = engine.detector.geometry.pixel_budget
+    assert [b for b, _ in seen.seen] == [budget, budget, round(budget * 1.5 * 1.5)]
+    assert np.array_equal(seen.seen[0][1], first) and np.array_equal(seen.seen[1][1], second)
+    assert np.array_equal(seen.seen[2][1], first)
     assert any(iou_matrix(np.array([box]), np.array([f.box])).max() >= 0.3 for f in result.faces)
     seen.seen.clear()
     eng.process([FrameInput("clean", 0, frame)])
-    assert len(seen.seen) == 1 and seen.seen[0] is frame
+    assert [b for b, _ in seen.seen] == [budget] and seen.seen[0][1] is frame

@@ -109,9 +109,11 @@ def test_labelled_faces_are_masked_over_grpc(api: int, data_dir: Path) -> None:
 
 def test_stream_replies_in_order_and_keeps_missed_faces_masked(api: int) -> None:
     frames = moving_face_frames(12)
-    hidden = 6  # on this frame the face is painted over: the detector cannot see it, the tracker must hold it
-    face = (slice(40, 130), slice(6 * 7 + 120, 6 * 7 + 200))
-    frames[hidden][face] = frames[hidden][face].reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    hidden = 6  # on this frame the head is painted over: the detector cannot see it, the tracker must hold it
+    # Hair included: with the face alone painted, the head's outline around a skin-coloured oval scores 0.31 in the
+    # close-up pass and 0.12 with ONet, and the large-face check masks it in a lone frame too.
+    head = (slice(10, 140), slice(6 * 7 + 105, 6 * 7 + 215))
+    frames[hidden][head] = frames[hidden][head].reshape(-1, 3).mean(axis=0).astype(np.uint8)
     client = MaskClient(f"127.0.0.1:{api}")
     # New faces need 0.2 here (the default is 0.1, at which the painted-over head's silhouette still scores 0.12).
     options = mpb.MaskOptions(threshold=0.2)
@@ -120,9 +122,10 @@ def test_stream_replies_in_order_and_keeps_missed_faces_masked(api: int) -> None
     replies = list(client.mask_stream(requests, timeout_s=60))
     assert [r.seq for r in replies] == [100 + i for i in range(12)]
     assert all(len(r.detections) >= 1 for r in replies), [len(r.detections) for r in replies]
-    # Under the 0.2 needed for a new face, the stream's tracker keeps it masked (held, or continued on a low
-    # score): a unary call on the same frame masks nothing new there.
-    kept = [d for d in replies[hidden].detections if d.held or d.score < 0.2]
+    # The stream's tracker keeps it masked: its track goes on (held, or continued on a box no new face could start
+    # from), while a unary call on the same frame masks nothing new there.
+    tracks = {d.track_id for d in replies[hidden - 1].detections}
+    kept = [d for d in replies[hidden].detections if d.track_id in tracks]
     assert kept and kept[0].x1 < 6 * 7 + 200 and kept[0].x2 > 6 * 7 + 120
     alone = client.mask(encode_jpeg(frames[hidden], 95), options)
     assert not [d for d in alone.detections if d.x1 < 6 * 7 + 200 and d.x2 > 6 * 7 + 120]

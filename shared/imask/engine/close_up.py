@@ -87,11 +87,9 @@ def close_up_faces(picture: Image, close: Detections, large_face_fraction: float
     return close.take(keep)
 
 
-def unsure_large(image: Image, dets: Detections, floor: float, large_face_fraction: float,
-                 large_face_threshold: float) -> BoolArray:
-    """Per box: large against the frame and scoring between `floor` and the large-face bar, so judged before it
-    may start a track."""
-    large = ~small_boxes(image, dets, large_face_fraction)
+def unsure_large(dets: Detections, large: BoolArray, floor: float, large_face_threshold: float) -> BoolArray:
+    """Per box: `large` against the frame (context.small_boxes' complement) and scoring between `floor` and the
+    large-face bar, so judged before it may start a track."""
     return np.asarray(large & (dets.scores >= floor) & (dets.scores < large_face_threshold))
 
 

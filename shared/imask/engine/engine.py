@@ -222,6 +222,7 @@ class MaskingEngine:
         pictures = {i: self._picture(frames[i].camera_id, trackers[i], greys.get(i, frames[i].image)) for i in detect}
         detections: dict[int, Detections] = {}
         in_context: set[int] = set()
+        required: dict[int, npt.NDArray[np.float32]] = {}  # per crowd frame: what each box needs to start a track
         looks: dict[int, SecondLook] = {}
         # What the detector reads: the frame, or the frame brought back into range (dithered, halftone, noisy);
         # a frame that cannot be is obscured whole. Masks always go on the frame itself.
@@ -248,7 +249,8 @@ class MaskingEngine:
             floor = min(track_threshold, context_threshold)
             try:
                 found = self._detect(images, floor, timings)
-                found = self._read_again([readable[i] for i in detect], found, [second_readings.get(i) for i in detect],
+                found = self._read_again([readable[i] for i in detect], found,
+                                         {k: second_readings[i] for k, i in enumerate(detect) if i in second_readings},
                                          floor, timings)
                 found, evidence = self._orient([readable[i] for i in detect], [trackers[i] for i in detect], found,
                                                floor, timings)
@@ -260,8 +262,11 @@ class MaskingEngine:
             if rule.enabled:
                 in_context = {i for i in detect if is_crowd(frames[i].image, detections[i], rule)}
             try:
-                looks = self._second_looks(readable, trackers, detections, in_context - restored, context_threshold,
-                                           threshold, timings)
+                # Once per crowd frame (the large-face check asks ONet): the second look plans with it, masking uses it.
+                required = {i: self._new_track_scores(frames[i].image, detections[i], context_threshold)
+                            for i in in_context}
+                looks = self._second_looks(readable, trackers, detections,
+                                           {i: required[i] for i in in_context - restored}, threshold, timings)
             except FailClosed as exc:
                 return [self._fail_closed(f, exc.reason, len(frames)) for f in frames]
             metrics.BATCH_SIZE.observe(len(detect))
@@ -274,7 +279,8 @@ class MaskingEngine:
                     dets = detections[i]
                     if i in in_context:
                         metrics.CROWD_CONTEXT_FRAMES.inc()
-                        result = self._mask_one(frame, trackers[i], dets, spec, context_threshold, looks.get(i))
+                        result = self._mask_one(frame, trackers[i], dets, spec, context_threshold, looks.get(i),
+                                                required[i])
                     else:  # faint boxes read for the context rule count for nothing here
                         result = self._mask_one(frame, trackers[i], _at_least(dets, track_threshold), spec,
                                                 threshold)
@@ -325,17 +331,16 @@ class MaskingEngine:
                 state[id(tracker)] = (coasted + 1, reference)
         return planned
 
-    def _read_again(self, frames: list[FrameInput], found: list[Detections], second: list[Image | None],
+    def _read_again(self, frames: list[FrameInput], found: list[Detections], second: dict[int, Image],
                     threshold: float, timings: BatchTimings) -> list[Detections]:
-        """Frames with a second reading (picture_range.second_reading): the detector reads it too, and the first
-        reading once more at 1.5x the scale where the variant has that pass (its second look's), each turned as the
-        frame's configured rotation says; the faces of all readings are merged (NMS)."""
-        jobs = [k for k, picture in enumerate(second) if picture is not None]
-        if not jobs:
+        """Frames with a second reading (picture_range.second_reading, by position in `frames`): the detector reads
+        it too, and the first reading once more at 1.5x the scale where the variant has that pass (its second
+        look's), each turned as the frame's configured rotation says; the faces of all readings are merged (NMS)."""
+        if not second:
             return found
+        jobs = list(second)
         quarter = {k: (frames[k].rotation or 0) // 90 for k in jobs}
-        readings = [self._detect([turn(picture, quarter[k]) for k in jobs if (picture := second[k]) is not None],
-                                 threshold, timings)]
+        readings = [self._detect([turn(second[k], quarter[k]) for k in jobs], threshold, timings)]
         if self._rescan is not None:
             readings.append(self._detect([turn(frames[k].image, quarter[k]) for k in jobs], threshold, timings,
                                          self._rescan))
@@ -439,20 +444,20 @@ class MaskingEngine:
         return out
 
     def _second_looks(self, frames: dict[int, FrameInput], trackers: list[FaceTracker],
-                      detections: dict[int, Detections],
-                      in_context: set[int], context_threshold: float, threshold: float,
-                      timings: BatchTimings) -> dict[int, SecondLook]:
-        """The second look's verdicts on the crowd frames that have faint candidates (upright cameras: a turned
-        camera's candidates are all kept, the safe side; the caller leaves out frames brought back into range, whose
-        faces the two opinions cannot read either). Frames due a full look (a camera's first, then every
+                      detections: dict[int, Detections], required_by_frame: dict[int, npt.NDArray[np.float32]],
+                      threshold: float, timings: BatchTimings) -> dict[int, SecondLook]:
+        """The second look's verdicts on the crowd frames of `required_by_frame` (each with what its boxes need to
+        start a track) that have faint candidates (upright cameras: a turned camera's candidates are all kept, the
+        safe side; the caller leaves out frames brought back into range, whose faces the two opinions cannot read
+        either). Frames due a full look (a camera's first, then every
         LOOK_EVERY-th) get one batched pass of the larger-scale detector, then ONet on their candidates and new
         boxes; the others reuse their camera's last look (engine/second_look.py)."""
         if self._rescan is None or self._face_check is None:
             return {}
         due: dict[int, npt.NDArray[np.float32]] = {}
         looks: dict[int, SecondLook] = {}
-        for i in sorted(in_context):
-            required = self._new_track_scores(frames[i].image, detections[i], context_threshold)
+        for i in sorted(required_by_frame):
+            required = required_by_frame[i]
             tracker = trackers[i]
             if tracker.orientation != 0 or not candidates(detections[i], required, threshold).any():
                 continue
@@ -537,8 +542,14 @@ class MaskingEngine:
         return tracker
 
     def _mask_one(self, frame: FrameInput, tracker: FaceTracker, dets: Detections, spec: MaskSpec,
-                  threshold: float, look: SecondLook | None = None) -> EngineResult:
-        required = look.required if look is not None else self._new_track_scores(frame.image, dets, threshold)
+                  threshold: float, look: SecondLook | None = None,
+                  required: npt.NDArray[np.float32] | None = None) -> EngineResult:
+        """Track and mask one frame's detections; `required` (what each needs to start a track) when the caller has
+        it already, `look` the frame's second-look verdict."""
+        if look is not None:
+            required = look.required
+        elif required is None:
+            required = self._new_track_scores(frame.image, dets, threshold)
         boxes = dets.boxes
         if look is not None:
             # A refused candidate may still continue a track a sure detection started; it cannot start one. Kept
@@ -587,8 +598,8 @@ class MaskingEngine:
         required = np.where(large, max(threshold, variant.large_face_threshold), threshold).astype(np.float32)
         if self._face_check is None:
             return required
-        unsure = np.flatnonzero(unsure_large(image, dets, max(threshold, variant.threshold),
-                                             variant.large_face_fraction, variant.large_face_threshold))
+        floor = max(threshold, variant.threshold)
+        unsure = np.flatnonzero(unsure_large(dets, large, floor, variant.large_face_threshold))
         if len(unsure):
             probability = self._face_probability(image, dets.boxes[unsure])
             vouched = large_face_vouched(dets.take(unsure), probability)

@@ -25,6 +25,7 @@ from imask.engine.close_up import (
     unsure_large,
     wants_close_up,
 )
+from imask.engine.context import small_boxes
 from imask.engine.detectors.base import BatchTimings, Detections
 from imask.engine.detectors.centerface.detector import CenterFaceDetector
 from imask.engine.detectors.geometry import detector_size
@@ -95,7 +96,8 @@ def test_unsure_large_boxes_are_the_band_between_the_floor_and_the_bar() -> None
     frame = np.zeros((400, 400, 3), np.uint8)
     dets = _dets([[50, 50, 350, 350], [60, 60, 340, 340], [70, 70, 330, 330], [10, 10, 40, 40]],
                  [BAND_SCORE, 0.6, 0.1, BAND_SCORE])
-    assert unsure_large(frame, dets, 0.2, 0.25, 0.5).tolist() == [True, False, False, False]
+    large = ~small_boxes(frame, dets, 0.25)
+    assert unsure_large(dets, large, 0.2, 0.5).tolist() == [True, False, False, False]
 
 
 def test_a_large_box_is_vouched_for_by_onet_and_its_landmarks_together() -> None:
